@@ -1,0 +1,123 @@
+"""DistillationArguments: TrainingArguments plus the teacher and the distillation loss."""
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .losses import get_loss_class, validate_loss_kwargs
+
+CE_ONLY = "ce"
+"""`distill_loss="ce"`: no teacher, plain cross-entropy (teacher fine-tuning and the CE baseline)."""
+
+
+def _parse_json_mapping(name: str, value: Any) -> dict[str, Any]:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"`{name}` must be a JSON object such as '{{\"temperature\": 4.0}}', got {value!r} ({err.msg})."
+            ) from None
+    if not isinstance(value, dict):
+        raise ValueError(f"`{name}` must be a mapping (JSON object on the command line), got {value!r}.")
+    return dict(value)
+
+
+@dataclass
+class DistillationArguments(TrainingArguments):
+    r"""
+    [`~transformers.TrainingArguments`] for knowledge distillation with [`DistillationTrainer`].
+
+    Every field below carries a `teacher_` or `distill_` prefix so that it never collides with a
+    `TrainingArguments` field. Validation runs at construction, before any weights load.
+
+    > Teacher
+
+    teacher_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
+        Teacher checkpoint (Hub id or local folder) loaded when no `teacher_model` object is given to the
+        trainer.
+    teacher_model_revision (`str`, *optional*, defaults to `"main"`):
+        Revision (branch, tag or commit) of the teacher checkpoint.
+    teacher_model_init_kwargs (`dict` or `str`, *optional*, defaults to `None`):
+        Keyword arguments for `from_pretrained` of the teacher (a JSON string on the command line).
+        `trust_remote_code` stays `False` unless set here.
+
+    > Loss
+
+    distill_loss (`str`, *optional*, defaults to `"kd"`):
+        Registered loss key (see `hfkd.list_losses()`), or `"ce"` for cross-entropy only, without a teacher.
+    distill_loss_kwargs (`dict` or `str`, *optional*, defaults to `None`):
+        Hyperparameters of the loss, bound against its constructor (a JSON string on the command line).
+        Unset keys take the paper's defaults.
+    distill_ce_weight (`float`, *optional*, defaults to `1.0`):
+        Weight of the student's cross-entropy with the labels.
+    distill_weight (`float`, *optional*, defaults to `1.0`):
+        Weight of the distillation loss.
+    """
+
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Teacher checkpoint (Hub id or local folder), used when no teacher object is passed."},
+    )
+    teacher_model_revision: str = field(
+        default="main", metadata={"help": "Revision (branch, tag or commit) of the teacher checkpoint."}
+    )
+    teacher_model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "JSON keyword arguments for the teacher's from_pretrained (remote code is off unless set)."},
+    )
+    distill_loss: str = field(
+        default="kd",
+        metadata={"help": "Distillation loss key (kd, dkd, dist, ...; see hfkd.list_losses()), or 'ce' for CE only."},
+    )
+    distill_loss_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON hyperparameters of the loss, e.g. '{\"temperature\": 4.0}'. Unset keys keep "
+            "the paper defaults."
+        },
+    )
+    distill_ce_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the student's cross-entropy with the labels."}
+    )
+    distill_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation loss."})
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep dataset columns the model's forward does not name (the collator needs them)."},
+    )
+
+    def __post_init__(self) -> None:
+        self.validate_distillation()
+        super().__post_init__()
+
+    def validate_distillation(self) -> None:
+        """Check the distillation fields; parse JSON strings into dicts. Raises `ValueError`/`KeyError`."""
+        self.teacher_model_init_kwargs = _parse_json_mapping(
+            "teacher_model_init_kwargs", self.teacher_model_init_kwargs
+        )
+        self.distill_loss_kwargs = _parse_json_mapping("distill_loss_kwargs", self.distill_loss_kwargs)
+        for name in ("distill_ce_weight", "distill_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+        if self.distill_loss == CE_ONLY:
+            if self.distill_loss_kwargs:
+                raise ValueError(
+                    f"`distill_loss='ce'` takes no loss kwargs, got {self.distill_loss_kwargs}. "
+                    "Drop `distill_loss_kwargs` or choose a distillation loss."
+                )
+            return
+        get_loss_class(self.distill_loss)  # KeyError with close matches
+        try:
+            validate_loss_kwargs(self.distill_loss, self.distill_loss_kwargs)
+        except TypeError as err:
+            raise ValueError(f"`distill_loss_kwargs`: {err}") from None
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.distill_loss != CE_ONLY

@@ -1,0 +1,249 @@
+"""DistillationTrainer: a transformers Trainer whose loss combines CE with a distillation loss."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel, Trainer
+from transformers.utils import logging
+
+from . import __version__
+from .arguments import DistillationArguments
+from .losses import DistillBatch, LossContext, create_loss, logits_of
+from .metrics import compute_accuracy_metrics, top_k_indices
+from .teacher import load_teacher, prepare_teacher, teacher_id
+
+logger = logging.get_logger(__name__)
+
+DISTILL_CONFIG_NAME = "distill_config.json"
+# Batch keys consumed by the trainer and the loss, never passed to the student's forward.
+_DISTILL_INPUT_KEYS = ("labels", "teacher_pixel_values", "sample_index")
+
+
+def _num_labels(model: nn.Module) -> int | None:
+    return getattr(getattr(model, "config", None), "num_labels", None)
+
+
+class DistillationTrainer(Trainer):
+    """A [`~transformers.Trainer`] that distils a frozen teacher into the student `model`.
+
+    The loss is `args.distill_ce_weight · CE(student, labels) + args.distill_weight · L(student, teacher)`, where
+    L is the registered loss `args.distill_loss`. The teacher runs in eval mode under `torch.no_grad()` and the
+    same autocast as the student; it is never optimised, wrapped in DDP, or saved. Evaluation runs the student
+    only and reports `eval_accuracy` and `eval_top5_accuracy`.
+
+    Args:
+        model: the student.
+        args (`DistillationArguments`): training and distillation arguments.
+        teacher_model (`PreTrainedModel` or `str`, *optional*): the teacher, or a checkpoint to load; defaults to
+            `args.teacher_model_name_or_path`. Not needed with `distill_loss="ce"`.
+        Other arguments are those of [`~transformers.Trainer`]. `compute_metrics` defaults to top-1/top-5
+        accuracy, and `preprocess_logits_for_metrics` to keeping the top-5 indices.
+    """
+
+    _tag_names = ["hfkd", "knowledge-distillation"]
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | None = None,
+        args: DistillationArguments | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        model_init: Callable | None = None,
+        compute_loss_func: Callable | None = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        optimizer_cls_and_kwargs: tuple | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
+        *,
+        teacher_model: PreTrainedModel | nn.Module | str | None = None,
+    ) -> None:
+        if args is None:
+            raise ValueError("DistillationTrainer needs `args=DistillationArguments(output_dir=..., ...)`.")
+        if not isinstance(args, DistillationArguments):
+            raise TypeError(
+                f"`args` must be a DistillationArguments, got {type(args).__name__}. Build it with "
+                "`hfkd.DistillationArguments(...)`, which takes every TrainingArguments field."
+            )
+        if compute_loss_func is not None:
+            raise ValueError("DistillationTrainer computes its own loss; drop `compute_loss_func`.")
+        if compute_metrics is None:
+            compute_metrics = compute_accuracy_metrics
+            if preprocess_logits_for_metrics is None:
+                preprocess_logits_for_metrics = top_k_indices
+        teacher_source = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+        if args.uses_teacher and teacher_source is None:
+            raise ValueError(
+                f"distill_loss={args.distill_loss!r} needs a teacher: pass `teacher_model=` to the trainer or set "
+                "`teacher_model_name_or_path`, or use `distill_loss='ce'` to train on the labels alone."
+            )
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            model_init=model_init,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        # The Trainer sets this flag in __init__; our losses are per-micro-batch means, so the Trainer must
+        # divide by the accumulation steps itself (exact gradient accumulation).
+        self.model_accepts_loss_kwargs = False
+        if self.args.label_names is None:
+            self.label_names = ["labels"]
+        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
+        self.teacher_model: nn.Module | None = None
+        self.distill_loss = None
+        self.recipe_path: str | None = None
+        if not args.uses_teacher:
+            if teacher_model is not None:
+                logger.warning("distill_loss='ce' trains on the labels alone; the teacher is ignored.")
+            return
+        if isinstance(teacher_source, str):
+            teacher_source = load_teacher(
+                teacher_source, revision=args.teacher_model_revision, init_kwargs=args.teacher_model_init_kwargs
+            )
+        self._check_label_spaces(teacher_source)
+        self.teacher_model = prepare_teacher(teacher_source, self.args.device)
+        context = LossContext(
+            num_classes=_num_labels(self.model),
+            dataset_size=len(train_dataset) if hasattr(train_dataset, "__len__") else None,
+        )
+        self.distill_loss = create_loss(args.distill_loss, context=context, **args.distill_loss_kwargs)
+        if any(p.requires_grad for p in self.distill_loss.parameters()):
+            raise ValueError(
+                f"Loss {args.distill_loss!r} has trainable parameters; DistillationTrainer does not train loss "
+                "parameters yet. Use a logit loss (kd, dkd, dist)."
+            )
+        self.distill_loss.to(self.args.device)
+        self._needs_hidden_states = self.distill_loss.requires_hidden_states
+
+    def _check_label_spaces(self, teacher: nn.Module) -> None:
+        student_labels, teacher_labels = _num_labels(self.model), _num_labels(teacher)
+        if student_labels is not None and teacher_labels is not None and student_labels != teacher_labels:
+            raise ValueError(
+                f"The teacher predicts {teacher_labels} classes but the student {student_labels}. Logit "
+                "distillation needs one label space: fine-tune the teacher on this dataset first "
+                "(`distill_loss='ce'`, or `--loss ce` in examples/run_image_distill.py), or give the student a "
+                f"{teacher_labels}-class head."
+            )
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labels = inputs.get("labels")
+        student_inputs = {k: v for k, v in inputs.items() if k not in _DISTILL_INPUT_KEYS}
+        distilling = self.teacher_model is not None and model.training
+        needs_hidden = distilling and self._needs_hidden_states
+        if needs_hidden:
+            student_inputs["output_hidden_states"] = True
+        student_outputs = model(**student_inputs)
+        student_logits = logits_of(student_outputs)
+        ce = None
+        if labels is not None:
+            # CE in float32 whatever the autocast dtype; label smoothing as the Trainer would apply it.
+            ce = F.cross_entropy(
+                student_logits.float(), labels.long(), label_smoothing=self.args.label_smoothing_factor
+            )
+        if not distilling:
+            # Evaluation (and CE-only training) runs the student alone: eval_loss is the student's CE.
+            if ce is None:
+                raise ValueError("The batch has no `labels`; the CE-only loss and evaluation need them.")
+            return (ce, {"logits": student_logits}) if return_outputs else ce
+
+        teacher_outputs = self._teacher_forward(inputs, needs_hidden)
+        batch = DistillBatch(
+            labels=labels, epoch=float(self.state.epoch or 0.0), sample_index=inputs.get("sample_index")
+        )
+        loss_dict = self.distill_loss(student_outputs, teacher_outputs, batch)
+        loss = self.args.distill_weight * loss_dict["loss"]
+        if ce is not None:
+            loss = loss + self.args.distill_ce_weight * ce
+        self._record_metrics("train", ce, loss_dict)
+        return (loss, {"logits": student_logits}) if return_outputs else loss
+
+    def _teacher_forward(self, inputs: dict[str, Any], output_hidden_states: bool) -> Any:
+        teacher = self.teacher_model
+        # Re-assert eval mode every step: a user callback or `model.train()` on a container must not put the
+        # teacher's BatchNorm/dropout into training mode.
+        teacher.eval()
+        pixel_values = inputs.get("teacher_pixel_values")
+        if pixel_values is None:
+            pixel_values = inputs["pixel_values"]
+        kwargs = {"output_hidden_states": True} if output_hidden_states else {}
+        with torch.no_grad(), self.accelerator.autocast():
+            return teacher(pixel_values=pixel_values, **kwargs)
+
+    def _record_metrics(self, mode: str, ce: torch.Tensor | None, loss_dict: dict[str, torch.Tensor]) -> None:
+        # Detached tensors, no .item(): reading a value here would synchronise the device every step.
+        metrics = self._metrics[mode]
+        if ce is not None:
+            metrics["ce"].append(ce.detach())
+        for name, value in loss_dict.items():
+            metrics[name].append(value.detach().float())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        metrics = self._metrics[mode]
+        if metrics:
+            prefix = "eval_distill/" if mode == "eval" else "distill/"
+            names = sorted(metrics)
+            means = torch.stack([torch.stack(metrics[name]).mean() for name in names])
+            # Every process calls log() at the same step, so the mean across processes is a collective.
+            means = self.accelerator.reduce(means, reduction="mean")
+            for name, value in zip(names, means.tolist()):
+                logs[prefix + name] = value
+            metrics.clear()
+        super().log(logs, start_time)
+
+    def distill_config(self) -> dict[str, Any]:
+        """What `distill_config.json` records: the loss, its resolved kwargs, the weights and the teacher."""
+        args = self.args
+        teacher = self.teacher_model
+        revision = args.teacher_model_revision
+        commit = getattr(getattr(teacher, "config", None), "_commit_hash", None) if teacher is not None else None
+        return {
+            "hfkd_version": __version__,
+            "distill_loss": args.distill_loss,
+            "distill_loss_kwargs": self.distill_loss.hparams() if self.distill_loss is not None else {},
+            "distill_ce_weight": args.distill_ce_weight,
+            "distill_weight": args.distill_weight,
+            "teacher": None
+            if teacher is None
+            else {
+                "name_or_path": teacher_id(teacher, args.teacher_model_name_or_path),
+                "revision": revision,
+                "commit": commit,
+                "num_labels": _num_labels(teacher),
+            },
+            "recipe": self.recipe_path,
+        }
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save:
+            output_dir = output_dir if output_dir is not None else self.args.output_dir
+            with open(os.path.join(output_dir, DISTILL_CONFIG_NAME), "w", encoding="utf-8") as f:
+                json.dump(self.distill_config(), f, indent=2, sort_keys=True)

@@ -1,0 +1,35 @@
+"""Shared fixtures: offline mode, tiny random-init models, a small synthetic dataset."""
+
+import os
+
+# Before any Hugging Face import: the tests never reach the Hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import ResNetForImageClassification  # noqa: E402
+
+from .testing_utils import synthetic_dataset, tiny_resnet  # noqa: E402
+
+
+@pytest.fixture
+def student() -> ResNetForImageClassification:
+    return tiny_resnet(seed=1)
+
+
+@pytest.fixture
+def teacher() -> ResNetForImageClassification:
+    return tiny_resnet(wide=True, seed=2)
+
+
+@pytest.fixture
+def train_dataset() -> Dataset:
+    return synthetic_dataset(16, seed=0)
+
+
+@pytest.fixture
+def eval_dataset() -> Dataset:
+    return synthetic_dataset(8, seed=1)

@@ -1,0 +1,259 @@
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageClassification
+
+from hfkd import DistillationArguments, DistillationTrainer
+
+from .testing_utils import collate, synthetic_dataset, tiny_resnet, tiny_vit
+
+
+def _args(tmp_path, **kwargs) -> DistillationArguments:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        report_to="none",
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        max_steps=2,
+        learning_rate=0.05,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    defaults.update(kwargs)
+    return DistillationArguments(**defaults)
+
+
+def _perturb(model: torch.nn.Module, seed: int = 5) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _logged(trainer: DistillationTrainer, key: str) -> list[float]:
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
+
+
+@pytest.mark.parametrize(
+    "loss,components",
+    [
+        ("kd", {"ce", "kd", "loss"}),
+        ("dkd", {"ce", "tckd", "nckd", "warmup", "loss"}),
+        ("dist", {"ce", "inter", "intra", "loss"}),
+    ],
+)
+def test_distillation_trains_student_and_leaves_teacher_alone(
+    tmp_path, student, teacher, train_dataset, eval_dataset, loss, components
+):
+    _perturb(teacher)
+    teacher_before, student_before = _state(teacher), _state(student)
+    args = _args(tmp_path, distill_loss=loss)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collate,
+    )
+    assert trainer.teacher_model is teacher
+    assert all(not p.requires_grad for p in teacher.parameters())
+    result = trainer.train()
+    assert result.training_loss > 0
+    # Student changed; teacher bit-identical, frozen, in eval mode, and not in the optimizer.
+    assert any(not torch.equal(student_before[k], v) for k, v in student.state_dict().items())
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
+    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in teacher.parameters()}
+    for name in components:
+        values = _logged(trainer, f"distill/{name}")
+        assert len(values) == 2 and all(v == v for v in values), name
+    metrics = trainer.evaluate()
+    assert {"eval_loss", "eval_accuracy", "eval_top5_accuracy"} <= set(metrics)
+    assert 0.0 <= metrics["eval_accuracy"] <= metrics["eval_top5_accuracy"] <= 1.0
+
+
+def test_logged_loss_is_the_weighted_sum(tmp_path, student, teacher, train_dataset):
+    _perturb(teacher)
+    args = _args(tmp_path, distill_loss="kd", distill_ce_weight=0.1, distill_weight=0.9, max_steps=3)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=train_dataset, data_collator=collate
+    )
+    trainer.train()
+    for entry in trainer.state.log_history:
+        if "distill/kd" in entry:
+            assert entry["loss"] == pytest.approx(0.1 * entry["distill/ce"] + 0.9 * entry["distill/kd"], rel=1e-4)
+
+
+def test_eval_metrics_match_an_independent_computation(tmp_path, student, teacher, eval_dataset):
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=_args(tmp_path), eval_dataset=eval_dataset, data_collator=collate
+    )
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    metrics = trainer.evaluate()
+    assert calls == []  # evaluation never runs the teacher
+    batch = collate([eval_dataset[i] for i in range(len(eval_dataset))])
+    student.eval()
+    with torch.no_grad():
+        logits = student(pixel_values=batch["pixel_values"]).logits
+    labels = batch["labels"]
+    top1 = (logits.argmax(-1) == labels).float().mean().item()
+    top5 = (logits.topk(5, dim=-1).indices == labels[:, None]).any(-1).float().mean().item()
+    ce = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert metrics["eval_accuracy"] == pytest.approx(top1)
+    assert metrics["eval_top5_accuracy"] == pytest.approx(top5)
+    assert metrics["eval_loss"] == pytest.approx(ce, rel=1e-5)
+
+
+def test_teacher_runs_without_hidden_states_for_logit_losses(tmp_path, student, teacher, train_dataset):
+    seen = []
+    teacher.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("output_hidden_states")), with_kwargs=True)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=_args(tmp_path, max_steps=1),
+        train_dataset=train_dataset,
+        data_collator=collate,
+    )
+    trainer.train()
+    assert seen == [None]
+
+
+def test_gradient_accumulation_is_exact(tmp_path):
+    data = synthetic_dataset(4, seed=3)
+    teacher = tiny_resnet(wide=True, seed=2)
+    _perturb(teacher)
+    results = []
+    for batch_size, accumulation in [(4, 1), (2, 2)]:
+        student = tiny_vit(seed=1)  # LayerNorm only, no dropout: per-sample losses decompose exactly
+        args = _args(
+            tmp_path / f"bs{batch_size}",
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=0.5,
+            lr_scheduler_type="constant",
+            distill_loss="kd",
+            distill_ce_weight=0.3,
+            distill_weight=0.7,
+        )
+        DistillationTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=data, data_collator=collate
+        ).train()
+        results.append(_state(student))
+    initial = _state(tiny_vit(seed=1))
+    assert any(not torch.equal(initial[k], results[0][k]) for k in initial)
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoints_hold_the_student_only_and_reload(tmp_path, student, teacher, train_dataset):
+    _perturb(teacher)
+    args = _args(
+        tmp_path,
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=1,
+        distill_loss="dkd",
+        distill_loss_kwargs={"beta": 2.0},
+    )
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=train_dataset, data_collator=collate
+    )
+    trainer.train()
+    trainer.save_model()
+    out = tmp_path / "out"
+    student_keys = set(student.state_dict())
+    teacher_shapes = {tuple(v.shape) for v in teacher.state_dict().values()} - {
+        tuple(v.shape) for v in student.state_dict().values()
+    }
+    for folder in [out, out / "checkpoint-1", out / "checkpoint-2"]:
+        weights = load_file(folder / "model.safetensors")
+        assert set(weights) == student_keys
+        assert not teacher_shapes & {tuple(v.shape) for v in weights.values()}
+        assert not any(name.endswith((".bin", ".pt")) and "teacher" in name for name in os.listdir(folder))
+        config = json.loads((folder / "distill_config.json").read_text())
+        assert config["distill_loss"] == "dkd"
+        assert config["distill_loss_kwargs"] == {"alpha": 1.0, "beta": 2.0, "temperature": 4.0, "warmup_epochs": 20.0}
+        assert config["distill_weight"] == 1.0 and config["teacher"]["revision"] == "main"
+    reloaded = AutoModelForImageClassification.from_pretrained(out)
+    for key, value in student.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[key], value)
+
+
+def test_resume_continues_exactly(tmp_path, train_dataset):
+    teacher = tiny_resnet(wide=True, seed=2)
+    _perturb(teacher)
+
+    def run(folder, max_steps, resume=None):
+        student = tiny_resnet(seed=1)
+        args = _args(
+            folder,
+            max_steps=max_steps,
+            save_strategy="steps",
+            save_steps=2,
+            per_device_train_batch_size=4,
+            distill_loss="dist",
+        )
+        trainer = DistillationTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=train_dataset, data_collator=collate
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return _state(student)
+
+    straight = run(tmp_path / "a", 4)
+    # A fresh student and trainer pick the run up from a's step-2 checkpoint (optimizer, schedule, RNG, data order).
+    resumed = run(tmp_path / "b", 4, resume=str(tmp_path / "a" / "out" / "checkpoint-2"))
+    assert any(not torch.equal(resumed[k], v) for k, v in _state(tiny_resnet(seed=1)).items())
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0)
+
+
+def test_teacher_from_a_path(tmp_path, student, teacher, train_dataset):
+    teacher.save_pretrained(tmp_path / "teacher")
+    args = _args(tmp_path, teacher_model_name_or_path=str(tmp_path / "teacher"), max_steps=1)
+    trainer = DistillationTrainer(model=student, args=args, train_dataset=train_dataset, data_collator=collate)
+    for key, value in teacher.state_dict().items():
+        torch.testing.assert_close(trainer.teacher_model.state_dict()[key], value)
+    trainer.train()
+    assert trainer.distill_config()["teacher"]["name_or_path"] == str(tmp_path / "teacher")
+
+
+def test_ce_only_needs_no_teacher(tmp_path, student, train_dataset):
+    trainer = DistillationTrainer(
+        model=student, args=_args(tmp_path, distill_loss="ce"), train_dataset=train_dataset, data_collator=collate
+    )
+    before = _state(student)
+    trainer.train()
+    assert trainer.teacher_model is None
+    assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+def test_configuration_errors(tmp_path, student, train_dataset):
+    with pytest.raises(ValueError, match="needs a teacher"):
+        DistillationTrainer(model=student, args=_args(tmp_path), train_dataset=train_dataset)
+    with pytest.raises(ValueError, match=r"teacher predicts 7 classes but the student 5.*--loss ce"):
+        DistillationTrainer(
+            model=student, teacher_model=tiny_resnet(7), args=_args(tmp_path), train_dataset=train_dataset
+        )
+    from transformers import TrainingArguments
+
+    with pytest.raises(TypeError, match="DistillationArguments"):
+        DistillationTrainer(
+            model=student, teacher_model=tiny_resnet(), args=TrainingArguments(output_dir=str(tmp_path))
+        )

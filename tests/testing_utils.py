@@ -1,0 +1,49 @@
+"""Test helpers: tiny random-init models, synthetic data, and markers that skip (never fail) on CPU."""
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
+
+require_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+require_multi_gpu = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two or more CUDA GPUs")
+slow = pytest.mark.slow
+
+
+NUM_LABELS = 5
+IMAGE_SIZE = 32
+
+
+def tiny_resnet(num_labels: int = NUM_LABELS, *, wide: bool = False, seed: int = 0) -> ResNetForImageClassification:
+    torch.manual_seed(seed)
+    hidden = [16, 32] if wide else [8, 16]
+    config = ResNetConfig(embedding_size=8, hidden_sizes=hidden, depths=[1, 1], num_labels=num_labels)
+    return ResNetForImageClassification(config)
+
+
+def tiny_vit(num_labels: int = NUM_LABELS, *, seed: int = 0) -> ViTForImageClassification:
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=num_labels,
+    )
+    return ViTForImageClassification(config)
+
+
+def synthetic_dataset(n: int = 16, *, seed: int = 0, num_labels: int = NUM_LABELS) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+    labels = torch.randint(0, num_labels, (n,), generator=g)
+    return Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": labels.tolist()}).with_format("torch")
+
+
+def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
+    return {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]).float(),
+        "labels": torch.tensor([int(e["labels"]) for e in examples]),
+    }

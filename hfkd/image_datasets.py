@@ -1,0 +1,313 @@
+"""Image datasets: `load_image_dataset` (Hub id, local folder, demo data), column and label checks, decoding.
+
+The public names are re-exported by `hfkd.data`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
+from PIL import Image as PILImage
+from transformers.utils import logging
+
+from .demo_data import DEMO_DATASETS, load_demo_dataset
+
+logger = logging.get_logger(__name__)
+
+IMAGE_COLUMN_NAMES = ("image", "img", "images", "pixel_values", "picture", "photo", "jpg", "png")
+LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target", "category", "class_id", "label_id")
+EVAL_SPLIT_NAMES = ("validation", "val", "valid", "test")
+INDEX_COLUMN = "sample_index"
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_image_dataset(
+    name_or_path: str,
+    *,
+    config_name: str | None = None,
+    train_split: str = "train",
+    eval_split: str | None = None,
+    eval_fraction: float = 0.1,
+    seed: int = 42,
+    cache_dir: str | None = None,
+    trust_remote_code: bool = False,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    **kwargs: Any,
+) -> DatasetDict:
+    """Load an image-classification dataset as a `DatasetDict` with splits "train" and "eval".
+
+    Args:
+        name_or_path (`str`): a Hub dataset id (`datasets.load_dataset(name, config_name)`); a local folder in
+            imagefolder layout (`<dir>/<class>/<image>` or `<dir>/<split>/<class>/<image>`, class names from the
+            folder names) or saved with `save_to_disk`; or demo data, `"fashion-mnist"` or `"digits"`.
+        config_name (`str`, *optional*): dataset configuration on the Hub.
+        train_split (`str`, *optional*, defaults to `"train"`): split to train on.
+        eval_split (`str`, *optional*):
+            Split to evaluate on. Defaults to the first of "validation", "val", "valid", "test" that exists, else
+            a seeded, label-stratified `eval_fraction` of the train split.
+        eval_fraction (`float`, *optional*, defaults to `0.1`): share of train held out when there is no eval split.
+        seed (`int`, *optional*, defaults to `42`): seed of the split-off and of the `max_*_samples` subsets.
+        cache_dir (`str`, *optional*): `datasets` cache directory.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Forwarded to `load_dataset` where the installed `datasets` still accepts it (script datasets).
+        max_train_samples (`int`, *optional*), max_eval_samples (`int`, *optional*):
+            Keep a seeded random subset of this size (random, not the first rows, which are often one class).
+        kwargs: forwarded to `datasets.load_dataset` (`revision`, `token`, `data_files`, ...).
+
+    Returns:
+        `DatasetDict`: splits "train" and "eval". Its `source` attribute (a `str`, not kept by `.map()` and
+        friends) says where the data came from; it is also logged.
+    """
+    if os.path.isdir(name_or_path):
+        if any(os.path.isfile(os.path.join(name_or_path, f)) for f in ("dataset_dict.json", "state.json")):
+            raw, source = load_from_disk(name_or_path), f"save_to_disk folder {name_or_path}"
+        else:
+            raw = load_dataset("imagefolder", data_dir=name_or_path, cache_dir=cache_dir, **kwargs)
+            source = f"imagefolder {name_or_path}"
+    elif name_or_path.lower() in DEMO_DATASETS:
+        raw, source = load_demo_dataset(name_or_path, eval_fraction=eval_fraction, seed=seed, cache_dir=cache_dir)
+    else:
+        if trust_remote_code and "trust_remote_code" in inspect.signature(load_dataset).parameters:
+            kwargs["trust_remote_code"] = True
+        elif trust_remote_code:
+            logger.warning("This `datasets` version runs no dataset scripts; ignoring trust_remote_code=True.")
+        raw = load_dataset(name_or_path, config_name, cache_dir=cache_dir, **kwargs)
+        source = f"Hub {name_or_path}" + (f" ({config_name})" if config_name else "")
+    if isinstance(raw, Dataset):
+        raw = DatasetDict({train_split: raw})
+    train, evaluation = _pick_splits(raw, name_or_path, train_split, eval_split, eval_fraction, seed)
+    dataset = _encode_string_labels(DatasetDict({"train": train, "eval": evaluation}))
+    for split, limit in (("train", max_train_samples), ("eval", max_eval_samples)):
+        if limit is not None:
+            if limit < 1:
+                raise ValueError(f"max_{split}_samples must be >= 1, got {limit}. Leave it unset to use all rows.")
+            if limit < len(dataset[split]):
+                dataset[split] = dataset[split].shuffle(seed=seed).select(range(limit))
+    dataset.source = source
+    logger.info(f"Image data from {source}: {len(dataset['train'])} train / {len(dataset['eval'])} eval rows.")
+    return dataset
+
+
+def _pick_splits(
+    raw: DatasetDict, name: str, train_split: str, eval_split: str | None, eval_fraction: float, seed: int
+) -> tuple[Dataset, Dataset]:
+    if train_split not in raw:
+        raise ValueError(
+            f"{name} has no split {train_split!r}; its splits are {list(raw)}. Set --train_split to one of them."
+        )
+    if eval_split is not None:
+        if eval_split not in raw:
+            raise ValueError(
+                f"{name} has no split {eval_split!r}; its splits are {list(raw)}. Set --eval_split to one of them, "
+                "or leave it unset to hold out --eval_fraction of the train split."
+            )
+        return raw[train_split], raw[eval_split]
+    found = next((split for split in EVAL_SPLIT_NAMES if split in raw and split != train_split), None)
+    if found is not None:
+        logger.info(f"Evaluating on the {found!r} split of {name}.")
+        return raw[train_split], raw[found]
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(
+            f"{name} has no evaluation split (splits: {list(raw)}) and eval_fraction={eval_fraction} cannot split one "
+            "off. Pass an eval_fraction in (0, 1) or set --eval_split."
+        )
+    train = raw[train_split]
+    label = _find_column(train, None, LABEL_COLUMN_NAMES, ClassLabel)
+    stratify = label if label is not None and isinstance(train.features[label], ClassLabel) else None
+    try:
+        parts = train.train_test_split(test_size=eval_fraction, seed=seed, stratify_by_column=stratify)
+    except ValueError as err:  # too few rows of some class to stratify
+        logger.warning(f"Stratified split failed ({err}); splitting {name} at random instead.")
+        parts = train.train_test_split(test_size=eval_fraction, seed=seed)
+    logger.info(f"{name} has no evaluation split: holding out {len(parts['test'])} train rows (seed {seed}).")
+    return parts["train"], parts["test"]
+
+
+def _encode_string_labels(dataset: DatasetDict) -> DatasetDict:
+    # Both splits get the same ClassLabel so ids match; splitting them separately could order classes differently.
+    label = _find_column(dataset["train"], None, LABEL_COLUMN_NAMES, ClassLabel)
+    if label is None or getattr(dataset["train"].features[label], "dtype", None) not in ("string", "large_string"):
+        return dataset
+    names = sorted({str(v) for split in dataset.values() for v in split.unique(label) if v is not None})
+    logger.info(f"Encoding the string column {label!r} as a ClassLabel with {len(names)} classes.")
+    return DatasetDict({k: v.cast_column(label, ClassLabel(names=names)) for k, v in dataset.items()})
+
+
+def add_sample_index(dataset: Dataset, column: str = INDEX_COLUMN) -> Dataset:
+    """Add `column` = row position (0..len-1), for losses that declare `requires_sample_index` and for errors.
+
+    Call it after any filtering (`filter_unreadable`) so that the positions stay contiguous. A dataset with an
+    indices mapping (after `shuffle`, `select`, `train_test_split`) is flattened first, which copies it.
+    """
+    if column in dataset.column_names:
+        dataset = dataset.remove_columns(column)
+    return dataset.add_column(column, np.arange(len(dataset), dtype=np.int64))
+
+
+# ----------------------------------------------------------------------------------------------- columns
+
+
+def _features(dataset: Dataset | DatasetDict) -> dict[str, Any]:
+    if isinstance(dataset, DatasetDict):
+        dataset = dataset["train"] if "train" in dataset else next(iter(dataset.values()))
+    features = getattr(dataset, "features", None)
+    return dict(features) if features else dict.fromkeys(dataset.column_names)
+
+
+def _find_column(dataset: Any, given: str | None, names: tuple[str, ...], feature_type: type) -> str | None:
+    features = _features(dataset)
+    if given is not None:
+        return given if given in features else None
+    typed = [name for name, feature in features.items() if isinstance(feature, feature_type)]
+    if len(typed) == 1:
+        return typed[0]
+    # Several typed columns (CIFAR-100: fine_label + coarse_label) or none: fall back to the usual names.
+    candidates = [name for name in (typed or features) if name in names]
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def detect_columns(
+    dataset: Dataset | DatasetDict, image_column: str | None = None, label_column: str | None = None
+) -> tuple[str, str]:
+    """Find `(image_column, label_column)`, checking given names.
+
+    The image column is the one `datasets.Image` feature, else the one column named like an image (`image`, `img`,
+    `pixel_values`, ...). The label column is the one `ClassLabel`, else among several the one with a usual label
+    name (`label`, `labels`, `fine_label`, ...), else the one so-named column. A missing or ambiguous column
+    raises a `ValueError` that lists the columns and the flag to set (`--image_column` / `--label_column`).
+    """
+    features = _features(dataset)
+    found = []
+    for given, names, kind, flag in (
+        (image_column, IMAGE_COLUMN_NAMES, Image, "--image_column"),
+        (label_column, LABEL_COLUMN_NAMES, ClassLabel, "--label_column"),
+    ):
+        column = _find_column(dataset, given, names, kind)
+        if column is None:
+            columns = ", ".join(f"{name} ({type(f).__name__})" for name, f in features.items())
+            what = "image" if kind is Image else "label"
+            problem = f"has no column {given!r}" if given else f"has no single obvious {what} column"
+            raise ValueError(f"The dataset {problem}; its columns are: {columns}. Set {flag} to one of them.")
+        found.append(column)
+    if found[0] == found[1]:
+        raise ValueError(f"Image and label column are both {found[0]!r}. Set --image_column and --label_column.")
+    return found[0], found[1]
+
+
+def class_names(dataset: Dataset | DatasetDict, label_column: str) -> list[str]:
+    """Class names for `id2label`: the `ClassLabel` names, else the sorted unique label values as strings."""
+    if isinstance(dataset, DatasetDict):
+        dataset = dataset["train"] if "train" in dataset else next(iter(dataset.values()))
+    feature = dataset.features.get(label_column)
+    if feature is None:
+        raise ValueError(f"No column {label_column!r}; columns are {dataset.column_names}. Set --label_column.")
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    return [str(value) for value in sorted(v for v in dataset.unique(label_column) if v is not None)]
+
+
+def check_labels(dataset: Dataset | DatasetDict, label_column: str, num_labels: int) -> None:
+    """Raise a `ValueError` naming the first label outside `[0, num_labels)`, its row and the fix.
+
+    Reads the Arrow column (no row iteration), so it is fast on large datasets.
+    """
+    splits = dataset.items() if isinstance(dataset, DatasetDict) else [(dataset.split or "dataset", dataset)]
+    for split, part in splits:
+        if label_column not in part.column_names:
+            raise ValueError(f"{split} has no column {label_column!r}; columns are {part.column_names}.")
+        column = part.with_format("arrow")[label_column]
+        if column.null_count:
+            index = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+            raise ValueError(f"{split}: label at index {index} is missing. Drop unlabelled rows before training.")
+        values = column.to_numpy()
+        if not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(
+                f"{split}: column {label_column!r} holds {values.dtype} values, not class ids. Encode it first: "
+                f"dataset = dataset.class_encode_column({label_column!r})."
+            )
+        bad = np.flatnonzero((values < 0) | (values >= num_labels))
+        if bad.size:
+            index, value = int(bad[0]), int(values[bad[0]])
+            fix = (
+                "-1 marks unlabelled rows (typical of a test split): evaluate on a labelled split (--eval_split)."
+                if value < 0
+                else f"Give the model at least {int(values.max()) + 1} labels (num_labels / id2label) or fix the data."
+            )
+            raise ValueError(
+                f"{split}: label {value} at index {index} of column {label_column!r} is outside [0, {num_labels - 1}] "
+                f"for num_labels={num_labels} ({bad.size} rows out of range). {fix}"
+            )
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+_DECODER = Image()
+
+
+def decode_image(value: Any) -> PILImage.Image:
+    """A PIL image from a decoded or undecoded (`{"bytes", "path"}`) `datasets.Image` value or an array."""
+    if isinstance(value, PILImage.Image):
+        return value
+    if isinstance(value, dict):  # undecoded datasets.Image: {"bytes": ..., "path": ...}
+        return _DECODER.decode_example(value)
+    array = np.asarray(value)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return PILImage.fromarray(array if array.dtype == np.uint8 else array.clip(0, 255).astype(np.uint8))
+
+
+def _readable_flags(images: list[Any]) -> dict[str, list[bool]]:
+    flags = []
+    for image in images:
+        try:
+            decode_image(image).load()
+            flags.append(True)
+        except Exception:
+            flags.append(False)
+    return {"readable": flags}
+
+
+def filter_unreadable(dataset: Dataset, image_column: str, num_proc: int | None = None) -> tuple[Dataset, int]:
+    """Decode every image once (`num_proc` processes) and drop the ones that fail, logging their indices.
+
+    Returns `(dataset, n_dropped)`: the readable rows (same features) and how many were dropped.
+    """
+    feature = dataset.features.get(image_column)
+    raw = dataset.cast_column(image_column, Image(decode=False)) if isinstance(feature, Image) else dataset
+    flags = raw.map(
+        _readable_flags, batched=True, input_columns=[image_column], remove_columns=raw.column_names,
+        num_proc=num_proc, desc="Checking images",
+    )["readable"]  # fmt: skip
+    bad = np.flatnonzero(~np.asarray(flags, dtype=bool))
+    if bad.size == 0:
+        return dataset, 0
+    logger.warning(f"Dropping {bad.size} unreadable images at indices {bad[:10].tolist()}{' ...' * (bad.size > 10)}.")
+    return dataset.select(np.flatnonzero(np.asarray(flags, dtype=bool))), int(bad.size)
+
+
+def keep_labelled_subset(
+    dataset: Dataset, label_column: str, num_labelled: int, *, seed: int = 42, drop_unlabelled: bool = False
+) -> Dataset:
+    """Keep the labels of `num_labelled` seeded random rows; mark the others unlabelled (label -1).
+
+    The trainer gives unlabelled rows no cross-entropy, only the distillation loss: the teacher labels what nobody
+    labelled. With `drop_unlabelled=True` (CE-only runs, which have no teacher) the unlabelled rows are removed.
+    """
+    if not 0 < num_labelled <= len(dataset):
+        raise ValueError(
+            f"--labelled_samples must be between 1 and the {len(dataset)} training images, got {num_labelled}."
+        )
+    keep = np.sort(np.random.default_rng(seed).choice(len(dataset), size=num_labelled, replace=False))
+    if drop_unlabelled:
+        return dataset.select(keep)
+    labels = np.asarray(dataset.select_columns([label_column])[label_column], dtype=np.int64)
+    masked = np.full_like(labels, -1)
+    masked[keep] = labels[keep]
+    feature = dataset.features[label_column]
+    return dataset.remove_columns(label_column).add_column(label_column, masked.tolist(), feature=feature)

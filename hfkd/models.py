@@ -1,0 +1,426 @@
+"""Resolve and load teacher/student image classifiers: Hub ids, timm ids, local folders, timm names, aliases.
+
+`resolve_model_name` turns what a user typed into a `ModelSpec` without touching the network;
+`load_image_classifier` loads it (replacing a student's head when the dataset has another label space);
+`check_teacher_labels` stops a run whose teacher predicts another label space; `save_student` and
+`make_timm_loadable` write a timm student that loads both in transformers and in `timm.create_model`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+from safetensors.torch import load_file, save_file
+from timm.models import PretrainedCfg, get_pretrained_cfg
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    PreTrainedModel,
+    TimmWrapperConfig,
+    TimmWrapperForImageClassification,
+)
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+# What users type -> the real Hub checkpoint (all ImageNet-1k classifiers). Short Hub ids that are not repos
+# themselves (`microsoft/swin-large`) live here too, so there is one place to read what a name means.
+MODEL_ALIASES: dict[str, str] = {
+    "resnet-18": "microsoft/resnet-18",
+    "resnet-34": "microsoft/resnet-34",
+    "resnet-50": "microsoft/resnet-50",
+    "resnet-101": "microsoft/resnet-101",
+    "resnet-152": "microsoft/resnet-152",
+    "wide-resnet-50": "timm/wide_resnet50_2.racm_in1k",
+    "mobilenet-v1": "timm/mobilenetv1_100.ra4_e3600_r224_in1k",
+    "mobilenet-v2": "google/mobilenet_v2_1.0_224",
+    "mobilenet-v3-small": "timm/mobilenetv3_small_100.lamb_in1k",
+    "mobilenet-v3-large": "timm/mobilenetv3_large_100.ra_in1k",
+    "mobilevit-small": "apple/mobilevit-small",
+    "efficientnet-b0": "google/efficientnet-b0",
+    "efficientnet-b1": "google/efficientnet-b1",
+    "efficientnet-b2": "google/efficientnet-b2",
+    "efficientnet-b3": "google/efficientnet-b3",
+    "efficientnet-b4": "google/efficientnet-b4",
+    "swin-tiny": "microsoft/swin-tiny-patch4-window7-224",
+    "swin-small": "microsoft/swin-small-patch4-window7-224",
+    "swin-base": "microsoft/swin-base-patch4-window7-224",
+    "swin-large": "microsoft/swin-large-patch4-window7-224",
+    "vit-tiny": "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+    "vit-small": "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
+    "vit-base": "google/vit-base-patch16-224",
+    "vit-large": "google/vit-large-patch16-224",
+    "deit-tiny": "facebook/deit-tiny-patch16-224",
+    "deit-small": "facebook/deit-small-patch16-224",
+    "deit-base": "facebook/deit-base-patch16-224",
+    "convnext-tiny": "facebook/convnext-tiny-224",
+    "convnext-small": "facebook/convnext-small-224",
+    "convnext-base": "facebook/convnext-base-224",
+    "convnext-large": "facebook/convnext-large-224",
+    "beit-base": "microsoft/beit-base-patch16-224",
+    # short Hub ids
+    "microsoft/swin-tiny": "microsoft/swin-tiny-patch4-window7-224",
+    "microsoft/swin-small": "microsoft/swin-small-patch4-window7-224",
+    "microsoft/swin-base": "microsoft/swin-base-patch4-window7-224",
+    "microsoft/swin-large": "microsoft/swin-large-patch4-window7-224",
+    "google/vit-base": "google/vit-base-patch16-224",
+    "google/vit-large": "google/vit-large-patch16-224",
+    "google/mobilenet_v2": "google/mobilenet_v2_1.0_224",
+    "facebook/deit-tiny": "facebook/deit-tiny-patch16-224",
+    "facebook/deit-small": "facebook/deit-small-patch16-224",
+    "facebook/deit-base": "facebook/deit-base-patch16-224",
+    "facebook/convnext-tiny": "facebook/convnext-tiny-224",
+    "facebook/convnext-small": "facebook/convnext-small-224",
+    "facebook/convnext-base": "facebook/convnext-base-224",
+    "facebook/convnext-large": "facebook/convnext-large-224",
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TIMM_PREFIX = "timm_model."
+_ACCEPTED_FORMS = (
+    "a transformers Hub id (`microsoft/resnet-50`), a timm Hub id (`timm/resnet18.a1_in1k`), a local folder "
+    "written by `save_pretrained`, a timm architecture name (`resnet18`, see `timm.list_models()`), or an alias "
+    "(`hfkd.models.MODEL_ALIASES`: " + ", ".join(k for k in MODEL_ALIASES if "/" not in k) + ")"
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """
+    Where a model comes from, as resolved by [`resolve_model_name`].
+
+    Args:
+        name (`str`): What the user typed.
+        source (`str`): The resolved Hub id, absolute local path, or timm architecture name.
+        kind (`str`): One of `"hub"`, `"timm_hub"`, `"local"` or `"timm_arch"`.
+        revision (`str`, *optional*): Hub revision (branch, tag or commit); `None` for local folders.
+        is_timm (`bool`): Whether the model loads through `TimmWrapperForImageClassification`.
+    """
+
+    name: str
+    source: str
+    kind: str
+    revision: str | None
+    is_timm: bool
+
+
+def _is_timm_config(config: dict[str, Any]) -> bool:
+    return "architecture" in config or "pretrained_cfg" in config or config.get("model_type") == "timm_wrapper"
+
+
+def _resolve_local(name: str, path: Path) -> ModelSpec:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ValueError(
+            f"Model folder {str(path)!r} (from {name!r}) has no config.json. Point to a folder written by "
+            "`model.save_pretrained(...)` (it holds config.json and model.safetensors)."
+        )
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    return ModelSpec(name=name, source=str(path), kind="local", revision=None, is_timm=_is_timm_config(config))
+
+
+def resolve_model_name(name: str, *, revision: str | None = None) -> ModelSpec:
+    """
+    Resolve a `--teacher`/`--student` value to a [`ModelSpec`], offline and without loading weights.
+
+    Order: an existing local folder, an alias of `MODEL_ALIASES` (case-insensitive), a Hub id (`org/name`,
+    `timm/...` ids load through timm), a timm architecture name accepted by `timm.is_model`.
+
+    Args:
+        name (`str`): What the user typed.
+        revision (`str`, *optional*): Hub revision; ignored (with a warning) for local folders and timm names.
+
+    Returns:
+        [`ModelSpec`]: The resolved source.
+
+    Raises:
+        `ValueError`: The name matches none of the accepted forms (the message lists close matches), or a local
+            folder lacks config.json.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"Expected a model name, got {name!r}. Pass {_ACCEPTED_FORMS}.")
+    name = name.strip()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        spec = _resolve_local(name, path.resolve())
+        if revision is not None:
+            logger.warning(f"Ignoring revision={revision!r} for the local folder {spec.source!r}.")
+    elif name.lower() in MODEL_ALIASES:
+        target = MODEL_ALIASES[name.lower()]
+        is_timm = target.startswith("timm/")
+        spec = ModelSpec(name, target, "timm_hub" if is_timm else "hub", revision, is_timm)
+    elif _HUB_ID.match(name):
+        # A Hub id cannot be verified offline; a wrong one fails in `from_pretrained` with the Hub's own error.
+        is_timm = name.startswith("timm/")
+        spec = ModelSpec(name, name, "timm_hub" if is_timm else "hub", revision, is_timm)
+    elif "/" not in name and timm.is_model(name):
+        if revision is not None:
+            logger.warning(f"Ignoring revision={revision!r} for the timm architecture {name!r}.")
+        spec = ModelSpec(name, name, "timm_arch", None, True)
+    else:
+        candidates = {k.lower(): k for k in MODEL_ALIASES} | {m: m for m in timm.list_models()}
+        close = [candidates[m] for m in difflib.get_close_matches(name.lower(), list(candidates), n=5, cutoff=0.6)]
+        what = "no local folder" if any(sep in name for sep in ("/", os.sep)) else "no alias or timm model"
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"Unknown model {name!r}: {what} of that name.{hint} Pass {_ACCEPTED_FORMS}.")
+    logger.info(f"Model {name!r} resolved to {spec.source!r} ({spec.kind}{', timm' if spec.is_timm else ''}).")
+    return spec
+
+
+def _label_kwargs(num_labels: int | None, id2label: dict[int, str] | None) -> dict[str, Any]:
+    if id2label is None:
+        return {} if num_labels is None else {"num_labels": num_labels}
+    id2label = {int(i): str(label) for i, label in id2label.items()}
+    if num_labels is not None and len(id2label) != num_labels:
+        raise ValueError(f"id2label has {len(id2label)} entries but num_labels={num_labels}. Pass one name per class.")
+    label2id = {label: i for i, label in id2label.items()}
+    return {"num_labels": len(id2label), "id2label": id2label, "label2id": label2id}
+
+
+def _timm_pretrained_cfg(architecture: str) -> dict[str, Any]:
+    """timm's default preprocessing config for `architecture`, in the JSON shape Hub timm checkpoints use."""
+    cfg = get_pretrained_cfg(architecture) or PretrainedCfg(architecture=architecture)
+    keep_null = {"pool_size", "first_conv", "classifier"}
+    # The source keys describe timm's released weights, not ours; dropping them keeps a saved folder honest.
+    drop = {"url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "architecture"}
+    return {k: v for k, v in cfg.to_dict().items() if k not in drop and (v is not None or k in keep_null)}
+
+
+def load_image_classifier(
+    spec_or_name: ModelSpec | str,
+    *,
+    num_labels: int | None = None,
+    id2label: dict[int, str] | None = None,
+    role: str = "student",
+    pretrained: bool = True,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    **init_kwargs: Any,
+) -> PreTrainedModel:
+    """
+    Load an image classifier from anything [`resolve_model_name`] accepts.
+
+    A student whose checkpoint has another number of classes than `num_labels` gets a fresh, randomly initialised
+    head (`ignore_mismatched_sizes=True`) and a warning; a teacher's head is never touched (see
+    [`check_teacher_labels`]). A bare timm architecture loads timm's default pretrained tag from the Hub
+    (`resnet18` -> `timm/resnet18.a1_in1k`), or builds a random-init model offline with `pretrained=False`.
+
+    Args:
+        spec_or_name (`ModelSpec` or `str`): The model.
+        num_labels (`int`, *optional*): Number of dataset classes (students only).
+        id2label (`dict[int, str]`, *optional*): Dataset class names; also sets `label2id` (students only).
+        role (`str`, *optional*, defaults to `"student"`): `"student"` or `"teacher"`.
+        pretrained (`bool`, *optional*, defaults to `True`): Load weights; `False` builds the architecture with
+            random weights from its config.
+        trust_remote_code (`bool`, *optional*, defaults to `False`): Passed to `from_pretrained`.
+        revision (`str`, *optional*): Hub revision; overrides the spec's.
+        init_kwargs: Passed to `from_pretrained` / `from_config` (e.g. `dtype`), or to `TimmWrapperConfig`
+            (e.g. `model_args`) for a random-init timm architecture.
+
+    Returns:
+        [`~transformers.PreTrainedModel`]: The classifier.
+    """
+    if role not in ("student", "teacher"):
+        raise ValueError(f"role must be 'student' or 'teacher', got {role!r}.")
+    spec = spec_or_name if isinstance(spec_or_name, ModelSpec) else resolve_model_name(spec_or_name)
+    revision = revision if revision is not None else spec.revision
+    labels = _label_kwargs(num_labels, id2label) if role == "student" else {}
+    source = spec.source
+
+    if spec.kind == "timm_arch" and not pretrained:
+        config = TimmWrapperConfig(
+            architecture=spec.source,
+            pretrained_cfg=_timm_pretrained_cfg(spec.source),
+            **(labels or {"num_labels": 1000}),
+            **init_kwargs,
+        )
+        logger.info(f"Building timm {spec.source!r} ({config.num_labels} classes) with random weights.")
+        return TimmWrapperForImageClassification(config)
+    if spec.kind == "timm_arch":
+        cfg = get_pretrained_cfg(spec.source)
+        if cfg is None or not (cfg.hf_hub_id or "").count("/"):
+            raise ValueError(
+                f"timm has no Hub weights for {spec.source!r}. Pass pretrained=False for random init, or a Hub id."
+            )
+        source = cfg.hf_hub_id
+        logger.info(f"timm architecture {spec.source!r} loads its default pretrained weights {source!r}.")
+
+    config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    if not pretrained:
+        for key, value in labels.items():
+            setattr(config, key, value)
+        logger.info(f"Building {source!r} ({config.num_labels} classes) with random weights.")
+        return AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code, **init_kwargs)
+
+    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code, **init_kwargs}
+    if labels.get("num_labels", config.num_labels) != config.num_labels:
+        logger.warning(
+            f"Replacing the classification head of student {spec.name!r}: {config.num_labels} -> "
+            f"{labels['num_labels']} classes (new head randomly initialised)."
+        )
+        kwargs["ignore_mismatched_sizes"] = True
+    elif "id2label" not in labels:
+        labels = {}  # same head and no names given: keep the checkpoint's own class names
+    model_cls = TimmWrapperForImageClassification if spec.is_timm else AutoModelForImageClassification
+    return model_cls.from_pretrained(source, **labels, **kwargs)
+
+
+def _normalise_label(label: str) -> str:
+    return str(label).strip().lower().replace("_", " ")
+
+
+def check_teacher_labels(teacher: PreTrainedModel, num_labels: int, id2label: dict[int, str] | None = None) -> None:
+    """
+    Check that a teacher predicts the dataset's label space before any training step runs.
+
+    Args:
+        teacher (`PreTrainedModel`): The teacher classifier.
+        num_labels (`int`): Number of dataset classes.
+        id2label (`dict[int, str]`, *optional*): Dataset class names; differing names only log a warning, since
+            checkpoints often carry placeholder names.
+
+    Raises:
+        `ValueError`: The teacher has another number of classes than the dataset.
+    """
+    name = getattr(teacher.config, "_name_or_path", "") or type(teacher).__name__
+    teacher_labels = getattr(teacher.config, "num_labels", None)
+    if teacher_labels != num_labels:
+        raise ValueError(
+            f"Teacher {name!r} predicts {teacher_labels} classes but the dataset has {num_labels}; distilling its "
+            "logits needs the same label space. Fine-tune the teacher on this dataset first with `--loss ce` "
+            f"(e.g. `python examples/run_image_distill.py --student {name} --loss ce --output_dir teacher-ft ...`, "
+            "then `--teacher teacher-ft`), or map the dataset's classes onto the teacher's with `--teacher_label_map` "
+            "(a JSON object of dataset class name to teacher class name or index)."
+        )
+    if not id2label:
+        return
+    teacher_names = {int(i): label for i, label in (teacher.config.id2label or {}).items()}
+    mismatched = [
+        (i, teacher_names.get(i), label)
+        for i, label in sorted((int(i), label) for i, label in id2label.items())
+        if _normalise_label(teacher_names.get(i, "")) != _normalise_label(label)
+    ]
+    if mismatched:
+        shown = ", ".join(f"{i}: {t!r} vs {d!r}" for i, t, d in mismatched[:5])
+        logger.warning(
+            f"Teacher {name!r} has {num_labels} classes like the dataset, but {len(mismatched)} class names differ "
+            f"(teacher vs dataset: {shown}). Fine if the teacher was trained on this dataset with other names; "
+            "otherwise its logits are in another class order."
+        )
+
+
+def save_student(model: PreTrainedModel, output_dir: str, image_processor: Any | None = None) -> None:
+    """
+    Save a student with `save_pretrained` (safetensors) plus its image processor; timm students are also made
+    loadable by `timm.create_model("local-dir:" + output_dir, pretrained=True)` (see [`make_timm_loadable`]).
+
+    Args:
+        model (`PreTrainedModel`): The student.
+        output_dir (`str`): Target folder.
+        image_processor (*optional*): Saved beside the model. A `TimmWrapperImageProcessor` is not saved: its
+            settings live in config.json (`pretrained_cfg`).
+    """
+    model.save_pretrained(output_dir)
+    if image_processor is not None and type(image_processor).__name__ != "TimmWrapperImageProcessor":
+        image_processor.save_pretrained(output_dir)
+    if getattr(model.config, "model_type", None) == "timm_wrapper":
+        make_timm_loadable(output_dir)
+
+
+def _read_safetensors(folder: Path) -> tuple[dict[str, Any], list[Path]]:
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file():
+        return load_file(single), []
+    if index.is_file():
+        shards = sorted({folder / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
+        tensors: dict[str, Any] = {}
+        for shard in shards:
+            tensors.update(load_file(shard))
+        return tensors, [index, *shards]
+    found = sorted(p.name for p in folder.iterdir())
+    raise ValueError(
+        f"No model.safetensors (or model.safetensors.index.json) in {str(folder)!r} (found {found}). Save the model "
+        "with `save_pretrained` in safetensors format; pickle weights are not converted."
+    )
+
+
+def make_timm_loadable(output_dir: str) -> None:
+    """
+    Make a folder saved from a `TimmWrapperForImageClassification` also load with
+    `timm.create_model("local-dir:" + output_dir, pretrained=True)`, keeping it loadable by
+    `AutoModelForImageClassification.from_pretrained` and `pipeline("image-classification")`.
+
+    transformers writes `model_args: null` (timm's loader calls `.get` on it), no `pretrained_cfg` for a random-init
+    model (timm then reads the whole config.json as a pretrained cfg and fails on keys like `architectures`; the
+    transformers image processor needs it too), and weight names prefixed with `timm_model.` (timm's strict load
+    fails). This rewrites config.json with `model_args` (`{}` or the real ones), `num_classes` and a
+    `pretrained_cfg`, and stores unprefixed keys in one `model.safetensors`, the layout of timm's own Hub exports;
+    transformers re-adds the prefix when it loads (its `timm_wrapper` weight conversion). Idempotent.
+
+    Args:
+        output_dir (`str`): A folder written by `TimmWrapperForImageClassification.save_pretrained`.
+
+    Raises:
+        `ValueError`: The folder has no config.json, is not a timm checkpoint, or has no safetensors weights.
+    """
+    folder = Path(output_dir)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"No config.json in {output_dir!r}. Call `model.save_pretrained({output_dir!r})` first.")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if not _is_timm_config(config):
+        raise ValueError(
+            f"{output_dir!r} holds a {config.get('model_type')!r} model, not a timm one; only models loaded through "
+            "TimmWrapperForImageClassification (timm names and `timm/...` ids) can be made timm-loadable."
+        )
+    num_classes = config.get("num_classes") or len(config.get("label_names") or []) or None
+    if num_classes is None:
+        raise ValueError(f"config.json in {output_dir!r} has no num_classes; re-save the model with save_pretrained.")
+    pretrained_cfg = dict(config.get("pretrained_cfg") or _timm_pretrained_cfg(config["architecture"]))
+    if pretrained_cfg.get("num_classes") not in (None, num_classes):
+        # The source checkpoint's class names describe a head this folder no longer has.
+        for key in ("label_names", "label_descriptions", "label_offset"):
+            pretrained_cfg.pop(key, None)
+    pretrained_cfg["num_classes"] = num_classes
+    config.update(num_classes=num_classes, model_args=config.get("model_args") or {}, pretrained_cfg=pretrained_cfg)
+
+    tensors, stale = _read_safetensors(folder)
+    tensors = {k.removeprefix(_TIMM_PREFIX): v.contiguous() for k, v in tensors.items()}
+    tmp_file = folder / "model.safetensors.tmp"
+    save_file(tensors, tmp_file, metadata={"format": "pt"})
+    os.replace(tmp_file, folder / "model.safetensors")
+    for path in stale:
+        path.unlink()
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    logger.info(f"Made {output_dir!r} loadable by timm.create_model('local-dir:{output_dir}', pretrained=True).")
+
+
+def load_image_processor(
+    spec_or_name: ModelSpec | str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> Any:
+    """
+    Load the image processor matching a model; a bare timm architecture gets timm's default preprocessing.
+
+    Args:
+        spec_or_name (`ModelSpec` or `str`): The model.
+        revision (`str`, *optional*): Hub revision; overrides the spec's.
+        trust_remote_code (`bool`, *optional*, defaults to `False`): Passed to `AutoImageProcessor`.
+
+    Returns:
+        The image processor (`TimmWrapperImageProcessor` for timm models).
+    """
+    spec = spec_or_name if isinstance(spec_or_name, ModelSpec) else resolve_model_name(spec_or_name)
+    if spec.kind == "timm_arch":
+        from transformers import TimmWrapperImageProcessor
+
+        return TimmWrapperImageProcessor(pretrained_cfg=_timm_pretrained_cfg(spec.source), architecture=spec.source)
+    revision = revision if revision is not None else spec.revision
+    return AutoImageProcessor.from_pretrained(spec.source, revision=revision, trust_remote_code=trust_remote_code)

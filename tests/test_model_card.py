@@ -1,0 +1,218 @@
+"""Model card: Hub metadata, results table, distillation section, usage snippets; offline."""
+
+from importlib import resources
+
+import pytest
+from huggingface_hub import ModelCard
+
+from hfkd.losses.base import PaperRef
+from hfkd.model_card import build_model_card
+
+PAPER = PaperRef(
+    title="Distilling the Knowledge in a Neural Network",
+    authors="Geoffrey Hinton, Oriol Vinyals, Jeff Dean",
+    venue="NIPS 2014 Deep Learning Workshop",
+    arxiv_id="1503.02531",
+    bibtex="@article{hinton2015distilling,\n  title={Distilling the Knowledge in a Neural Network},\n  year={2015}\n}",
+)
+STUDENT = {"eval_accuracy": 0.7612, "eval_top5_accuracy": 0.9321, "eval_loss": 1.02}
+TEACHER = {"eval_accuracy": 0.8003, "eval_top5_accuracy": 0.9507}
+BASELINE = {"eval_accuracy": 0.7489, "eval_top5_accuracy": 0.9288}
+
+
+def _kwargs(**overrides):
+    kwargs = {
+        "model_name": "resnet18-kd-cifar100",
+        "student_name": "microsoft/resnet-18",
+        "teacher_name": "microsoft/resnet-50",
+        "teacher_revision": "a1b2c3d",
+        "loss_key": "kd",
+        "loss_kwargs": {"temperature": 4.0},
+        "paper": PAPER,
+        "ce_weight": 0.1,
+        "distill_weight": 0.9,
+        "dataset_name": "uoft-cs/cifar100",
+        "student_metrics": STUDENT,
+        "teacher_metrics": TEACHER,
+        "baseline_metrics": BASELINE,
+        "hyperparameters": {"learning_rate": 5e-05, "num_train_epochs": 3, "seed": 42, "lr_scheduler_type": None},
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _row(text: str, label: str) -> list[str]:
+    """The cells of the results-table row whose first cell starts with `label`."""
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0].startswith(label):
+            return cells
+    raise AssertionError(f"no table row {label!r} in:\n{text}")
+
+
+def _metrics_by_name(card_dict: dict) -> dict[str, float]:
+    (entry,) = card_dict["model-index"]
+    (result,) = entry["results"]
+    return {metric["name"]: metric["value"] for metric in result["metrics"]}
+
+
+def test_template_is_package_data():
+    assert resources.files("hfkd").joinpath("templates/model_card.md").is_file()
+
+
+def test_card_written_and_round_trips(tmp_path):
+    card = build_model_card(output_dir=str(tmp_path), **_kwargs(license="apache-2.0", extra_tags=["cifar100"]))
+    path = tmp_path / "README.md"
+    assert path.is_file()
+
+    loaded = ModelCard.load(path)
+    assert loaded.content == card.content
+    data = loaded.data.to_dict()
+    assert data == card.data.to_dict()
+    assert data["library_name"] == "transformers"
+    assert {"hfkd", "knowledge-distillation", "distill-kd", "image-classification", "cifar100"} <= set(data["tags"])
+    assert data["base_model"] == "microsoft/resnet-18"
+    assert data["datasets"] == ["uoft-cs/cifar100"]
+    assert data["metrics"] == ["accuracy"]
+    assert data["license"] == "apache-2.0"
+    assert data["pipeline_tag"] == "image-classification"
+    assert data["model-index"][0]["name"] == "resnet18-kd-cifar100"
+    assert data["model-index"][0]["results"][0]["dataset"]["type"] == "uoft-cs/cifar100"
+    # model-index holds fractions, exactly as evaluated.
+    assert _metrics_by_name(data) == {"Top-1 Accuracy": 0.7612, "Top-5 Accuracy": 0.9321}
+
+
+def test_results_table(tmp_path):
+    text = build_model_card(**_kwargs()).text
+    assert "| Model | Top-1 (%) | Top-5 (%) |" in text
+    assert _row(text, "Student (this model)")[1:] == ["76.12", "93.21"]
+    teacher = _row(text, "Teacher")
+    assert "microsoft/resnet-50" in teacher[0]
+    assert teacher[1:] == ["80.03", "95.07"]
+    assert _row(text, "CE-only baseline")[1:] == ["74.89", "92.88"]
+    # Δ in percentage points: 76.12 - 74.89 = +1.23, 93.21 - 92.88 = +0.33.
+    assert _row(text, "Δ")[1:] == ["+1.23", "+0.33"]
+
+
+def test_unknown_metrics_render_as_dash():
+    text = build_model_card(
+        **_kwargs(
+            student_metrics={"eval_accuracy": 0.5}, teacher_metrics=None, baseline_metrics={"eval_accuracy": 0.0}
+        )
+    ).text
+    assert _row(text, "Student (this model)")[1:] == ["50.00", "–"]
+    assert _row(text, "Teacher")[1:] == ["–", "–"]
+    assert _row(text, "CE-only baseline")[1:] == ["0.00", "–"]
+    assert _row(text, "Δ")[1:] == ["+50.00", "–"]
+
+
+def test_distillation_section_and_citation():
+    text = build_model_card(**_kwargs()).text
+    assert "Teacher revision: `a1b2c3d`" in text
+    assert "| `temperature` | `4.0` |" in text
+    assert "`loss = 0.1 × CE + 0.9 × KD`" in text
+    assert "- learning_rate: 5e-05" in text and "- seed: 42" in text
+    assert "lr_scheduler_type" not in text
+    assert f"```bibtex\n{PAPER.bibtex}\n```" in text
+    assert PAPER.url in text
+    assert "hfkd" in text.split("## Citation")[1]
+    assert 'pipeline("image-classification", model="resnet18-kd-cifar100")' in text
+
+
+def test_no_none_when_pieces_missing(tmp_path):
+    card = build_model_card(
+        output_dir=str(tmp_path),
+        model_name="resnet18-ce",
+        student_name="microsoft/resnet-18",
+        teacher_name=None,
+        teacher_revision=None,
+        loss_key="ce",
+        loss_kwargs={},
+        paper=None,
+        ce_weight=1.0,
+        distill_weight=0.0,
+        dataset_name=None,
+        student_metrics=None,
+    )
+    content = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "None" not in content and "null" not in content
+    assert "No evaluation results yet." in card.text
+    assert "no teacher" in card.text.lower()
+    assert "```bibtex" not in card.text
+    data = card.data.to_dict()
+    assert "model-index" not in data and "datasets" not in data
+
+
+def test_no_none_with_metrics_but_no_teacher_or_baseline():
+    card = build_model_card(
+        **_kwargs(teacher_name=None, teacher_revision=None, teacher_metrics=None, baseline_metrics=None, paper=None)
+    )
+    assert "None" not in str(card)
+    assert "Teacher (" not in card.text and "CE-only baseline" not in card.text and "Δ" not in card.text
+    assert _metrics_by_name(card.data.to_dict()) == {"Top-1 Accuracy": 0.7612, "Top-5 Accuracy": 0.9321}
+
+
+def test_local_paths_stay_out_of_metadata(tmp_path, monkeypatch):
+    student_dir = tmp_path / "checkpoints" / "student"
+    data_dir = tmp_path / "images"
+    student_dir.mkdir(parents=True)
+    data_dir.mkdir()
+    card = build_model_card(**_kwargs(student_name=str(student_dir), dataset_name=str(data_dir)))
+    data = card.data.to_dict()
+    assert "base_model" not in data and "datasets" not in data
+    assert str(tmp_path) not in card.data.to_yaml()
+    assert data["model-index"][0]["results"][0]["dataset"] == {"name": "images", "type": "imagefolder"}
+    assert str(student_dir) in card.text  # the text still says what was distilled, for reproducibility
+
+    # A relative folder that looks like a Hub id is local, as it is for `from_pretrained` and `load_dataset`.
+    (tmp_path / "my-org" / "resnet").mkdir(parents=True)
+    (tmp_path / "my-org" / "cifar").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    data = build_model_card(**_kwargs(student_name="my-org/resnet", dataset_name="my-org/cifar")).data.to_dict()
+    assert "base_model" not in data and "datasets" not in data
+
+
+@pytest.mark.parametrize("dataset_name", ["imagefolder", "./data/train", "~/data", "data/train.csv"])
+def test_dataset_formats_and_paths_are_not_hub_datasets(dataset_name):
+    assert "datasets" not in build_model_card(**_kwargs(dataset_name=dataset_name)).data.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("student_name", "expected"),
+    [("resnet18", None), ("hf-hub:timm/resnet18.a1_in1k", "timm/resnet18.a1_in1k"), ("local-dir:/ckpt", None)],
+)
+def test_base_model_only_for_namespaced_hub_ids(student_name, expected):
+    data = build_model_card(**_kwargs(student_name=student_name, is_timm=True)).data.to_dict()
+    assert data.get("base_model") == expected
+
+
+def test_timm_snippet_only_for_timm_students(tmp_path):
+    out = str(tmp_path / "out")
+    card = build_model_card(output_dir=out, **_kwargs(is_timm=True, hub_model_id="me/resnet18-kd"))
+    assert card.data.library_name == "timm"
+    assert 'timm.create_model("hf-hub:me/resnet18-kd", pretrained=True)' in card.text
+    assert f'timm.create_model("local-dir:{out}", pretrained=True)' in card.text
+    assert 'pipeline("image-classification", model="me/resnet18-kd")' in card.text
+    assert "AutoModelForImageClassification" in card.text
+
+    card = build_model_card(output_dir=out, **_kwargs())
+    assert card.data.library_name == "transformers"
+    assert "timm.create_model" not in card.text and "With timm" not in card.text
+    assert f'pipeline("image-classification", model="{out}")' in card.text
+
+
+def test_no_output_dir_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    build_model_card(**_kwargs())
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", [{"eval_accuracy": 76.12}, {"eval_top5_accuracy": -0.1}, {"eval_accuracy": "0.7"}])
+def test_rejects_non_fraction_accuracy(bad):
+    with pytest.raises(ValueError, match="fraction"):
+        build_model_card(**_kwargs(student_metrics=bad))
+
+
+def test_rejects_empty_model_name():
+    with pytest.raises(ValueError, match="model_name"):
+        build_model_card(**_kwargs(model_name=""))

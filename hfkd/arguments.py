@@ -62,7 +62,10 @@ class DistillationArguments(TrainingArguments):
 
     teacher_model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Teacher checkpoint (Hub id or local folder), used when no teacher object is passed."},
+        metadata={
+            "help": "Teacher checkpoint (Hub id or local folder), used when no teacher object is passed.",
+            "aliases": ["--teacher"],
+        },
     )
     teacher_model_revision: str = field(
         default="main", metadata={"help": "Revision (branch, tag or commit) of the teacher checkpoint."}
@@ -73,13 +76,17 @@ class DistillationArguments(TrainingArguments):
     )
     distill_loss: str = field(
         default="kd",
-        metadata={"help": "Distillation loss key (kd, dkd, dist, ...; see hfkd.list_losses()), or 'ce' for CE only."},
+        metadata={
+            "help": "Distillation loss key (kd, dkd, dist, ...; see hfkd.list_losses()), or 'ce' for CE only.",
+            "aliases": ["--loss"],
+        },
     )
     distill_loss_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={
             "help": "JSON hyperparameters of the loss, e.g. '{\"temperature\": 4.0}'. Unset keys keep "
-            "the paper defaults."
+            "the paper defaults.",
+            "aliases": ["--loss_kwargs"],
         },
     )
     distill_ce_weight: float = field(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForImageClassification, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -15,11 +17,17 @@ logger = logging.get_logger(__name__)
 def load_teacher(
     name_or_path: str, *, revision: str | None = "main", init_kwargs: dict[str, Any] | None = None
 ) -> PreTrainedModel:
-    """Load a teacher checkpoint for image classification; remote code stays off unless `init_kwargs` allows it."""
+    """Load a teacher from anything `hfkd.models.resolve_model_name` accepts (Hub id, timm id, folder, alias).
+
+    Remote code stays off unless `init_kwargs` sets `trust_remote_code=True`.
+    """
+    from .models import load_image_classifier, resolve_model_name
+
     kwargs = dict(init_kwargs or {})
-    kwargs.setdefault("trust_remote_code", False)
-    logger.info(f"Loading teacher {name_or_path!r} (revision {revision!r})")
-    return AutoModelForImageClassification.from_pretrained(name_or_path, revision=revision, **kwargs)
+    trust_remote_code = bool(kwargs.pop("trust_remote_code", False))
+    spec = resolve_model_name(name_or_path, revision=revision)
+    logger.info(f"Loading teacher {name_or_path!r} -> {spec.source} ({spec.kind}, revision {revision!r})")
+    return load_image_classifier(spec, role="teacher", trust_remote_code=trust_remote_code, **kwargs)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -43,3 +51,49 @@ def teacher_id(model: nn.Module, fallback: str | None = None) -> str | None:
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
     return name or fallback
+
+
+class LabelMappedTeacher(nn.Module):
+    """A teacher whose logits are restricted and reordered to the dataset's classes (`logits[:, indices]`)."""
+
+    def __init__(self, teacher: nn.Module, indices: Sequence[int], names: Sequence[str]) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.register_buffer("indices", torch.tensor(list(indices), dtype=torch.long), persistent=False)
+        self.config = copy.deepcopy(teacher.config)
+        self.config.num_labels = len(indices)
+        self.config.id2label = dict(enumerate(names))
+        self.config.label2id = {name: i for i, name in enumerate(names)}
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Any) -> Any:
+        outputs = self.teacher(pixel_values=pixel_values, **kwargs)
+        outputs["logits"] = outputs["logits"].index_select(-1, self.indices)
+        return outputs
+
+
+def map_teacher_labels(
+    teacher: PreTrainedModel, label_map: Mapping[str, str | int], dataset_names: Sequence[str]
+) -> LabelMappedTeacher:
+    """Map each dataset class onto a teacher class, by the teacher's class name or index.
+
+    Raises `ValueError` naming the dataset classes without a mapping, or teacher classes that do not exist.
+    """
+    teacher_ids = {str(name).lower(): int(i) for i, name in (teacher.config.id2label or {}).items()}
+    num_teacher = teacher.config.num_labels
+    missing = [name for name in dataset_names if name not in label_map]
+    if missing:
+        raise ValueError(
+            f"--teacher_label_map has no entry for dataset class(es) {missing[:10]}; map every dataset class "
+            "to a teacher class name or index."
+        )
+    indices = []
+    for name in dataset_names:
+        target = label_map[name]
+        index = target if isinstance(target, int) else teacher_ids.get(str(target).lower())
+        if index is None or not 0 <= index < num_teacher:
+            raise ValueError(
+                f"--teacher_label_map maps {name!r} to {target!r}, which is not a class of the teacher "
+                f"({num_teacher} classes, e.g. {list(teacher.config.id2label.values())[:5]})."
+            )
+        indices.append(index)
+    return LabelMappedTeacher(teacher, indices, list(dataset_names))

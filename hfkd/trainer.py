@@ -11,7 +11,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel, Trainer
+from tqdm.auto import tqdm
+from transformers import EvalPrediction, PreTrainedModel, Trainer
 from transformers.utils import logging
 
 from . import __version__
@@ -163,10 +164,7 @@ class DistillationTrainer(Trainer):
         student_logits = logits_of(student_outputs)
         ce = None
         if labels is not None:
-            # CE in float32 whatever the autocast dtype; label smoothing as the Trainer would apply it.
-            ce = F.cross_entropy(
-                student_logits.float(), labels.long(), label_smoothing=self.args.label_smoothing_factor
-            )
+            ce = self._cross_entropy(student_logits, labels)
         if not distilling:
             # Evaluation (and CE-only training) runs the student alone: eval_loss is the student's CE.
             if ce is None:
@@ -174,6 +172,9 @@ class DistillationTrainer(Trainer):
             return (ce, {"logits": student_logits}) if return_outputs else ce
 
         teacher_outputs = self._teacher_forward(inputs, needs_hidden)
+        if labels is not None and self.distill_loss.requires_labels:
+            # Unlabelled samples (label < 0): the teacher labels them, for losses that split on the target class.
+            labels = torch.where(labels >= 0, labels, logits_of(teacher_outputs).argmax(-1))
         batch = DistillBatch(
             labels=labels, epoch=float(self.state.epoch or 0.0), sample_index=inputs.get("sample_index")
         )
@@ -183,6 +184,24 @@ class DistillationTrainer(Trainer):
             loss = loss + self.args.distill_ce_weight * ce
         self._record_metrics("train", ce, loss_dict)
         return (loss, {"logits": student_logits}) if return_outputs else loss
+
+    def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean CE over the labelled samples, in float32 whatever the autocast dtype.
+
+        A negative label (the `datasets` convention for a missing label) marks an unlabelled sample: it adds no CE,
+        only the distillation loss, so the teacher supervises what nobody labelled. A micro-batch without labels
+        has CE 0. Label smoothing follows `args.label_smoothing_factor`, as the Trainer would apply it.
+        """
+        labels = labels.long()
+        labelled = labels >= 0
+        ce_sum = F.cross_entropy(
+            logits.float(),
+            labels.masked_fill(~labelled, -100),
+            ignore_index=-100,
+            reduction="sum",
+            label_smoothing=self.args.label_smoothing_factor,
+        )
+        return ce_sum / labelled.sum().clamp_min(1)
 
     def _teacher_forward(self, inputs: dict[str, Any], output_hidden_states: bool) -> Any:
         teacher = self.teacher_model
@@ -247,3 +266,117 @@ class DistillationTrainer(Trainer):
             output_dir = output_dir if output_dir is not None else self.args.output_dir
             with open(os.path.join(output_dir, DISTILL_CONFIG_NAME), "w", encoding="utf-8") as f:
                 json.dump(self.distill_config(), f, indent=2, sort_keys=True)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the student; a timm student's final folder also loads with `timm.create_model("local-dir:...")`."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        # Only the final folder: resume loads checkpoints non-strictly, so their keys keep transformers' layout.
+        if self.args.should_save and getattr(config, "model_type", None) == "timm_wrapper":
+            from .models import make_timm_loadable
+
+            make_timm_loadable(folder)
+
+    @torch.no_grad()
+    def evaluate_teacher(self, eval_dataset: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Top-1/top-5 accuracy of the teacher on the evaluation set (its own pixel tensor when it has one)."""
+        if self.teacher_model is None:
+            raise ValueError("There is no teacher to evaluate (distill_loss='ce').")
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        predictions, references = [], []
+        for inputs in tqdm(dataloader, desc="Teacher evaluation", disable=not self.is_local_process_zero()):
+            inputs = self._prepare_inputs(inputs)
+            logits = logits_of(self._teacher_forward(inputs, output_hidden_states=False))
+            ranked, labels = self.accelerator.gather_for_metrics((top_k_indices(logits), inputs["labels"]))
+            predictions.append(ranked.cpu())
+            references.append(labels.cpu())
+        result = compute_accuracy_metrics(
+            EvalPrediction(predictions=torch.cat(predictions).numpy(), label_ids=torch.cat(references).numpy())
+        )
+        return {f"{metric_key_prefix}_{name}": value for name, value in result.items()}
+
+    def latest_eval_metrics(self) -> dict[str, float] | None:
+        """The most recent logged evaluation metrics (`eval_accuracy`, ...), if any."""
+        for entry in reversed(self.state.log_history):
+            if "eval_accuracy" in entry:
+                return entry
+        return None
+
+    def training_hyperparameters(self) -> dict[str, Any]:
+        args = self.args
+        precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+        return {
+            "learning_rate": args.learning_rate,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "total_train_batch_size": args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
+            * max(args.world_size, 1),
+            "num_train_epochs": args.num_train_epochs if args.max_steps <= 0 else None,
+            "max_steps": args.max_steps if args.max_steps > 0 else None,
+            "optimizer": str(getattr(args.optim, "value", args.optim)),
+            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+            "warmup_steps": args.warmup_steps or None,
+            "weight_decay": args.weight_decay,
+            "label_smoothing_factor": args.label_smoothing_factor or None,
+            "mixed_precision": precision,
+            "seed": args.seed,
+            "num_processes": args.world_size,
+        }
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        *,
+        student_metrics: dict[str, float] | None = None,
+        teacher_metrics: dict[str, float] | None = None,
+        baseline_metrics: dict[str, float] | None = None,
+        is_timm: bool | None = None,
+    ) -> None:
+        """Write `output_dir/README.md`: metadata, results next to the teacher's, loss, kwargs and citation.
+
+        Runs on the main process only. `student_metrics` defaults to the latest evaluation; `teacher_metrics`
+        and `baseline_metrics` (the CE-only student) are shown when given.
+        """
+        if not self.is_world_process_zero():
+            return
+        from .model_card import build_model_card
+
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        student_name = finetuned_from or getattr(config, "_name_or_path", None) or "student"
+        if is_timm is None:
+            is_timm = getattr(config, "model_type", None) == "timm_wrapper"
+        distill = self.distill_config()
+        teacher = distill["teacher"] or {}
+        extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
+        build_model_card(
+            output_dir=self.args.output_dir,
+            model_name=model_name or os.path.basename(os.path.normpath(self.args.output_dir)),
+            student_name=student_name,
+            teacher_name=teacher.get("name_or_path"),
+            teacher_revision=teacher.get("revision"),
+            loss_key=distill["distill_loss"],
+            loss_kwargs=distill["distill_loss_kwargs"],
+            paper=getattr(self.distill_loss, "paper", None),
+            ce_weight=self.args.distill_ce_weight,
+            distill_weight=self.args.distill_weight if self.distill_loss is not None else 0.0,
+            dataset_name=dataset if isinstance(dataset, str) else (dataset[0] if dataset else None),
+            dataset_config=dataset_args if isinstance(dataset_args, str) else None,
+            student_metrics=student_metrics if student_metrics is not None else self.latest_eval_metrics(),
+            teacher_metrics=teacher_metrics,
+            baseline_metrics=baseline_metrics,
+            hyperparameters=self.training_hyperparameters(),
+            is_timm=is_timm,
+            hub_model_id=self.args.hub_model_id if self.args.push_to_hub else None,
+            license=license,
+            extra_tags=[t for t in extra_tags if t not in ("hfkd", "knowledge-distillation")],
+        )

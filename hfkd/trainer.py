@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import EvalPrediction, PreTrainedModel, Trainer
@@ -17,9 +18,11 @@ from transformers.utils import logging
 
 from . import __version__
 from .arguments import DistillationArguments
-from .losses import DistillBatch, LossContext, create_loss, logits_of
+from .features import probe_feature_shapes
+from .losses import DistillBatch, LossContext, create_loss, get_loss_class, logits_of
 from .metrics import compute_accuracy_metrics, top_k_indices
 from .teacher import load_teacher, prepare_teacher, teacher_id
+from .wrapper import ADAPTERS_NAME, DistillationModule
 
 logger = logging.get_logger(__name__)
 
@@ -124,18 +127,30 @@ class DistillationTrainer(Trainer):
             )
         self._check_label_spaces(teacher_source)
         self.teacher_model = prepare_teacher(teacher_source, self.args.device)
+        self.distill_loss = create_loss(
+            args.distill_loss, context=self._loss_context(train_dataset), **args.distill_loss_kwargs
+        )
+        self.distill_loss.to(self.args.device)
+        if any(p.requires_grad for p in self.distill_loss.parameters()):
+            # Adapters train with the student: one module, so the optimizer, DDP and checkpoints see them.
+            self.model = DistillationModule(self.model, self.distill_loss).to(self.args.device)
+            self.model_wrapped = self.model
+
+    def _loss_context(self, train_dataset: Any) -> LossContext:
+        """What the loss may need before training: classes, dataset size, and feature shapes when it uses them."""
         context = LossContext(
             num_classes=_num_labels(self.model),
             dataset_size=len(train_dataset) if hasattr(train_dataset, "__len__") else None,
         )
-        self.distill_loss = create_loss(args.distill_loss, context=context, **args.distill_loss_kwargs)
-        if any(p.requires_grad for p in self.distill_loss.parameters()):
-            raise ValueError(
-                f"Loss {args.distill_loss!r} has trainable parameters; DistillationTrainer does not train loss "
-                "parameters yet. Use a logit loss (kd, dkd, dist)."
-            )
-        self.distill_loss.to(self.args.device)
-        self._needs_hidden_states = self.distill_loss.requires_hidden_states
+        loss_cls = get_loss_class(self.args.distill_loss)
+        if loss_cls.requires_hidden_states and train_dataset is not None and len(train_dataset) > 0:
+            # Probe both models once on real inputs so that losses can size their adapters.
+            probe = self.data_collator([train_dataset[i] for i in range(min(2, len(train_dataset)))])
+            pixels = probe["pixel_values"].to(self.args.device)
+            teacher_pixels = probe.get("teacher_pixel_values", probe["pixel_values"]).to(self.args.device)
+            context.student_feature_shapes = probe_feature_shapes(self.model, pixels)
+            context.teacher_feature_shapes = probe_feature_shapes(self.teacher_model, teacher_pixels)
+        return context
 
     def _check_label_spaces(self, teacher: nn.Module) -> None:
         student_labels, teacher_labels = _num_labels(self.model), _num_labels(teacher)
@@ -156,34 +171,38 @@ class DistillationTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = inputs.get("labels")
         student_inputs = {k: v for k, v in inputs.items() if k not in _DISTILL_INPUT_KEYS}
-        distilling = self.teacher_model is not None and model.training
-        needs_hidden = distilling and self._needs_hidden_states
+        if self.teacher_model is None or not model.training:
+            # Evaluation (and CE-only training) runs the student alone: eval_loss is the student's CE.
+            if labels is None:
+                raise ValueError("The batch has no `labels`; the CE-only loss and evaluation need them.")
+            logits = logits_of(model(**student_inputs))
+            ce = self._cross_entropy(logits, labels)
+            return (ce, {"logits": logits}) if return_outputs else ce
+
+        needs_hidden = self.distill_loss.requires_hidden_states
         if needs_hidden:
             student_inputs["output_hidden_states"] = True
-        student_outputs = model(**student_inputs)
-        student_logits = logits_of(student_outputs)
-        ce = None
-        if labels is not None:
-            ce = self._cross_entropy(student_logits, labels)
-        if not distilling:
-            # Evaluation (and CE-only training) runs the student alone: eval_loss is the student's CE.
-            if ce is None:
-                raise ValueError("The batch has no `labels`; the CE-only loss and evaluation need them.")
-            return (ce, {"logits": student_logits}) if return_outputs else ce
-
         teacher_outputs = self._teacher_forward(inputs, needs_hidden)
+        loss_labels = labels
         if labels is not None and self.distill_loss.requires_labels:
             # Unlabelled samples (label < 0): the teacher labels them, for losses that split on the target class.
-            labels = torch.where(labels >= 0, labels, logits_of(teacher_outputs).argmax(-1))
+            loss_labels = torch.where(labels >= 0, labels, logits_of(teacher_outputs).argmax(-1))
         batch = DistillBatch(
-            labels=labels, epoch=float(self.state.epoch or 0.0), sample_index=inputs.get("sample_index")
+            labels=loss_labels, epoch=float(self.state.epoch or 0.0), sample_index=inputs.get("sample_index")
         )
-        loss_dict = self.distill_loss(student_outputs, teacher_outputs, batch)
+        if isinstance(self.accelerator.unwrap_model(model), DistillationModule):
+            student_outputs, loss_dict = model(distill_inputs=(teacher_outputs, batch), **student_inputs)
+        else:
+            student_outputs = model(**student_inputs)
+            loss_dict = self.distill_loss(student_outputs, teacher_outputs, batch)
+        logits = logits_of(student_outputs)
         loss = self.args.distill_weight * loss_dict["loss"]
-        if ce is not None:
+        ce = None
+        if labels is not None:
+            ce = self._cross_entropy(logits, labels)
             loss = loss + self.args.distill_ce_weight * ce
         self._record_metrics("train", ce, loss_dict)
-        return (loss, {"logits": student_logits}) if return_outputs else loss
+        return (loss, {"logits": logits}) if return_outputs else loss
 
     def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean CE over the labelled samples, in float32 whatever the autocast dtype.
@@ -261,11 +280,43 @@ class DistillationTrainer(Trainer):
         }
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict=state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        wrapper = self.accelerator.unwrap_model(self.model)
+        if isinstance(wrapper, DistillationModule):
+            # The bare student, loadable with AutoModelForImageClassification; adapters beside it.
+            if self.args.should_save:
+                os.makedirs(output_dir, exist_ok=True)
+                student_state = None
+                if state_dict is not None:
+                    student_state = {
+                        k[len("student.") :]: v for k, v in state_dict.items() if k.startswith("student.")
+                    }
+                wrapper.student.save_pretrained(output_dir, state_dict=student_state)
+                save_file(
+                    wrapper.adapter_state_dict(), os.path.join(output_dir, ADAPTERS_NAME), metadata={"format": "pt"}
+                )
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(output_dir)
+                torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        else:
+            super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
-            output_dir = output_dir if output_dir is not None else self.args.output_dir
             with open(os.path.join(output_dir, DISTILL_CONFIG_NAME), "w", encoding="utf-8") as f:
                 json.dump(self.distill_config(), f, indent=2, sort_keys=True)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if not isinstance(wrapper, DistillationModule):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, wrapper.student)
+        path = os.path.join(resume_from_checkpoint, ADAPTERS_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"Checkpoint {resume_from_checkpoint!r} has no {ADAPTERS_NAME}, which loss "
+                f"{self.args.distill_loss!r} needs to resume. Resume from a checkpoint of a run with this loss."
+            )
+        wrapper.distill_loss.load_state_dict(load_file(path, device=str(self.args.device)))
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the student; a timm student's final folder also loads with `timm.create_model("local-dir:...")`."""

@@ -257,3 +257,107 @@ def test_configuration_errors(tmp_path, student, train_dataset):
         DistillationTrainer(
             model=student, teacher_model=tiny_resnet(), args=TrainingArguments(output_dir=str(tmp_path))
         )
+
+
+def test_teacher_runs_under_the_students_autocast(tmp_path, student, teacher, train_dataset):
+    dtypes = []
+    teacher.register_forward_hook(lambda m, a, out: dtypes.append(out.logits.dtype))
+    args = _args(tmp_path, bf16=True, max_steps=1)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=train_dataset, data_collator=collate
+    )
+    trainer.train()
+    assert dtypes == [torch.bfloat16]
+    assert all(p.dtype == torch.float32 for p in teacher.parameters())
+    assert all(v == v for v in _logged(trainer, "distill/kd"))
+
+
+def test_unlabelled_samples_get_no_ce_and_teacher_labels_for_dkd(tmp_path, student, teacher):
+    _perturb(teacher)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=_args(tmp_path, distill_loss="dkd"), data_collator=collate
+    )
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randn(4, 3, 32, 32, generator=g)
+    labels = torch.tensor([1, -1, 3, -1])
+    seen = []
+    original = trainer.distill_loss.forward
+    trainer.distill_loss.forward = lambda s, t, batch: seen.append(batch.labels.clone()) or original(s, t, batch)
+    student.train()
+    trainer.compute_loss(student, {"pixel_values": pixels, "labels": labels})
+    with torch.no_grad():
+        teacher_argmax = teacher(pixel_values=pixels).logits.argmax(-1)
+        logits = student(pixel_values=pixels).logits
+    assert seen[0].tolist() == [1, teacher_argmax[1].item(), 3, teacher_argmax[3].item()]
+    ce = trainer._cross_entropy(logits, labels)
+    expected = torch.nn.functional.cross_entropy(logits[[0, 2]], labels[[0, 2]])
+    torch.testing.assert_close(ce, expected)
+    assert trainer._cross_entropy(logits, torch.full((4,), -1)).item() == 0.0
+
+
+@pytest.fixture
+def adapter_loss(monkeypatch):
+    """A user loss with a trainable projector: the teacher's logits are matched through a learned linear map."""
+    from hfkd.losses import DistillationLoss, logits_of, register_loss
+    from hfkd.losses import registry as registry_module
+
+    monkeypatch.setattr(registry_module, "_LOSSES", dict(registry_module._LOSSES))
+
+    @register_loss("test_projector")
+    class ProjectorLoss(DistillationLoss):
+        requires_hidden_states = True
+
+        def __init__(self, *, context) -> None:
+            super().__init__()
+            self.shapes = (context.student_feature_shapes, context.teacher_feature_shapes)
+            channels = context.student_feature_shapes[-1][0]
+            self.projector = torch.nn.Linear(channels, context.teacher_feature_shapes[-1][0])
+
+        def forward(self, student, teacher, batch):
+            from hfkd.features import pooled_features
+
+            projected = self.projector(pooled_features(student))
+            loss = (projected - pooled_features(teacher)).pow(2).mean() + 0 * logits_of(student).sum()
+            return {"loss": loss, "projector": loss.detach()}
+
+    return ProjectorLoss
+
+
+def test_trainable_loss_parameters_train_save_beside_and_resume(tmp_path, adapter_loss, train_dataset):
+    from safetensors.torch import load_file as load_safetensors
+
+    from hfkd.wrapper import ADAPTERS_NAME, DistillationModule
+
+    teacher = tiny_resnet(wide=True, seed=2)
+
+    def run(folder, resume=None):
+        student = tiny_resnet(seed=1)
+        args = _args(folder, distill_loss="test_projector", max_steps=4, save_strategy="steps", save_steps=2)
+        trainer = DistillationTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=train_dataset, data_collator=collate
+        )
+        return trainer, student
+
+    trainer, student = run(tmp_path / "a")
+    loss = trainer.model.distill_loss
+    assert isinstance(trainer.model, DistillationModule)
+    # Shapes were probed on real inputs: stem + 2 stages, student 8/16 channels, teacher 16/32.
+    assert [s[0] for s in loss.shapes[0]] == [8, 8, 16] and [s[0] for s in loss.shapes[1]] == [8, 16, 32]
+    before = loss.projector.weight.detach().clone()
+    trainer.train()
+    trainer.save_model()
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert id(loss.projector.weight) in optimized
+    assert not torch.equal(before, loss.projector.weight)
+    out = tmp_path / "a" / "out"
+    assert set(load_safetensors(out / "model.safetensors")) == set(student.state_dict())
+    torch.testing.assert_close(load_safetensors(out / ADAPTERS_NAME)["projector.weight"], loss.projector.weight)
+    reloaded = AutoModelForImageClassification.from_pretrained(out)
+    for key, value in student.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[key], value)
+
+    resumed, resumed_student = run(tmp_path / "b")
+    resumed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    torch.testing.assert_close(resumed.model.distill_loss.projector.weight, loss.projector.weight, rtol=0, atol=0)
+    for key, value in student.state_dict().items():
+        torch.testing.assert_close(resumed_student.state_dict()[key], value, rtol=0, atol=0)

@@ -40,7 +40,7 @@ METHODS = {
 # Fashion-MNIST's pixel statistics (single channel); the models read 1-channel 28x28 images.
 MEAN, STD = [0.286], [0.353]
 TEACHER = {"embedding_size": 32, "hidden_sizes": [64, 128, 256], "depths": [2, 2, 2]}
-STUDENT = {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]}
+STUDENT = {"embedding_size": 16, "hidden_sizes": [16, 32, 64], "depths": [1, 1, 1]}
 
 
 def make_init_folder(folder: Path, arch: dict, num_labels: int, seed: int) -> str:

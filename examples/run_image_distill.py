@@ -281,6 +281,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=student_processor,
     )
     trainer.recipe_path = recipe
+    trainer.data_info = {
+        "dataset": data_args.dataset,
+        "config": data_args.dataset_config,
+        "source": getattr(dataset, "source", None),
+        "train_images": len(splits["train"]),
+        "eval_images": len(splits["eval"]),
+        "labelled_images": data_args.labelled_samples,
+        "image_column": image_column,
+        "label_column": label_column,
+    }
 
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()

@@ -329,3 +329,26 @@ def build_model_card(
         card.save(path)
         logger.info(f"Model card written to {path}")
     return card
+
+
+def training_hyperparameters(args: Any) -> dict[str, Any]:
+    """The `TrainingArguments` a reader needs to reproduce a run, for the card's hyperparameter list."""
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    return {
+        "learning_rate": args.learning_rate,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "total_train_batch_size": args.per_device_train_batch_size
+        * args.gradient_accumulation_steps
+        * max(args.world_size, 1),
+        "num_train_epochs": args.num_train_epochs if args.max_steps <= 0 else None,
+        "max_steps": args.max_steps if args.max_steps > 0 else None,
+        "optimizer": str(getattr(args.optim, "value", args.optim)),
+        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "warmup_steps": args.warmup_steps or None,
+        "weight_decay": args.weight_decay,
+        "label_smoothing_factor": args.label_smoothing_factor or None,
+        "mixed_precision": precision,
+        "seed": args.seed,
+        "num_processes": args.world_size,
+    }

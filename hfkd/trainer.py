@@ -117,6 +117,7 @@ class DistillationTrainer(Trainer):
         self.teacher_model: nn.Module | None = None
         self.distill_loss = None
         self.recipe_path: str | None = None
+        self.data_info: dict[str, Any] | None = None
         if not args.uses_teacher:
             if teacher_model is not None:
                 logger.warning("distill_loss='ce' trains on the labels alone; the teacher is ignored.")
@@ -277,6 +278,7 @@ class DistillationTrainer(Trainer):
                 "num_labels": _num_labels(teacher),
             },
             "recipe": self.recipe_path,
+            "data": self.data_info,
         }
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -354,28 +356,6 @@ class DistillationTrainer(Trainer):
                 return entry
         return None
 
-    def training_hyperparameters(self) -> dict[str, Any]:
-        args = self.args
-        precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-        return {
-            "learning_rate": args.learning_rate,
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "total_train_batch_size": args.per_device_train_batch_size
-            * args.gradient_accumulation_steps
-            * max(args.world_size, 1),
-            "num_train_epochs": args.num_train_epochs if args.max_steps <= 0 else None,
-            "max_steps": args.max_steps if args.max_steps > 0 else None,
-            "optimizer": str(getattr(args.optim, "value", args.optim)),
-            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-            "warmup_steps": args.warmup_steps or None,
-            "weight_decay": args.weight_decay,
-            "label_smoothing_factor": args.label_smoothing_factor or None,
-            "mixed_precision": precision,
-            "seed": args.seed,
-            "num_processes": args.world_size,
-        }
-
     def create_model_card(
         self,
         language: str | None = None,
@@ -400,7 +380,7 @@ class DistillationTrainer(Trainer):
         """
         if not self.is_world_process_zero():
             return
-        from .model_card import build_model_card
+        from .model_card import build_model_card, training_hyperparameters
 
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
         student_name = finetuned_from or getattr(config, "_name_or_path", None) or "student"
@@ -425,7 +405,7 @@ class DistillationTrainer(Trainer):
             student_metrics=student_metrics if student_metrics is not None else self.latest_eval_metrics(),
             teacher_metrics=teacher_metrics,
             baseline_metrics=baseline_metrics,
-            hyperparameters=self.training_hyperparameters(),
+            hyperparameters=training_hyperparameters(self.args),
             is_timm=is_timm,
             hub_model_id=self.args.hub_model_id if self.args.push_to_hub else None,
             license=license,

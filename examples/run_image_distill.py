@@ -43,6 +43,7 @@ from hfkd.data import (
     make_transform_fn,
     set_image_transform,
 )
+from hfkd.losses import get_loss_class
 from hfkd.models import (
     ModelSpec,
     check_teacher_labels,
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     student_config = image_config_for_model(student, student_processor)
     teacher_config = image_config_for_model(teacher, teacher_processor) if teacher is not None else None
     augment = data_args.train_augment
+    # Losses such as MLKD learn from a second, strongly augmented (RandAugment) view of each training image.
+    needs_strong_view = distilling and get_loss_class(training_args.distill_loss).requires_strong_view
     splits = {}
     for split, train in (("train", True), ("eval", False)):
         part = dataset[split]
@@ -263,11 +266,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             part, skipped = filter_unreadable(part, image_column)
             logger.info(f"{split}: skipped {skipped} unreadable images")
         part = add_sample_index(part)
+        strong_transforms = None
+        if train and needs_strong_view:
+            strong_transforms = (
+                build_transforms(student_config, train=True, train_augment=augment, strong=True),
+                build_transforms(teacher_config, train=True, train_augment=augment, strong=True)
+                if teacher_config
+                else None,
+            )
         transform = make_transform_fn(
             build_transforms(student_config, train=train, train_augment=augment),
             build_transforms(teacher_config, train=train, train_augment=augment) if teacher_config else None,
             image_column,
             label_column,
+            strong_transforms=strong_transforms,
         )
         splits[split] = set_image_transform(part, transform)
 

@@ -251,7 +251,7 @@ def image_config_for_model(model: Any, processor: Any = None) -> ImageConfig:
 class ImageTransform:
     """One model's preprocessing: image -> `to_mode` -> `geometry` (uint8 tensor) -> `normalize` (float tensor)."""
 
-    def __init__(self, config: ImageConfig, train: bool, train_augment: str = "auto") -> None:
+    def __init__(self, config: ImageConfig, train: bool, train_augment: str = "auto", strong: bool = False) -> None:
         if train_augment not in TRAIN_AUGMENTS:
             raise ValueError(f"Unknown train_augment {train_augment!r}. Use one of {TRAIN_AUGMENTS}.")
         tiny = max(config.size) <= TINY_IMAGE_SIZE
@@ -272,6 +272,9 @@ class ImageTransform:
             steps.append(v2.RandomCrop(config.size, padding=4))
         if self.train_augment != "none":
             steps.append(v2.RandomHorizontalFlip())
+        self.strong = strong
+        if strong:  # MLKD's strong view: the weak augmentation followed by RandAugment(2, 10)
+            steps.append(v2.RandAugment(num_ops=2, magnitude=10))
         self.geometry = v2.Compose([*steps, v2.ToImage()])
         self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)])
 
@@ -285,7 +288,7 @@ class ImageTransform:
         config = asdict(self.config)
         if geometry_only:
             del config["mean"], config["std"]
-        return (self.train_augment, *sorted(config.items()))
+        return (self.train_augment, self.strong, *sorted(config.items()))
 
     def __call__(self, image: PILImage.Image) -> torch.Tensor:
         return self.normalize(self.geometry(self.to_mode(image)))
@@ -294,7 +297,9 @@ class ImageTransform:
         return f"ImageTransform(train_augment={self.train_augment!r}, config={self.config},\n{self.geometry})"
 
 
-def build_transforms(preprocess_config: ImageConfig, train: bool, *, train_augment: str = "auto") -> ImageTransform:
+def build_transforms(
+    preprocess_config: ImageConfig, train: bool, *, train_augment: str = "auto", strong: bool = False
+) -> ImageTransform:
     """`torchvision.transforms.v2` preprocessing for one model.
 
     Args:
@@ -307,11 +312,13 @@ def build_transforms(preprocess_config: ImageConfig, train: bool, *, train_augme
             4 px padding + flip (CIFAR); `"none"`: the eval pipeline; `"auto"`: `"crop_flip"` for inputs up to
             64 px, else `"rrc"`. Eval: resize to `eval_resize_size` and center-crop; inputs up to 64 px are only
             resized to `size`.
+        strong (`bool`, *optional*, defaults to `False`):
+            Append `RandAugment(num_ops=2, magnitude=10)` to the geometry: the strong view of MLKD.
 
     Returns:
         `ImageTransform`: PIL image -> normalised `float32` tensor `(num_channels, height, width)`.
     """
-    return ImageTransform(preprocess_config, train, train_augment)
+    return ImageTransform(preprocess_config, train, train_augment, strong)
 
 
 # ----------------------------------------------------------------------------------------------- transform fn
@@ -343,6 +350,7 @@ class TransformFn:
             elif student_transform.signature(False) != teacher_transform.signature(False):
                 self.mode = "renorm"  # only mean/std differ: one geometric view, normalised twice
         self.emits_teacher = self.mode != "none"
+        self.strong: TransformFn | None = None
 
     def _where(self, row: int, image: Any, indices: list | None) -> str:
         where = f"dataset index {indices[row]}" if indices is not None else f"row {row} of the batch"
@@ -387,6 +395,11 @@ class TransformFn:
             student_view, teacher_view = self._views(decoded)
             out["pixel_values"].append(student_view)
             out["teacher_pixel_values"].append(teacher_view)
+            if self.strong is not None:
+                strong_student, strong_teacher = self.strong._views(decoded)
+                out.setdefault("strong_pixel_values", []).append(strong_student)
+                if self.strong.emits_teacher:
+                    out.setdefault("teacher_strong_pixel_values", []).append(strong_teacher)
             out["labels"].append(batch[self.label_column][row] if self.label_column is not None else None)
             out[INDEX_COLUMN].append(indices[row] if indices is not None else None)
         for key, absent in (
@@ -407,6 +420,7 @@ def make_transform_fn(
     *,
     skip_unreadable: bool = False,
     index_column: str = INDEX_COLUMN,
+    strong_transforms: tuple[Callable, Callable | None] | None = None,
 ) -> TransformFn:
     """A batch transform for `Dataset.set_transform` (use `set_image_transform` to get index-naming errors).
 
@@ -424,11 +438,18 @@ def make_transform_fn(
             `ValueError` that names the index. Prefer the exact `filter_unreadable` pre-pass.
         index_column (`str`, *optional*, defaults to `"sample_index"`):
             Column with dataset indices; when present it names bad rows and is emitted as `sample_index`.
+        strong_transforms (`tuple`, *optional*):
+            (student, teacher) transforms of a second, strongly augmented view (MLKD), emitted as
+            `strong_pixel_values` and, when the teacher's differs, `teacher_strong_pixel_values`.
 
     Returns:
-        `TransformFn`: maps a batch to `pixel_values`, [`teacher_pixel_values`], `labels`, [`sample_index`].
+        `TransformFn`: maps a batch to `pixel_values`, [`teacher_pixel_values`], `labels`, [`sample_index`],
+        [`strong_pixel_values`, `teacher_strong_pixel_values`].
     """
-    return TransformFn(student_transform, teacher_transform, image_column, label_column, skip_unreadable, index_column)
+    fn = TransformFn(student_transform, teacher_transform, image_column, label_column, skip_unreadable, index_column)
+    if strong_transforms is not None:
+        fn.strong = TransformFn(*strong_transforms, image_column, label_column, skip_unreadable, index_column)
+    return fn
 
 
 def set_image_transform(dataset: Dataset, transform_fn: TransformFn) -> Dataset:
@@ -451,15 +472,20 @@ def _stack(examples: list[dict[str, Any]], key: str) -> torch.Tensor:
     return torch.stack(tensors)
 
 
+IMAGE_KEYS = ("pixel_values", "teacher_pixel_values", "strong_pixel_values", "teacher_strong_pixel_values")
+
+
 class DistillationCollator:
-    """Stack `pixel_values`, `teacher_pixel_values` (if present), `labels` and `sample_index` (if present)."""
+    """Stack the image tensors (`pixel_values`, and the teacher's and strong views when present), `labels` and
+    `sample_index` (if present)."""
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not examples:
             raise ValueError("Empty batch: all its images were skipped as unreadable. Run filter_unreadable() first.")
-        batch = {"pixel_values": _stack(examples, "pixel_values")}
-        if "teacher_pixel_values" in examples[0]:
-            batch["teacher_pixel_values"] = _stack(examples, "teacher_pixel_values")
+        batch = {}
+        for key in IMAGE_KEYS:
+            if key in examples[0]:
+                batch[key] = _stack(examples, key)
         for key in ("labels", INDEX_COLUMN):
             if key in examples[0]:
                 batch[key] = torch.tensor([int(example[key]) for example in examples], dtype=torch.long)

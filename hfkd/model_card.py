@@ -182,7 +182,7 @@ def _summary(
         return f"This model is {_model_link(student_name)} trained with cross-entropy only (no teacher){on_dataset}."
     method = f"**{loss_key.upper()}**"
     if paper is not None:
-        method += f" ([{paper.title}]({paper.url}))"
+        method += f" ([{paper.title}]({paper.url}))" if paper.url else f" (*{paper.title}*)"
     from_teacher = f" distilled from {_model_link(teacher_name)}" if teacher_name else " trained"
     return f"This model is {_model_link(student_name)}{from_teacher} with {method}{on_dataset}."
 

@@ -28,7 +28,13 @@ logger = logging.get_logger(__name__)
 
 DISTILL_CONFIG_NAME = "distill_config.json"
 # Batch keys consumed by the trainer and the loss, never passed to the student's forward.
-_DISTILL_INPUT_KEYS = ("labels", "teacher_pixel_values", "sample_index")
+_DISTILL_INPUT_KEYS = (
+    "labels",
+    "teacher_pixel_values",
+    "sample_index",
+    "strong_pixel_values",
+    "teacher_strong_pixel_values",
+)
 
 
 def _num_labels(model: nn.Module) -> int | None:
@@ -191,6 +197,10 @@ class DistillationTrainer(Trainer):
         batch = DistillBatch(
             labels=loss_labels, epoch=float(self.state.epoch or 0.0), sample_index=inputs.get("sample_index")
         )
+        strong_logits = None
+        if self.distill_loss.requires_strong_view:
+            batch.student_strong, batch.teacher_strong = self._strong_view(model, inputs, needs_hidden)
+            strong_logits = logits_of(batch.student_strong)
         if isinstance(self.accelerator.unwrap_model(model), DistillationModule):
             student_outputs, loss_dict = model(distill_inputs=(teacher_outputs, batch), **student_inputs)
         else:
@@ -201,9 +211,26 @@ class DistillationTrainer(Trainer):
         ce = None
         if labels is not None:
             ce = self._cross_entropy(logits, labels)
+            if strong_logits is not None:
+                # Two views: CE sums over them, as MLKD's reference does (CE(weak) + CE(strong)).
+                ce = ce + self._cross_entropy(strong_logits, labels)
             loss = loss + self.args.distill_ce_weight * ce
         self._record_metrics("train", ce, loss_dict)
         return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _strong_view(self, model: nn.Module, inputs: dict[str, Any], needs_hidden: bool) -> tuple[Any, Any]:
+        strong = inputs.get("strong_pixel_values")
+        if strong is None:
+            raise ValueError(
+                f"Loss {self.args.distill_loss!r} needs a strongly augmented view of each batch "
+                "(`strong_pixel_values`). examples/run_image_distill.py adds it for this loss; with your own data, "
+                "build the batch transform "
+                "with hfkd.data.make_transform_fn(..., strong_transforms=(...)) and collate with DistillationCollator."
+            )
+        views = {"pixel_values": strong, "teacher_pixel_values": inputs.get("teacher_strong_pixel_values")}
+        teacher_strong = self._teacher_forward(views, needs_hidden)
+        kwargs = {"output_hidden_states": True} if needs_hidden else {}
+        return model(pixel_values=strong, **kwargs), teacher_strong
 
     def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean CE over the labelled samples, in float32 whatever the autocast dtype.

@@ -75,16 +75,47 @@ def test_misspelled_kwarg_names_the_loss_and_the_key():
         resolve_loss_kwargs("dkd", {"temprature": 2.0})
 
 
+@pytest.fixture(scope="module")
+def model_outputs():
+    """Real outputs of a tiny student/teacher pair (stem + 2 stages), and the context the trainer would build."""
+    from hfkd.features import probe_feature_shapes
+
+    from .testing_utils import tiny_resnet
+
+    student, teacher = tiny_resnet(10, seed=1), tiny_resnet(10, wide=True, seed=2)
+    pixels = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    context = LossContext(
+        num_classes=10,
+        dataset_size=20000,
+        student_feature_shapes=probe_feature_shapes(student, pixels),
+        teacher_feature_shapes=probe_feature_shapes(teacher, pixels),
+    )
+    with torch.no_grad():
+        teacher_out = teacher(pixel_values=pixels, output_hidden_states=True)
+    return student, pixels, teacher_out, context
+
+
 @pytest.mark.parametrize("key", list_losses())
-def test_every_loss_builds_runs_and_backpropagates(key):
-    g = torch.Generator().manual_seed(0)
-    student = torch.randn(8, 10, generator=g, requires_grad=True)
-    teacher = torch.randn(8, 10, generator=g)
-    labels = torch.randint(0, 10, (8,), generator=g)
-    loss = create_loss(key, context=LossContext(num_classes=10, dataset_size=100))
-    out = loss(student, teacher, DistillBatch(labels=labels, epoch=100.0))
+def test_every_loss_builds_runs_and_backpropagates(key, model_outputs):
+    student, pixels, teacher_out, context = model_outputs
+    cls = get_loss_class(key)
+    try:
+        loss = create_loss(key, context=context)
+    except ValueError as err:  # losses that need inputs these models cannot give must say so clearly
+        pytest.skip(f"{key}: {err}")
+    student.zero_grad()
+    student_out = student(pixel_values=pixels, output_hidden_states=cls.requires_hidden_states)
+    labels = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(1))
+    batch = DistillBatch(labels=labels, epoch=100.0, sample_index=torch.arange(8))
+    try:
+        out = loss.train()(student_out, teacher_out, batch)
+    except ValueError as err:
+        if "pre-activation" in str(err):
+            pytest.skip(f"{key}: {err}")
+        raise
     assert out["loss"].ndim == 0 and math.isfinite(out["loss"].item())
     assert all(v.ndim == 0 for v in out.values())
     out["loss"].backward()
-    assert student.grad is not None and torch.isfinite(student.grad).all()
-    assert get_loss_class(key).paper is not None
+    grads = [p.grad for p in student.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert cls.paper is not None and cls.paper.title

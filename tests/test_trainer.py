@@ -189,7 +189,13 @@ def test_checkpoints_hold_the_student_only_and_reload(tmp_path, student, teacher
         assert not any(name.endswith((".bin", ".pt")) and "teacher" in name for name in os.listdir(folder))
         config = json.loads((folder / "distill_config.json").read_text())
         assert config["distill_loss"] == "dkd"
-        assert config["distill_loss_kwargs"] == {"alpha": 1.0, "beta": 2.0, "temperature": 4.0, "warmup_epochs": 20.0}
+        assert config["distill_loss_kwargs"] == {
+            "alpha": 1.0,
+            "beta": 2.0,
+            "temperature": 4.0,
+            "warmup_epochs": 20.0,
+            "logit_standardization": False,
+        }
         assert config["distill_weight"] == 1.0 and config["teacher"]["revision"] == "main"
     reloaded = AutoModelForImageClassification.from_pretrained(out)
     for key, value in student.state_dict().items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import loss_dtype
+from .base import PaperRef, loss_dtype
 
 
 def as_loss_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -23,3 +23,57 @@ def kl_div_batchmean(student_log_probs: torch.Tensor, teacher_log_probs: torch.T
 def target_mask(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Boolean (B, C) mask that is True at each row's label."""
     return torch.zeros_like(logits, dtype=torch.bool).scatter_(1, labels.long().unsqueeze(1), True)
+
+
+LOGIT_STANDARDIZATION_PAPER = PaperRef(
+    title="Logit Standardization in Knowledge Distillation",
+    authors="Shangquan Sun, Wenqi Ren, Jingzhi Li, Rui Wang, Xiaochun Cao",
+    venue="CVPR 2024",
+    arxiv_id="2403.01427",
+    bibtex=(
+        "@inproceedings{sun2024logit,\n"
+        "  title={Logit Standardization in Knowledge Distillation},\n"
+        "  author={Sun, Shangquan and Ren, Wenqi and Li, Jingzhi and Wang, Rui and Cao, Xiaochun},\n"
+        "  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition},\n"
+        "  year={2024}\n"
+        "}"
+    ),
+)
+"""The paper behind `standardize_logits` and the `logit_standardization` flag of KD and DKD."""
+
+
+def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Z-score each row: (z − mean) / (std + 1e-7), with the unbiased (C − 1) std.
+
+    The logit standardisation of Sun et al., *Logit Standardization in Knowledge Distillation*, CVPR 2024,
+    arXiv:2403.01427, exactly as their `normalize()`: `torch.std`'s default unbiased estimate and 1e-7 added to
+    the std (not to the variance). A constant row maps to zeros. Runs in float32, or float64 for float64 input.
+    """
+    if logits.shape[-1] < 2:
+        raise ValueError(
+            f"Logit standardisation needs at least 2 classes (an unbiased std over one value is undefined), "
+            f"got logits of shape {tuple(logits.shape)}."
+        )
+    (logits,) = as_loss_dtype(logits)
+    mean = logits.mean(dim=-1, keepdim=True)
+    std = logits.std(dim=-1, keepdim=True)
+    return (logits - mean) / (std + 1e-7)
+
+
+@torch.no_grad()
+def median_confidence_masks(teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MLKD's median masks from the teacher's softmax at temperature 1.
+
+    Returns a boolean (B,) batch mask, True where the sample's max probability is ≤ the median of those maxima,
+    and a boolean (C,) class mask, True where the class's probability summed over the batch is ≤ the median of
+    those sums. Both medians are the 50th percentile with linear interpolation (NumPy's `np.percentile(x, 50)`,
+    which the MLKD and SKD code call; `torch.quantile`'s default), so with an even count and no ties each mask
+    holds exactly half of the entries. The masks depend on the composition of the batch.
+    """
+    (teacher_logits,) = as_loss_dtype(teacher_logits.detach())
+    probs = teacher_logits.softmax(dim=-1)
+    confidence = probs.max(dim=-1).values
+    class_confidence = probs.sum(dim=0)
+    batch_mask = confidence.le(torch.quantile(confidence, 0.5))
+    class_mask = class_confidence.le(torch.quantile(class_confidence, 0.5))
+    return batch_mask, class_mask

@@ -18,10 +18,12 @@ class PaperRef:
     venue: str
     arxiv_id: str
     bibtex: str
+    code_url: str = ""
 
     @property
     def url(self) -> str:
-        return f"https://arxiv.org/abs/{self.arxiv_id}"
+        """The arXiv page, or the official code when the paper has no arXiv id."""
+        return f"https://arxiv.org/abs/{self.arxiv_id}" if self.arxiv_id else self.code_url
 
 
 @dataclass
@@ -40,12 +42,15 @@ class DistillBatch:
     """Per-step inputs besides the two model outputs.
 
     `epoch` is the trainer's fractional, 0-based epoch (`TrainerState.epoch`); `sample_index` holds dataset
-    indices when the loss declares `requires_sample_index`.
+    indices when the loss declares `requires_sample_index`; `student_strong` and `teacher_strong` are both models'
+    outputs on a strongly augmented view of the batch when the loss declares `requires_strong_view`.
     """
 
     labels: torch.Tensor | None = None
     epoch: float = 0.0
     sample_index: torch.Tensor | None = None
+    student_strong: Any = None
+    teacher_strong: Any = None
 
 
 def loss_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -64,6 +69,7 @@ class DistillationLoss(nn.Module):
     requires_hidden_states: ClassVar[bool] = False
     requires_labels: ClassVar[bool] = False
     requires_sample_index: ClassVar[bool] = False
+    requires_strong_view: ClassVar[bool] = False
     paper: ClassVar[PaperRef | None] = None
 
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:

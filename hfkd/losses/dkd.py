@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ._functional import as_loss_dtype, target_mask
+from ._functional import as_loss_dtype, standardize_logits, target_mask
 from .base import DistillationLoss, DistillBatch, PaperRef, check_non_negative, check_positive, logits_of
 from .registry import register_loss
 
@@ -17,13 +17,23 @@ def _binary_kl(log_p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torc
 
 
 def dkd_terms(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *, temperature: float = 4.0
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 4.0,
+    logit_standardization: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """TCKD and NCKD, each summed per sample, averaged over the batch and multiplied by T²."""
+    """TCKD and NCKD, each summed per sample, averaged over the batch and multiplied by T².
+
+    With `logit_standardization=True` both logits first go through `standardize_logits` (Sun et al., CVPR 2024).
+    """
     if student_logits.shape[-1] < 2:
         raise ValueError(f"DKD needs at least 2 classes, got logits of shape {tuple(student_logits.shape)}.")
     # The teacher is a target: no gradient flows into it even if its logits require grad.
     student_logits, teacher_logits = as_loss_dtype(student_logits, teacher_logits.detach())
+    if logit_standardization:
+        student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
     gt = target_mask(student_logits, labels)
     log_terms = []
     for logits in (teacher_logits / temperature, student_logits / temperature):
@@ -54,9 +64,12 @@ def dkd_loss(
     alpha: float = 1.0,
     beta: float = 8.0,
     temperature: float = 4.0,
+    logit_standardization: bool = False,
 ) -> torch.Tensor:
-    """alpha·TCKD + beta·NCKD (no warm-up factor; `DKDLoss` applies it)."""
-    tckd, nckd = dkd_terms(student_logits, teacher_logits, labels, temperature=temperature)
+    """alpha·TCKD + beta·NCKD (no warm-up factor; `DKDLoss` applies it), optionally on standardised logits."""
+    tckd, nckd = dkd_terms(
+        student_logits, teacher_logits, labels, temperature=temperature, logit_standardization=logit_standardization
+    )
     return alpha * tckd + beta * nckd
 
 
@@ -75,6 +88,13 @@ class DKDLoss(DistillationLoss):
     with warmup 1 on ImageNet). Paper defaults: α 1, β 8, T 4, warm-up 20 epochs (CIFAR-100); ImageNet uses
     T 1, warm-up 1 and β 0.5 (ResNet-34 → ResNet-18) or 2 (ResNet-50 → MobileNetV1).
 
+    Logit standardisation (Sun, Ren, Li, Wang, Cao, *Logit Standardization in Knowledge Distillation*, CVPR 2024,
+    arXiv:2403.01427): with `logit_standardization=True` each row of both logits is replaced by
+    (z − mean) / (unbiased std + 1e-7) before both terms; T becomes the "base temperature" and T² is kept, as in
+    the authors' mdistiller fork. Their CLI `--logit-stand --base-temp 2 --kd-weight 9` multiplies α and β by 9
+    and sets T=2 with the CE weight unchanged at 1.0; from the defaults that is `alpha=9.0, beta=72.0, temperature=2.0,
+    logit_standardization=True` with `distill_ce_weight=1.0, distill_weight=1.0`.
+
     Args:
         alpha (`float`, *optional*, defaults to `1.0`):
             Weight α of the target-class term.
@@ -84,6 +104,8 @@ class DKDLoss(DistillationLoss):
             Softmax temperature T.
         warmup_epochs (`float`, *optional*, defaults to `20.0`):
             Epochs over which the loss ramps up linearly; 0 disables the warm-up.
+        logit_standardization (`bool`, *optional*, defaults to `False`):
+            Z-score each row of the student and teacher logits before the softmax.
 
     Returns:
         `dict` with `loss`, `tckd`, `nckd` (unweighted, T²-scaled) and `warmup` (the factor applied).
@@ -106,7 +128,13 @@ class DKDLoss(DistillationLoss):
     )
 
     def __init__(
-        self, *, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup_epochs: float = 20.0
+        self,
+        *,
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+        warmup_epochs: float = 20.0,
+        logit_standardization: bool = False,
     ) -> None:
         super().__init__()
         check_non_negative("alpha", alpha, "dkd")
@@ -115,6 +143,9 @@ class DKDLoss(DistillationLoss):
         check_non_negative("warmup_epochs", warmup_epochs, "dkd")
         self.alpha, self.beta = float(alpha), float(beta)
         self.temperature, self.warmup_epochs = float(temperature), float(warmup_epochs)
+        if not isinstance(logit_standardization, bool):
+            raise ValueError(f"dkd: `logit_standardization` must be true or false, got {logit_standardization!r}.")
+        self.logit_standardization = logit_standardization
 
     def warmup_factor(self, epoch: float) -> float:
         if self.warmup_epochs == 0:
@@ -124,7 +155,13 @@ class DKDLoss(DistillationLoss):
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
         if batch.labels is None:
             raise ValueError("dkd needs the labels of the batch; pass a `labels` column to the trainer.")
-        tckd, nckd = dkd_terms(logits_of(student), logits_of(teacher), batch.labels, temperature=self.temperature)
+        tckd, nckd = dkd_terms(
+            logits_of(student),
+            logits_of(teacher),
+            batch.labels,
+            temperature=self.temperature,
+            logit_standardization=self.logit_standardization,
+        )
         factor = self.warmup_factor(batch.epoch)
         loss = factor * (self.alpha * tckd + self.beta * nckd)
         return {

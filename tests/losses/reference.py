@@ -52,3 +52,78 @@ def dist(student: np.ndarray, teacher: np.ndarray, beta: float, gamma: float, te
     inter = 1 - np.mean([pearson(y_s[i], y_t[i]) for i in range(y_s.shape[0])])
     intra = 1 - np.mean([pearson(y_s[:, j], y_t[:, j]) for j in range(y_s.shape[1])])
     return temperature**2 * (beta * inter + gamma * intra), inter, intra
+
+
+def standardize(logits: np.ndarray) -> np.ndarray:
+    """Sun et al. (CVPR 2024) Z-score: (z − mean) / (std + 1e-7) per row, with the unbiased (C − 1) std."""
+    out = np.empty(logits.shape, dtype=np.float64)
+    for i, row in enumerate(logits):
+        n = len(row)
+        mean = sum(row) / n
+        std = np.sqrt(sum((v - mean) ** 2 for v in row) / (n - 1))
+        out[i] = (row - mean) / (std + 1e-7)
+    return out
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    # F.normalize semantics: divide by max(‖v‖, 1e-12).
+    return v / max(np.sqrt(np.dot(v, v)), 1e-12)
+
+
+def median_fractions(teacher: np.ndarray) -> tuple[float, float]:
+    """MLKD/SKD masks from the teacher softmax at T=1, as the reference computes them with np.percentile(·, 50)."""
+    probs = np.stack([softmax(row) for row in teacher])
+    confidence = np.array([row.max() for row in probs])
+    class_sum = np.array([probs[:, j].sum() for j in range(probs.shape[1])])
+    frac_batch = np.mean(confidence <= np.percentile(confidence, 50))
+    frac_class = np.mean(class_sum <= np.percentile(class_sum, 50))
+    return float(frac_batch), float(frac_class)
+
+
+def skd_direction(student: np.ndarray, teacher: np.ndarray, tikhonov: float) -> float:
+    """StreamLined SKD_loss: mean_b sqrt(D_bᵀ (cov(D) + λI)⁻¹ D_b), D = n_s n_sᵀ/C − n_t n_tᵀ/C.
+
+    cov(D) has the columns of D as variables and its rows as observations, divided by B − 1.
+    """
+    b, c = student.shape
+    n_s, n_t = [_unit(r) for r in student], [_unit(r) for r in teacher]
+    d = np.zeros((b, b))
+    for i in range(b):
+        for j in range(b):
+            d[i, j] = np.dot(n_s[i], n_s[j]) / c - np.dot(n_t[i], n_t[j]) / c
+    col_mean = [sum(d[k, j] for k in range(b)) / b for j in range(b)]
+    sigma = np.zeros((b, b))
+    for i in range(b):
+        for j in range(b):
+            sigma[i, j] = sum((d[k, i] - col_mean[i]) * (d[k, j] - col_mean[j]) for k in range(b)) / (b - 1)
+        sigma[i, i] += tikhonov
+    inverse = np.linalg.inv(sigma)
+    return float(np.mean([np.sqrt(d[k] @ inverse @ d[k]) for k in range(b)]))
+
+
+def skd(student: np.ndarray, teacher: np.ndarray, temperature: float, tikhonov: float):
+    """StreamLined SKD distillation part (without the ce/kd weights): KD_T·frac_B + L_dir·frac_C."""
+    kd_value = kd(student, teacher, temperature)
+    direction = skd_direction(student, teacher, tikhonov)
+    frac_batch, frac_class = median_fractions(teacher)
+    return kd_value * frac_batch + direction * frac_class, kd_value, direction, frac_batch, frac_class
+
+
+def clkd(student: np.ndarray, teacher: np.ndarray, instance_weight: float, class_weight: float, corr_weight: float):
+    """StreamLined CLKD_loss: MSE of row-normalised logits, MSE of column-normalised logits, and
+    ‖Cov_s − Cov_t‖_F / C² with Cov = (z − batch mean)ᵀ(z − batch mean)/(C − 1)."""
+    b, c = student.shape
+    instance = sum(np.sum((_unit(student[i]) - _unit(teacher[i])) ** 2) for i in range(b)) / (b * c)
+    class_ = sum(np.sum((_unit(student[:, j]) - _unit(teacher[:, j])) ** 2) for j in range(c)) / (b * c)
+
+    def cov(z: np.ndarray) -> np.ndarray:
+        centred = z - np.array([z[:, j].mean() for j in range(c)])
+        out = np.zeros((c, c))
+        for p in range(c):
+            for q in range(c):
+                out[p, q] = np.dot(centred[:, p], centred[:, q]) / (c - 1)
+        return out
+
+    class_corr = np.sqrt(np.sum((cov(student) - cov(teacher)) ** 2)) / c**2
+    total = instance_weight * instance + class_weight * class_ + corr_weight * class_corr
+    return total, instance, class_, class_corr

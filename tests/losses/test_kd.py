@@ -58,7 +58,7 @@ def test_module_output_and_hyperparameters():
     assert set(out) == {"loss", "kd"} and out["loss"].ndim == 0 and math.isfinite(out["loss"].item())
     out["loss"].backward()
     assert s.grad is not None
-    assert loss.hparams() == {"temperature": 4.0}
+    assert loss.hparams() == {"temperature": 4.0, "logit_standardization": False}
     other = create_loss("kd", temperature=1.0)(s, t, DistillBatch())["loss"]
     assert not np.isclose(other.item(), out["loss"].item())
 

@@ -29,6 +29,8 @@ from transformers import (
 )
 from transformers.utils import logging
 
+from .cifar_models import CIFAR_ALIASES
+
 logger = logging.get_logger(__name__)
 
 # What users type -> the real Hub checkpoint (all ImageNet-1k classifiers). Short Hub ids that are not repos
@@ -82,6 +84,8 @@ MODEL_ALIASES: dict[str, str] = {
     "facebook/convnext-base": "facebook/convnext-base-224",
     "facebook/convnext-large": "facebook/convnext-large-224",
 }
+# The CIFAR-100 zoo (timm architectures registered by hfkd.cifar_models) under mdistiller's names.
+MODEL_ALIASES.update({alias.lower(): name for alias, name in CIFAR_ALIASES.items()})
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TIMM_PREFIX = "timm_model."
@@ -151,18 +155,21 @@ def resolve_model_name(name: str, *, revision: str | None = None) -> ModelSpec:
     path = Path(name).expanduser()
     if path.is_dir():
         spec = _resolve_local(name, path.resolve())
-        if revision is not None:
+        if revision not in (None, "main"):
             logger.warning(f"Ignoring revision={revision!r} for the local folder {spec.source!r}.")
     elif name.lower() in MODEL_ALIASES:
         target = MODEL_ALIASES[name.lower()]
-        is_timm = target.startswith("timm/")
-        spec = ModelSpec(name, target, "timm_hub" if is_timm else "hub", revision, is_timm)
+        if "/" not in target:  # a timm architecture (the CIFAR zoo): random init or a local checkpoint
+            spec = ModelSpec(name, target, "timm_arch", None, True)
+        else:
+            is_timm = target.startswith("timm/")
+            spec = ModelSpec(name, target, "timm_hub" if is_timm else "hub", revision, is_timm)
     elif _HUB_ID.match(name):
         # A Hub id cannot be verified offline; a wrong one fails in `from_pretrained` with the Hub's own error.
         is_timm = name.startswith("timm/")
         spec = ModelSpec(name, name, "timm_hub" if is_timm else "hub", revision, is_timm)
     elif "/" not in name and timm.is_model(name):
-        if revision is not None:
+        if revision not in (None, "main"):
             logger.warning(f"Ignoring revision={revision!r} for the timm architecture {name!r}.")
         spec = ModelSpec(name, name, "timm_arch", None, True)
     else:
@@ -243,7 +250,14 @@ def load_image_classifier(
             **init_kwargs,
         )
         logger.info(f"Building timm {spec.source!r} ({config.num_labels} classes) with random weights.")
-        return TimmWrapperForImageClassification(config)
+        model = TimmWrapperForImageClassification(config)
+        # transformers re-initialises the wrapped model with its generic scheme (conv std 0.02, BN reset); a model
+        # trained from scratch should start from timm's own initialisation, as the reference code does.
+        fresh = timm.create_model(
+            spec.source, pretrained=False, num_classes=config.num_labels, **(config.model_args or {})
+        )
+        model.timm_model.load_state_dict(fresh.state_dict())
+        return model
     if spec.kind == "timm_arch":
         cfg = get_pretrained_cfg(spec.source)
         if cfg is None or not (cfg.hf_hub_id or "").count("/"):

@@ -77,7 +77,7 @@ def timm_student():
     return model
 
 
-@pytest.mark.parametrize("alias", sorted(MODEL_ALIASES))
+@pytest.mark.parametrize("alias", sorted(a for a, target in MODEL_ALIASES.items() if "/" in target))
 def test_every_alias_resolves_to_a_hub_id(alias):
     spec = resolve_model_name(alias)
     assert spec.source.count("/") == 1 and spec.source == MODEL_ALIASES[alias]
@@ -85,6 +85,21 @@ def test_every_alias_resolves_to_a_hub_id(alias):
     assert spec.is_timm == spec.source.startswith("timm/")
     # an alias target is a real id, never another alias
     assert spec.source not in MODEL_ALIASES
+
+
+@pytest.mark.parametrize("alias", ["resnet8x4", "resnet32x4", "wrn_40_2", "mobile_half", "shufflev1"])
+def test_cifar_aliases_resolve_to_the_timm_zoo(alias):
+    spec = resolve_model_name(alias)
+    assert spec.kind == "timm_arch" and spec.is_timm and spec.source.startswith("cifar_")
+    assert timm.is_model(spec.source)
+
+
+def test_random_init_timm_student_keeps_timms_initialisation():
+    model = load_image_classifier("resnet8x4", num_labels=100, pretrained=False)
+    assert sum(p.numel() for p in model.parameters()) == 1_233_540
+    stem = model.timm_model.conv1.weight
+    # kaiming-normal fan-out of mdistiller (std ≈ sqrt(2 / (32·9)) ≈ 0.083), not transformers' generic 0.02
+    assert 0.06 < stem.std().item() < 0.11
 
 
 def test_required_aliases():

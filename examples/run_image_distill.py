@@ -43,6 +43,7 @@ from hfkd.data import (
     make_transform_fn,
     set_image_transform,
 )
+from hfkd.demo_data import DEMO_DATASETS, FASHION_MNIST_HUB_ID
 from hfkd.losses import get_loss_class
 from hfkd.models import (
     ModelSpec,
@@ -144,6 +145,17 @@ def check_output_dir(args: DistillationArguments, data_args: DataArguments) -> N
             f"Output folder {folder!r} already holds a finished run ({', '.join(found)}). Pass another "
             "`--output_dir`, `--overwrite_output_dir` to write over it, or `--resume_from_checkpoint` to continue."
         )
+
+
+def card_dataset_name(dataset: str, source: str | None) -> str | None:
+    """The dataset as the model card names it: the embedded Fashion-MNIST is the Hub's copy; digits (also when
+    Fashion-MNIST fell back to them) has none."""
+    canonical = DEMO_DATASETS.get(dataset.lower())
+    if canonical is not None and "digits" in (source or ""):
+        return None
+    if canonical == "fashion-mnist":
+        return FASHION_MNIST_HUB_ID
+    return None if canonical == "digits" else dataset
 
 
 def _load_json(path: str | None, what: str) -> Any:
@@ -294,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     trainer.recipe_path = recipe
     trainer.data_info = {
-        "dataset": data_args.dataset,
+        "dataset": card_dataset_name(data_args.dataset, getattr(dataset, "source", None)),
         "config": data_args.dataset_config,
         "source": getattr(dataset, "source", None),
         "train_images": len(splits["train"]),
@@ -322,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     card_kwargs = {
         "finetuned_from": student_spec.source if student_spec.kind != "local" else student_spec.name,
         "tasks": "image-classification",
-        "dataset": data_args.dataset,
+        "dataset": card_dataset_name(data_args.dataset, getattr(dataset, "source", None)),
         "dataset_args": data_args.dataset_config,
         "tags": ["hfkd", f"distill-{training_args.distill_loss}"],
         "student_metrics": metrics,

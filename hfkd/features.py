@@ -118,3 +118,25 @@ def probe_feature_shapes(model: nn.Module, pixel_values: torch.Tensor) -> list[t
     finally:
         model.train(was_training)
     return [tuple(m.shape[1:]) for m in feature_maps(output)]
+
+
+def classifier_head(model: nn.Module) -> Any:
+    """The model's classifier as a function of a feature map: (B, C, h, w) -> (B, num_classes) logits.
+
+    Used by SDD, which classifies pooled regions of the last feature map with the model's own head. The map goes
+    through exactly what the model does after its last stage: timm's `forward_head` (pool, norm, fc); ResNet and
+    RegNet: global average pool and `classifier`; ConvNeXt: pool, `layernorm`, `classifier`.
+    """
+    timm_model = getattr(model, "timm_model", None)
+    if timm_model is not None:
+        return timm_model.forward_head
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in ("resnet", "regnet"):
+        return lambda feature_map: model.classifier(feature_map.mean(dim=(2, 3), keepdim=True))
+    if model_type == "convnext":
+        return lambda feature_map: model.classifier(model.convnext.layernorm(feature_map.mean(dim=(2, 3))))
+    raise ValueError(
+        f"This loss classifies regions of the last feature map with the model's own head, which hfkd supports for "
+        f"timm models (TimmWrapperForImageClassification), ResNet, RegNet and ConvNeXt; got "
+        f"{type(model).__name__} (model_type {model_type!r}). Use one of those, or a logit loss such as kd or dkd."
+    )

@@ -18,7 +18,7 @@ from transformers.utils import logging
 
 from . import __version__
 from .arguments import DistillationArguments
-from .features import probe_feature_shapes
+from .features import classifier_head, probe_feature_shapes
 from .losses import DistillBatch, LossContext, create_loss, get_loss_class, logits_of
 from .metrics import compute_accuracy_metrics, top_k_indices
 from .teacher import load_teacher, prepare_teacher, teacher_id
@@ -138,8 +138,9 @@ class DistillationTrainer(Trainer):
             args.distill_loss, context=self._loss_context(train_dataset), **args.distill_loss_kwargs
         )
         self.distill_loss.to(self.args.device)
-        if any(p.requires_grad for p in self.distill_loss.parameters()):
-            # Adapters train with the student: one module, so the optimizer, DDP and checkpoints see them.
+        if any(p.requires_grad for p in self.distill_loss.parameters()) or self.distill_loss.requires_classifier_heads:
+            # Adapters train with the student: one module, so the optimizer, DDP and checkpoints see them. A loss
+            # that runs the student's head on its own inputs also runs inside the wrapped (DDP) forward.
             self.model = DistillationModule(self.model, self.distill_loss).to(self.args.device)
             self.model_wrapped = self.model
 
@@ -157,6 +158,9 @@ class DistillationTrainer(Trainer):
             teacher_pixels = probe.get("teacher_pixel_values", probe["pixel_values"]).to(self.args.device)
             context.student_feature_shapes = probe_feature_shapes(self.model, pixels)
             context.teacher_feature_shapes = probe_feature_shapes(self.teacher_model, teacher_pixels)
+        if loss_cls.requires_classifier_heads:
+            context.student_head = classifier_head(self.model)
+            context.teacher_head = classifier_head(self.teacher_model)
         return context
 
     def _check_label_spaces(self, teacher: nn.Module) -> None:
@@ -321,9 +325,9 @@ class DistillationTrainer(Trainer):
                         k[len("student.") :]: v for k, v in state_dict.items() if k.startswith("student.")
                     }
                 wrapper.student.save_pretrained(output_dir, state_dict=student_state)
-                save_file(
-                    wrapper.adapter_state_dict(), os.path.join(output_dir, ADAPTERS_NAME), metadata={"format": "pt"}
-                )
+                adapters = wrapper.adapter_state_dict()
+                if adapters:
+                    save_file(adapters, os.path.join(output_dir, ADAPTERS_NAME), metadata={"format": "pt"})
                 if self.processing_class is not None:
                     self.processing_class.save_pretrained(output_dir)
                 torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
@@ -339,6 +343,8 @@ class DistillationTrainer(Trainer):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
             return
         super()._load_from_checkpoint(resume_from_checkpoint, wrapper.student)
+        if not wrapper.adapter_state_dict():
+            return
         path = os.path.join(resume_from_checkpoint, ADAPTERS_NAME)
         if not os.path.isfile(path):
             raise ValueError(

@@ -27,6 +27,10 @@ class DistillationModule(nn.Module):
         super().__init__()
         self.student = student
         self.distill_loss = distill_loss
+        # DDP would re-send these from rank 0 every step (51 MB for CRD on CIFAR); the loss keeps them in sync.
+        self._ddp_params_and_buffers_to_ignore = [
+            f"distill_loss.{name}" for name in distill_loss.rank_synchronized_buffers
+        ]
 
     @property
     def config(self) -> Any:

@@ -28,12 +28,15 @@ class PaperRef:
 
 @dataclass
 class LossContext:
-    """What a loss may need to know before training starts (class count, dataset size, feature shapes)."""
+    """What a loss may need to know before training starts: class count, dataset size, feature shapes, and for
+    losses that declare `requires_classifier_heads` the models' heads as functions of a feature map."""
 
     num_classes: int | None = None
     dataset_size: int | None = None
     student_feature_shapes: list[tuple[int, ...]] | None = None
     teacher_feature_shapes: list[tuple[int, ...]] | None = None
+    student_head: Any = None
+    teacher_head: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,6 +73,10 @@ class DistillationLoss(nn.Module):
     requires_labels: ClassVar[bool] = False
     requires_sample_index: ClassVar[bool] = False
     requires_strong_view: ClassVar[bool] = False
+    requires_classifier_heads: ClassVar[bool] = False
+    # Buffers the loss keeps identical on every process itself (e.g. CRD's memory banks, updated from gathered
+    # features): DDP need not re-broadcast them every step.
+    rank_synchronized_buffers: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[PaperRef | None] = None
 
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:

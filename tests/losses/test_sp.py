@@ -1,0 +1,130 @@
+import math
+
+import pytest
+import torch
+from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
+
+from hfkd.losses import DistillBatch, create_loss, sp_loss
+
+from .feature_reference import sp as reference_sp
+
+
+def _maps(shapes, seed, scale=1.0, relu=False):
+    g = torch.Generator().manual_seed(seed)
+    maps = [torch.randn(*shape, generator=g, dtype=torch.float64) * scale for shape in shapes]
+    return [m.relu() if relu else m for m in maps]
+
+
+def _output(maps):
+    return ImageClassifierOutputWithNoAttention(logits=torch.zeros(maps[0].shape[0], 5), hidden_states=tuple(maps))
+
+
+def _numpy(maps):
+    return [m.detach().double().numpy() for m in maps]
+
+
+def test_pinned_value_from_reference_code():
+    # Pinned from feature_reference.sp (float64 NumPy loops) on these seeded post-ReLU maps.
+    s = _maps([(16, 16, 4, 4)], seed=103, relu=True)
+    t = _maps([(16, 64, 4, 4)], seed=104, relu=True)
+    assert sp_loss(s, t).item() == pytest.approx(0.0010628463999245716, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "student_shapes,teacher_shapes,scale,relu",
+    [
+        ([(4, 3, 8, 8)], [(4, 5, 8, 8)], 1.0, True),
+        # Different channels and spatial sizes: only the B × B similarities are compared.
+        ([(6, 4, 8, 8), (6, 6, 4, 4)], [(6, 2, 4, 4), (6, 8, 2, 3)], 5.0, False),
+        ([(2, 4, 3, 3)], [(2, 3, 6, 7)], 0.1, False),
+        ([(9, 7)], [(9, 12)], 3.0, False),
+    ],
+)
+def test_matches_paper_equation(student_shapes, teacher_shapes, scale, relu):
+    s = _maps(student_shapes, seed=len(student_shapes) + len(student_shapes[0]), scale=scale, relu=relu)
+    t = _maps(teacher_shapes, seed=13, scale=scale, relu=relu)
+    expected = reference_sp(_numpy(s), _numpy(t))
+    assert sp_loss(s, t).item() == pytest.approx(expected, rel=1e-10)
+    single = sp_loss([m.float() for m in s], [m.float() for m in t])
+    assert single.dtype == torch.float32 and single.item() == pytest.approx(expected, rel=1e-4, abs=1e-7)
+
+
+def test_gradient_matches_finite_differences_and_skips_teacher():
+    s = [m.requires_grad_() for m in _maps([(3, 3, 4, 4), (3, 2, 2, 2)], seed=3)]
+    t = [m.requires_grad_() for m in _maps([(3, 4, 2, 2), (3, 5, 2, 2)], seed=4)]
+    assert torch.autograd.gradcheck(lambda a, b: sp_loss([a, b], t), tuple(s))
+    sp_loss(s, t).backward()
+    assert all(m.grad is None for m in t) and all(torch.isfinite(m.grad).all() for m in s)
+
+
+def test_identical_features_give_zero():
+    s = _maps([(8, 16, 4, 4)], seed=0, relu=True)
+    assert sp_loss(s, [m.clone() for m in s]).item() == pytest.approx(0.0, abs=1e-15)
+
+
+def test_mixed_precision_autocast_does_not_lower_the_precision():
+    s = [m.float() for m in _maps([(8, 16, 4, 4)], seed=5, relu=True)]
+    t = [m.float() for m in _maps([(8, 32, 4, 4)], seed=6, relu=True)]
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        inside = sp_loss(s, t)
+    assert inside.dtype == torch.float32 and inside.item() == pytest.approx(sp_loss(s, t).item(), rel=1e-6)
+
+
+def test_half_precision_inputs_compute_in_float32():
+    s = [m.bfloat16() for m in _maps([(4, 3, 4, 4)], seed=5, relu=True)]
+    t = [m.bfloat16() for m in _maps([(4, 6, 4, 4)], seed=6, relu=True)]
+    out = sp_loss(s, t)
+    assert out.dtype == torch.float32
+    assert out.item() == pytest.approx(reference_sp(_numpy(s), _numpy(t)), rel=1e-5)
+
+
+def test_module_output_gradients_and_hyperparameters():
+    s = [m.float().requires_grad_() for m in _maps([(4, 8, 8, 8), (4, 8, 8, 8), (4, 16, 4, 4)], seed=7, relu=True)]
+    t = [m.float().requires_grad_() for m in _maps([(4, 8, 8, 8), (4, 16, 8, 8), (4, 32, 4, 4)], seed=8, relu=True)]
+    loss = create_loss("sp")
+    assert loss.requires_hidden_states and loss.paper.arxiv_id == "1907.09682"
+    out = loss(_output(s), _output(t), DistillBatch())
+    assert set(out) == {"loss", "sp"} and out["loss"].ndim == 0 and math.isfinite(out["loss"].item())
+    # Default stages (-1,): the last stage only (mdistiller's feats[-1]); FEAT_WEIGHT 3000.
+    assert out["sp"].item() == pytest.approx(sp_loss(s[-1:], t[-1:]).item(), rel=1e-6)
+    assert out["loss"].item() == pytest.approx(3000.0 * out["sp"].item(), rel=1e-6)
+    out["loss"].backward()
+    assert s[0].grad is None and s[1].grad is None and torch.isfinite(s[2].grad).all()
+    assert all(m.grad is None for m in t)
+    assert loss.hparams() == {"stages": (-1,), "feat_weight": 3000.0}
+    other = create_loss("sp", stages="1:")(_output(s), _output(t), DistillBatch())["sp"]
+    assert not math.isclose(other.item(), out["sp"].item(), rel_tol=1e-3)
+    weighted = create_loss("sp", feat_weight=2.0)(_output(s), _output(t), DistillBatch())["loss"]
+    assert weighted.item() == pytest.approx(2.0 * out["sp"].item(), rel=1e-6)
+
+
+def test_depends_on_batch_composition():
+    # Batch-level by design: a sample's contribution changes with the other samples of the micro-batch.
+    s, t = _maps([(8, 4, 2, 2)], seed=9), _maps([(8, 6, 2, 2)], seed=10)
+    whole = sp_loss(s, t).item()
+    halves = (sp_loss([s[0][:4]], [t[0][:4]]).item() + sp_loss([s[0][4:]], [t[0][4:]]).item()) / 2
+    assert not math.isclose(whole, halves, rel_tol=1e-3)
+
+
+def test_module_on_tiny_resnet_pair(student, teacher):
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    student_out = student(pixel_values=pixels, output_hidden_states=True)
+    with torch.no_grad():
+        teacher_out = teacher(pixel_values=pixels, output_hidden_states=True)
+    out = create_loss("sp")(student_out, teacher_out, DistillBatch())
+    assert math.isfinite(out["loss"].item()) and out["loss"].item() > 0
+    out["loss"].backward()
+    grads = [p.grad for p in student.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"feat_weight": -1.0}, "feat_weight"), ({"stages": -1}, "stages")])
+def test_rejects_bad_kwargs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_loss("sp", **kwargs)
+
+
+def test_rejects_stage_lists_of_different_lengths():
+    s = _maps([(2, 3, 4, 4), (2, 3, 2, 2)], seed=1)
+    with pytest.raises(ValueError, match="stages"):
+        sp_loss(s, s[:1])

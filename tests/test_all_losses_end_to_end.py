@@ -1,0 +1,75 @@
+"""Every registered loss through examples/run_image_distill.py: two training steps on a tiny CNN pair and a tiny
+ViT-to-CNN pair, offline."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from transformers import ViTImageProcessor
+
+from hfkd.losses import get_loss_class, list_losses
+
+from .testing_utils import tiny_resnet, tiny_vit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import run_image_distill  # noqa: E402
+
+CLASSES = ["a", "b", "c"]
+# Settings a 2-step run on 18 images needs; everything else keeps the paper defaults.
+SMOKE_KWARGS = {"crd": {"nce_k": 8}}
+# Losses that need what these models do not provide must refuse them with a clear error before training.
+REFUSED = {("ofd", "cnn_teacher"): "pre-activation", ("ofd", "vit_teacher"): "pre-activation",
+           ("sdd", "vit_teacher"): "head"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("zoo")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 6), ("validation", 2)):
+        for name in CLASSES:
+            (root / "data" / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                array = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                PILImage.fromarray(array).save(root / "data" / split / name / f"{i}.png")
+    paths = {"data": str(root / "data")}
+    for name, model in (
+        ("student", tiny_resnet(3, seed=1)),
+        ("cnn_teacher", tiny_resnet(3, wide=True, seed=2)),
+        ("vit_teacher", tiny_vit(3, seed=3)),
+    ):
+        model.save_pretrained(root / name)
+        ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / name)
+        paths[name] = str(root / name)
+    return paths
+
+
+@pytest.mark.parametrize("teacher", ["cnn_teacher", "vit_teacher"])
+@pytest.mark.parametrize("loss", list_losses())
+def test_two_steps_through_the_script(tmp_path, setup, loss, teacher):
+    out = tmp_path / "run"
+    argv = [
+        "--dataset", setup["data"], "--student", setup["student"], "--teacher", setup[teacher], "--loss", loss,
+        "--loss_kwargs", json.dumps(SMOKE_KWARGS.get(loss, {})), "--output_dir", str(out), "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "6", "--report_to", "none",
+        "--use_cpu", "--save_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "1",
+        "--evaluate_teacher", "false",
+    ]  # fmt: skip
+    if (loss, teacher) in REFUSED:
+        with pytest.raises(ValueError, match=REFUSED[loss, teacher]):
+            run_image_distill.main(argv)
+        assert not (out / "model.safetensors").exists()
+        return
+    metrics = run_image_distill.main(argv)
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    state = json.loads((out / "trainer_state.json").read_text())
+    logged = [entry for entry in state["log_history"] if "loss" in entry]
+    assert len(logged) == 2 and all(np.isfinite(entry["loss"]) for entry in logged)
+    assert any(key.startswith("distill/") for key in logged[0])
+    assert (out / "model.safetensors").is_file()
+    has_parameters = (out / "distill_adapters.safetensors").is_file()
+    assert has_parameters == (loss in {"ctkd", "fitnet", "vid", "ofd", "crd", "reviewkd"}), loss
+    assert get_loss_class(loss).key == loss

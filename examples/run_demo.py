@@ -180,6 +180,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     (output_dir / "demo_results.json").write_text(json.dumps(records, indent=2))
     table = summarise([r for r in records if r["method"] != "teacher"], teacher_metrics, output_dir)
+    config = json.loads((output_dir / "students" / f"kd-seed{args.seeds[0]}" / "distill_config.json").read_text())
+    sizes = {
+        name: sum(p.numel() for p in ResNetForImageClassification.from_pretrained(folder).parameters())
+        for name, folder in (("teacher", teacher_init), ("student", student_init))
+    }
+    print(
+        f"\nData: {config['data']['source']}. Teacher {sizes['teacher'] / 1e6:.2f} M parameters, "
+        f"student {sizes['student'] / 1e6:.3f} M."
+    )
     print(
         f"\nhfkd demo: {args.dataset}; students see {args.train_images} training images of which {args.labelled} "
         f"keep their labels (CE trains on those alone); seeds {args.seeds}\n"

@@ -78,7 +78,7 @@ def test_misspelled_kwarg_names_the_loss_and_the_key():
 @pytest.fixture(scope="module")
 def model_outputs():
     """Real outputs of a tiny student/teacher pair (stem + 2 stages), and the context the trainer would build."""
-    from hfkd.features import probe_feature_shapes
+    from hfkd.features import classifier_head, probe_feature_shapes
 
     from .testing_utils import tiny_resnet
 
@@ -89,6 +89,8 @@ def model_outputs():
         dataset_size=20000,
         student_feature_shapes=probe_feature_shapes(student, pixels),
         teacher_feature_shapes=probe_feature_shapes(teacher, pixels),
+        student_head=classifier_head(student),
+        teacher_head=classifier_head(teacher),
     )
     with torch.no_grad():
         teacher_out = teacher(pixel_values=pixels, output_hidden_states=True)

@@ -1,0 +1,78 @@
+"""Two CPU processes through Accelerate (gloo): both ranks train, and the update equals one process with the
+whole batch. `accelerate launch --cpu --num_processes 2` would start a single process without MPI; the form that
+starts two on CPU is `accelerate launch --multi_gpu --num_processes 2 <script> ... --use_cpu`, where `--use_cpu` is
+the script's TrainingArguments flag (here set in two_ranks.py)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hfkd import DistillationArguments, DistillationTrainer
+
+from ..testing_utils import tiny_resnet, tiny_vit
+
+SCRIPT = Path(__file__).with_name("two_ranks.py")
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
+                    reason="needs the accelerate launcher")  # fmt: skip
+def test_two_ranks_train_and_match_one_process(tmp_path):
+    teacher = tiny_resnet(4, wide=True, seed=2)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(5)) * 0.5)
+    teacher.save_pretrained(tmp_path / "teacher")
+    student = tiny_vit(4, seed=1)  # LayerNorm only, no dropout: the per-sample loss decomposes over ranks
+    student.save_pretrained(tmp_path / "student")
+
+    launcher = Path(sys.executable).with_name("accelerate")
+    command = [str(launcher) if launcher.exists() else "accelerate", "launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", "29517", str(SCRIPT), str(tmp_path / "out"), str(tmp_path / "teacher"),
+               str(tmp_path / "student")]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
+    # Each rank trained on its own half of the batch.
+    seen = [sorted(label for batch in r["labels_seen"] for label in batch) for r in ranks]
+    assert all(len(s) == 2 for s in seen) and sorted(seen[0] + seen[1]) == [0, 1, 2, 3]
+    # distill/* metrics are the mean over processes, identical on both ranks.
+    assert ranks[0]["logged"][0]["distill/kd"] == pytest.approx(ranks[1]["logged"][0]["distill/kd"])
+    # Only the main process writes the card and distill_config.json (one writer, both present).
+    assert (tmp_path / "out" / "README.md").is_file() and (tmp_path / "out" / "distill_config.json").is_file()
+
+    # One process, batch 4: the same update.
+    reference = tiny_vit(4, seed=1)
+    args = DistillationArguments(
+        output_dir=str(tmp_path / "single"), report_to="none", use_cpu=True, per_device_train_batch_size=4,
+        max_steps=1, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", distill_loss="kd",
+        distill_ce_weight=0.3, distill_weight=0.7, save_strategy="no", disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    from .two_ranks import collate
+
+    g = torch.Generator().manual_seed(3)
+    from datasets import Dataset
+
+    data = Dataset.from_dict(
+        {"pixel_values": torch.randn(4, 3, 32, 32, generator=g).numpy(), "labels": [0, 1, 2, 3]}
+    ).with_format("torch")
+    DistillationTrainer(
+        model=reference, teacher_model=teacher, args=args, train_dataset=data, data_collator=collate
+    ).train()
+    initial = tiny_vit(4, seed=1).state_dict()
+    changed = False
+    for name, value in reference.state_dict().items():
+        for rank in ranks:
+            torch.testing.assert_close(torch.tensor(rank["state"][name]), value, rtol=1e-5, atol=1e-6)
+        changed |= not torch.equal(initial[name], value)
+    assert changed

@@ -1,0 +1,290 @@
+#!/usr/bin/env python
+"""What distillation costs on top of training the student: ratios measured side by side in one run.
+
+    python benchmarks/distill_overhead.py --json runs/bench/distill_overhead.json
+
+ResNet-34 -> ResNet-18 (random init, transformers ResNet configs), 64-pixel inputs on CPU by default (224 with
+`--image_size 224`, bf16 and channels-last with `--bf16 --channels_last` on a GPU). Every timing is the median over
+`--repeats` interleaved rounds, so that drift of the machine affects all variants alike. Keys of the JSON:
+
+- `step_overhead`: {kd, dkd, dist}: DistillationTrainer step ÷ (student CE training step + teacher forward)
+  (target ≤ 1.10);
+- `trainer_vs_loop`: DistillationTrainer KD step ÷ a minimal hand-written PyTorch KD loop (target ≤ 1.10);
+- `loss_share`: share of the KD step spent in the loss function (target < 2 %);
+- `cache_vs_prediction`: a step from cached teacher logits ÷ the live-teacher step, next to the prediction
+  3·S / (3·S + T) from the student's and the teacher's forward times (within 10 %);
+- `memory_ratio`: peak memory above the models' resident size, distillation ÷ (student training + teacher
+  inference), measured in fresh processes on CPU (max RSS) or with CUDA's peak allocation counters;
+- `pipeline_images_per_s`: decode + augment throughput of hfkd's training transform, one worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def resnet(depths: list[int], num_labels: int = 1000):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(
+        layer_type="basic", depths=depths, hidden_sizes=[64, 128, 256, 512], embedding_size=64, num_labels=num_labels
+    )
+    return ResNetForImageClassification(config)
+
+
+def student_model():
+    return resnet([2, 2, 2, 2])  # ResNet-18
+
+
+def teacher_model():
+    return resnet([3, 4, 6, 3])  # ResNet-34
+
+
+def make_batch(batch_size: int, image_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "pixel_values": torch.randn(batch_size, 3, image_size, image_size, generator=g).to(device),
+        "labels": torch.randint(0, 1000, (batch_size,), generator=g).to(device),
+    }
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def build_trainer(loss: str, student, teacher, args_ns, output_dir: str):
+    from hfkd import DistillationArguments, DistillationTrainer
+
+    args = DistillationArguments(
+        output_dir=output_dir, report_to="none", use_cpu=not torch.cuda.is_available(), distill_loss=loss,
+        per_device_train_batch_size=args_ns.batch_size, optim="sgd", learning_rate=0.01, save_strategy="no",
+        bf16=args_ns.bf16, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
+    trainer.create_optimizer()
+    # Set by the training loop; a step outside `train()` needs it.
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
+
+
+def trainer_step(trainer, batch) -> None:
+    model = trainer.model
+    trainer.training_step(model, batch)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def measure_speed(args: argparse.Namespace) -> dict:
+    from hfkd.losses import dist_loss, dkd_loss, kd_loss
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    batch = make_batch(args.batch_size, args.image_size, device)
+    batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=memory_format)
+    teacher = teacher_model().to(device, memory_format=memory_format).eval().requires_grad_(False)
+    student = student_model().to(device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=args.bf16)
+
+    def student_step() -> None:
+        with autocast:
+            logits = student(pixel_values=batch["pixel_values"]).logits
+        F.cross_entropy(logits.float(), batch["labels"]).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def teacher_forward() -> torch.Tensor:
+        with torch.no_grad(), autocast:
+            return teacher(pixel_values=batch["pixel_values"]).logits
+
+    def student_forward() -> torch.Tensor:
+        with torch.no_grad(), autocast:
+            return student(pixel_values=batch["pixel_values"]).logits
+
+    def loop_step(teacher_logits: torch.Tensor | None = None) -> None:
+        with torch.no_grad(), autocast:
+            target = teacher(pixel_values=batch["pixel_values"]).logits if teacher_logits is None else teacher_logits
+        with autocast:
+            logits = student(pixel_values=batch["pixel_values"]).logits
+        loss = F.cross_entropy(logits.float(), batch["labels"]) + kd_loss(logits, target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    cached_logits = teacher_forward().float()
+    sample_logits = (torch.randn_like(cached_logits, requires_grad=True), cached_logits)
+    loss_fns = {
+        "kd": lambda: kd_loss(*sample_logits).backward(),
+        "dkd": lambda: dkd_loss(*sample_logits, batch["labels"]).backward(),
+        "dist": lambda: dist_loss(*sample_logits).backward(),
+    }
+    trainers = {
+        name: build_trainer(name, student, teacher, args, f"{args.workdir}/{name}") for name in ("kd", "dkd", "dist")
+    }
+    variants: dict[str, Callable[[], object]] = {
+        "student_step": student_step,
+        "teacher_forward": teacher_forward,
+        "student_forward": student_forward,
+        "loop_kd": loop_step,
+        "cached_kd": lambda: loop_step(cached_logits),
+        **{f"trainer_{name}": (lambda t=t: trainer_step(t, dict(batch))) for name, t in trainers.items()},
+        **{f"loss_{name}": fn for name, fn in loss_fns.items()},
+    }
+    for fn in variants.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name, fn in variants.items():
+            times[name].append(timed(fn, device))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    base = median["student_step"] + median["teacher_forward"]
+    predicted = 3 * median["student_forward"] / (3 * median["student_forward"] + median["teacher_forward"])
+    measured = median["cached_kd"] / median["loop_kd"]
+    return {
+        "median_seconds": median,
+        "step_overhead": {name: median[f"trainer_{name}"] / base for name in ("kd", "dkd", "dist")},
+        "trainer_vs_loop": median["trainer_kd"] / median["loop_kd"],
+        "loss_share": {name: median[f"loss_{name}"] / median[f"trainer_{name}"] for name in ("kd", "dkd", "dist")},
+        "cache_vs_prediction": {
+            "measured": measured,
+            "predicted": predicted,
+            "relative_error": abs(measured - predicted) / predicted,
+            "note": "cached step = the hand-written loop fed stored teacher logits (no teacher forward)",
+        },
+    }
+
+
+def _memory_probe(mode: str, args: argparse.Namespace) -> int:
+    """Peak memory above the resident models, in a fresh process: bytes."""
+    code = f"""
+import resource, sys, torch
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+import distill_overhead as b
+from hfkd.losses import kd_loss
+import torch.nn.functional as F
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+batch = b.make_batch({args.batch_size}, {args.image_size}, device)
+student, teacher = b.student_model().to(device), b.teacher_model().to(device).eval().requires_grad_(False)
+opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+def rss():
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+if device.type == "cuda":
+    torch.cuda.reset_peak_memory_stats()
+base = rss() if device.type == "cpu" else torch.cuda.memory_allocated()
+for _ in range(3):
+    if {mode!r} in ("student", "distill"):
+        logits = student(pixel_values=batch["pixel_values"]).logits
+        loss = F.cross_entropy(logits, batch["labels"])
+        if {mode!r} == "distill":
+            with torch.no_grad():
+                target = teacher(pixel_values=batch["pixel_values"]).logits
+            loss = loss + kd_loss(logits, target)
+        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+    else:
+        with torch.no_grad():
+            teacher(pixel_values=batch["pixel_values"]).logits
+print(rss() - base)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def measure_memory(args: argparse.Namespace) -> dict:
+    peaks = {mode: _memory_probe(mode, args) for mode in ("student", "teacher", "distill")}
+    return {"peak_bytes": peaks, "ratio": peaks["distill"] / max(peaks["student"] + peaks["teacher"], 1)}
+
+
+def measure_pipeline(args: argparse.Namespace) -> float:
+    import numpy as np
+    from PIL import Image
+
+    from hfkd.data import ImageConfig, build_transforms
+
+    rng = np.random.default_rng(0)
+    encoded = []
+    for _ in range(64):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (256, 320, 3), dtype=np.uint8)).save(buffer, format="JPEG", quality=90)
+        encoded.append(buffer.getvalue())
+    transform = build_transforms(ImageConfig(size=(224, 224)), train=True, train_augment="rrc")
+    torch.set_num_threads(1)  # one worker
+    start, count = time.perf_counter(), 0
+    while time.perf_counter() - start < args.pipeline_seconds:
+        for data in encoded:
+            transform(Image.open(io.BytesIO(data)))
+            count += 1
+    return count / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--pipeline_seconds", type=float, default=5.0)
+    parser.add_argument("--workdir", default="runs/bench")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    results = measure_speed(args)
+    results["memory_ratio"] = measure_memory(args)
+    results["pipeline_images_per_s"] = measure_pipeline(args)
+    results["setting"] = {
+        "pair": "ResNet-34 -> ResNet-18 (random init)",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)",
+        **{k: getattr(args, k) for k in ("batch_size", "image_size", "repeats", "bf16", "channels_last")},
+    }
+    rows = [
+        ("step overhead, KD", results["step_overhead"]["kd"], "≤ 1.10"),
+        ("step overhead, DKD", results["step_overhead"]["dkd"], "≤ 1.10"),
+        ("step overhead, DIST", results["step_overhead"]["dist"], "≤ 1.10"),
+        ("trainer ÷ hand-written loop (KD)", results["trainer_vs_loop"], "≤ 1.10"),
+        ("loss share of the step (KD)", results["loss_share"]["kd"], "< 0.02"),
+        ("cached ÷ live step", results["cache_vs_prediction"]["measured"],
+         f"≈ {results['cache_vs_prediction']['predicted']:.3f} (±10 %)"),
+        ("peak memory ratio", results["memory_ratio"]["ratio"], "≤ 1.15"),
+        ("pipeline images/s (1 worker)", results["pipeline_images_per_s"], ""),
+    ]  # fmt: skip
+    print(f"\n{results['setting']['pair']}, {results['setting']['device']}, batch {args.batch_size}, "
+          f"{args.image_size} px, bf16={args.bf16}, channels_last={args.channels_last}")  # fmt: skip
+    print(f"{'measure':<36} {'value':>10}  target")
+    for name, value, target in rows:
+        print(f"{name:<36} {value:>10.3f}  {target}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

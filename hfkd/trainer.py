@@ -18,7 +18,13 @@ from transformers.utils import logging
 
 from . import __version__
 from .arguments import DistillationArguments
-from .features import classifier_head, probe_feature_shapes
+from .features import (
+    PreactivationRecorder,
+    bn_before_relu_stats,
+    classifier_head,
+    probe_feature_shapes,
+    require_preactivations,
+)
 from .losses import DistillBatch, LossContext, create_loss, get_loss_class, logits_of
 from .metrics import compute_accuracy_metrics, top_k_indices
 from .teacher import load_teacher, prepare_teacher, teacher_id
@@ -122,6 +128,9 @@ class DistillationTrainer(Trainer):
         }
         self.teacher_model: nn.Module | None = None
         self.distill_loss = None
+        # Hooks recording pre-activation maps, for losses that declare `requires_preactivations`.
+        self._teacher_preacts: PreactivationRecorder | None = None
+        self._student_preacts: PreactivationRecorder | None = None
         self.recipe_path: str | None = None
         self.data_info: dict[str, Any] | None = None
         if not args.uses_teacher:
@@ -138,11 +147,15 @@ class DistillationTrainer(Trainer):
             args.distill_loss, context=self._loss_context(train_dataset), **args.distill_loss_kwargs
         )
         self.distill_loss.to(self.args.device)
+        if self.distill_loss.requires_preactivations:
+            self._teacher_preacts = PreactivationRecorder(self.teacher_model, "teacher")
         if any(p.requires_grad for p in self.distill_loss.parameters()) or self.distill_loss.requires_classifier_heads:
             # Adapters train with the student: one module, so the optimizer, DDP and checkpoints see them. A loss
             # that runs the student's head on its own inputs also runs inside the wrapped (DDP) forward.
             self.model = DistillationModule(self.model, self.distill_loss).to(self.args.device)
             self.model_wrapped = self.model
+        elif self.distill_loss.requires_preactivations:
+            self._student_preacts = PreactivationRecorder(self.model, "student")
 
     def _loss_context(self, train_dataset: Any) -> LossContext:
         """What the loss may need before training: classes, dataset size, and feature shapes when it uses them."""
@@ -151,6 +164,9 @@ class DistillationTrainer(Trainer):
             dataset_size=len(train_dataset) if hasattr(train_dataset, "__len__") else None,
         )
         loss_cls = get_loss_class(self.args.distill_loss)
+        if loss_cls.requires_preactivations:
+            require_preactivations(self.model, "student")
+            context.extra["teacher_bn_stats"] = bn_before_relu_stats(self.teacher_model, "teacher")
         if loss_cls.requires_hidden_states and train_dataset is not None and len(train_dataset) > 0:
             # Probe both models once on real inputs so that losses can size their adapters.
             probe = self.data_collator([train_dataset[i] for i in range(min(2, len(train_dataset)))])
@@ -208,7 +224,10 @@ class DistillationTrainer(Trainer):
         if isinstance(self.accelerator.unwrap_model(model), DistillationModule):
             student_outputs, loss_dict = model(distill_inputs=(teacher_outputs, batch), **student_inputs)
         else:
-            student_outputs = model(**student_inputs)
+            if self._student_preacts is not None:
+                student_outputs = self._student_preacts.run(model, **student_inputs)
+            else:
+                student_outputs = model(**student_inputs)
             loss_dict = self.distill_loss(student_outputs, teacher_outputs, batch)
         logits = logits_of(student_outputs)
         loss = self.args.distill_weight * loss_dict["loss"]
@@ -264,6 +283,8 @@ class DistillationTrainer(Trainer):
             pixel_values = inputs["pixel_values"]
         kwargs = {"output_hidden_states": True} if output_hidden_states else {}
         with torch.no_grad(), self.accelerator.autocast():
+            if self._teacher_preacts is not None and output_hidden_states:
+                return self._teacher_preacts.run(teacher, pixel_values=pixel_values, **kwargs)
             return teacher(pixel_values=pixel_values, **kwargs)
 
     def _record_metrics(self, mode: str, ce: torch.Tensor | None, loss_dict: dict[str, torch.Tensor]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .features import PreactivationRecorder
 from .losses import DistillationLoss
 
 ADAPTERS_NAME = "distill_adapters.safetensors"
@@ -27,6 +28,10 @@ class DistillationModule(nn.Module):
         super().__init__()
         self.student = student
         self.distill_loss = distill_loss
+        # Hooks on the student, installed once; they record only inside `run` (not state, not saved).
+        self.preact_recorder = (
+            PreactivationRecorder(student, "student") if distill_loss.requires_preactivations else None
+        )
         # DDP would re-send these from rank 0 every step (51 MB for CRD on CIFAR); the loss keeps them in sync.
         self._ddp_params_and_buffers_to_ignore = [
             f"distill_loss.{name}" for name in distill_loss.rank_synchronized_buffers
@@ -37,9 +42,13 @@ class DistillationModule(nn.Module):
         return getattr(self.student, "config", None)
 
     def forward(self, distill_inputs: tuple[Any, Any] | None = None, **student_inputs: Any) -> Any:
-        student_output = self.student(**student_inputs)
         if distill_inputs is None:
-            return student_output
+            return self.student(**student_inputs)
+        if self.preact_recorder is not None:
+            # The loss runs below, inside this forward: the student's maps must be on its output first.
+            student_output = self.preact_recorder.run(self.student, **student_inputs)
+        else:
+            student_output = self.student(**student_inputs)
         teacher_output, batch = distill_inputs
         return student_output, self.distill_loss(student_output, teacher_output, batch)
 

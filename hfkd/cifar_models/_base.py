@@ -114,6 +114,12 @@ class CifarClassifier(nn.Module):
     num_features: int
     feature_info: list[dict[str, Any]]
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Receives the `preact_feats` list of every forward, so `hfkd.features.PreactivationRecorder` can hook it;
+        # parameter-free, so state dicts (and mdistiller checkpoints) are unchanged.
+        self.preact_tap = nn.Identity()
+
     # ---- to implement -------------------------------------------------------------------------------------------
     def _forward_stages(self, x: torch.Tensor, num_stages: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         raise NotImplementedError
@@ -123,6 +129,20 @@ class CifarClassifier(nn.Module):
 
     def _init_module(self, module: nn.Module) -> None:
         """mdistiller's weight init for one module (called after PyTorch's default `reset_parameters`)."""
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """mdistiller's `get_bn_before_relu()`: the BN before each stage's last ReLU, one per stage (no stem).
+
+        OFD reads their affine parameters as the statistics of the pre-activation maps (`preact_feats[1:]`).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement get_bn_before_relu(); the CIFAR ResNets (cifar_resnet*) do."
+        )
+
+    def _run_stages(self, x: torch.Tensor, num_stages: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        feats, preact_feats = self._forward_stages(x, num_stages)
+        self.preact_tap(preact_feats)
+        return feats, preact_feats
 
     # ---- head ---------------------------------------------------------------------------------------------------
     def _make_head(self, num_classes: int, global_pool: str) -> None:
@@ -182,7 +202,7 @@ class CifarClassifier(nn.Module):
     # ---- forward ------------------------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Last feature map before global pooling (timm convention), shape (B, `num_features`, H, W)."""
-        feats, preact_feats = self._forward_stages(x, len(self.feature_info))
+        feats, preact_feats = self._run_stages(x, len(self.feature_info))
         return self._forward_final_map(feats, preact_feats)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -201,7 +221,7 @@ class CifarClassifier(nn.Module):
             `"preact_feats"` (list: the same positions before their last ReLU), `"pooled_feat"` (B x
             `num_features` after global pooling) and `"logits"` (B x `num_classes`).
         """
-        feats, preact_feats = self._forward_stages(x, len(self.feature_info))
+        feats, preact_feats = self._run_stages(x, len(self.feature_info))
         pooled = self.forward_head(self._forward_final_map(feats, preact_feats), pre_logits=True)
         return {
             "feats": feats,
@@ -241,7 +261,7 @@ class CifarClassifier(nn.Module):
             raise ValueError(f"output_fmt={output_fmt!r} is not supported by CIFAR models; use output_fmt='NCHW'.")
         take_indices, max_index = _take_indices(len(self.feature_info), indices)
         num_run = max_index + 1 if (stop_early or intermediates_only) else len(self.feature_info)
-        feats, preact_feats = self._forward_stages(x, num_run)
+        feats, preact_feats = self._run_stages(x, num_run)
         last = len(self.feature_info) - 1
         intermediates = []
         for index in take_indices:

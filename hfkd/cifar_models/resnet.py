@@ -111,6 +111,10 @@ class CifarResNet(CifarClassifier):
             nn.init.constant_(module.weight, 1)
             nn.init.constant_(module.bias, 0)
 
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """mdistiller's `get_bn_before_relu()`: `bn2` of each stage's last block."""
+        return [stage[-1].bn2 for stage in (self.layer1, self.layer2, self.layer3)]
+
     def _forward_stages(self, x: torch.Tensor, num_stages: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         x = self.relu(self.bn1(self.conv1(x)))
         feats, preact_feats = [x], [x]

@@ -133,6 +133,11 @@ class CifarResNetV2(CifarClassifier):
             nn.init.constant_(module.weight, 1)
             nn.init.constant_(module.bias, 0)
 
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """mdistiller's `get_bn_before_relu()`: the last BN of each stage's last block (`bn3` in bottlenecks)."""
+        stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+        return [stage[-1].bn3 if isinstance(stage[-1], Bottleneck) else stage[-1].bn2 for stage in stages]
+
     def _forward_stages(self, x: torch.Tensor, num_stages: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         x = F.relu(self.bn1(self.conv1(x)))
         feats, preact_feats = [x], [x]

@@ -74,6 +74,8 @@ class DistillationLoss(nn.Module):
     requires_sample_index: ClassVar[bool] = False
     requires_strong_view: ClassVar[bool] = False
     requires_classifier_heads: ClassVar[bool] = False
+    # Pre-activation stage maps (`preact_hidden_states`) on both outputs and `context.extra["teacher_bn_stats"]`.
+    requires_preactivations: ClassVar[bool] = False
     # Buffers the loss keeps identical on every process itself (e.g. CRD's memory banks, updated from gathered
     # features): DDP need not re-broadcast them every step.
     rank_synchronized_buffers: ClassVar[tuple[str, ...]] = ()

@@ -73,7 +73,8 @@ class OFDLoss(DistillationLoss):
     Inputs: transformers models do not report pre-activation maps. The outputs must carry `preact_hidden_states`
     (attribute or key, laid out like `hidden_states`, stem first) and `context.extra["teacher_bn_stats"]` must list
     one `(mean, std)` pair of (C,) tensors per selected teacher stage (or one per feature map, stem first), i.e.
-    mdistiller's `get_bn_before_relu()` as (bias, weight); otherwise a ValueError says so.
+    mdistiller's `get_bn_before_relu()` as (bias, weight); otherwise a ValueError says so. The trainer provides
+    both (`requires_preactivations`) for transformers ResNet and hfkd's CIFAR ResNets (`hfkd.features`).
 
     Reproduces mdistiller's `OFD.py`: `stages="1:"` is its `preact_feats[1:]`, `feat_weight=1e-3` its FEAT_WEIGHT
     (1e-4 in its ImageNet ResNet-50 → MobileNetV1 config), CE_WEIGHT 1, so `distill_ce_weight=1.0,
@@ -96,6 +97,7 @@ class OFDLoss(DistillationLoss):
     """
 
     requires_hidden_states = True
+    requires_preactivations = True
     paper = PaperRef(
         title="A Comprehensive Overhaul of Feature Distillation",
         authors="Byeongho Heo, Jeesoo Kim, Sangdoo Yun, Hyojin Park, Nojun Kwak, Jin Young Choi",

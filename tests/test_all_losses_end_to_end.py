@@ -1,5 +1,5 @@
-"""Every registered loss through examples/run_image_distill.py: two training steps on a tiny CNN pair and a tiny
-ViT-to-CNN pair, offline."""
+"""Every registered loss through examples/run_image_distill.py: two training steps on a tiny CNN pair, a tiny
+ViT-to-CNN pair and a timm pair (mdistiller's CIFAR ResNets through TimmWrapper), offline."""
 
 import json
 import sys
@@ -11,6 +11,7 @@ from PIL import Image as PILImage
 from transformers import ViTImageProcessor
 
 from hfkd.losses import get_loss_class, list_losses
+from hfkd.models import load_image_classifier
 
 from .testing_utils import tiny_resnet, tiny_vit
 
@@ -44,15 +45,22 @@ def setup(tmp_path_factory) -> dict[str, str]:
         model.save_pretrained(root / name)
         ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / name)
         paths[name] = str(root / name)
+    # A timm pair through TimmWrapperForImageClassification: mdistiller's CIFAR ResNets.
+    timm_teacher = load_image_classifier("cifar_resnet14", num_labels=3, pretrained=False)
+    timm_teacher.save_pretrained(root / "timm_teacher")
+    paths["timm_teacher"] = str(root / "timm_teacher")
+    paths["timm_student"] = "cifar_resnet8"
     return paths
 
 
-@pytest.mark.parametrize("teacher", ["cnn_teacher", "vit_teacher"])
+@pytest.mark.parametrize("teacher", ["cnn_teacher", "vit_teacher", "timm_teacher"])
 @pytest.mark.parametrize("loss", list_losses())
 def test_two_steps_through_the_script(tmp_path, setup, loss, teacher):
     out = tmp_path / "run"
+    student = ["--student", setup["timm_student"], "--student_pretrained", "false"] if teacher == "timm_teacher" else [
+        "--student", setup["student"]]  # fmt: skip
     argv = [
-        "--dataset", setup["data"], "--student", setup["student"], "--teacher", setup[teacher], "--loss", loss,
+        "--dataset", setup["data"], *student, "--teacher", setup[teacher], "--loss", loss,
         "--loss_kwargs", json.dumps(SMOKE_KWARGS.get(loss, {})), "--output_dir", str(out), "--max_steps", "2",
         "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "6", "--report_to", "none",
         "--use_cpu", "--save_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "1",

@@ -46,6 +46,8 @@ class DistillationArguments(TrainingArguments):
     teacher_model_init_kwargs (`dict` or `str`, *optional*, defaults to `None`):
         Keyword arguments for `from_pretrained` of the teacher (a JSON string on the command line).
         `trust_remote_code` stays `False` unless set here.
+    teacher_compile (`bool`, *optional*, defaults to `False`):
+        `torch.compile` the teacher (`teacher_compile_backend`, defaults to `"inductor"`).
 
     > Loss
 
@@ -58,6 +60,8 @@ class DistillationArguments(TrainingArguments):
         Weight of the student's cross-entropy with the labels.
     distill_weight (`float`, *optional*, defaults to `1.0`):
         Weight of the distillation loss.
+    distill_channels_last (`bool`, *optional*, defaults to `False`):
+        Channels-last memory format for convolutional students and teachers (`--channels_last`).
     """
 
     teacher_model_name_or_path: str | None = field(
@@ -93,6 +97,20 @@ class DistillationArguments(TrainingArguments):
         default=1.0, metadata={"help": "Weight of the student's cross-entropy with the labels."}
     )
     distill_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation loss."})
+    distill_channels_last: bool = field(
+        default=False,
+        metadata={
+            "help": "Channels-last memory format for convolutional student and teacher (and their inputs): faster "
+            "convolutions on GPUs with tensor cores.",
+            "aliases": ["--channels_last"],
+        },
+    )
+    teacher_compile: bool = field(
+        default=False, metadata={"help": "torch.compile the teacher's forward (the student: --torch_compile)."}
+    )
+    teacher_compile_backend: str = field(
+        default="inductor", metadata={"help": "torch.compile backend for the teacher (inductor, eager, ...)."}
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Keep dataset columns the model's forward does not name (the collator needs them)."},

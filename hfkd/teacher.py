@@ -36,14 +36,34 @@ def freeze(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def prepare_teacher(model: nn.Module, device: torch.device | str) -> nn.Module:
-    """Freeze the teacher and place it on `device`.
+def is_convolutional(model: nn.Module) -> bool:
+    return any(isinstance(module, nn.Conv2d) for module in model.modules())
 
-    The teacher is deliberately not handed to `accelerator.prepare_model`: that would register it with the
-    accelerator (so `save_state` would write it) and wrap its forward for good. The trainer instead runs it
-    under `accelerator.autocast()`, the same mixed-precision context as the student, and never wraps it in DDP.
+
+def prepare_teacher(
+    model: nn.Module,
+    device: torch.device | str,
+    *,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    compile_backend: str | None = None,
+) -> nn.Module:
+    """Freeze the teacher, place it on `device`, and make its forward as cheap as the run allows.
+
+    `dtype` casts it once to the mixed-precision dtype (bf16/fp16 training: it is never trained, so it needs no
+    float32 master weights); `channels_last` applies to convolutional teachers; `compile_backend` compiles its
+    forward with `torch.compile`. The teacher is deliberately not handed to `accelerator.prepare_model`: that would
+    register it with the accelerator (so `save_state` would write it) and wrap its forward for good. The trainer
+    runs it under `accelerator.autocast()`, the student's mixed-precision context, and never wraps it in DDP.
     """
-    return freeze(model).to(device)
+    model = freeze(model).to(device)
+    if dtype is not None:
+        model = model.to(dtype)
+    if channels_last and is_convolutional(model):
+        model = model.to(memory_format=torch.channels_last)
+    if compile_backend:
+        model.forward = torch.compile(model.forward, backend=compile_backend)
+    return model
 
 
 def teacher_id(model: nn.Module, fallback: str | None = None) -> str | None:

@@ -27,7 +27,7 @@ from .features import (
 )
 from .losses import DistillBatch, LossContext, create_loss, get_loss_class, logits_of
 from .metrics import compute_accuracy_metrics, top_k_indices
-from .teacher import load_teacher, prepare_teacher, teacher_id
+from .teacher import is_convolutional, load_teacher, prepare_teacher, teacher_id
 from .wrapper import ADAPTERS_NAME, DistillationModule
 
 logger = logging.get_logger(__name__)
@@ -120,6 +120,8 @@ class DistillationTrainer(Trainer):
         # The Trainer sets this flag in __init__; our losses are per-micro-batch means, so the Trainer must
         # divide by the accumulation steps itself (exact gradient accumulation).
         self.model_accepts_loss_kwargs = False
+        if args.distill_channels_last and is_convolutional(self.model):
+            self.model.to(memory_format=torch.channels_last)
         if self.args.label_names is None:
             self.label_names = ["labels"]
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
@@ -142,7 +144,14 @@ class DistillationTrainer(Trainer):
                 teacher_source, revision=args.teacher_model_revision, init_kwargs=args.teacher_model_init_kwargs
             )
         self._check_label_spaces(teacher_source)
-        self.teacher_model = prepare_teacher(teacher_source, self.args.device)
+        self.teacher_model = prepare_teacher(
+            teacher_source,
+            self.args.device,
+            dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None,
+            channels_last=args.distill_channels_last,
+            compile_backend=args.teacher_compile_backend if args.teacher_compile else None,
+        )
+
         self.distill_loss = create_loss(
             args.distill_loss, context=self._loss_context(train_dataset), **args.distill_loss_kwargs
         )
@@ -197,6 +206,11 @@ class DistillationTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = inputs.get("labels")
+        if self.args.distill_channels_last:
+            inputs = {
+                k: v.contiguous(memory_format=torch.channels_last) if k.endswith("pixel_values") and v.ndim == 4 else v
+                for k, v in inputs.items()
+            }
         student_inputs = {k: v for k, v in inputs.items() if k not in _DISTILL_INPUT_KEYS}
         if self.teacher_model is None or not model.training:
             # Evaluation (and CE-only training) runs the student alone: eval_loss is the student's CE.

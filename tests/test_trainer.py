@@ -274,7 +274,9 @@ def test_teacher_runs_under_the_students_autocast(tmp_path, student, teacher, tr
     )
     trainer.train()
     assert dtypes == [torch.bfloat16]
-    assert all(p.dtype == torch.float32 for p in teacher.parameters())
+    # Cast once to the mixed-precision dtype: a frozen teacher needs no float32 master weights.
+    assert all(p.dtype == torch.bfloat16 for p in teacher.parameters())
+    assert all(p.dtype == torch.float32 for p in student.parameters())
     assert all(v == v for v in _logged(trainer, "distill/kd"))
 
 
@@ -367,3 +369,42 @@ def test_trainable_loss_parameters_train_save_beside_and_resume(tmp_path, adapte
     torch.testing.assert_close(resumed.model.distill_loss.projector.weight, loss.projector.weight, rtol=0, atol=0)
     for key, value in student.state_dict().items():
         torch.testing.assert_close(resumed_student.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_channels_last_and_compiled_teacher(tmp_path, student, teacher, train_dataset):
+    seen = []
+    teacher.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["pixel_values"]), with_kwargs=True)
+    args = _args(tmp_path, distill_channels_last=True, teacher_compile=True, teacher_compile_backend="eager")
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=train_dataset, data_collator=collate
+    )
+    for model in (student, teacher):
+        convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert "compile" in type(teacher.forward).__name__.lower() or hasattr(
+        teacher.forward, "_torchdynamo_orig_callable"
+    )
+    trainer.train()
+    assert seen and all(x.is_contiguous(memory_format=torch.channels_last) for x in seen)
+    assert all(v == v for v in _logged(trainer, "distill/kd"))
+
+
+@pytest.mark.parametrize("loss", ["kd", "dkd", "dist", "mlkd"])
+def test_the_step_never_reads_values_back(tmp_path, student, teacher, monkeypatch, loss):
+    """No .item()/.tolist() in compute_loss: on a GPU each would synchronise the device every step."""
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=_args(tmp_path, distill_loss=loss), data_collator=collate
+    )
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randn(4, 3, 32, 32, generator=g)
+    inputs = {"pixel_values": pixels, "strong_pixel_values": pixels.flip(-1), "labels": torch.tensor([0, 1, 2, 3])}
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a host read-back in the training step")
+
+    student.train()
+    monkeypatch.setattr(torch.Tensor, "item", forbidden)
+    monkeypatch.setattr(torch.Tensor, "tolist", forbidden)
+    loss_value = trainer.compute_loss(student, inputs)
+    monkeypatch.undo()
+    assert torch.isfinite(loss_value)

@@ -60,6 +60,11 @@ class DistillationArguments(TrainingArguments):
         Weight of the student's cross-entropy with the labels.
     distill_weight (`float`, *optional*, defaults to `1.0`):
         Weight of the distillation loss.
+    distill_lr_milestones (`list[float]`, *optional*, defaults to `None`):
+        Multi-step learning-rate decay of the references: the lr is multiplied by `distill_lr_gamma` after each of
+        these epochs (mdistiller's rule, exact per optimizer step, no warm-up); replaces `lr_scheduler_type`.
+    distill_lr_gamma (`float`, *optional*, defaults to `0.1`):
+        Decay factor at each milestone.
     distill_channels_last (`bool`, *optional*, defaults to `False`):
         Channels-last memory format for convolutional students and teachers (`--channels_last`).
     """
@@ -97,6 +102,16 @@ class DistillationArguments(TrainingArguments):
         default=1.0, metadata={"help": "Weight of the student's cross-entropy with the labels."}
     )
     distill_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation loss."})
+    distill_lr_milestones: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Epochs after which the learning rate is multiplied by distill_lr_gamma (the references' "
+            "multi-step decay, e.g. 150 180 210); replaces lr_scheduler_type when set."
+        },
+    )
+    distill_lr_gamma: float = field(
+        default=0.1, metadata={"help": "Factor applied to the learning rate at each of distill_lr_milestones."}
+    )
     distill_channels_last: bool = field(
         default=False,
         metadata={
@@ -130,6 +145,17 @@ class DistillationArguments(TrainingArguments):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+        if self.distill_lr_milestones is not None:
+            milestones = list(self.distill_lr_milestones)
+            if not milestones or any(not (isinstance(m, (int, float)) and m >= 0) for m in milestones):
+                raise ValueError(
+                    f"`distill_lr_milestones` must be epochs >= 0, e.g. [150, 180, 210]; got {milestones}."
+                )
+            if milestones != sorted(milestones):
+                raise ValueError(f"`distill_lr_milestones` must be in increasing order, got {milestones}.")
+            if not self.distill_lr_gamma > 0:
+                raise ValueError(f"`distill_lr_gamma` must be > 0 (0.1 decays tenfold), got {self.distill_lr_gamma}.")
+            self.distill_lr_milestones = [float(m) for m in milestones]
         if self.distill_loss == CE_ONLY:
             if self.distill_loss_kwargs:
                 raise ValueError(

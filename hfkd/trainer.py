@@ -27,6 +27,7 @@ from .features import (
 )
 from .losses import DistillBatch, LossContext, create_loss, get_loss_class, logits_of
 from .metrics import compute_accuracy_metrics, top_k_indices
+from .schedulers import get_multistep_schedule, optimizer_steps_per_epoch
 from .teacher import is_convolutional, load_teacher, prepare_teacher, teacher_id
 from .wrapper import ADAPTERS_NAME, DistillationModule
 
@@ -165,6 +166,25 @@ class DistillationTrainer(Trainer):
             self.model_wrapped = self.model
         elif self.distill_loss.requires_preactivations:
             self._student_preacts = PreactivationRecorder(self.model, "student")
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
+        """The references' multi-step decay when `distill_lr_milestones` is set, else the Trainer's schedule."""
+        if self.args.distill_lr_milestones is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if not hasattr(self.train_dataset, "__len__"):
+            raise ValueError("`distill_lr_milestones` counts epochs, which needs a training dataset with a length.")
+        steps_per_epoch = optimizer_steps_per_epoch(
+            len(self.train_dataset),
+            self.args.per_device_train_batch_size,
+            self.args.world_size,
+            self.args.gradient_accumulation_steps,
+            self.args.dataloader_drop_last,
+        )
+        self.lr_scheduler = get_multistep_schedule(
+            optimizer or self.optimizer, self.args.distill_lr_milestones, self.args.distill_lr_gamma, steps_per_epoch
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def _loss_context(self, train_dataset: Any) -> LossContext:
         """What the loss may need before training: classes, dataset size, and feature shapes when it uses them."""

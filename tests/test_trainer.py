@@ -408,3 +408,33 @@ def test_the_step_never_reads_values_back(tmp_path, student, teacher, monkeypatc
     loss_value = trainer.compute_loss(student, inputs)
     monkeypatch.undo()
     assert torch.isfinite(loss_value)
+
+
+def test_multistep_schedule_matches_the_references_rule(tmp_path, student, teacher, train_dataset):
+    """16 samples at batch 4: 4 steps per epoch; milestones [1, 2] decay after the 1st and the 2nd epoch
+    (mdistiller: lr × 0.1 ** #{m : epoch > m} with 1-based epochs), no warm-up."""
+    args = _args(
+        tmp_path, max_steps=-1, num_train_epochs=3, optim="sgd", learning_rate=0.4, distill_lr_milestones=[1, 2],
+        distill_lr_gamma=0.1, warmup_steps=0, logging_steps=50,
+    )  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=train_dataset, data_collator=collate
+    )
+    used = []
+    original = trainer.compute_loss
+
+    def spy(*a, **kw):
+        used.append(trainer.optimizer.param_groups[0]["lr"])
+        return original(*a, **kw)
+
+    trainer.compute_loss = spy
+    trainer.train()
+    expected = [0.4 * 0.1 ** sum(1 for m in (1, 2) if epoch + 1 > m) for epoch in range(3) for _ in range(4)]
+    assert used == pytest.approx(expected)
+
+
+def test_bad_milestones_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="increasing"):
+        _args(tmp_path, distill_lr_milestones=[180, 150])
+    with pytest.raises(ValueError, match="distill_lr_gamma"):
+        _args(tmp_path, distill_lr_milestones=[150], distill_lr_gamma=0)

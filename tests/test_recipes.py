@@ -1,0 +1,150 @@
+"""Every recipe under recipes/: header, known keys, registered loss, binding kwargs, resolvable models."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hfkd import DistillationArguments, DistillationTrainer
+from hfkd.losses import get_loss_class, resolve_loss_kwargs
+from hfkd.models import resolve_model_name
+from hfkd.parser import HfkdParser
+from hfkd.report import read_published_top1
+
+from .testing_utils import tiny_resnet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from run_image_distill import DataArguments, ModelArguments  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES_DIR = REPO / "recipes"
+RECIPES = sorted(p.relative_to(REPO).as_posix() for p in RECIPES_DIR.rglob("*.yaml"))
+LOCAL_TEACHER = re.compile(r"^runs/cifar100/teachers/(?P<name>[a-z0-9_]+)$")
+# CLI flags that make any recipe parse on a CPU-only test machine.
+CPU_FLAGS = ["--bf16", "false", "--use_cpu", "true", "--report_to", "none"]
+
+
+def parser() -> HfkdParser:
+    return HfkdParser((ModelArguments, DataArguments, DistillationArguments))
+
+
+def load(recipe: str) -> dict:
+    return yaml.safe_load((REPO / recipe).read_text(encoding="utf-8"))
+
+
+def parse_recipe(recipe: str, tmp_path: Path) -> tuple:
+    """Parse through the script's parser, exactly as `--config` reads it."""
+    return parser().parse(["--config", recipe, "--output_dir", str(tmp_path / "out"), *CPU_FLAGS])
+
+
+def test_recipes_exist_in_the_expected_numbers():
+    def count(pattern: str) -> int:
+        return len([r for r in RECIPES if re.fullmatch(pattern, r)])
+
+    assert count(r"recipes/cifar100/kd/[^/]+\.yaml") >= 11
+    assert count(r"recipes/cifar100/dkd/[^/]+\.yaml") >= 11
+    methods = {
+        r.split("/")[2] for r in RECIPES if re.fullmatch(r"recipes/cifar100/\w+/resnet8x4_from_resnet32x4\.yaml", r)
+    }
+    expected = {"kd", "dkd", "fitnet", "at", "nst", "pkt", "kdsvd", "ofd", "rkd", "vid", "sp", "crd", "reviewkd"}
+    assert expected <= methods
+    assert count(r"recipes/cifar100/teachers/[^/]+\.yaml") == 6
+    assert count(r"recipes/imagenet/(kd|dkd)/[^/]+\.yaml") == 4
+    assert count(r"recipes/imagenet/dist/[^/]+\.yaml") >= 4
+    assert count(r"recipes/cifar100/streamlined/\w+/[^/]+\.yaml") >= 5 * 6
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_header(recipe):
+    text = (REPO / recipe).read_text(encoding="utf-8")
+    header = text[: text.index("\n" + next(line for line in text.splitlines() if not line.startswith("#")))]
+    assert text.startswith("# "), "a recipe starts with its comment block"
+    for marker in ("Paper:", "Reproduces:", "Published top-1:", "Known deviations:", "accelerate launch"):
+        assert marker in header, f"{recipe}: header lacks {marker!r}"
+    assert "examples/run_image_distill.py" in header
+    assert f"--config {recipe} --output_dir runs/" in header
+    assert re.search(r"^#\s*published_top1:\s*(null|\d+(\.\d+)?)\s*$", header, re.MULTILINE), recipe
+    published = read_published_top1(REPO / recipe)
+    assert published is None or 0 < published < 100
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_keys_and_values(recipe):
+    data = load(recipe)
+    assert isinstance(data, dict)
+    unknown = set(data) - parser().field_names()
+    assert not unknown, f"{recipe}: unknown keys {sorted(unknown)}"
+    assert "output_dir" not in data, "the launch command sets output_dir"
+    assert data["num_train_epochs"] > 0 and data["learning_rate"] > 0
+    if data.get("optim") == "sgd":
+        assert data.get("optim_args") == "momentum=0.9", f"{recipe}: SGD needs momentum 0.9 through optim_args"
+    if data.get("lr_scheduler_type") == "constant":
+        milestones = data["distill_lr_milestones"]
+        assert milestones == sorted(milestones) and 0 < milestones[-1] < data["num_train_epochs"]
+        assert data["distill_lr_gamma"] == 0.1
+    if recipe.startswith("recipes/cifar100/"):
+        assert data["dataset"] == "uoft-cs/cifar100" and data["label_column"] == "fine_label"
+        assert data["train_augment"] == "crop_flip" and data["student_pretrained"] is False
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_loss_and_kwargs_bind(recipe):
+    data = load(recipe)
+    loss = data["distill_loss"]
+    if loss == "ce":
+        assert "teacher_model_name_or_path" not in data and "distill_loss_kwargs" not in data
+        return
+    get_loss_class(loss)
+    resolve_loss_kwargs(loss, data.get("distill_loss_kwargs") or {})
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_models_resolve(recipe):
+    data = load(recipe)
+    assert resolve_model_name(data["student_model_name_or_path"]).kind in ("timm_arch", "timm_hub", "hub")
+    teacher = data.get("teacher_model_name_or_path")
+    if teacher is None:
+        return
+    match = LOCAL_TEACHER.match(teacher)
+    if match:  # a folder written by a teacher-training recipe: check that recipe instead
+        teacher_recipe = f"recipes/cifar100/teachers/{match['name']}.yaml"
+        assert teacher_recipe in RECIPES, f"{recipe}: no recipe trains {teacher}"
+        assert f"--output_dir {teacher}\n" in (REPO / teacher_recipe).read_text(encoding="utf-8")
+    else:
+        assert resolve_model_name(teacher).kind in ("timm_hub", "hub")
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_parses_through_the_script_parser(recipe, tmp_path):
+    model_args, data_args, args, _ = parse_recipe(recipe, tmp_path)
+    data = load(recipe)
+    assert model_args.student_model_name_or_path == data["student_model_name_or_path"]
+    assert args.distill_loss == data["distill_loss"]
+    assert args.distill_loss_kwargs == (data.get("distill_loss_kwargs") or {})
+    assert args.learning_rate == data["learning_rate"] and args.num_train_epochs == data["num_train_epochs"]
+    if "distill_lr_milestones" in data:
+        assert list(args.distill_lr_milestones) == data["distill_lr_milestones"]
+    else:
+        assert args.distill_lr_milestones is None
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    ["recipes/cifar100/kd/resnet8x4_from_resnet32x4.yaml", "recipes/imagenet/dist/resnet18_from_resnet34.yaml"],
+)
+def test_recipe_builds_sgd_with_momentum(recipe, tmp_path, eval_dataset):
+    """The optimizer the Trainer builds from a parsed recipe is SGD with momentum 0.9, the recipe's lr and wd."""
+    _, _, args, _ = parse_recipe(recipe, tmp_path)
+    trainer = DistillationTrainer(
+        model=tiny_resnet(seed=1), teacher_model=tiny_resnet(wide=True, seed=2), args=args, eval_dataset=eval_dataset
+    )
+    optimizer = trainer.create_optimizer()
+    assert type(optimizer) is torch.optim.SGD
+    data = load(recipe)
+    for group in optimizer.param_groups:
+        assert group["momentum"] == 0.9 and group["lr"] == data["learning_rate"]
+        assert group["nesterov"] is False and group["dampening"] == 0
+    assert {group["weight_decay"] for group in optimizer.param_groups} == {data["weight_decay"], 0.0}

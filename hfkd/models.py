@@ -201,6 +201,20 @@ def _timm_pretrained_cfg(architecture: str) -> dict[str, Any]:
     return {k: v for k, v in cfg.to_dict().items() if k not in drop and (v is not None or k in keep_null)}
 
 
+def _with_timm_init(model: TimmWrapperForImageClassification) -> TimmWrapperForImageClassification:
+    """Restore timm's own initialisation of a randomly initialised TimmWrapper model.
+
+    transformers re-initialises the wrapped model with its generic scheme (conv std 0.02, BatchNorm reset); a model
+    trained from scratch should start from timm's initialisation, as the reference code does.
+    """
+    config = model.config
+    fresh = timm.create_model(
+        config.architecture, pretrained=False, num_classes=config.num_labels, **(config.model_args or {})
+    )
+    model.timm_model.load_state_dict(fresh.state_dict())
+    return model
+
+
 def load_image_classifier(
     spec_or_name: ModelSpec | str,
     *,
@@ -250,14 +264,7 @@ def load_image_classifier(
             **init_kwargs,
         )
         logger.info(f"Building timm {spec.source!r} ({config.num_labels} classes) with random weights.")
-        model = TimmWrapperForImageClassification(config)
-        # transformers re-initialises the wrapped model with its generic scheme (conv std 0.02, BN reset); a model
-        # trained from scratch should start from timm's own initialisation, as the reference code does.
-        fresh = timm.create_model(
-            spec.source, pretrained=False, num_classes=config.num_labels, **(config.model_args or {})
-        )
-        model.timm_model.load_state_dict(fresh.state_dict())
-        return model
+        return _with_timm_init(TimmWrapperForImageClassification(config))
     if spec.kind == "timm_arch":
         cfg = get_pretrained_cfg(spec.source)
         if cfg is None or not (cfg.hf_hub_id or "").count("/"):
@@ -272,7 +279,8 @@ def load_image_classifier(
         for key, value in labels.items():
             setattr(config, key, value)
         logger.info(f"Building {source!r} ({config.num_labels} classes) with random weights.")
-        return AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code, **init_kwargs)
+        model = AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code, **init_kwargs)
+        return _with_timm_init(model) if getattr(model, "timm_model", None) is not None else model
 
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code, **init_kwargs}
     if labels.get("num_labels", config.num_labels) != config.num_labels:

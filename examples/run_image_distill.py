@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
+import torch
 import transformers
 from transformers import set_seed
 
@@ -53,6 +54,7 @@ from hfkd.models import (
     resolve_model_name,
 )
 from hfkd.parser import HfkdParser
+from hfkd.smoke import SMOKE_DATASETS, smoke_argv, smoke_loss_kwargs, smoke_model_name, synthetic_dataset
 from hfkd.teacher import map_teacher_labels
 
 logger = logging.getLogger("hfkd.run_image_distill")
@@ -122,6 +124,15 @@ class DataArguments:
     skip_unreadable: bool = field(
         default=False, metadata={"help": "Drop images that fail to decode (counted in the log) instead of failing."}
     )
+    smoke: bool = field(
+        default=False,
+        metadata={
+            "help": "Smoke test: 2 steps on synthetic data of the dataset's shape and class count, with random-"
+            "init models, offline (checks a recipe's whole path without its data or weights)."
+        },
+    )
+    smoke_image_size: int | None = field(default=None, metadata={"help": "Image size of the smoke data."})
+    smoke_num_labels: int | None = field(default=None, metadata={"help": "Class count of the smoke data."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output folder that already holds a finished run."}
     )
@@ -186,9 +197,28 @@ def setup_logging(args: DistillationArguments) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--smoke" in argv:
+        argv = smoke_argv(argv, use_cpu=not torch.cuda.is_available())
     parser = HfkdParser((ModelArguments, DataArguments, DistillationArguments))
     model_args, data_args, training_args, recipe = parser.parse(argv)
     setup_logging(training_args)
+    student_pretrained = model_args.student_pretrained
+    teacher_pretrained = True
+    if data_args.smoke:
+        image_size, num_labels = SMOKE_DATASETS.get(data_args.dataset, (None, None))
+        image_size = data_args.smoke_image_size or image_size or 32
+        num_labels = data_args.smoke_num_labels or num_labels or 10
+        model_args.student_model_name_or_path, student_pretrained = smoke_model_name(
+            model_args.student_model_name_or_path, num_labels, image_size
+        )
+        if training_args.teacher_model_name_or_path is not None:
+            training_args.teacher_model_name_or_path, teacher_pretrained = smoke_model_name(
+                training_args.teacher_model_name_or_path, num_labels, image_size
+            )
+        training_args.distill_loss_kwargs = smoke_loss_kwargs(
+            training_args.distill_loss, training_args.distill_loss_kwargs
+        )
 
     # Everything that can be checked without weights or data is checked first.
     check_output_dir(training_args, data_args)
@@ -210,7 +240,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             logger.info(f"{role}: {spec.name!r} -> {spec.source} ({spec.kind})")
     set_seed(training_args.seed)
 
-    dataset = load_image_dataset(
+    load = load_image_dataset
+    if data_args.smoke:
+        load = lambda *a, **kw: synthetic_dataset(  # noqa: E731
+            data_args.dataset, data_args.label_column, image_size=data_args.smoke_image_size,
+            num_labels=data_args.smoke_num_labels,
+        )  # fmt: skip
+    dataset = load(
         data_args.dataset,
         config_name=data_args.dataset_config,
         train_split=data_args.train_split,
@@ -247,16 +283,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         num_labels=len(names),
         id2label=id2label,
         role="student",
-        pretrained=model_args.student_pretrained,
+        pretrained=student_pretrained,
         trust_remote_code=model_args.trust_remote_code,
         cache_dir=model_args.cache_dir,
     )
     student_processor = load_image_processor(student_spec, trust_remote_code=model_args.trust_remote_code)
     teacher = teacher_processor = None
     if teacher_spec is not None:
+        # A random-init (smoke) teacher gets the dataset's head; a real teacher's head is never touched.
+        random_head = {} if teacher_pretrained else {"num_labels": len(names), "id2label": id2label}
         teacher = load_image_classifier(
             teacher_spec,
-            role="teacher",
+            role="teacher" if teacher_pretrained else "student",
+            pretrained=teacher_pretrained,
+            **random_head,
             trust_remote_code=model_args.trust_remote_code,
             cache_dir=model_args.cache_dir,
             **training_args.teacher_model_init_kwargs,

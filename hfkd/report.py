@@ -131,7 +131,7 @@ def read_run(run_dir: str | Path) -> RunResult:
     teacher = (config.get("teacher") or {}).get("name_or_path")
     student, loss = _student_name(run_dir), config.get("distill_loss")
     recipe = _normalise_recipe(config.get("recipe"))
-    group = recipe or f"{student} <- {teacher} ({loss})"
+    group = recipe or (f"{student} <- {teacher} ({loss})" if teacher else f"{student} ({loss}, no teacher)")
     return RunResult(
         path=str(run_dir),
         group=group,

@@ -56,6 +56,7 @@ from hfkd.models import (
 from hfkd.parser import HfkdParser
 from hfkd.smoke import SMOKE_DATASETS, smoke_argv, smoke_loss_kwargs, smoke_model_name, synthetic_dataset
 from hfkd.teacher import map_teacher_labels
+from hfkd.teacher_cache import CacheEpochCallback, ReplayTransform, TeacherCache
 
 logger = logging.getLogger("hfkd.run_image_distill")
 
@@ -224,8 +225,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     check_output_dir(training_args, data_args)
     student_spec = resolve_model_name(model_args.student_model_name_or_path, revision=model_args.student_revision)
     teacher_name = training_args.teacher_model_name_or_path
-    distilling = training_args.uses_teacher and teacher_name is not None
-    if training_args.uses_teacher and teacher_name is None:
+    cache_dir = training_args.teacher_cache_dir
+    distilling = training_args.uses_teacher and teacher_name is not None and cache_dir is None
+    if training_args.uses_teacher and teacher_name is None and cache_dir is None:
         raise ValueError(
             f"--loss {training_args.distill_loss} needs a teacher: pass `--teacher <model>`, or `--loss ce` to "
             "train on the labels alone."
@@ -311,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     augment = data_args.train_augment
     # Losses such as MLKD learn from a second, strongly augmented (RandAugment) view of each training image.
     needs_strong_view = distilling and get_loss_class(training_args.distill_loss).requires_strong_view
-    splits = {}
+    splits, callbacks = {}, []
     for split, train in (("train", True), ("eval", False)):
         part = dataset[split]
         if data_args.skip_unreadable:
@@ -333,6 +335,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             label_column,
             strong_transforms=strong_transforms,
         )
+        if train and cache_dir is not None:
+            # Offline distillation: the student sees exactly the crops the teacher saw when the cache was built.
+            cache = TeacherCache(cache_dir)
+            if cache.config.num_samples != len(part):
+                raise ValueError(
+                    f"The teacher cache {cache_dir!r} covers {cache.config.num_samples} training images, this run has "
+                    f"{len(part)}. Build the cache on the same training set (same --max_train_samples and split)."
+                )
+            transform = ReplayTransform(cache, student_config.size, student_config.mean, student_config.std,
+                                        image_column, label_column, student_config.num_channels)  # fmt: skip
+            callbacks.append(CacheEpochCallback(transform))
         splits[split] = set_image_transform(part, transform)
 
     trainer = DistillationTrainer(
@@ -343,6 +356,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_dataset=splits["eval"],
         data_collator=DistillationCollator(),
         processing_class=student_processor,
+        callbacks=callbacks,
     )
     trainer.recipe_path = recipe
     trainer.data_info = {

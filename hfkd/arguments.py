@@ -46,6 +46,9 @@ class DistillationArguments(TrainingArguments):
     teacher_model_init_kwargs (`dict` or `str`, *optional*, defaults to `None`):
         Keyword arguments for `from_pretrained` of the teacher (a JSON string on the command line).
         `trust_remote_code` stays `False` unless set here.
+    teacher_cache_dir (`str`, *optional*, defaults to `None`):
+        A teacher cache (`python -m hfkd.teacher_cache`): train from its stored outputs and views, never running
+        the teacher. Logit losses only.
     teacher_compile (`bool`, *optional*, defaults to `False`):
         `torch.compile` the teacher (`teacher_compile_backend`, defaults to `"inductor"`).
 
@@ -120,6 +123,13 @@ class DistillationArguments(TrainingArguments):
             "aliases": ["--channels_last"],
         },
     )
+    teacher_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train from a teacher cache written by `python -m hfkd.teacher_cache` instead of running "
+            "the teacher (logit losses only)."
+        },
+    )
     teacher_compile: bool = field(
         default=False, metadata={"help": "torch.compile the teacher's forward (the student: --torch_compile)."}
     )
@@ -163,7 +173,23 @@ class DistillationArguments(TrainingArguments):
                     "Drop `distill_loss_kwargs` or choose a distillation loss."
                 )
             return
-        get_loss_class(self.distill_loss)  # KeyError with close matches
+        loss_cls = get_loss_class(self.distill_loss)  # KeyError with close matches
+        if self.teacher_cache_dir is not None:
+            needs = [
+                what
+                for what, flag in (
+                    ("feature maps", loss_cls.requires_hidden_states),
+                    ("a strong view", loss_cls.requires_strong_view),
+                    ("the teacher's classifier head", loss_cls.requires_classifier_heads),
+                )
+                if flag
+            ]
+            if needs:
+                raise ValueError(
+                    f"Loss {self.distill_loss!r} needs {' and '.join(needs)} of the teacher, but a teacher cache "
+                    "(`teacher_cache_dir`) stores logits only. Use a logit loss (kd, dkd, dist, ...) with the cache, "
+                    "or run the teacher live."
+                )
         try:
             validate_loss_kwargs(self.distill_loss, self.distill_loss_kwargs)
         except TypeError as err:

@@ -18,6 +18,7 @@ import tempfile
 from typing import Any
 
 import numpy as np
+import timm
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 from transformers.utils import logging
@@ -116,10 +117,13 @@ def smoke_model_name(name: str, num_labels: int, image_size: int) -> tuple[str, 
         return arch, False
     if "/" not in target:  # a timm name or a CIFAR zoo alias
         return target, False
-    base = os.path.basename(os.path.normpath(name))
-    if not os.path.exists(name) and base.lower() in MODEL_ALIASES and "/" not in MODEL_ALIASES[base.lower()]:
-        logger.warning(f"Smoke mode: the folder {name!r} does not exist; using a random-init {base!r}.")
-        return MODEL_ALIASES[base.lower()], False
+    base = os.path.basename(os.path.normpath(name)).lower()
+    # A run folder a recipe expects (runs/cifar100/teachers/vgg13) is named after its CIFAR zoo model.
+    zoo = MODEL_ALIASES.get(base) if "/" not in MODEL_ALIASES.get(base, "/") else None
+    zoo = zoo or (f"cifar_{base}" if timm.is_model(f"cifar_{base}") else None)
+    if not os.path.exists(name) and zoo is not None:
+        logger.warning(f"Smoke mode: the folder {name!r} does not exist; using a random-init {zoo!r}.")
+        return zoo, False
     family = next((f for f in ("swin", "deit", "beit", "vit", "convnext") if f in target.lower()), "resnet")
     folder = tempfile.mkdtemp(prefix="hfkd-smoke-")
     _tiny_transformers_model(family, num_labels, image_size).save_pretrained(folder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import EvalPrediction, PreTrainedModel, Trainer
+from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import logging
 
 from . import __version__
@@ -29,6 +31,7 @@ from .losses import DistillBatch, LossContext, create_loss, get_loss_class, logi
 from .metrics import compute_accuracy_metrics, top_k_indices
 from .schedulers import get_multistep_schedule, optimizer_steps_per_epoch
 from .teacher import is_convolutional, load_teacher, prepare_teacher, teacher_id
+from .teacher_cache import TeacherCache
 from .wrapper import ADAPTERS_NAME, DistillationModule
 
 logger = logging.get_logger(__name__)
@@ -99,7 +102,7 @@ class DistillationTrainer(Trainer):
             if preprocess_logits_for_metrics is None:
                 preprocess_logits_for_metrics = top_k_indices
         teacher_source = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
-        if args.uses_teacher and teacher_source is None:
+        if args.uses_teacher and teacher_source is None and args.teacher_cache_dir is None:
             raise ValueError(
                 f"distill_loss={args.distill_loss!r} needs a teacher: pass `teacher_model=` to the trainer or set "
                 "`teacher_model_name_or_path`, or use `distill_loss='ce'` to train on the labels alone."
@@ -134,24 +137,30 @@ class DistillationTrainer(Trainer):
         # Hooks recording pre-activation maps, for losses that declare `requires_preactivations`.
         self._teacher_preacts: PreactivationRecorder | None = None
         self._student_preacts: PreactivationRecorder | None = None
+        self.teacher_cache: TeacherCache | None = None
         self.recipe_path: str | None = None
         self.data_info: dict[str, Any] | None = None
         if not args.uses_teacher:
             if teacher_model is not None:
                 logger.warning("distill_loss='ce' trains on the labels alone; the teacher is ignored.")
             return
-        if isinstance(teacher_source, str):
-            teacher_source = load_teacher(
-                teacher_source, revision=args.teacher_model_revision, init_kwargs=args.teacher_model_init_kwargs
+        if args.teacher_cache_dir is not None:
+            # Offline distillation: the teacher's outputs come from the cache, the teacher never runs.
+            self.teacher_cache = TeacherCache(args.teacher_cache_dir)
+            self._check_label_spaces(self.teacher_cache)
+        else:
+            if isinstance(teacher_source, str):
+                teacher_source = load_teacher(
+                    teacher_source, revision=args.teacher_model_revision, init_kwargs=args.teacher_model_init_kwargs
+                )
+            self._check_label_spaces(teacher_source)
+            self.teacher_model = prepare_teacher(
+                teacher_source,
+                self.args.device,
+                dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None,
+                channels_last=args.distill_channels_last,
+                compile_backend=args.teacher_compile_backend if args.teacher_compile else None,
             )
-        self._check_label_spaces(teacher_source)
-        self.teacher_model = prepare_teacher(
-            teacher_source,
-            self.args.device,
-            dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None,
-            channels_last=args.distill_channels_last,
-            compile_backend=args.teacher_compile_backend if args.teacher_compile else None,
-        )
 
         self.distill_loss = create_loss(
             args.distill_loss, context=self._loss_context(train_dataset), **args.distill_loss_kwargs
@@ -208,8 +217,12 @@ class DistillationTrainer(Trainer):
             context.teacher_head = classifier_head(self.teacher_model)
         return context
 
-    def _check_label_spaces(self, teacher: nn.Module) -> None:
-        student_labels, teacher_labels = _num_labels(self.model), _num_labels(teacher)
+    def _check_label_spaces(self, teacher: nn.Module | TeacherCache) -> None:
+        student_labels = _num_labels(self.model)
+        if isinstance(teacher, TeacherCache):
+            teacher_labels = teacher.config.num_classes
+        else:
+            teacher_labels = _num_labels(teacher)
         if student_labels is not None and teacher_labels is not None and student_labels != teacher_labels:
             raise ValueError(
                 f"The teacher predicts {teacher_labels} classes but the student {student_labels}. Logit "
@@ -232,7 +245,7 @@ class DistillationTrainer(Trainer):
                 for k, v in inputs.items()
             }
         student_inputs = {k: v for k, v in inputs.items() if k not in _DISTILL_INPUT_KEYS}
-        if self.teacher_model is None or not model.training:
+        if (self.teacher_model is None and self.teacher_cache is None) or not model.training:
             # Evaluation (and CE-only training) runs the student alone: eval_loss is the student's CE.
             if labels is None:
                 raise ValueError("The batch has no `labels`; the CE-only loss and evaluation need them.")
@@ -243,7 +256,10 @@ class DistillationTrainer(Trainer):
         needs_hidden = self.distill_loss.requires_hidden_states
         if needs_hidden:
             student_inputs["output_hidden_states"] = True
-        teacher_outputs = self._teacher_forward(inputs, needs_hidden)
+        if self.teacher_cache is not None:
+            teacher_outputs = self._cached_teacher_outputs(inputs)
+        else:
+            teacher_outputs = self._teacher_forward(inputs, needs_hidden)
         loss_labels = labels
         if labels is not None and self.distill_loss.requires_labels:
             # Unlabelled samples (label < 0): the teacher labels them, for losses that split on the target class.
@@ -307,6 +323,14 @@ class DistillationTrainer(Trainer):
         )
         return ce_sum / labelled.sum().clamp_min(1)
 
+    def _cached_teacher_outputs(self, inputs: dict[str, Any]) -> Any:
+        index = inputs.get("sample_index")
+        if index is None:
+            raise ValueError("Training from a teacher cache needs `sample_index` in each batch (add_sample_index).")
+        epoch = math.floor(self.state.epoch or 0.0)
+        logits = self.teacher_cache.teacher_logits(epoch, index.cpu()).to(self.args.device, non_blocking=True)
+        return ImageClassifierOutput(logits=logits)
+
     def _teacher_forward(self, inputs: dict[str, Any], output_hidden_states: bool) -> Any:
         teacher = self.teacher_model
         # Re-assert eval mode every step: a user callback or `model.train()` on a container must not put the
@@ -345,24 +369,26 @@ class DistillationTrainer(Trainer):
 
     def distill_config(self) -> dict[str, Any]:
         """What `distill_config.json` records: the loss, its resolved kwargs, the weights and the teacher."""
-        args = self.args
-        teacher = self.teacher_model
-        revision = args.teacher_model_revision
-        commit = getattr(getattr(teacher, "config", None), "_commit_hash", None) if teacher is not None else None
+        args, teacher = self.args, self.teacher_model
+        teacher_info = None
+        if self.teacher_cache is not None:
+            cache = self.teacher_cache.config
+            teacher_info = {"name_or_path": cache.teacher, "cache": args.teacher_cache_dir, "top_k": cache.top_k,
+                            "num_labels": cache.num_classes}  # fmt: skip
+        elif teacher is not None:
+            teacher_info = {
+                "name_or_path": teacher_id(teacher, args.teacher_model_name_or_path),
+                "revision": args.teacher_model_revision,
+                "commit": getattr(getattr(teacher, "config", None), "_commit_hash", None),
+                "num_labels": _num_labels(teacher),
+            }
         return {
             "hfkd_version": __version__,
             "distill_loss": args.distill_loss,
             "distill_loss_kwargs": self.distill_loss.hparams() if self.distill_loss is not None else {},
             "distill_ce_weight": args.distill_ce_weight,
             "distill_weight": args.distill_weight,
-            "teacher": None
-            if teacher is None
-            else {
-                "name_or_path": teacher_id(teacher, args.teacher_model_name_or_path),
-                "revision": revision,
-                "commit": commit,
-                "num_labels": _num_labels(teacher),
-            },
+            "teacher": teacher_info,
             "recipe": self.recipe_path,
             "data": self.data_info,
         }

@@ -1,0 +1,150 @@
+"""Offline distillation from a teacher cache: replayable views, top-k storage, equivalence with the live teacher."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+from transformers import ViTImageProcessor
+
+from hfkd import DistillationArguments, DistillationTrainer
+from hfkd.losses import kd_loss
+from hfkd.teacher_cache import (
+    CacheConfig,
+    TeacherCache,
+    apply_view,
+    build_teacher_cache,
+    logits_from_topk,
+    view_params,
+)
+
+from .testing_utils import tiny_resnet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import run_image_distill  # noqa: E402
+
+SIZE, MEAN, STD = (32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def _images(count: int = 6, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (3, 40, 48), generator=g, dtype=torch.uint8) for _ in range(count)]
+
+
+def _teacher():
+    teacher = tiny_resnet(5, wide=True, seed=2).eval()
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(7)) * 0.3)
+    return teacher
+
+
+def test_views_are_a_pure_function_of_seed_epoch_and_index():
+    first = view_params(0, 3, 5, 40, 48)
+    assert first == view_params(0, 3, 5, 40, 48)
+    others = {view_params(0, epoch, 5, 40, 48) for epoch in range(8)}
+    assert len(others) > 1
+    for epoch in range(20):
+        (top, left, h, w), _ = view_params(1, epoch, 0, 40, 48)
+        assert 0 <= top and top + h <= 40 and 0 <= left and left + w <= 48 and h > 0 and w > 0
+
+
+def test_topk_logits_keep_the_stored_probabilities():
+    probs = torch.tensor([[0.5, 0.3], [0.9, 0.05]])
+    indices = torch.tensor([[2, 0], [1, 3]])
+    recovered = logits_from_topk(indices, probs, num_classes=5).softmax(-1)
+    torch.testing.assert_close(recovered.gather(-1, indices), probs)
+    rest = torch.tensor([[0.2 / 3] * 3, [0.05 / 3] * 3])
+    mask = torch.ones(2, 5, dtype=torch.bool).scatter_(1, indices, False)
+    torch.testing.assert_close(recovered[mask].view(2, 3), rest)
+
+
+@pytest.mark.parametrize("top_k", [None, 3])
+def test_cached_outputs_equal_the_live_teacher_on_the_same_crops(tmp_path, top_k):
+    images, teacher = _images(), _teacher()
+    config = build_teacher_cache(teacher, images, str(tmp_path), teacher_name="t", size=SIZE, mean=MEAN, std=STD,
+                                 epochs=2, top_k=top_k, seed=4, batch_size=4, progress=False)  # fmt: skip
+    assert config.num_classes == 5 and config.num_samples == 6
+    cache = TeacherCache(str(tmp_path))
+    student_logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+    for epoch in range(2):
+        views = []
+        for index, image in enumerate(images):
+            box, flip = cache.view(epoch, index)
+            assert (box, flip) == view_params(4, epoch, index, 40, 48)
+            views.append(apply_view(image, box, flip, CacheConfig("t", 5, 6, 2, top_k, 4, SIZE, MEAN, STD)))
+        with torch.no_grad():
+            live = teacher(pixel_values=torch.stack(views)).logits
+        cached = cache.teacher_logits(epoch, torch.arange(6))
+        if top_k is None:
+            torch.testing.assert_close(cached, live)
+            torch.testing.assert_close(kd_loss(student_logits, cached), kd_loss(student_logits, live))
+        else:
+            top = live.softmax(-1).topk(3, dim=-1)
+            torch.testing.assert_close(cached.softmax(-1).gather(-1, top.indices), top.values)
+
+
+def test_trainer_from_cache_equals_trainer_with_live_teacher(tmp_path):
+    images, teacher = _images(4), _teacher()
+    build_teacher_cache(teacher, images, str(tmp_path / "cache"), teacher_name="t", size=SIZE, mean=MEAN, std=STD,
+                        top_k=None, seed=0, progress=False)  # fmt: skip
+    cache = TeacherCache(str(tmp_path / "cache"))
+    config = CacheConfig("t", 5, 4, 1, None, 0, SIZE, MEAN, STD)
+    pixels = torch.stack([apply_view(img, *cache.view(0, i), config) for i, img in enumerate(images)])
+    inputs = {"pixel_values": pixels, "labels": torch.tensor([0, 1, 2, 3]), "sample_index": torch.arange(4)}
+    losses = []
+    for kwargs in ({"teacher_model": teacher}, {}):
+        student = tiny_resnet(5, seed=1).train()
+        extra = {} if kwargs else {"teacher_cache_dir": str(tmp_path / "cache")}
+        args = DistillationArguments(output_dir=str(tmp_path / "o"), report_to="none", use_cpu=True, **extra)
+        trainer = DistillationTrainer(model=student, args=args, **kwargs)
+        assert (trainer.teacher_model is None) == (not kwargs)
+        losses.append(trainer.compute_loss(student, dict(inputs)))
+    torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_feature_losses_refuse_the_cache(tmp_path):
+    with pytest.raises(ValueError, match=r"'at' needs feature maps.*stores logits only"):
+        DistillationArguments(output_dir=str(tmp_path), distill_loss="at", teacher_cache_dir=str(tmp_path))
+
+
+def test_cache_command_then_training_without_the_teacher(tmp_path, monkeypatch):
+    from hfkd import teacher_cache
+
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 4), ("validation", 2)):
+        for name in ("a", "b", "c", "d", "e"):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                image = rng.integers(0, 256, (36, 44, 3), dtype=np.uint8)
+                PILImage.fromarray(image).save(tmp_path / "data" / split / name / f"{i}.png")
+    teacher = _teacher()
+    teacher.save_pretrained(tmp_path / "teacher")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "teacher")
+    student = tiny_resnet(5, seed=1)
+    student.save_pretrained(tmp_path / "student")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "student")
+    teacher_cache.main(["--teacher", str(tmp_path / "teacher"), "--dataset", str(tmp_path / "data"),
+                        "--output_dir", str(tmp_path / "cache"), "--epochs", "2", "--top_k", "3"])  # fmt: skip
+    config = json.loads((tmp_path / "cache" / "cache_config.json").read_text())
+    assert config["num_samples"] == 20 and config["top_k"] == 3 and config["epochs"] == 2
+    with pytest.raises(ValueError, match="already holds a teacher cache"):
+        teacher_cache.main(["--teacher", str(tmp_path / "teacher"), "--dataset", str(tmp_path / "data"),
+                            "--output_dir", str(tmp_path / "cache")])  # fmt: skip
+
+    calls = []
+    monkeypatch.setattr("hfkd.teacher.load_teacher", lambda *a, **k: calls.append(a))
+    metrics = run_image_distill.main([
+        "--dataset", str(tmp_path / "data"), "--student", str(tmp_path / "student"), "--loss", "kd",
+        "--teacher_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "run"), "--max_steps", "6",
+        "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu", "--save_strategy", "no",
+        "--logging_steps", "1", "--disable_tqdm", "true",
+    ])  # fmt: skip
+    assert calls == [] and 0.0 <= metrics["eval_accuracy"] <= 1.0
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    logged = [e for e in state["log_history"] if "distill/kd" in e]
+    assert len(logged) == 6 and all(np.isfinite(e["distill/kd"]) for e in logged)
+    assert json.loads((tmp_path / "run" / "distill_config.json").read_text())["teacher"]["top_k"] == 3

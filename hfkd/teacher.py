@@ -117,3 +117,31 @@ def map_teacher_labels(
             )
         indices.append(index)
     return LabelMappedTeacher(teacher, indices, list(dataset_names))
+
+
+def deepspeed_zero_stage(accelerator: Any) -> int | None:
+    """The ZeRO stage of the run, or None without DeepSpeed."""
+    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+    if plugin is None:
+        return None
+    return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def prepare_deepspeed_teacher(model: nn.Module, accelerator: Any) -> nn.Module:
+    """Under ZeRO-3, give the frozen teacher its own DeepSpeed inference engine (its parameters sharded like the
+    student's), as TRL does, instead of a second training engine: no optimizer, no scheduler, eval mode.
+
+    Under ZeRO-1/2 there is nothing of the teacher's to shard (no gradients, no optimizer state): use
+    `prepare_teacher` instead.
+    """
+    import copy
+
+    import deepspeed
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    config.setdefault("zero_optimization", {})["stage"] = 3
+    engine, *_ = deepspeed.initialize(model=freeze(model), config=config)
+    engine.eval()
+    return engine

@@ -30,7 +30,14 @@ from .features import (
 from .losses import DistillBatch, LossContext, create_loss, get_loss_class, logits_of
 from .metrics import compute_accuracy_metrics, top_k_indices
 from .schedulers import get_multistep_schedule, optimizer_steps_per_epoch
-from .teacher import is_convolutional, load_teacher, prepare_teacher, teacher_id
+from .teacher import (
+    deepspeed_zero_stage,
+    is_convolutional,
+    load_teacher,
+    prepare_deepspeed_teacher,
+    prepare_teacher,
+    teacher_id,
+)
 from .teacher_cache import TeacherCache
 from .wrapper import ADAPTERS_NAME, DistillationModule
 
@@ -154,13 +161,16 @@ class DistillationTrainer(Trainer):
                     teacher_source, revision=args.teacher_model_revision, init_kwargs=args.teacher_model_init_kwargs
                 )
             self._check_label_spaces(teacher_source)
-            self.teacher_model = prepare_teacher(
-                teacher_source,
-                self.args.device,
-                dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None,
-                channels_last=args.distill_channels_last,
-                compile_backend=args.teacher_compile_backend if args.teacher_compile else None,
-            )
+            if deepspeed_zero_stage(self.accelerator) == 3:
+                self.teacher_model = prepare_deepspeed_teacher(teacher_source, self.accelerator)
+            else:
+                self.teacher_model = prepare_teacher(
+                    teacher_source,
+                    self.args.device,
+                    dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None,
+                    channels_last=args.distill_channels_last,
+                    compile_backend=args.teacher_compile_backend if args.teacher_compile else None,
+                )
 
         self.distill_loss = create_loss(
             args.distill_loss, context=self._loss_context(train_dataset), **args.distill_loss_kwargs

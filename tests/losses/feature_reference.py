@@ -72,6 +72,7 @@ def nst(student: list, teacher: list) -> float:
 
 def sp(student: list, teacher: list) -> float:
     """Tung & Mori: Σ_stages (1/b²) ‖G_T − G_S‖_F², G = row-normalised Q Qᵀ of the reshaped activations."""
+
     def gram(g: np.ndarray) -> np.ndarray:
         q = [x.reshape(-1) for x in g]
         return np.stack([_unit(np.array([np.dot(q[i], q[j]) for j in range(len(q))])) for i in range(len(q))])

@@ -2,25 +2,13 @@ import math
 
 import pytest
 import torch
-from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from hfkd.losses import DistillBatch, create_loss, nst_loss
 
+from .feature_inputs import as_numpy as _numpy
+from .feature_inputs import output_with as _output
+from .feature_inputs import seeded_maps as _maps
 from .feature_reference import nst as reference_nst
-
-
-def _maps(shapes, seed, scale=1.0, relu=False):
-    g = torch.Generator().manual_seed(seed)
-    maps = [torch.randn(*shape, generator=g, dtype=torch.float64) * scale for shape in shapes]
-    return [m.relu() if relu else m for m in maps]
-
-
-def _output(maps):
-    return ImageClassifierOutputWithNoAttention(logits=torch.zeros(maps[0].shape[0], 5), hidden_states=tuple(maps))
-
-
-def _numpy(maps):
-    return [m.detach().double().numpy() for m in maps]
 
 
 def test_pinned_value_from_reference_code():

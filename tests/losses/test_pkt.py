@@ -2,10 +2,10 @@ import math
 
 import pytest
 import torch
-from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from hfkd.losses import DistillBatch, create_loss, pkt_loss
 
+from .feature_inputs import output_with as _output
 from .feature_reference import pkt as reference_pkt
 
 
@@ -13,10 +13,6 @@ def _embeds(b, d_student, d_teacher, scale, seed):
     g = torch.Generator().manual_seed(seed)
     student = torch.randn(b, d_student, generator=g, dtype=torch.float64) * scale
     return student, torch.randn(b, d_teacher, generator=g, dtype=torch.float64) * scale
-
-
-def _output(maps):
-    return ImageClassifierOutputWithNoAttention(logits=torch.zeros(maps[0].shape[0], 5), hidden_states=tuple(maps))
 
 
 def test_pinned_value_from_reference_code():

@@ -2,11 +2,11 @@ import math
 
 import pytest
 import torch
-from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from hfkd.losses import DistillBatch, create_loss, rkd_loss
 from hfkd.losses.rkd import rkd_terms
 
+from .feature_inputs import output_with as _output
 from .feature_reference import rkd as reference_rkd
 
 
@@ -14,10 +14,6 @@ def _embeds(b, d_student, d_teacher, scale, seed):
     g = torch.Generator().manual_seed(seed)
     student = torch.randn(b, d_student, generator=g, dtype=torch.float64) * scale
     return student, torch.randn(b, d_teacher, generator=g, dtype=torch.float64) * scale
-
-
-def _output(maps):
-    return ImageClassifierOutputWithNoAttention(logits=torch.zeros(maps[0].shape[0], 5), hidden_states=tuple(maps))
 
 
 def test_pinned_value_from_reference_code():

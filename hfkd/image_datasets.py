@@ -18,6 +18,16 @@ from .demo_data import DEMO_DATASETS, load_demo_dataset
 
 logger = logging.get_logger(__name__)
 
+# Short names people type for the datasets of the distillation tables, mapped to their Hub ids.
+HUB_DATASET_ALIASES = {
+    "imagenet-1k": "ILSVRC/imagenet-1k",
+    "imagenet": "ILSVRC/imagenet-1k",
+    "cifar100": "uoft-cs/cifar100",
+    "cifar-100": "uoft-cs/cifar100",
+    "cifar10": "uoft-cs/cifar10",
+    "cifar-10": "uoft-cs/cifar10",
+}
+
 IMAGE_COLUMN_NAMES = ("image", "img", "images", "pixel_values", "picture", "photo", "jpg", "png")
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target", "category", "class_id", "label_id")
 EVAL_SPLIT_NAMES = ("validation", "val", "valid", "test")
@@ -77,7 +87,10 @@ def load_image_dataset(
             kwargs["trust_remote_code"] = True
         elif trust_remote_code:
             logger.warning("This `datasets` version runs no dataset scripts; ignoring trust_remote_code=True.")
-        raw = load_dataset(name_or_path, config_name, cache_dir=cache_dir, **kwargs)
+        hub_id = HUB_DATASET_ALIASES.get(name_or_path.lower(), name_or_path)
+        if hub_id != name_or_path:
+            logger.info(f"Dataset {name_or_path!r} is {hub_id!r} on the Hub.")
+        raw = load_dataset(hub_id, config_name, cache_dir=cache_dir, **kwargs)
         source = f"Hub {name_or_path}" + (f" ({config_name})" if config_name else "")
     if isinstance(raw, Dataset):
         raw = DatasetDict({train_split: raw})

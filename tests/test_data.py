@@ -391,3 +391,22 @@ def test_collator_and_dataloader_end_to_end():
         DistillationCollator()([])
     with pytest.raises(ValueError, match="shapes"):
         collate_fn([{"pixel_values": torch.zeros(3, 4, 4)}, {"pixel_values": torch.zeros(3, 5, 5)}])
+
+
+def test_short_dataset_names_load_their_hub_ids(monkeypatch):
+    from datasets import Dataset, DatasetDict
+
+    import hfkd.image_datasets as image_datasets
+
+    seen = []
+
+    def fake_load_dataset(name, config=None, **kwargs):
+        seen.append(name)
+        rows = {"image": [np.zeros((4, 4, 3), dtype=np.uint8)] * 4, "label": [0, 1, 0, 1]}
+        return DatasetDict({"train": Dataset.from_dict(rows), "validation": Dataset.from_dict(rows)})
+
+    monkeypatch.setattr(image_datasets, "load_dataset", fake_load_dataset)
+    image_datasets.load_image_dataset("imagenet-1k")
+    image_datasets.load_image_dataset("CIFAR100")
+    image_datasets.load_image_dataset("someone/my-data")
+    assert seen == ["ILSVRC/imagenet-1k", "uoft-cs/cifar100", "someone/my-data"]

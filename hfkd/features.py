@@ -191,7 +191,8 @@ def require_preactivations(model: nn.Module, role: str = "model") -> tuple[str, 
         raise ValueError(
             f"This loss needs the {role}'s pre-activation features (stage maps before the last ReLU) and the BN "
             "before that ReLU, which hfkd reads from transformers ResNet (model_type 'resnet') and from the CIFAR "
-            "ResNets of hfkd.cifar_models (cifar_resnet*) through TimmWrapperForImageClassification; got "
+            "ResNets, WRNs and VGGs of hfkd.cifar_models (cifar_resnet*, cifar_wrn_*, cifar_vgg*) through "
+            "TimmWrapperForImageClassification; got "
             f"{type(bare).__name__} (model_type {model_type!r}"
             + (f", architecture {architecture!r}" if architecture else "")
             + "). Use a feature loss on post-activation features instead, such as 'at', 'fitnet' or 'reviewkd'."
@@ -204,8 +205,9 @@ def bn_before_relu_stats(model: nn.Module, role: str = "model") -> list[tuple[to
 
     transformers ResNet: the stem's BN (`embedder.embedder.normalization`), then per stage the last BN of the last
     layer's residual branch (`layers[-1].layer[-1].normalization`). CIFAR models: mdistiller's
-    `get_bn_before_relu()` per stage; their stem entry is mdistiller's post-ReLU stem output (non-negative, so
-    OFD's margin never binds there) and gets a neutral (0, 1) pair, only to keep the list aligned.
+    `get_bn_before_relu()` per stage; their stem entry is mdistiller's stem output (post-ReLU except WRN's raw
+    stem conv), which has no BN before a ReLU and which OFD never distils, and gets a neutral (0, 1) pair, only to
+    keep the list aligned.
     """
     kind, base = require_preactivations(model, role)
     if kind == "resnet":

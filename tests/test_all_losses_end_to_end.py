@@ -22,7 +22,7 @@ CLASSES = ["a", "b", "c"]
 # Settings a 2-step run on 18 images needs; everything else keeps the paper defaults.
 SMOKE_KWARGS = {"crd": {"nce_k": 8}}
 # Losses that need what these models do not provide must refuse them with a clear error before training.
-# ofd reads pre-activation maps with hooks that hfkd.features has for ResNets only.
+# ofd reads pre-activation maps with hooks that hfkd.features has for ResNets (and the CIFAR ResNets, WRNs, VGGs) only.
 REFUSED = {("ofd", "vit_teacher"): "pre-activation", ("sdd", "vit_teacher"): "head"}
 
 

@@ -123,6 +123,47 @@ def test_cifar_bn_stats_are_mdistillers_bn_before_relu():
                                                                         resnet18.layer3, resnet18.layer4)]  # fmt: skip
 
 
+@pytest.mark.parametrize("architecture", ["cifar_wrn_16_2", "cifar_vgg8"])
+def test_cifar_wrn_and_vgg_preacts_and_bn_stats_follow_mdistiller(architecture):
+    model = _randomize_bn(_cifar(architecture)).eval()
+    timm_model = model.timm_model
+    assert supports_preactivations(model)
+    pixels = _pixels()
+    recorder = PreactivationRecorder(model)
+    with torch.no_grad():
+        expected = timm_model.forward_preact_features(pixels)
+        with_hidden = recorder.run(model, pixel_values=pixels, output_hidden_states=True)
+        logits_only = recorder.run(model, pixel_values=pixels)
+    for out in (with_hidden, logits_only):
+        assert len(out.preact_hidden_states) == len(expected["preact_feats"]) == len(timm_model.feature_info)
+        for got, ref in zip(out.preact_hidden_states, expected["preact_feats"]):
+            torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    recorder.close()
+    # The modules of mdistiller's get_bn_before_relu() (models/cifar/wrn.py, vgg.py).
+    if architecture.startswith("cifar_wrn"):
+        wanted = [timm_model.block2.layer[0].bn1, timm_model.block3.layer[0].bn1, timm_model.bn1]
+    else:
+        wanted = [timm_model.block1[-1], timm_model.block2[-1], timm_model.block3[-1], timm_model.block4[-1]]
+    norms = timm_model.get_bn_before_relu()
+    assert all(isinstance(bn, torch.nn.BatchNorm2d) for bn in norms)
+    assert len(norms) == len(wanted) and all(a is b for a, b in zip(norms, wanted))
+    stats = bn_before_relu_stats(model)
+    assert len(stats) == len(expected["preact_feats"])
+    torch.testing.assert_close(stats[0][0], torch.zeros(timm_model.feature_info[0]["num_chs"]))
+    torch.testing.assert_close(stats[0][1], torch.ones(timm_model.feature_info[0]["num_chs"]))
+    for (mean, std), bn, preact in zip(stats[1:], norms, expected["preact_feats"][1:]):
+        assert mean.shape[0] == preact.shape[1]
+        torch.testing.assert_close(mean, bn.bias.detach())
+        torch.testing.assert_close(std, bn.weight.detach().abs())
+
+
+def test_cifar_vgg_without_bn_has_no_bn_before_relu():
+    from hfkd.cifar_models.vgg import CifarVGG
+
+    with pytest.raises(NotImplementedError, match="batch_norm=False"):
+        CifarVGG("S", batch_norm=False, num_classes=5).get_bn_before_relu()
+
+
 def test_unsupported_models_are_refused_with_the_alternatives():
     class Wrapped(torch.nn.Module):  # DDP-style `.module`
         def __init__(self, module):
@@ -130,7 +171,8 @@ def test_unsupported_models_are_refused_with_the_alternatives():
             self.module = module
 
     assert supports_preactivations(tiny_resnet()) and supports_preactivations(Wrapped(tiny_resnet()))
-    for model, named in ((tiny_vit(), "ViTForImageClassification"), (_cifar("cifar_vgg8"), "cifar_vgg8")):
+    refused = ((tiny_vit(), "ViTForImageClassification"), (_cifar("cifar_mobilenetv2"), "cifar_mobilenetv2"))
+    for model, named in refused:
         assert not supports_preactivations(model)
         for build in (bn_before_relu_stats, PreactivationRecorder):
             with pytest.raises(ValueError, match=rf"teacher's pre-activation.*{named}.*'at', 'fitnet' or 'reviewkd'"):
@@ -142,6 +184,8 @@ def test_unsupported_models_are_refused_with_the_alternatives():
     [
         pytest.param(lambda: (tiny_resnet(seed=1), tiny_resnet(wide=True, seed=2)), id="resnet"),
         pytest.param(lambda: (_cifar("cifar_resnet8", 1), _cifar("cifar_resnet8x4", 2)), id="cifar"),
+        pytest.param(lambda: (_cifar("cifar_wrn_16_1", 1), _cifar("cifar_wrn_16_2", 2)), id="cifar_wrn"),
+        pytest.param(lambda: (_cifar("cifar_vgg8", 1), _cifar("cifar_vgg8", 2)), id="cifar_vgg"),
     ],
 )
 def test_ofd_trains_the_connectors_through_the_trainer(tmp_path, pair):

@@ -136,7 +136,8 @@ class CifarClassifier(nn.Module):
         OFD reads their affine parameters as the statistics of the pre-activation maps (`preact_feats[1:]`).
         """
         raise NotImplementedError(
-            f"{type(self).__name__} does not implement get_bn_before_relu(); the CIFAR ResNets (cifar_resnet*) do."
+            f"{type(self).__name__} does not implement get_bn_before_relu(); the CIFAR ResNets, WRNs and VGGs "
+            "(cifar_resnet*, cifar_wrn_*, cifar_vgg*) do."
         )
 
     def _run_stages(self, x: torch.Tensor, num_stages: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

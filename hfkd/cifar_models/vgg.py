@@ -105,6 +105,16 @@ class CifarVGG(CifarClassifier):
             nn.init.normal_(module.weight, 0, 0.01)
             nn.init.zeros_(module.bias)
 
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """mdistiller's `get_bn_before_relu()`: the last module of `block1` ... `block4`, their BN before the ReLU.
+
+        Raises `NotImplementedError` without BN (`batch_norm=False`), where that module is a conv.
+        """
+        norms = [self.block1[-1], self.block2[-1], self.block3[-1], self.block4[-1]]
+        if not all(isinstance(norm, nn.BatchNorm2d) for norm in norms):
+            raise NotImplementedError("CifarVGG(batch_norm=False) has no BN before its ReLUs.")
+        return norms
+
     def _forward_stages(self, x: torch.Tensor, num_stages: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         # Upstream pools between blocks 3 and 4 only for 64x64 inputs (Tiny-ImageNet); 32x32 keeps 4x4.
         pool3 = self.pool3 if x.shape[2] == 64 else _identity

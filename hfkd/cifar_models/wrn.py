@@ -135,6 +135,11 @@ class WideResNet(CifarClassifier):
         elif isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
 
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """mdistiller's `get_bn_before_relu()`: the BN applied to each stage output before its ReLU
+        (`block2.layer.0.bn1`, `block3.layer.0.bn1`, the final `bn1`), i.e. the BNs that produce `preact_feats[1:]`."""
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+
     def _forward_stages(self, x: torch.Tensor, num_stages: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         x = self.conv1(x)
         feats, preact_feats = [x], [x]

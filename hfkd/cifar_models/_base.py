@@ -15,6 +15,7 @@ The base class derives from these the timm API (`forward_features`, `forward_hea
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -92,6 +93,30 @@ def run_stage(stage: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torc
 def _check_num_classes(num_classes: int) -> None:
     if not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes must be an int >= 0 (0 removes the classifier), got {num_classes!r}.")
+
+
+def kaiming_fan_out_init(module: nn.Module) -> None:
+    """mdistiller's ResNet init: Kaiming-normal (fan-out) convolutions, BatchNorm at weight 1 and bias 0."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.constant_(module.weight, 1)
+        nn.init.constant_(module.bias, 0)
+
+
+def normal_fan_out_init(module: nn.Module) -> None:
+    """mdistiller's VGG and MobileNetV2 init: N(0, 2/fan-out) convolutions, BatchNorm at 1 and 0, N(0, 0.01) linear."""
+    if isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+        nn.init.normal_(module.weight, 0, math.sqrt(2.0 / fan_out))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0, 0.01)
+        nn.init.zeros_(module.bias)
 
 
 class CifarClassifier(nn.Module):

@@ -15,14 +15,13 @@ Features (5 positions, as upstream): the stem output (16 channels, 16x16) and th
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from timm.models import generate_default_cfgs
 from torch import nn
 
-from ._base import CifarClassifier, build_cifar_model, cifar_cfg, register_cifar_model
+from ._base import CifarClassifier, build_cifar_model, cifar_cfg, normal_fan_out_init, register_cifar_model
 
 
 def _conv_bn_relu(inp: int, oup: int, kernel_size: int, stride: int) -> nn.Sequential:
@@ -121,18 +120,7 @@ class CifarMobileNetV2(CifarClassifier):
         self._make_head(num_classes, global_pool)
         self.init_weights()
 
-    def _init_module(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Conv2d):
-            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-            nn.init.normal_(module.weight, 0, math.sqrt(2.0 / fan_out))
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0, 0.01)
-            nn.init.zeros_(module.bias)
+    _init_module = staticmethod(normal_fan_out_init)
 
     def _forward_stages(self, x: torch.Tensor, num_stages: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         x = self.conv1(x)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from timm.models import generate_default_cfgs
 from torch import nn
 
-from ._base import CifarClassifier, build_cifar_model, cifar_cfg, register_cifar_model, run_stage
+from ._base import CifarClassifier, build_cifar_model, cifar_cfg, kaiming_fan_out_init, register_cifar_model, run_stage
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -126,12 +126,7 @@ class CifarResNetV2(CifarClassifier):
             self.in_planes = planes * block_cls.expansion
         return nn.Sequential(*layers)
 
-    def _init_module(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.constant_(module.weight, 1)
-            nn.init.constant_(module.bias, 0)
+    _init_module = staticmethod(kaiming_fan_out_init)
 
     def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """mdistiller's `get_bn_before_relu()`: the last BN of each stage's last block (`bn3` in bottlenecks)."""

@@ -12,7 +12,6 @@ block outputs before that ReLU (the stem position repeats its post-ReLU output, 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from timm.models import generate_default_cfgs
 from torch import nn
 
-from ._base import CifarClassifier, build_cifar_model, cifar_cfg, register_cifar_model
+from ._base import CifarClassifier, build_cifar_model, cifar_cfg, normal_fan_out_init, register_cifar_model
 
 VGG_CFGS: dict[str, list[list[int]]] = {
     "A": [[64], [128], [256, 256], [512, 512], [512, 512]],
@@ -92,18 +91,7 @@ class CifarVGG(CifarClassifier):
         self._make_head(num_classes, global_pool)
         self.init_weights()
 
-    def _init_module(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Conv2d):
-            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-            nn.init.normal_(module.weight, 0, math.sqrt(2.0 / fan_out))
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0, 0.01)
-            nn.init.zeros_(module.bias)
+    _init_module = staticmethod(normal_fan_out_init)
 
     def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """mdistiller's `get_bn_before_relu()`: the last module of `block1` ... `block4`, their BN before the ReLU.

@@ -16,7 +16,15 @@ def _binary_kl(log_p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torc
     return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
 
 
-def dkd_terms(
+def dkd_warmup_factor(epoch: float, warmup_epochs: float) -> float:
+    """min((⌊epoch⌋ + 1) / warmup_epochs, 1): mdistiller's min(epoch / WARMUP, 1) on its 1-based integer epoch,
+    from the trainer's 0-based fractional epoch; 1 when `warmup_epochs` is 0."""
+    if warmup_epochs == 0:
+        return 1.0
+    return min((math.floor(epoch) + 1) / warmup_epochs, 1.0)
+
+
+def dkd_terms_per_sample(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     labels: torch.Tensor,
@@ -24,7 +32,7 @@ def dkd_terms(
     temperature: float = 4.0,
     logit_standardization: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """TCKD and NCKD, each summed per sample, averaged over the batch and multiplied by T².
+    """TCKD and NCKD of every sample (two (B,) tensors), each multiplied by T².
 
     With `logit_standardization=True` both logits first go through `standardize_logits` (Sun et al., CVPR 2024).
     """
@@ -49,11 +57,26 @@ def dkd_terms(
         log_nontarget = logits - log_norm_nontarget
         log_terms.append((log_binary, log_nontarget))
     (teacher_binary, teacher_nontarget), (student_binary, student_nontarget) = log_terms
-    tckd = _binary_kl(teacher_binary, student_binary).mean()
+    tckd = _binary_kl(teacher_binary, student_binary)
     nckd_elements = teacher_nontarget.exp() * (teacher_nontarget - student_nontarget)
-    nckd = nckd_elements.masked_fill(gt, 0.0).sum(-1).mean()
+    nckd = nckd_elements.masked_fill(gt, 0.0).sum(-1)
     # T² as in the paper's code, applied to both terms.
     return tckd * temperature**2, nckd * temperature**2
+
+
+def dkd_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 4.0,
+    logit_standardization: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TCKD and NCKD, each summed per sample, averaged over the batch and multiplied by T²."""
+    tckd, nckd = dkd_terms_per_sample(
+        student_logits, teacher_logits, labels, temperature=temperature, logit_standardization=logit_standardization
+    )
+    return tckd.mean(), nckd.mean()
 
 
 def dkd_loss(
@@ -148,9 +171,7 @@ class DKDLoss(DistillationLoss):
         self.logit_standardization = logit_standardization
 
     def warmup_factor(self, epoch: float) -> float:
-        if self.warmup_epochs == 0:
-            return 1.0
-        return min((math.floor(epoch) + 1) / self.warmup_epochs, 1.0)
+        return dkd_warmup_factor(epoch, self.warmup_epochs)
 
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
         if batch.labels is None:

@@ -1,4 +1,4 @@
-"""SDD: Wei & Bai, scale-decoupled distillation (KD on the logits of pooled regions)."""
+"""SDD: Wei & Bai, scale-decoupled distillation (KD or DKD on the logits of pooled regions)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from ..features import select_features
 from ._functional import as_loss_dtype
-from .base import DistillationLoss, DistillBatch, LossContext, PaperRef, check_positive
+from .base import DistillationLoss, DistillBatch, LossContext, PaperRef, check_non_negative, check_positive
+from .dkd import dkd_terms_per_sample, dkd_warmup_factor
 from .registry import register_loss
 
 
@@ -40,18 +41,45 @@ def sdd_kd_loss(
     right while the global one is wrong, or the reverse, weighs 2, any other row 1; the weighted sum is divided by
     N·B, as SD-KD's reference code does.
     """
-    student, teacher = as_loss_dtype(student_region_logits, teacher_region_logits.detach())
-    batch, classes, regions = student.shape
-    student_rows = student.permute(2, 0, 1).reshape(regions * batch, classes)
-    teacher_rows = teacher.permute(2, 0, 1).reshape(regions * batch, classes)
+    student_rows, teacher_rows, weights = _region_rows(student_region_logits, teacher_region_logits, labels)
     log_p_student = F.log_softmax(student_rows / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher_rows / temperature, dim=-1)
     # T² per row, as in KD.
     per_row = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1) * temperature**2
+    return (weights * per_row).sum() / weights.numel()
+
+
+def sdd_dkd_loss(
+    student_region_logits: torch.Tensor,
+    teacher_region_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+) -> torch.Tensor:
+    """Scale-decoupled DKD (SD-DKD) on (B, C, N) region logits: every (region, sample) row gets
+    α·TCKD + β·NCKD (each T²-scaled, the sample's label the target of every region), rows weighted 1 or 2 as in
+    `sdd_kd_loss`, and the weighted sum divided by N·B, as SD-DKD's reference code does (no warm-up here)."""
+    student_rows, teacher_rows, weights = _region_rows(student_region_logits, teacher_region_logits, labels)
+    row_labels = labels.repeat(student_region_logits.shape[-1])
+    tckd, nckd = dkd_terms_per_sample(student_rows, teacher_rows, row_labels, temperature=temperature)
+    return (weights * (alpha * tckd + beta * nckd)).sum() / weights.numel()
+
+
+def _region_rows(
+    student_region_logits: torch.Tensor, teacher_region_logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Region-major (N·B, C) rows of both models and each row's weight: 2 where the teacher's prediction on the
+    region and on the whole image (region 0) differ in correctness, else 1 (region 0 always 1)."""
+    student, teacher = as_loss_dtype(student_region_logits, teacher_region_logits.detach())
+    batch, classes, regions = student.shape
+    student_rows = student.permute(2, 0, 1).reshape(regions * batch, classes)
+    teacher_rows = teacher.permute(2, 0, 1).reshape(regions * batch, classes)
     correct = teacher_rows.argmax(-1).view(regions, batch).eq(labels.view(1, batch))
-    weights = torch.where(correct ^ correct[:1], 2.0, 1.0).to(per_row.dtype)
+    weights = torch.where(correct ^ correct[:1], 2.0, 1.0).to(student_rows.dtype)
     weights[0] = 1.0
-    return (weights.flatten() * per_row).sum() / (regions * batch)
+    return student_rows, teacher_rows, weights.flatten()
 
 
 @register_loss("sdd")
@@ -63,10 +91,11 @@ class SDDLoss(DistillationLoss):
 
     Objective: the last feature map of each model is average-pooled to 4×4, from which the 2×2 and 1×1 grids
     follow; every region of the grids in `grids` goes through the model's own classifier head (N = 21 regions for
-    [1, 2, 4]), and `sdd_kd_loss` compares student and teacher region logits with T = `temperature`. With
-    `grids=[1]` it is plain KD. Reference setting (SD-KD, CIFAR-100): T 4, CE 0.1, KD 0.9
-    (`distill_ce_weight=0.1`, `distill_weight=0.9`), no warm-up. The heads come from the trainer
-    (`LossContext.student_head`/`teacher_head`): timm models, ResNet, RegNet and ConvNeXt are supported.
+    [1, 2, 4]), and `sdd_kd_loss` (`base="kd"`, SD-KD) or `sdd_dkd_loss` (`base="dkd"`, SD-DKD) compares student
+    and teacher region logits with T = `temperature`. With `grids=[1]` it is plain KD or DKD. Reference settings
+    (CIFAR-100): SD-KD T 4, CE 0.1, KD 0.9 (`distill_ce_weight=0.1`, `distill_weight=0.9`), no warm-up; SD-DKD
+    α 1, β 8, T 4, CE 1, times DKD's warm-up min((⌊epoch⌋ + 1) / `warmup_epochs`, 1). The heads come from the
+    trainer (`LossContext.student_head`/`teacher_head`): timm models, ResNet, RegNet and ConvNeXt are supported.
     The cost is an extra head evaluation per region (21× the logit rows).
 
     Args:
@@ -74,9 +103,14 @@ class SDDLoss(DistillationLoss):
         grids (`list[int]`, *optional*, defaults to `[1, 2, 4]`): Region grids, the reference's M; must start
             with 1 (the global region).
         stage (`int`, *optional*, defaults to `-1`): Which feature map is pooled (the last one in the reference).
+        base (`str`, *optional*, defaults to `"kd"`): The per-region loss: `"kd"` (SD-KD) or `"dkd"` (SD-DKD).
+        alpha (`float`, *optional*): SD-DKD's TCKD weight α (default 1); only with `base="dkd"`.
+        beta (`float`, *optional*): SD-DKD's NCKD weight β (default 8); only with `base="dkd"`.
+        warmup_epochs (`float`, *optional*): SD-DKD's warm-up length in epochs (default 20, 0 for none); only with
+            `base="dkd"`.
 
     Returns:
-        `dict` with `loss` and `sdd`.
+        `dict` with `loss` and `sdd` (and `warmup`, the factor applied, with `base="dkd"`).
     """
 
     requires_hidden_states = True
@@ -98,10 +132,31 @@ class SDDLoss(DistillationLoss):
     )
 
     def __init__(
-        self, *, temperature: float = 4.0, grids: Sequence[int] = (1, 2, 4), stage: int = -1, context: LossContext
+        self,
+        *,
+        temperature: float = 4.0,
+        grids: Sequence[int] = (1, 2, 4),
+        stage: int = -1,
+        base: str = "kd",
+        alpha: float | None = None,
+        beta: float | None = None,
+        warmup_epochs: float | None = None,
+        context: LossContext,
     ) -> None:
         super().__init__()
         check_positive("temperature", temperature, "sdd")
+        if base not in ("kd", "dkd"):
+            raise ValueError(f"sdd: `base` must be 'kd' (SD-KD) or 'dkd' (SD-DKD), got {base!r}.")
+        dkd_only = {"alpha": alpha, "beta": beta, "warmup_epochs": warmup_epochs}
+        if base == "kd" and any(value is not None for value in dkd_only.values()):
+            given = sorted(name for name, value in dkd_only.items() if value is not None)
+            raise ValueError(f"sdd: {given} apply to SD-DKD only; add base: dkd to the loss kwargs, or drop them.")
+        self.base = base
+        self.alpha = 1.0 if alpha is None else float(alpha)
+        self.beta = 8.0 if beta is None else float(beta)
+        self.warmup_epochs = 20.0 if warmup_epochs is None else float(warmup_epochs)
+        for name in ("alpha", "beta", "warmup_epochs"):
+            check_non_negative(name, getattr(self, name), "sdd")
         grids = [int(g) for g in grids]
         if not grids or grids[0] != 1 or any(g < 1 for g in grids):
             raise ValueError(f"sdd: `grids` must start with 1 (the global region), e.g. [1, 2, 4]; got {grids}.")
@@ -123,5 +178,14 @@ class SDDLoss(DistillationLoss):
         student_regions = region_logits(student_map, student_head, self.grids)
         with torch.no_grad():
             teacher_regions = region_logits(teacher_map, teacher_head, self.grids)
-        loss = sdd_kd_loss(student_regions, teacher_regions, batch.labels, temperature=self.temperature)
-        return {"loss": loss, "sdd": loss.detach()}
+        if self.base == "kd":
+            loss = sdd_kd_loss(student_regions, teacher_regions, batch.labels, temperature=self.temperature)
+            return {"loss": loss, "sdd": loss.detach()}
+        hparams = {"alpha": self.alpha, "beta": self.beta, "temperature": self.temperature}
+        loss = sdd_dkd_loss(student_regions, teacher_regions, batch.labels, **hparams)
+        factor = dkd_warmup_factor(batch.epoch, self.warmup_epochs)
+        return {
+            "loss": factor * loss,
+            "sdd": loss.detach(),
+            "warmup": torch.tensor(factor, dtype=loss.dtype, device=loss.device),
+        }

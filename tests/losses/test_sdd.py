@@ -6,10 +6,10 @@ import torch
 
 from hfkd.features import classifier_head, select_features
 from hfkd.losses import DistillBatch, LossContext, create_loss, kd_loss
-from hfkd.losses.sdd import region_logits, sdd_kd_loss
+from hfkd.losses.sdd import region_logits, sdd_dkd_loss, sdd_kd_loss
 
 from ..testing_utils import tiny_resnet
-from .reference import kl, softmax
+from .reference import dkd, kl, softmax
 
 
 def reference_sdd(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -24,6 +24,22 @@ def reference_sdd(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray, 
             global_right = teacher[b, :, 0].argmax() == labels[b]
             weight = 2.0 if n > 0 and local_right != global_right else 1.0
             total += weight * row
+    return total / (regions * batch)
+
+
+def reference_sd_dkd(student, teacher, labels, alpha: float, beta: float, temperature: float) -> float:
+    """SD-DKD from the equations: per (region, sample) α·TCKD + β·NCKD (the DKD paper's, with T²), the same 1-or-2
+    weights as SD-KD, normalised by N·B. Each row's DKD comes from the one-sample DKD reference."""
+    batch, _, regions = student.shape
+    total = 0.0
+    for n in range(regions):
+        for b in range(batch):
+            row, _, _ = dkd(
+                student[b : b + 1, :, n], teacher[b : b + 1, :, n], labels[b : b + 1], alpha, beta, temperature
+            )
+            local_right = teacher[b, :, n].argmax() == labels[b]
+            global_right = teacher[b, :, 0].argmax() == labels[b]
+            total += (2.0 if n > 0 and local_right != global_right else 1.0) * row
     return total / (regions * batch)
 
 
@@ -89,3 +105,42 @@ def test_module_with_a_real_pair_and_hyperparameters():
         create_loss("sdd", context=context, grids=[2, 4])
     with pytest.raises(ValueError, match="head"):
         create_loss("sdd", context=LossContext(num_classes=5))
+
+
+@pytest.mark.parametrize(
+    "b,c,n,scale,alpha,beta,temperature", [(6, 5, 21, 2.0, 1.0, 8.0, 4.0), (4, 10, 5, 1.0, 3.0, 6.0, 1.0)]
+)
+def test_sd_dkd_matches_the_equations(b, c, n, scale, alpha, beta, temperature):
+    s, t, y = _inputs(b, c, n, scale, seed=2 * b + n)
+    expected = reference_sd_dkd(s.numpy(), t.numpy(), y.numpy(), alpha, beta, temperature)
+    got = sdd_dkd_loss(s, t, y, alpha=alpha, beta=beta, temperature=temperature)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+    s.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: sdd_dkd_loss(x, t, y, alpha=alpha, beta=beta), (s,))
+
+
+def test_sd_dkd_module_warms_up_and_reduces_to_dkd():
+    student, teacher = tiny_resnet(5, seed=1), tiny_resnet(5, wide=True, seed=2).eval()
+    context = LossContext(num_classes=5, student_head=classifier_head(student), teacher_head=classifier_head(teacher))
+    pixels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3])
+    s_out = student(pixel_values=pixels, output_hidden_states=True)
+    with torch.no_grad():
+        t_out = teacher(pixel_values=pixels, output_hidden_states=True)
+    loss = create_loss("sdd", context=context, base="dkd", alpha=3.0, beta=6.0, warmup_epochs=20)
+    first, late = (
+        loss(s_out, t_out, DistillBatch(labels=labels, epoch=0.5)),
+        loss(s_out, t_out, DistillBatch(labels=labels, epoch=30.0)),
+    )
+    assert first["warmup"].item() == pytest.approx(1 / 20) and late["warmup"].item() == 1.0
+    assert first["loss"].item() == pytest.approx(late["loss"].item() / 20, rel=1e-6)
+    plain = create_loss("sdd", context=context, base="dkd", grids=[1], warmup_epochs=0)
+    single = plain(s_out, t_out, DistillBatch(labels=labels))["loss"]
+    dkd_value, _, _ = dkd(
+        s_out.logits.detach().double().numpy(), t_out.logits.double().numpy(), labels.numpy(), 1.0, 8.0, 4.0
+    )
+    assert single.item() == pytest.approx(dkd_value, rel=1e-5)
+    with pytest.raises(ValueError, match="base: dkd"):
+        create_loss("sdd", context=context, beta=6.0)
+    with pytest.raises(ValueError, match="'kd' .* or 'dkd'"):
+        create_loss("sdd", context=context, base="dist")

@@ -53,7 +53,11 @@ def test_recipes_exist_in_the_expected_numbers():
     assert expected <= methods
     assert count(r"recipes/cifar100/teachers/[^/]+\.yaml") == 6
     assert count(r"recipes/imagenet/(kd|dkd)/[^/]+\.yaml") == 4
-    assert count(r"recipes/imagenet/dist/[^/]+\.yaml") >= 4
+    assert count(r"recipes/cifar100/dist/[^/]+\.yaml") == 6
+    # DIST ImageNet: 2 baseline pairs, 6 more stronger-teacher rows, 4 ResNet-50-SB rows and 2 Swin-L rows...
+    assert count(r"recipes/imagenet/dist/[^/]+\.yaml") == 14
+    # ... and the KD (T=4) column of the stronger-teacher (7), ResNet-50-SB (4) and Swin-L (2) rows.
+    assert count(r"recipes/imagenet/dist/kd/[^/]+\.yaml") == 13
     assert count(r"recipes/cifar100/streamlined/\w+/[^/]+\.yaml") >= 5 * 6
 
 

@@ -1,0 +1,87 @@
+"""recipes/README.md lists every recipe with its header's published number; runs fill in the measured column."""
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hfkd import recipes_index
+from hfkd.report import read_published_top1
+
+from .test_report import make_run
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "recipes" / "README.md"
+ROW = re.compile(
+    r"^\| \[`(?P<recipe>[^`]+)`\]\((?P<link>[^)]+)\) \| (?P<cell>.*) \| (?P<pub>[^|]+) \| (?P<meas>[^|]+) \|$"
+)
+
+
+def table_rows(text: str) -> dict[str, re.Match]:
+    return {m["recipe"]: m for m in map(ROW.match, text.splitlines()) if m}
+
+
+def test_committed_readme_is_up_to_date():
+    assert recipes_index.update_readme(README) == README.read_text(encoding="utf-8"), (
+        "recipes/README.md is out of step with the recipes: run `python -m hfkd.recipes_index`."
+    )
+
+
+def test_every_recipe_is_listed_once_with_its_header_numbers():
+    rows = table_rows(README.read_text(encoding="utf-8"))
+    recipes = sorted(p.relative_to(README.parent).as_posix() for p in README.parent.rglob("*.yaml"))
+    assert sorted(rows) == recipes
+    for recipe, row in rows.items():
+        assert row["link"] == recipe and (README.parent / row["link"]).is_file()
+        published = read_published_top1(README.parent / recipe)
+        assert row["pub"] == ("see header" if published is None else f"{published:.2f}"), recipe
+        reproduces = re.search(r"^# Reproduces: (.*)$", (README.parent / recipe).read_text(), re.M).group(1)
+        assert row["cell"] == reproduces.rstrip(".").replace("|", "\\|")
+
+
+@pytest.fixture
+def copy_of_recipes(tmp_path, monkeypatch) -> Path:
+    """The recipes folder and README in a scratch copy, with the working directory at its root (as on a user's
+    checkout, where run folders record `recipes/...` paths)."""
+    shutil.copytree(REPO / "recipes", tmp_path / "recipes")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_runs_fill_the_measured_column_and_other_rows_keep_theirs(copy_of_recipes):
+    root = copy_of_recipes
+    readme = root / "recipes" / "README.md"
+    dkd = "recipes/cifar100/dkd/resnet8x4_from_resnet32x4.yaml"
+    kd = "cifar100/kd/resnet8x4_from_resnet32x4.yaml"
+    # A number measured elsewhere and committed by hand survives a rebuild without runs for it.
+    text = readme.read_text(encoding="utf-8")
+    kd_row = table_rows(text)[kd].group(0)
+    readme.write_text(text.replace(kd_row, kd_row[: kd_row.rindex("| —")] + "| 73.10 ± 0.20 (3 seeds) |"))
+    make_run(root / "runs" / "s0", [0.70, 0.7601, 0.7588], 0.7588, recipe=dkd)
+    make_run(root / "runs" / "s1", [0.70, 0.7580, 0.7622], 0.7622, recipe=str(root / dkd))  # absolute spelling
+
+    assert recipes_index.main(["--readme", str(readme), "--runs", str(root / "runs")]) == 0
+    rows = table_rows(readme.read_text(encoding="utf-8"))
+    best = [76.01, 76.22]
+    mean, std = sum(best) / 2, (((best[0] - best[1]) ** 2) / 2) ** 0.5
+    assert rows[dkd.removeprefix("recipes/")]["meas"] == f"{mean:.2f} ± {std:.2f} (2 seeds)"
+    assert rows[kd]["meas"] == "73.10 ± 0.20 (3 seeds)"
+    untouched = [r for r in rows if r not in (kd, dkd.removeprefix("recipes/"))]
+    assert all(rows[r]["meas"] == "—" for r in untouched)
+    assert recipes_index.main(["--readme", str(readme), "--check"]) == 0
+
+
+def test_check_reports_a_stale_readme_and_a_missing_marker_is_an_error(copy_of_recipes, capsys):
+    readme = copy_of_recipes / "recipes" / "README.md"
+    new_recipe = copy_of_recipes / "recipes" / "cifar100" / "kd" / "resnet20_from_resnet110.yaml"
+    new_recipe.write_text("# Reproduces: a new cell.\n# published_top1: 70.10\ndistill_loss: kd\n")
+    before = readme.read_text(encoding="utf-8")
+    assert recipes_index.main(["--readme", str(readme), "--check"]) == 1
+    assert "out of date" in capsys.readouterr().out
+    assert readme.read_text(encoding="utf-8") == before  # --check never writes
+    assert recipes_index.main(["--readme", str(readme)]) == 0
+    assert table_rows(readme.read_text(encoding="utf-8"))["cifar100/kd/resnet20_from_resnet110.yaml"]["pub"] == "70.10"
+    readme.write_text(before.replace(recipes_index.START, ""))
+    with pytest.raises(ValueError, match="markers"):
+        recipes_index.update_readme(readme)

@@ -1,0 +1,35 @@
+"""benchmarks/recipe_throughput.py builds a recipe's real step and projects its wall time consistently."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import recipe_throughput  # noqa: E402
+
+
+def test_projection_follows_the_measured_rate_and_the_recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # recipes name their teacher folders relative to the repository root
+    recipe = "recipes/cifar100/kd/resnet20_from_resnet56.yaml"
+    out = tmp_path / "throughput.json"
+    result = recipe_throughput.main(["--config", recipe, "--steps", "1", "--warmup", "0", "--json", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["batch_size"] == 64 and result["image_size"] == 32 and result["epochs"] == 240
+    assert result["train_size"] == 50_000
+    assert result["distill_images_per_s"] > 0 and result["student_ce_images_per_s"] > 0
+    expected_hours = 240 * 50_000 / result["distill_images_per_s"] / 3600
+    assert result["projected_hours"] == pytest.approx(expected_hours)
+    assert result["distill_over_student_time"] == pytest.approx(
+        result["student_ce_images_per_s"] / result["distill_images_per_s"]
+    )
+
+
+def test_unknown_dataset_size_is_refused(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    text = (REPO / "recipes/cifar100/kd/resnet20_from_resnet56.yaml").read_text()
+    recipe.write_text(text.replace("dataset: uoft-cs/cifar100", "dataset: cifar10"))
+    with pytest.raises(SystemExit, match="--train-size"):
+        recipe_throughput.main(["--config", str(recipe), "--steps", "1", "--warmup", "0"])

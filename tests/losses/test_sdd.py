@@ -87,7 +87,8 @@ def test_regions_go_through_the_models_own_head():
     torch.testing.assert_close(regions[..., 1 + 2], model.classifier(pooled[..., None, None]))
 
 
-def test_module_with_a_real_pair_and_hyperparameters():
+def real_pair_outputs():
+    """A tiny ResNet pair's outputs on 4 images, with the loss context carrying their heads."""
     student, teacher = tiny_resnet(5, seed=1), tiny_resnet(5, wide=True, seed=2).eval()
     context = LossContext(num_classes=5, student_head=classifier_head(student), teacher_head=classifier_head(teacher))
     pixels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -95,6 +96,11 @@ def test_module_with_a_real_pair_and_hyperparameters():
     s_out = student(pixel_values=pixels, output_hidden_states=True)
     with torch.no_grad():
         t_out = teacher(pixel_values=pixels, output_hidden_states=True)
+    return student, teacher, context, labels, s_out, t_out
+
+
+def test_module_with_a_real_pair_and_hyperparameters():
+    student, teacher, context, labels, s_out, t_out = real_pair_outputs()
     out = create_loss("sdd", context=context)(s_out, t_out, DistillBatch(labels=labels))
     assert math.isfinite(out["loss"].item())
     out["loss"].backward()
@@ -120,13 +126,7 @@ def test_sd_dkd_matches_the_equations(b, c, n, scale, alpha, beta, temperature):
 
 
 def test_sd_dkd_module_warms_up_and_reduces_to_dkd():
-    student, teacher = tiny_resnet(5, seed=1), tiny_resnet(5, wide=True, seed=2).eval()
-    context = LossContext(num_classes=5, student_head=classifier_head(student), teacher_head=classifier_head(teacher))
-    pixels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    labels = torch.tensor([0, 1, 2, 3])
-    s_out = student(pixel_values=pixels, output_hidden_states=True)
-    with torch.no_grad():
-        t_out = teacher(pixel_values=pixels, output_hidden_states=True)
+    _, _, context, labels, s_out, t_out = real_pair_outputs()
     loss = create_loss("sdd", context=context, base="dkd", alpha=3.0, beta=6.0, warmup_epochs=20)
     first, late = (
         loss(s_out, t_out, DistillBatch(labels=labels, epoch=0.5)),

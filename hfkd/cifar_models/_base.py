@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -88,6 +88,20 @@ def run_stage(stage: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torc
     for block in stage[:-1]:
         x = block(x)
     return stage[-1].forward_with_preact(x)
+
+
+def run_stages(
+    stem_out: torch.Tensor, stages: Sequence[nn.Sequential], num_stages: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The stem output, then the first `num_stages - 1` stages (each through `run_stage`): mdistiller's `feats` and
+    `preact_feats` lists, with the stem output first in both."""
+    x = stem_out
+    feats, preact_feats = [x], [x]
+    for stage in stages[: num_stages - 1]:
+        x, preact = run_stage(stage, x)
+        feats.append(x)
+        preact_feats.append(preact)
+    return feats, preact_feats
 
 
 def _check_num_classes(num_classes: int) -> None:

@@ -18,7 +18,14 @@ import torch.nn.functional as F
 from timm.models import generate_default_cfgs
 from torch import nn
 
-from ._base import CifarClassifier, build_cifar_model, cifar_cfg, kaiming_fan_out_init, register_cifar_model, run_stage
+from ._base import (
+    CifarClassifier,
+    build_cifar_model,
+    cifar_cfg,
+    kaiming_fan_out_init,
+    register_cifar_model,
+    run_stages,
+)
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -111,13 +118,7 @@ class CifarResNet(CifarClassifier):
         return [stage[-1].bn2 for stage in (self.layer1, self.layer2, self.layer3)]
 
     def _forward_stages(self, x: torch.Tensor, num_stages: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        x = self.relu(self.bn1(self.conv1(x)))
-        feats, preact_feats = [x], [x]
-        for stage in (self.layer1, self.layer2, self.layer3)[: num_stages - 1]:
-            x, preact = run_stage(stage, x)
-            feats.append(x)
-            preact_feats.append(preact)
-        return feats, preact_feats
+        return run_stages(self.relu(self.bn1(self.conv1(x))), (self.layer1, self.layer2, self.layer3), num_stages)
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.models import generate_default_cfgs
 from torch import nn
 
-from ._base import CifarClassifier, build_cifar_model, cifar_cfg, register_cifar_model, run_stage
+from ._base import CifarClassifier, build_cifar_model, cifar_cfg, register_cifar_model, run_stages
 
 
 class ShuffleBlock(nn.Module):
@@ -120,13 +120,7 @@ class CifarShuffleNetV1(CifarClassifier):
         return nn.Sequential(*layers)
 
     def _forward_stages(self, x: torch.Tensor, num_stages: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        x = F.relu(self.bn1(self.conv1(x)))
-        feats, preact_feats = [x], [x]
-        for stage in (self.layer1, self.layer2, self.layer3)[: num_stages - 1]:
-            x, preact = run_stage(stage, x)
-            feats.append(x)
-            preact_feats.append(preact)
-        return feats, preact_feats
+        return run_stages(F.relu(self.bn1(self.conv1(x))), (self.layer1, self.layer2, self.layer3), num_stages)
 
 
 class SplitBlock(nn.Module):
@@ -248,13 +242,7 @@ class CifarShuffleNetV2(CifarClassifier):
         return nn.Sequential(*layers)
 
     def _forward_stages(self, x: torch.Tensor, num_stages: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        x = F.relu(self.bn1(self.conv1(x)))
-        feats, preact_feats = [x], [x]
-        for stage in (self.layer1, self.layer2, self.layer3)[: num_stages - 1]:
-            x, preact = run_stage(stage, x)
-            feats.append(x)
-            preact_feats.append(preact)
-        return feats, preact_feats
+        return run_stages(F.relu(self.bn1(self.conv1(x))), (self.layer1, self.layer2, self.layer3), num_stages)
 
     def _forward_final_map(self, feats: list[torch.Tensor], preact_feats: list[torch.Tensor]) -> torch.Tensor:
         return F.relu(self.bn2(self.conv2(feats[-1])))

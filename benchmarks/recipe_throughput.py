@@ -25,6 +25,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
+sys.path.insert(0, str(REPO / "benchmarks"))  # distill_overhead's step helper, when imported rather than run
 
 # Training-split sizes of the datasets the recipes name (images per epoch).
 TRAIN_SIZES = {
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", help="Also write the figures to this file.")
     cli = parser.parse_args(argv)
 
+    from distill_overhead import trainer_step
+
     from hfkd import DistillationTrainer
     from hfkd.smoke import SMOKE_DATASETS
 
@@ -97,9 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
             trainer.current_gradient_accumulation_steps = 1  # set by the training loop; a bare step needs it
 
             def step() -> None:
-                trainer.training_step(trainer.model, dict(batch))
-                trainer.optimizer.step()
-                trainer.optimizer.zero_grad(set_to_none=True)
+                trainer_step(trainer, dict(batch))
 
             for _ in range(cli.warmup):
                 step()

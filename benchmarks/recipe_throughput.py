@@ -37,16 +37,13 @@ TRAIN_SIZES = {
 
 
 def parse_recipe(config: str, output_dir: str, use_cpu: bool):
-    from run_image_distill import DataArguments, ModelArguments
-
-    from hfkd import DistillationArguments
-    from hfkd.parser import HfkdParser
+    from run_image_distill import build_parser
 
     flags = ["--config", config, "--output_dir", output_dir, "--report_to", "none", "--save_strategy", "no"]
     flags += ["--eval_strategy", "no", "--disable_tqdm", "true"]
     if use_cpu:
         flags += ["--use_cpu", "true", "--bf16", "false", "--fp16", "false"]
-    model_args, data_args, args, _ = HfkdParser((ModelArguments, DataArguments, DistillationArguments)).parse(flags)
+    model_args, data_args, _, args, _ = build_parser().parse(flags)
     return model_args, data_args, args
 
 

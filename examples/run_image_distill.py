@@ -12,6 +12,9 @@ architecture name or a short alias (`resnet-50`, `swin-large`, ...). `--dataset`
 folder in imagefolder layout, or the embedded demo data (`fashion-mnist`, `digits`). `--loss ce` (or no teacher)
 trains with cross-entropy only: fine-tune a teacher on your labels, or get the CE baseline. Every
 `TrainingArguments` flag works; `--config recipe.yaml` sets defaults that flags override.
+
+The run reads top to bottom: parse -> resolve the models (offline, no weights) -> data -> load the models ->
+transforms -> trainer -> train -> evaluate -> model card (or push).
 """
 
 from __future__ import annotations
@@ -24,12 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
-import torch
 import transformers
 from transformers import set_seed
 
 from hfkd import DistillationArguments, DistillationTrainer
-from hfkd.arguments import CE_ONLY
 from hfkd.data import (
     DistillationCollator,
     add_sample_index,
@@ -46,17 +47,11 @@ from hfkd.data import (
 )
 from hfkd.demo_data import DEMO_DATASETS, FASHION_MNIST_HUB_ID
 from hfkd.losses import get_loss_class
-from hfkd.models import (
-    ModelSpec,
-    check_teacher_labels,
-    load_image_classifier,
-    load_image_processor,
-    resolve_model_name,
-)
+from hfkd.models import ModelSpec, load_image_classifier, load_image_processor, resolve_model_name
 from hfkd.parser import HfkdParser
-from hfkd.smoke import SMOKE_DATASETS, smoke_argv, smoke_loss_kwargs, smoke_model_name, synthetic_dataset
-from hfkd.teacher import map_teacher_labels
-from hfkd.teacher_cache import CacheEpochCallback, ReplayTransform, TeacherCache
+from hfkd.smoke import apply_smoke, smoke_argv, synthetic_dataset
+from hfkd.teacher import CachedTeacher, check_teacher_labels, map_teacher_labels
+from hfkd.teacher_cache import CacheEpochCallback, ReplayTransform
 
 logger = logging.getLogger("hfkd.run_image_distill")
 
@@ -66,7 +61,7 @@ FINISHED_RUN_FILES = ("all_results.json", "model.safetensors", "distill_config.j
 
 @dataclass
 class ModelArguments:
-    """Which models to distil."""
+    """Which models to distil (the teacher: `--teacher`, among the distillation arguments)."""
 
     student_model_name_or_path: str = field(
         metadata={
@@ -77,6 +72,13 @@ class ModelArguments:
     student_revision: str = field(default="main", metadata={"help": "Revision of the student checkpoint."})
     student_pretrained: bool = field(
         default=True, metadata={"help": "Start the student from its checkpoint's weights (False: random init)."}
+    )
+    teacher_pretrained: bool = field(
+        default=True,
+        metadata={
+            "help": "Load the teacher's weights (False: a random-init teacher with the dataset's head, for smoke "
+            "tests and debugging)."
+        },
     )
     teacher_label_map: str | None = field(
         default=None,
@@ -93,7 +95,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Which data to train and evaluate on."""
+    """Which data to train and evaluate on, and how to prepare it."""
 
     dataset: str = field(
         default="fashion-mnist",
@@ -125,15 +127,12 @@ class DataArguments:
     skip_unreadable: bool = field(
         default=False, metadata={"help": "Drop images that fail to decode (counted in the log) instead of failing."}
     )
-    smoke: bool = field(
-        default=False,
-        metadata={
-            "help": "Smoke test: 2 steps on synthetic data of the dataset's shape and class count, with random-"
-            "init models, offline (checks a recipe's whole path without its data or weights)."
-        },
-    )
-    smoke_image_size: int | None = field(default=None, metadata={"help": "Image size of the smoke data."})
-    smoke_num_labels: int | None = field(default=None, metadata={"help": "Class count of the smoke data."})
+
+
+@dataclass
+class RunArguments:
+    """What the run does besides training: the output folder, the teacher's evaluation, the card, smoke mode."""
+
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output folder that already holds a finished run."}
     )
@@ -144,12 +143,72 @@ class DataArguments:
         default=None,
         metadata={"help": "eval_results.json of a CE-only student run, shown in the model card next to this run."},
     )
+    smoke: bool = field(
+        default=False,
+        metadata={
+            "help": "Smoke test: 2 steps on synthetic data of the dataset's shape and class count, with random-"
+            "init models, offline (checks a recipe's whole path without its data or weights)."
+        },
+    )
+    smoke_image_size: int | None = field(default=None, metadata={"help": "Image size of the smoke data."})
+    smoke_num_labels: int | None = field(default=None, metadata={"help": "Class count of the smoke data."})
 
 
-def check_output_dir(args: DistillationArguments, data_args: DataArguments) -> None:
+@dataclass
+class RunData:
+    """The loaded data of a run: splits (still raw images), columns, class names and where it came from."""
+
+    splits: datasets.DatasetDict
+    image_column: str
+    label_column: str
+    names: list[str]
+    source: str
+
+    def info(self, data_args: DataArguments) -> dict[str, Any]:
+        """What `distill_config.json` records about the data."""
+        return {
+            "dataset": card_dataset_name(data_args.dataset, self.source),
+            "config": data_args.dataset_config,
+            "source": self.source,
+            "train_images": len(self.splits["train"]),
+            "eval_images": len(self.splits["eval"]),
+            "labelled_images": data_args.labelled_samples,
+            "image_column": self.image_column,
+            "label_column": self.label_column,
+        }
+
+
+def build_parser() -> HfkdParser:
+    return HfkdParser((ModelArguments, DataArguments, RunArguments, DistillationArguments))
+
+
+def parse_args(argv: list[str] | None) -> tuple[Any, ...]:
+    """(model_args, data_args, run_args, training_args, recipe path). `--smoke` adds its overrides last."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--smoke" in argv:
+        argv = smoke_argv(argv)
+    return build_parser().parse(argv)
+
+
+def setup_logging(args: DistillationArguments) -> None:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    level = logging.INFO if args.should_log else logging.WARNING
+    for name in ("hfkd", logger.name):
+        logging.getLogger(name).setLevel(level)
+    datasets.utils.logging.set_verbosity(level if args.should_log else logging.ERROR)
+    transformers.utils.logging.set_verbosity(logging.WARNING if args.should_log else logging.ERROR)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def check_output_dir(args: DistillationArguments, run_args: RunArguments) -> None:
     """Refuse to write over a finished run unless asked to overwrite or resume; touch nothing."""
     folder = args.output_dir
-    if not folder or not os.path.isdir(folder) or data_args.overwrite_output_dir or args.resume_from_checkpoint:
+    if not folder or not os.path.isdir(folder) or run_args.overwrite_output_dir or args.resume_from_checkpoint:
         return
     found = [name for name in FINISHED_RUN_FILES if os.path.exists(os.path.join(folder, name))]
     if found:
@@ -170,7 +229,7 @@ def card_dataset_name(dataset: str, source: str | None) -> str | None:
     return None if canonical == "digits" else dataset
 
 
-def _load_json(path: str | None, what: str) -> Any:
+def load_json(path: str | None, what: str) -> Any:
     if path is None:
         return None
     if os.path.isfile(path):
@@ -182,225 +241,229 @@ def _load_json(path: str | None, what: str) -> Any:
         raise ValueError(f"{what} must be a JSON file or a JSON string, got {path!r}.") from None
 
 
-def setup_logging(args: DistillationArguments) -> None:
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    level = logging.INFO if args.should_log else logging.WARNING
-    for name in ("hfkd", logger.name):
-        logging.getLogger(name).setLevel(level)
-    datasets.utils.logging.set_verbosity(level if args.should_log else logging.ERROR)
-    transformers.utils.logging.set_verbosity(logging.WARNING if args.should_log else logging.ERROR)
-    transformers.utils.logging.enable_default_handler()
-    transformers.utils.logging.enable_explicit_format()
-
-
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--smoke" in argv:
-        argv = smoke_argv(argv, use_cpu=not torch.cuda.is_available())
-    parser = HfkdParser((ModelArguments, DataArguments, DistillationArguments))
-    model_args, data_args, training_args, recipe = parser.parse(argv)
-    setup_logging(training_args)
-    student_pretrained = model_args.student_pretrained
-    teacher_pretrained = True
-    if data_args.smoke:
-        image_size, num_labels = SMOKE_DATASETS.get(data_args.dataset, (None, None))
-        image_size = data_args.smoke_image_size or image_size or 32
-        num_labels = data_args.smoke_num_labels or num_labels or 10
-        model_args.student_model_name_or_path, student_pretrained = smoke_model_name(
-            model_args.student_model_name_or_path, num_labels, image_size
-        )
-        if training_args.teacher_model_name_or_path is not None:
-            training_args.teacher_model_name_or_path, teacher_pretrained = smoke_model_name(
-                training_args.teacher_model_name_or_path, num_labels, image_size
-            )
-        training_args.distill_loss_kwargs = smoke_loss_kwargs(
-            training_args.distill_loss, training_args.distill_loss_kwargs
-        )
-
-    # Everything that can be checked without weights or data is checked first.
-    check_output_dir(training_args, data_args)
-    student_spec = resolve_model_name(model_args.student_model_name_or_path, revision=model_args.student_revision)
-    teacher_name = training_args.teacher_model_name_or_path
-    cache_dir = training_args.teacher_cache_dir
-    distilling = training_args.uses_teacher and teacher_name is not None and cache_dir is None
-    if training_args.uses_teacher and teacher_name is None and cache_dir is None:
-        raise ValueError(
-            f"--loss {training_args.distill_loss} needs a teacher: pass `--teacher <model>`, or `--loss ce` to "
-            "train on the labels alone."
-        )
-    teacher_spec: ModelSpec | None = None
-    if distilling:
-        teacher_spec = resolve_model_name(teacher_name, revision=training_args.teacher_model_revision)
-    label_map = _load_json(model_args.teacher_label_map, "--teacher_label_map")
-    baseline_metrics = _load_json(data_args.baseline_metrics, "--baseline_metrics")
-    for role, spec in (("student", student_spec), ("teacher", teacher_spec)):
+def resolve_models(model_args: ModelArguments, args: DistillationArguments) -> tuple[ModelSpec, ModelSpec | None]:
+    """The student's and the live teacher's specs, offline and without weights (no teacher: CE, or a cache)."""
+    args.check_teacher_given()
+    student = resolve_model_name(model_args.student_model_name_or_path, revision=model_args.student_revision)
+    teacher = None
+    if args.uses_teacher and args.teacher_cache_dir is None:
+        teacher = resolve_model_name(args.teacher_model_name_or_path, revision=args.teacher_model_revision)
+    for role, spec in (("student", student), ("teacher", teacher)):
         if spec is not None:
             logger.info(f"{role}: {spec.name!r} -> {spec.source} ({spec.kind})")
-    set_seed(training_args.seed)
+    return student, teacher
 
-    load = load_image_dataset
-    if data_args.smoke:
-        load = lambda *a, **kw: synthetic_dataset(  # noqa: E731
-            data_args.dataset, data_args.label_column, image_size=data_args.smoke_image_size,
-            num_labels=data_args.smoke_num_labels,
-        )  # fmt: skip
-    dataset = load(
-        data_args.dataset,
-        config_name=data_args.dataset_config,
-        train_split=data_args.train_split,
-        eval_split=data_args.eval_split,
-        seed=training_args.seed,
-        cache_dir=model_args.cache_dir,
-        max_train_samples=data_args.max_train_samples,
-        max_eval_samples=data_args.max_eval_samples,
-    )
+
+def load_data(
+    data_args: DataArguments,
+    run_args: RunArguments,
+    args: DistillationArguments,
+    *,
+    distilling: bool,
+    cache_dir: str | None = None,
+) -> RunData:
+    """The train and eval splits with their columns and class names (synthetic data in smoke mode)."""
+    if run_args.smoke:
+        dataset = synthetic_dataset(
+            data_args.dataset,
+            data_args.label_column,
+            image_size=run_args.smoke_image_size,
+            num_labels=run_args.smoke_num_labels,
+        )
+    else:
+        dataset = load_image_dataset(
+            data_args.dataset,
+            config_name=data_args.dataset_config,
+            train_split=data_args.train_split,
+            eval_split=data_args.eval_split,
+            seed=args.seed,
+            cache_dir=cache_dir,
+            max_train_samples=data_args.max_train_samples,
+            max_eval_samples=data_args.max_eval_samples,
+        )
     image_column, label_column = detect_columns(dataset["train"], data_args.image_column, data_args.label_column)
     names = class_names(dataset["train"], label_column)
-    id2label = dict(enumerate(names))
     check_labels(dataset, label_column, len(names))
+    source = getattr(dataset, "source", data_args.dataset)
     logger.info(
-        f"Data: {getattr(dataset, 'source', data_args.dataset)}; {len(names)} classes; "
-        f"{len(dataset['train'])} train / {len(dataset['eval'])} eval images"
+        f"Data: {source}; {len(names)} classes; {len(dataset['train'])} train / {len(dataset['eval'])} eval images"
     )
-
     if data_args.labelled_samples is not None:
         dataset["train"] = keep_labelled_subset(
-            dataset["train"],
-            label_column,
-            data_args.labelled_samples,
-            seed=training_args.seed,
-            drop_unlabelled=not distilling,
+            dataset["train"], label_column, data_args.labelled_samples, seed=args.seed, drop_unlabelled=not distilling
         )
-        logger.info(
-            f"Labels kept for {data_args.labelled_samples} of the training images"
-            + ("; the teacher supervises the rest" if distilling else "; the rest are dropped (no teacher)")
-        )
+        rest = "; the teacher supervises the rest" if distilling else "; the rest are dropped (no teacher)"
+        logger.info(f"Labels kept for {data_args.labelled_samples} of the training images{rest}")
+    return RunData(dataset, image_column, label_column, names, source)
 
+
+def load_models(
+    student_spec: ModelSpec,
+    teacher_spec: ModelSpec | None,
+    model_args: ModelArguments,
+    args: DistillationArguments,
+    names: list[str],
+) -> tuple[Any, Any, Any, Any]:
+    """(student, its processor, teacher, its processor): the student gets the dataset's head; the teacher keeps its
+    own (mapped onto the dataset's classes with --teacher_label_map) and must predict the dataset's label space."""
+    id2label = dict(enumerate(names))
+    common = {"trust_remote_code": model_args.trust_remote_code, "cache_dir": model_args.cache_dir}
     student = load_image_classifier(
-        student_spec,
-        num_labels=len(names),
-        id2label=id2label,
-        role="student",
-        pretrained=student_pretrained,
-        trust_remote_code=model_args.trust_remote_code,
-        cache_dir=model_args.cache_dir,
+        student_spec, num_labels=len(names), id2label=id2label, pretrained=model_args.student_pretrained, **common
     )
     student_processor = load_image_processor(student_spec, trust_remote_code=model_args.trust_remote_code)
-    teacher = teacher_processor = None
-    if teacher_spec is not None:
-        # A random-init (smoke) teacher gets the dataset's head; a real teacher's head is never touched.
-        random_head = {} if teacher_pretrained else {"num_labels": len(names), "id2label": id2label}
-        teacher = load_image_classifier(
-            teacher_spec,
-            role="teacher" if teacher_pretrained else "student",
-            pretrained=teacher_pretrained,
-            **random_head,
-            trust_remote_code=model_args.trust_remote_code,
-            cache_dir=model_args.cache_dir,
-            **training_args.teacher_model_init_kwargs,
-        )
-        if label_map is not None:
-            teacher = map_teacher_labels(teacher, label_map, names)
-        check_teacher_labels(teacher, len(names), id2label)
-        teacher_processor = load_image_processor(teacher_spec, trust_remote_code=model_args.trust_remote_code)
+    if teacher_spec is None:
+        return student, student_processor, None, None
+    # A random-init teacher gets the dataset's head; a real teacher's head is never touched.
+    head = {} if model_args.teacher_pretrained else {"num_labels": len(names), "id2label": id2label}
+    teacher = load_image_classifier(
+        teacher_spec, pretrained=model_args.teacher_pretrained, **head, **common, **args.teacher_model_init_kwargs
+    )
+    label_map = load_json(model_args.teacher_label_map, "--teacher_label_map")
+    if label_map is not None:
+        teacher = map_teacher_labels(teacher, label_map, names)
+    check_teacher_labels(teacher, len(names), id2label)
+    teacher_processor = load_image_processor(teacher_spec, trust_remote_code=model_args.trust_remote_code)
+    return student, student_processor, teacher, teacher_processor
 
+
+def prepare_splits(
+    data: RunData,
+    data_args: DataArguments,
+    args: DistillationArguments,
+    models: tuple[Any, Any, Any, Any],
+    cache: CachedTeacher | None,
+) -> tuple[dict[str, Any], list]:
+    """Both splits with their batch transforms (and, for a teacher cache, the replayed cached views)."""
+    student, student_processor, teacher, teacher_processor = models
     student_config = image_config_for_model(student, student_processor)
     teacher_config = image_config_for_model(teacher, teacher_processor) if teacher is not None else None
     augment = data_args.train_augment
     # Losses such as MLKD learn from a second, strongly augmented (RandAugment) view of each training image.
-    needs_strong_view = distilling and get_loss_class(training_args.distill_loss).requires_strong_view
+    strong_view = teacher is not None and get_loss_class(args.distill_loss).needs.strong_view
+
+    def transforms(train: bool, strong: bool = False) -> tuple[Any, Any]:
+        build = lambda config: build_transforms(config, train=train, train_augment=augment, strong=strong)  # noqa: E731
+        return build(student_config), build(teacher_config) if teacher_config else None
+
     splits, callbacks = {}, []
     for split, train in (("train", True), ("eval", False)):
-        part = dataset[split]
+        part = data.splits[split]
         if data_args.skip_unreadable:
-            part, skipped = filter_unreadable(part, image_column)
+            part, skipped = filter_unreadable(part, data.image_column)
             logger.info(f"{split}: skipped {skipped} unreadable images")
         part = add_sample_index(part)
-        strong_transforms = None
-        if train and needs_strong_view:
-            strong_transforms = (
-                build_transforms(student_config, train=True, train_augment=augment, strong=True),
-                build_transforms(teacher_config, train=True, train_augment=augment, strong=True)
-                if teacher_config
-                else None,
-            )
         transform = make_transform_fn(
-            build_transforms(student_config, train=train, train_augment=augment),
-            build_transforms(teacher_config, train=train, train_augment=augment) if teacher_config else None,
-            image_column,
-            label_column,
-            strong_transforms=strong_transforms,
+            *transforms(train),
+            data.image_column,
+            data.label_column,
+            strong_transforms=transforms(train, strong=True) if train and strong_view else None,
         )
-        if train and cache_dir is not None:
+        if train and cache is not None:
             # Offline distillation: the student sees exactly the crops the teacher saw when the cache was built.
-            cache = TeacherCache(cache_dir)
-            if cache.config.num_samples != len(part):
+            if cache.cache.config.num_samples != len(part):
                 raise ValueError(
-                    f"The teacher cache {cache_dir!r} covers {cache.config.num_samples} training images, this run has "
-                    f"{len(part)}. Build the cache on the same training set (same --max_train_samples and split)."
+                    f"The teacher cache {args.teacher_cache_dir!r} covers {cache.cache.config.num_samples} training "
+                    f"images, this run has {len(part)}. Build the cache on the same training set (same "
+                    "--max_train_samples and split)."
                 )
-            transform = ReplayTransform(cache, student_config.size, student_config.mean, student_config.std,
-                                        image_column, label_column, student_config.num_channels)  # fmt: skip
+            transform = ReplayTransform(
+                cache.cache,
+                student_config.size,
+                student_config.mean,
+                student_config.std,
+                data.image_column,
+                data.label_column,
+                student_config.num_channels,
+            )
             callbacks.append(CacheEpochCallback(transform))
         splits[split] = set_image_transform(part, transform)
+    return splits, callbacks
 
+
+def train(trainer: DistillationTrainer, args: DistillationArguments) -> None:
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+
+
+def evaluate(trainer: DistillationTrainer, run_args: RunArguments) -> tuple[dict[str, float], dict | None]:
+    """The student's metrics and, when asked and possible, the teacher's."""
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    teacher_metrics = None
+    if trainer.teacher_model is not None and run_args.evaluate_teacher:
+        teacher_metrics = trainer.evaluate_teacher()
+        trainer.log_metrics("teacher_eval", teacher_metrics)
+        trainer.save_metrics("teacher_eval", teacher_metrics)
+    return metrics, teacher_metrics
+
+
+def write_card(
+    trainer: DistillationTrainer,
+    student_spec: ModelSpec,
+    data: RunData,
+    data_args: DataArguments,
+    results: dict[str, dict | None],
+) -> None:
+    """The model card next to the student (pushed with it under --push_to_hub)."""
+    card_kwargs = {
+        "finetuned_from": student_spec.source if student_spec.kind != "local" else student_spec.name,
+        "tasks": "image-classification",
+        "dataset": card_dataset_name(data_args.dataset, data.source),
+        "dataset_args": data_args.dataset_config,
+        "tags": ["hfkd", f"distill-{trainer.args.distill_loss}"],
+        "is_timm": student_spec.is_timm,
+        **results,
+    }
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub(**card_kwargs)
+    else:
+        trainer.create_model_card(**card_kwargs)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, data_args, run_args, training_args, recipe = parse_args(argv)
+    setup_logging(training_args)
+    if run_args.smoke:
+        apply_smoke(model_args, data_args, run_args, training_args)
+
+    # Everything that can be checked without weights or data is checked first.
+    check_output_dir(training_args, run_args)
+    student_spec, teacher_spec = resolve_models(model_args, training_args)
+    baseline_metrics = load_json(run_args.baseline_metrics, "--baseline_metrics")
+    cache = None
+    if training_args.uses_teacher and training_args.teacher_cache_dir is not None:
+        cache = CachedTeacher(training_args.teacher_cache_dir, training_args.device)
+    set_seed(training_args.seed)
+
+    data = load_data(
+        data_args, run_args, training_args, distilling=teacher_spec is not None, cache_dir=model_args.cache_dir
+    )
+    models = load_models(student_spec, teacher_spec, model_args, training_args, data.names)
+    splits, callbacks = prepare_splits(data, data_args, training_args, models, cache)
+    student, student_processor, teacher, _ = models
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=teacher,
+        teacher_model=cache if cache is not None else teacher,
         args=training_args,
         train_dataset=splits["train"],
         eval_dataset=splits["eval"],
         data_collator=DistillationCollator(),
         processing_class=student_processor,
         callbacks=callbacks,
+        recipe=recipe,
+        data_info=data.info(data_args),
     )
-    trainer.recipe_path = recipe
-    trainer.data_info = {
-        "dataset": card_dataset_name(data_args.dataset, getattr(dataset, "source", None)),
-        "config": data_args.dataset_config,
-        "source": getattr(dataset, "source", None),
-        "train_images": len(splits["train"]),
-        "eval_images": len(splits["eval"]),
-        "labelled_images": data_args.labelled_samples,
-        "image_column": image_column,
-        "label_column": label_column,
-    }
 
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
-    trainer.save_state()
-
-    metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
-    teacher_metrics = None
-    if teacher is not None and data_args.evaluate_teacher:
-        teacher_metrics = trainer.evaluate_teacher()
-        trainer.log_metrics("teacher_eval", teacher_metrics)
-        trainer.save_metrics("teacher_eval", teacher_metrics)
-
-    card_kwargs = {
-        "finetuned_from": student_spec.source if student_spec.kind != "local" else student_spec.name,
-        "tasks": "image-classification",
-        "dataset": card_dataset_name(data_args.dataset, getattr(dataset, "source", None)),
-        "dataset_args": data_args.dataset_config,
-        "tags": ["hfkd", f"distill-{training_args.distill_loss}"],
-        "student_metrics": metrics,
-        "teacher_metrics": teacher_metrics,
-        "baseline_metrics": baseline_metrics,
-        "is_timm": student_spec.is_timm,
-    }
-    if training_args.push_to_hub:
-        trainer.push_to_hub(**card_kwargs)
-    else:
-        trainer.create_model_card(**card_kwargs)
-    if training_args.distill_loss == CE_ONLY:
+    train(trainer, training_args)
+    metrics, teacher_metrics = evaluate(trainer, run_args)
+    results = {"student_metrics": metrics, "teacher_metrics": teacher_metrics, "baseline_metrics": baseline_metrics}
+    write_card(trainer, student_spec, data, data_args, results)
+    if not training_args.uses_teacher:
         logger.info(f"Cross-entropy run finished: top-1 {100 * metrics['eval_accuracy']:.2f} %")
     return metrics
 

@@ -8,6 +8,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .losses import get_loss_class, validate_loss_kwargs
+from .teacher import CachedTeacher
 
 CE_ONLY = "ce"
 """`distill_loss="ce"`: no teacher, plain cross-entropy (teacher fine-tuning and the CE baseline)."""
@@ -175,18 +176,10 @@ class DistillationArguments(TrainingArguments):
             return
         loss_cls = get_loss_class(self.distill_loss)  # KeyError with close matches
         if self.teacher_cache_dir is not None:
-            needs = [
-                what
-                for what, flag in (
-                    ("feature maps", loss_cls.requires_hidden_states),
-                    ("a strong view", loss_cls.requires_strong_view),
-                    ("the teacher's classifier head", loss_cls.requires_classifier_heads),
-                )
-                if flag
-            ]
-            if needs:
+            missing = CachedTeacher.unsupported(loss_cls.needs)
+            if missing:
                 raise ValueError(
-                    f"Loss {self.distill_loss!r} needs {' and '.join(needs)} of the teacher, but a teacher cache "
+                    f"Loss {self.distill_loss!r} needs {' and '.join(missing)} of the teacher, but a teacher cache "
                     "(`teacher_cache_dir`) stores logits only. Use a logit loss (kd, dkd, dist, ...) with the cache, "
                     "or run the teacher live."
                 )
@@ -198,3 +191,14 @@ class DistillationArguments(TrainingArguments):
     @property
     def uses_teacher(self) -> bool:
         return self.distill_loss != CE_ONLY
+
+    def check_teacher_given(self, teacher_model: Any = None) -> None:
+        """Refuse a distillation loss without a teacher: no `teacher_model`, checkpoint name or teacher cache."""
+        if not self.uses_teacher or teacher_model is not None:
+            return
+        if self.teacher_model_name_or_path is None and self.teacher_cache_dir is None:
+            raise ValueError(
+                f"distill_loss={self.distill_loss!r} needs a teacher: pass `--teacher <model>` on the command line, "
+                "`teacher_model=` to the trainer or `teacher_model_name_or_path`, or use `--loss ce` "
+                "(`distill_loss='ce'`) to train on the labels alone."
+            )

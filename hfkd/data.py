@@ -21,8 +21,17 @@ from PIL import Image as PILImage
 from torchvision.transforms import v2
 from transformers.utils import logging
 
+from .batch import (
+    IMAGE_KEYS,
+    INDEX_KEYS,
+    LABELS,
+    PIXEL_VALUES,
+    SAMPLE_INDEX,
+    STRONG_PIXEL_VALUES,
+    TEACHER_PIXEL_VALUES,
+    TEACHER_STRONG_PIXEL_VALUES,
+)
 from .image_datasets import (
-    INDEX_COLUMN,
     add_sample_index,
     check_labels,
     class_names,
@@ -378,7 +387,7 @@ class TransformFn:
             if column is not None and column not in batch:
                 raise ValueError(f"No column {column!r} in the batch (columns: {list(batch)}). Set {flag}.")
         indices = batch.get(self.index_column)
-        out: dict[str, list] = {"pixel_values": [], "teacher_pixel_values": [], "labels": [], INDEX_COLUMN: []}
+        out: dict[str, list] = {PIXEL_VALUES: [], TEACHER_PIXEL_VALUES: [], LABELS: [], SAMPLE_INDEX: []}
         for row, image in enumerate(batch[self.image_column]):
             try:
                 decoded = decode_image(image)
@@ -393,19 +402,19 @@ class TransformFn:
                 logger.warning(f"Skipping unreadable image at {where} ({type(err).__name__}: {err}).")
                 continue
             student_view, teacher_view = self._views(decoded)
-            out["pixel_values"].append(student_view)
-            out["teacher_pixel_values"].append(teacher_view)
+            out[PIXEL_VALUES].append(student_view)
+            out[TEACHER_PIXEL_VALUES].append(teacher_view)
             if self.strong is not None:
                 strong_student, strong_teacher = self.strong._views(decoded)
-                out.setdefault("strong_pixel_values", []).append(strong_student)
+                out.setdefault(STRONG_PIXEL_VALUES, []).append(strong_student)
                 if self.strong.emits_teacher:
-                    out.setdefault("teacher_strong_pixel_values", []).append(strong_teacher)
-            out["labels"].append(batch[self.label_column][row] if self.label_column is not None else None)
-            out[INDEX_COLUMN].append(indices[row] if indices is not None else None)
+                    out.setdefault(TEACHER_STRONG_PIXEL_VALUES, []).append(strong_teacher)
+            out[LABELS].append(batch[self.label_column][row] if self.label_column is not None else None)
+            out[SAMPLE_INDEX].append(indices[row] if indices is not None else None)
         for key, absent in (
-            ("teacher_pixel_values", not self.emits_teacher),
-            ("labels", self.label_column is None),
-            (INDEX_COLUMN, indices is None),
+            (TEACHER_PIXEL_VALUES, not self.emits_teacher),
+            (LABELS, self.label_column is None),
+            (SAMPLE_INDEX, indices is None),
         ):
             if absent:
                 del out[key]
@@ -419,7 +428,7 @@ def make_transform_fn(
     label_column: str | None = "label",
     *,
     skip_unreadable: bool = False,
-    index_column: str = INDEX_COLUMN,
+    index_column: str = SAMPLE_INDEX,
     strong_transforms: tuple[Callable, Callable | None] | None = None,
 ) -> TransformFn:
     """A batch transform for `Dataset.set_transform` (use `set_image_transform` to get index-naming errors).
@@ -472,9 +481,6 @@ def _stack(examples: list[dict[str, Any]], key: str) -> torch.Tensor:
     return torch.stack(tensors)
 
 
-IMAGE_KEYS = ("pixel_values", "teacher_pixel_values", "strong_pixel_values", "teacher_strong_pixel_values")
-
-
 class DistillationCollator:
     """Stack the image tensors (`pixel_values`, and the teacher's and strong views when present), `labels` and
     `sample_index` (if present)."""
@@ -486,7 +492,7 @@ class DistillationCollator:
         for key in IMAGE_KEYS:
             if key in examples[0]:
                 batch[key] = _stack(examples, key)
-        for key in ("labels", INDEX_COLUMN):
+        for key in INDEX_KEYS:
             if key in examples[0]:
                 batch[key] = torch.tensor([int(example[key]) for example in examples], dtype=torch.long)
         return batch

@@ -1,8 +1,8 @@
 """Stage features from model outputs: the one place that knows how each architecture reports them.
 
-Feature losses read `hidden_states` from the `ModelOutput` the trainer passes them (the trainer asks for them only
-when the loss declares `requires_hidden_states`). This module turns them into a list of (B, C, H, W) maps, whatever
-the architecture:
+Feature losses read `hidden_states` from the `ModelOutput` they are passed (`run_for_loss` asks the teacher and the
+student for them only when the loss's `needs.hidden_states` says so). This module turns them into a list of
+(B, C, H, W) maps, whatever the architecture:
 
 - CNNs in transformers (ResNet, ConvNeXt, MobileNet, EfficientNet, RegNet, ...) and timm models through
   `TimmWrapperForImageClassification` already give (B, C, H, W) maps: index 0 is the stem (embedding) output, then
@@ -102,6 +102,16 @@ def select_features(output: Any, stages: StageSpec) -> list[torch.Tensor]:
 def pooled_features(output: Any) -> torch.Tensor:
     """Global-average-pooled last feature map (B, C): mdistiller's `pooled_feat`."""
     return feature_maps(output)[-1].mean(dim=(2, 3))
+
+
+def run_for_loss(
+    model: nn.Module, recorder: PreactivationRecorder | None, hidden_states: bool, /, **inputs: Any
+) -> Any:
+    """`model(**inputs)` with what a loss needs on the output: `hidden_states` when asked, and the pre-activation
+    maps (`preact_hidden_states`) when given the model's `PreactivationRecorder`. Teacher and student both run so."""
+    if hidden_states:
+        inputs["output_hidden_states"] = True
+    return model(**inputs) if recorder is None else recorder.run(model, **inputs)
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load
 from PIL import Image as PILImage
 from transformers.utils import logging
 
+from .batch import SAMPLE_INDEX
 from .demo_data import DEMO_DATASETS, load_demo_dataset
 
 logger = logging.get_logger(__name__)
@@ -31,7 +32,6 @@ HUB_DATASET_ALIASES = {
 IMAGE_COLUMN_NAMES = ("image", "img", "images", "pixel_values", "picture", "photo", "jpg", "png")
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target", "category", "class_id", "label_id")
 EVAL_SPLIT_NAMES = ("validation", "val", "valid", "test")
-INDEX_COLUMN = "sample_index"
 
 # ----------------------------------------------------------------------------------------------- loading
 
@@ -152,8 +152,8 @@ def _encode_string_labels(dataset: DatasetDict) -> DatasetDict:
     return DatasetDict({k: v.cast_column(label, ClassLabel(names=names)) for k, v in dataset.items()})
 
 
-def add_sample_index(dataset: Dataset, column: str = INDEX_COLUMN) -> Dataset:
-    """Add `column` = row position (0..len-1), for losses that declare `requires_sample_index` and for errors.
+def add_sample_index(dataset: Dataset, column: str = SAMPLE_INDEX) -> Dataset:
+    """Add `column` = row position (0..len-1), for losses whose `needs.sample_index` asks for it, and for errors.
 
     Call it after any filtering (`filter_unreadable`) so that the positions stay contiguous. A dataset with an
     indices mapping (after `shuffle`, `select`, `train_test_split`) is flattened first, which copies it.

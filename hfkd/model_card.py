@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from importlib import resources
 from numbers import Integral, Real
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.utils import logging
 
-if TYPE_CHECKING:
-    from .losses.base import PaperRef
-
+from .losses.base import PaperRef
 
 logger = logging.get_logger(__name__)
 
@@ -195,66 +194,38 @@ def _timm_refs(hub_model_id: str | None, output_dir: str | None, model_name: str
     return [json.dumps(ref, ensure_ascii=False) for ref in refs]
 
 
-def build_model_card(
-    *,
-    output_dir: str | None = None,
-    model_name: str,
-    student_name: str,
-    teacher_name: str | None,
-    teacher_revision: str | None,
-    loss_key: str,
-    loss_kwargs: dict[str, Any] | None,
-    paper: PaperRef | None,
-    ce_weight: float,
-    distill_weight: float,
-    dataset_name: str | None,
-    dataset_config: str | None = None,
-    student_metrics: dict[str, float] | None,
-    teacher_metrics: dict[str, float] | None = None,
-    baseline_metrics: dict[str, float] | None = None,
-    hyperparameters: dict[str, Any] | None = None,
-    is_timm: bool = False,
-    hub_model_id: str | None = None,
-    license: str | None = None,
-    extra_tags: list[str] | None = None,
-) -> ModelCard:
+@dataclass
+class ModelCardInfo:
     r"""
-    Builds the model card of a distilled student and, when `output_dir` is given, writes it to
-    `output_dir/README.md`.
-
-    The YAML metadata carries `library_name`, the tags (`hfkd`, `knowledge-distillation`, `distill-<loss_key>`,
-    `image-classification`), `base_model` and `datasets` (Hub ids only, never local paths), `metrics` and a
-    `model-index` holding the student's top-1 and top-5 accuracy as **fractions in [0, 1]**, exactly as passed.
-    The body (template `hfkd/templates/model_card.md`) shows them as percentages.
+    Everything the model card of a distilled student says, in one record (`DistillationTrainer.create_model_card`
+    fills it from `distill_config()` and the run's metrics).
 
     Args:
-        output_dir (`str`, *optional*):
-            Folder to write `README.md` into; created if missing. Nothing is written when `None`.
         model_name (`str`):
             Name of the distilled model: the card's title and the `model-index` name.
         student_name (`str`):
             The student's starting checkpoint (Hub id, `hf-hub:` timm id, timm architecture or local folder).
             It becomes `base_model` only when it is a `namespace/name` Hub id.
-        teacher_name (`str` or `None`):
-            Teacher checkpoint, shown in the summary, the results table and the distillation section.
-        teacher_revision (`str` or `None`):
-            Revision of the teacher checkpoint.
         loss_key (`str`):
             Registered loss key (`"kd"`, `"dkd"`, ...) or `"ce"` for a cross-entropy-only run without teacher.
-        loss_kwargs (`dict` or `None`):
+        teacher_name (`str`, *optional*):
+            Teacher checkpoint, shown in the summary, the results table and the distillation section.
+        teacher_revision (`str`, *optional*):
+            Revision of the teacher checkpoint.
+        loss_kwargs (`dict`, *optional*):
             The loss's resolved hyperparameters.
-        paper (`PaperRef` or `None`):
+        paper (`PaperRef`, *optional*):
             The loss's paper; its BibTeX goes into the citation section.
-        ce_weight (`float`):
+        ce_weight (`float`, *optional*, defaults to `1.0`):
             Weight of the cross-entropy term.
-        distill_weight (`float`):
+        distill_weight (`float`, *optional*, defaults to `1.0`):
             Weight of the distillation term.
-        dataset_name (`str` or `None`):
+        dataset_name (`str`, *optional*):
             Training dataset (Hub id, builder name such as `imagefolder`, or local path). Listed under
             `datasets` only when it is a Hub id.
         dataset_config (`str`, *optional*):
             Dataset configuration name.
-        student_metrics (`dict[str, float]` or `None`):
+        student_metrics (`dict[str, float]`, *optional*):
             Evaluation metrics of the student, e.g. `{"eval_accuracy": 0.76, "eval_top5_accuracy": 0.93}`. Keys
             `accuracy` / `top1_accuracy` and `top5_accuracy` are looked up with an `eval_`, `test_` or no prefix.
         teacher_metrics (`dict[str, float]`, *optional*):
@@ -266,32 +237,66 @@ def build_model_card(
         is_timm (`bool`, *optional*, defaults to `False`):
             Whether the student is a timm model: sets `library_name: timm` and adds a timm usage snippet.
         hub_model_id (`str`, *optional*):
-            Repo id the model is pushed to; used in the usage snippets (else `output_dir`, else `model_name`).
+            Repo id the model is pushed to; used in the usage snippets (else the output folder, else `model_name`).
         license (`str`, *optional*):
             License identifier for the metadata (e.g. `"apache-2.0"`).
         extra_tags (`list[str]`, *optional*):
             More tags for the metadata.
+    """
+
+    model_name: str
+    student_name: str
+    loss_key: str
+    teacher_name: str | None = None
+    teacher_revision: str | None = None
+    loss_kwargs: dict[str, Any] | None = None
+    paper: PaperRef | None = None
+    ce_weight: float = 1.0
+    distill_weight: float = 1.0
+    dataset_name: str | None = None
+    dataset_config: str | None = None
+    student_metrics: dict[str, float] | None = None
+    teacher_metrics: dict[str, float] | None = None
+    baseline_metrics: dict[str, float] | None = None
+    hyperparameters: dict[str, Any] | None = None
+    is_timm: bool = False
+    hub_model_id: str | None = None
+    license: str | None = None
+    extra_tags: list[str] | None = None
+
+
+def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> ModelCard:
+    r"""
+    Builds the model card of a distilled student from `info` and, when `output_dir` is given, writes it to
+    `output_dir/README.md` (creating the folder).
+
+    The YAML metadata carries `library_name`, the tags (`hfkd`, `knowledge-distillation`, `distill-<loss_key>`,
+    `image-classification`), `base_model` and `datasets` (Hub ids only, never local paths), `metrics` and a
+    `model-index` holding the student's top-1 and top-5 accuracy as **fractions in [0, 1]**, exactly as passed.
+    The body (template `hfkd/templates/model_card.md`) shows them as percentages.
 
     Returns:
         [`huggingface_hub.ModelCard`]: the rendered card.
     """
+    model_name, student_name, loss_key = info.model_name, info.student_name, info.loss_key
+    teacher_name, dataset_name, dataset_config = info.teacher_name, info.dataset_name, info.dataset_config
     for name, value in (("model_name", model_name), ("student_name", student_name), ("loss_key", loss_key)):
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"`{name}` must be a non-empty string, got {value!r}. Pass the {name.replace('_', ' ')}.")
-    if extra_tags is not None and not all(isinstance(tag, str) and tag for tag in extra_tags):
-        raise ValueError(f"`extra_tags` must be a list of non-empty strings, got {extra_tags!r}.")
+    if info.extra_tags is not None and not all(isinstance(tag, str) and tag for tag in info.extra_tags):
+        raise ValueError(f"`extra_tags` must be a list of non-empty strings, got {info.extra_tags!r}.")
 
-    student_acc = _accuracies(student_metrics, "student_metrics")
-    teacher_acc = _accuracies(teacher_metrics, "teacher_metrics")
-    baseline_acc = _accuracies(baseline_metrics, "baseline_metrics")
+    student_acc = _accuracies(info.student_metrics, "student_metrics")
+    teacher_acc = _accuracies(info.teacher_metrics, "teacher_metrics")
+    baseline_acc = _accuracies(info.baseline_metrics, "baseline_metrics")
     hub_dataset = _hub_dataset_id(dataset_name)
     eval_results = _eval_results(*student_acc, dataset_name, dataset_config)
 
-    tags = ["hfkd", "knowledge-distillation", f"distill-{loss_key}", _TASK] + (["timm"] if is_timm else [])
+    tags = ["hfkd", "knowledge-distillation", f"distill-{loss_key}", _TASK] + (["timm"] if info.is_timm else [])
     card_data = ModelCardData(
-        library_name="timm" if is_timm else "transformers",
-        license=license,
-        tags=tags + list(extra_tags or []),
+        library_name="timm" if info.is_timm else "transformers",
+        license=info.license,
+        tags=tags + list(info.extra_tags or []),
         base_model=_hub_id(student_name, require_namespace=True),
         datasets=[hub_dataset] if hub_dataset else None,
         metrics=["accuracy"],
@@ -300,28 +305,28 @@ def build_model_card(
         eval_results=eval_results,
     )
 
-    repo_ref = hub_model_id or output_dir or model_name
+    repo_ref = info.hub_model_id or output_dir or model_name
     dataset_text = _dataset_link(dataset_name, dataset_config) if dataset_name else None
     card = ModelCard.from_template(
         card_data,
         template_str=resources.files(__package__).joinpath(_TEMPLATE).read_text(encoding="utf-8"),
         hfkd_title=model_name,
-        hfkd_summary=_summary(student_name, teacher_name, loss_key, paper, dataset_text),
+        hfkd_summary=_summary(student_name, teacher_name, loss_key, info.paper, dataset_text),
         hfkd_results=_results_rows(student_acc, teacher_acc, baseline_acc, teacher_name),
         hfkd_has_metrics=_known(student_acc + teacher_acc + baseline_acc),
         hfkd_ce_only=loss_key == CE_ONLY,
         hfkd_student=_model_link(student_name),
         hfkd_teacher=_model_link(teacher_name) if teacher_name else None,
-        hfkd_teacher_revision=teacher_revision,
+        hfkd_teacher_revision=info.teacher_revision,
         hfkd_loss_key=loss_key,
         hfkd_loss_name=loss_key.upper(),
-        hfkd_loss_kwargs=[(_cell(str(k)), _cell(_value(v))) for k, v in sorted((loss_kwargs or {}).items())],
-        hfkd_ce_weight=_value(float(ce_weight)),
-        hfkd_distill_weight=_value(float(distill_weight)),
-        hfkd_paper=paper,
-        hfkd_hyperparameters=[(k, _value(v)) for k, v in (hyperparameters or {}).items() if v is not None],
+        hfkd_loss_kwargs=[(_cell(str(k)), _cell(_value(v))) for k, v in sorted((info.loss_kwargs or {}).items())],
+        hfkd_ce_weight=_value(float(info.ce_weight)),
+        hfkd_distill_weight=_value(float(info.distill_weight)),
+        hfkd_paper=info.paper,
+        hfkd_hyperparameters=[(k, _value(v)) for k, v in (info.hyperparameters or {}).items() if v is not None],
         hfkd_repo_literal=json.dumps(repo_ref, ensure_ascii=False),
-        hfkd_timm_refs=_timm_refs(hub_model_id, output_dir, model_name) if is_timm else [],
+        hfkd_timm_refs=_timm_refs(info.hub_model_id, output_dir, model_name) if info.is_timm else [],
     )
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)

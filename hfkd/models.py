@@ -1,8 +1,7 @@
 """Resolve and load teacher/student image classifiers: Hub ids, timm ids, local folders, timm names, aliases.
 
 `resolve_model_name` turns what a user typed into a `ModelSpec` without touching the network;
-`load_image_classifier` loads it (replacing a student's head when the dataset has another label space);
-`check_teacher_labels` stops a run whose teacher predicts another label space; `save_student` and
+`load_image_classifier` loads it (replacing its head when it is given another label space); `save_student` and
 `make_timm_loadable` write a timm student that loads both in transformers and in `timm.create_model`.
 """
 
@@ -220,7 +219,6 @@ def load_image_classifier(
     *,
     num_labels: int | None = None,
     id2label: dict[int, str] | None = None,
-    role: str = "student",
     pretrained: bool = True,
     trust_remote_code: bool = False,
     revision: str | None = None,
@@ -229,16 +227,16 @@ def load_image_classifier(
     """
     Load an image classifier from anything [`resolve_model_name`] accepts.
 
-    A student whose checkpoint has another number of classes than `num_labels` gets a fresh, randomly initialised
-    head (`ignore_mismatched_sizes=True`) and a warning; a teacher's head is never touched (see
-    [`check_teacher_labels`]). A bare timm architecture loads timm's default pretrained tag from the Hub
+    Given `num_labels` (a student, or a randomly initialised model), a checkpoint with another number of classes
+    gets a fresh, randomly initialised head (`ignore_mismatched_sizes=True`) and a warning. Without them the
+    checkpoint's head is kept: a teacher is loaded that way, and its label space is checked, never replaced
+    ([`hfkd.teacher.check_label_space`]). A bare timm architecture loads timm's default pretrained tag from the Hub
     (`resnet18` -> `timm/resnet18.a1_in1k`), or builds a random-init model offline with `pretrained=False`.
 
     Args:
         spec_or_name (`ModelSpec` or `str`): The model.
-        num_labels (`int`, *optional*): Number of dataset classes (students only).
-        id2label (`dict[int, str]`, *optional*): Dataset class names; also sets `label2id` (students only).
-        role (`str`, *optional*, defaults to `"student"`): `"student"` or `"teacher"`.
+        num_labels (`int`, *optional*): Number of dataset classes; the head is replaced when it has another.
+        id2label (`dict[int, str]`, *optional*): Dataset class names; also sets `label2id`.
         pretrained (`bool`, *optional*, defaults to `True`): Load weights; `False` builds the architecture with
             random weights from its config.
         trust_remote_code (`bool`, *optional*, defaults to `False`): Passed to `from_pretrained`.
@@ -249,11 +247,9 @@ def load_image_classifier(
     Returns:
         [`~transformers.PreTrainedModel`]: The classifier.
     """
-    if role not in ("student", "teacher"):
-        raise ValueError(f"role must be 'student' or 'teacher', got {role!r}.")
     spec = spec_or_name if isinstance(spec_or_name, ModelSpec) else resolve_model_name(spec_or_name)
     revision = revision if revision is not None else spec.revision
-    labels = _label_kwargs(num_labels, id2label) if role == "student" else {}
+    labels = _label_kwargs(num_labels, id2label)
     source = spec.source
 
     if spec.kind == "timm_arch" and not pretrained:
@@ -285,7 +281,7 @@ def load_image_classifier(
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code, **init_kwargs}
     if labels.get("num_labels", config.num_labels) != config.num_labels:
         logger.warning(
-            f"Replacing the classification head of student {spec.name!r}: {config.num_labels} -> "
+            f"Replacing the classification head of {spec.name!r}: {config.num_labels} -> "
             f"{labels['num_labels']} classes (new head randomly initialised)."
         )
         kwargs["ignore_mismatched_sizes"] = True
@@ -293,50 +289,6 @@ def load_image_classifier(
         labels = {}  # same head and no names given: keep the checkpoint's own class names
     model_cls = TimmWrapperForImageClassification if spec.is_timm else AutoModelForImageClassification
     return model_cls.from_pretrained(source, **labels, **kwargs)
-
-
-def _normalise_label(label: str) -> str:
-    return str(label).strip().lower().replace("_", " ")
-
-
-def check_teacher_labels(teacher: PreTrainedModel, num_labels: int, id2label: dict[int, str] | None = None) -> None:
-    """
-    Check that a teacher predicts the dataset's label space before any training step runs.
-
-    Args:
-        teacher (`PreTrainedModel`): The teacher classifier.
-        num_labels (`int`): Number of dataset classes.
-        id2label (`dict[int, str]`, *optional*): Dataset class names; differing names only log a warning, since
-            checkpoints often carry placeholder names.
-
-    Raises:
-        `ValueError`: The teacher has another number of classes than the dataset.
-    """
-    name = getattr(teacher.config, "_name_or_path", "") or type(teacher).__name__
-    teacher_labels = getattr(teacher.config, "num_labels", None)
-    if teacher_labels != num_labels:
-        raise ValueError(
-            f"Teacher {name!r} predicts {teacher_labels} classes but the dataset has {num_labels}; distilling its "
-            "logits needs the same label space. Fine-tune the teacher on this dataset first with `--loss ce` "
-            f"(e.g. `python examples/run_image_distill.py --student {name} --loss ce --output_dir teacher-ft ...`, "
-            "then `--teacher teacher-ft`), or map the dataset's classes onto the teacher's with `--teacher_label_map` "
-            "(a JSON object of dataset class name to teacher class name or index)."
-        )
-    if not id2label:
-        return
-    teacher_names = {int(i): label for i, label in (teacher.config.id2label or {}).items()}
-    mismatched = [
-        (i, teacher_names.get(i), label)
-        for i, label in sorted((int(i), label) for i, label in id2label.items())
-        if _normalise_label(teacher_names.get(i, "")) != _normalise_label(label)
-    ]
-    if mismatched:
-        shown = ", ".join(f"{i}: {t!r} vs {d!r}" for i, t, d in mismatched[:5])
-        logger.warning(
-            f"Teacher {name!r} has {num_labels} classes like the dataset, but {len(mismatched)} class names differ "
-            f"(teacher vs dataset: {shown}). Fine if the teacher was trained on this dataset with other names; "
-            "otherwise its logits are in another class order."
-        )
 
 
 def save_student(model: PreTrainedModel, output_dir: str, image_processor: Any | None = None) -> None:

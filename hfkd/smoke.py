@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import timm
+import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 from transformers.utils import logging
@@ -44,12 +45,32 @@ SMOKE_FLAGS = [
 ]  # fmt: skip
 
 
-def smoke_argv(argv: list[str], use_cpu: bool) -> list[str]:
-    """Command-line overrides for a smoke run: they come last, so they win over the recipe and earlier flags."""
+def smoke_argv(argv: list[str], use_cpu: bool | None = None) -> list[str]:
+    """Command-line overrides for a smoke run: they come last, so they win over the recipe and earlier flags.
+
+    Without a GPU (`use_cpu` defaults to that), the run is moved to the CPU in float32.
+    """
     extra = list(SMOKE_FLAGS)
-    if use_cpu:
+    if use_cpu if use_cpu is not None else not torch.cuda.is_available():
         extra += ["--use_cpu", "true", "--bf16", "false", "--fp16", "false"]
     return [*argv, *extra]
+
+
+def apply_smoke(model_args: Any, data_args: Any, run_args: Any, training_args: Any) -> None:
+    """Swap a run's models for random-init stand-ins of the smoke data's class count (see `smoke_model_name`),
+    and fit the loss kwargs to the 8 synthetic images. The data themselves come from `synthetic_dataset`."""
+    known_size, known_labels = SMOKE_DATASETS.get(data_args.dataset, (None, None))
+    image_size = run_args.smoke_image_size or known_size or 32
+    num_labels = run_args.smoke_num_labels or known_labels or 10
+    model_args.student_model_name_or_path, model_args.student_pretrained = smoke_model_name(
+        model_args.student_model_name_or_path, num_labels, image_size
+    )
+    if training_args.teacher_model_name_or_path is not None:
+        training_args.teacher_model_name_or_path, model_args.teacher_pretrained = smoke_model_name(
+            training_args.teacher_model_name_or_path, num_labels, image_size
+        )
+    args = training_args
+    args.distill_loss_kwargs = smoke_loss_kwargs(args.distill_loss, args.distill_loss_kwargs)
 
 
 def synthetic_dataset(

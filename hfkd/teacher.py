@@ -1,17 +1,43 @@
-"""Loading and preparing the frozen teacher."""
+"""The teacher behind one small interface: loading, freezing, and the three kinds the trainer can be given.
+
+`Teacher` is what the trainer talks to: `teacher(batch, epoch)` returns its outputs on the batch's views
+(`TeacherOutputs`), `teacher.logits(batch)` its plain logits for evaluation. The trainer never asks which kind it has:
+
+- `LiveTeacher`: a frozen model run under `no_grad` and the student's autocast, cast once to the mixed-precision
+  dtype, optionally channels-last and compiled; it records what the loss's `needs` ask for (hidden states,
+  pre-activation maps, the strong view);
+- `DeepSpeedTeacher`: the same, its parameters sharded in a DeepSpeed inference engine (ZeRO-3);
+- `CachedTeacher`: outputs read from a teacher cache (`hfkd.teacher_cache`) by sample index and epoch; the model
+  never runs.
+
+`build_teacher` picks the kind from the trainer's arguments.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import logging
 
+from .batch import SAMPLE_INDEX, STRONG_PIXEL_VALUES, teacher_pixels
+from .features import PreactivationRecorder, run_for_loss
+from .losses import LossNeeds, get_loss_class, logits_of
+from .models import load_image_classifier, resolve_model_name
+from .teacher_cache import TeacherCache
+
 logger = logging.get_logger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------- loading
 
 
 def load_teacher(
@@ -21,13 +47,11 @@ def load_teacher(
 
     Remote code stays off unless `init_kwargs` sets `trust_remote_code=True`.
     """
-    from .models import load_image_classifier, resolve_model_name
-
     kwargs = dict(init_kwargs or {})
     trust_remote_code = bool(kwargs.pop("trust_remote_code", False))
     spec = resolve_model_name(name_or_path, revision=revision)
     logger.info(f"Loading teacher {name_or_path!r} -> {spec.source} ({spec.kind}, revision {revision!r})")
-    return load_image_classifier(spec, role="teacher", trust_remote_code=trust_remote_code, **kwargs)
+    return load_image_classifier(spec, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -71,6 +95,35 @@ def teacher_id(model: nn.Module, fallback: str | None = None) -> str | None:
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
     return name or fallback
+
+
+def deepspeed_zero_stage(accelerator: Any) -> int | None:
+    """The ZeRO stage of the run, or None without DeepSpeed."""
+    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+    if plugin is None:
+        return None
+    return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def prepare_deepspeed_teacher(model: nn.Module, accelerator: Any) -> nn.Module:
+    """Under ZeRO-3, give the frozen teacher its own DeepSpeed inference engine (its parameters sharded like the
+    student's), as TRL does, instead of a second training engine: no optimizer, no scheduler, eval mode.
+
+    Under ZeRO-1/2 there is nothing of the teacher's to shard (no gradients, no optimizer state): use
+    `prepare_teacher` instead.
+    """
+    import deepspeed  # optional dependency: hfkd[deepspeed]
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    config.setdefault("zero_optimization", {})["stage"] = 3
+    engine, *_ = deepspeed.initialize(model=freeze(model), config=config)
+    engine.eval()
+    return engine
+
+
+# ---------------------------------------------------------------------------------------------- label spaces
 
 
 class LabelMappedTeacher(nn.Module):
@@ -119,29 +172,251 @@ def map_teacher_labels(
     return LabelMappedTeacher(teacher, indices, list(dataset_names))
 
 
-def deepspeed_zero_stage(accelerator: Any) -> int | None:
-    """The ZeRO stage of the run, or None without DeepSpeed."""
-    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
-    if plugin is None:
-        return None
-    return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+def _normalise_label(label: str) -> str:
+    return str(label).strip().lower().replace("_", " ")
 
 
-def prepare_deepspeed_teacher(model: nn.Module, accelerator: Any) -> nn.Module:
-    """Under ZeRO-3, give the frozen teacher its own DeepSpeed inference engine (its parameters sharded like the
-    student's), as TRL does, instead of a second training engine: no optimizer, no scheduler, eval mode.
+def check_label_space(
+    teacher_name: str,
+    teacher_labels: int | None,
+    num_labels: int | None,
+    teacher_id2label: Mapping[int, str] | None = None,
+    id2label: Mapping[int, str] | None = None,
+) -> None:
+    """Refuse a teacher that predicts another number of classes than the student/dataset, before any step runs.
 
-    Under ZeRO-1/2 there is nothing of the teacher's to shard (no gradients, no optimizer state): use
-    `prepare_teacher` instead.
+    Differing class names only log a warning: checkpoints often carry placeholder names. Unknown counts pass.
     """
-    import copy
+    if teacher_labels is None or num_labels is None:
+        return
+    if teacher_labels != num_labels:
+        raise ValueError(
+            f"Teacher {teacher_name!r} predicts {teacher_labels} classes but the student (and its dataset) "
+            f"{num_labels}; distilling its logits needs the same label space. Fine-tune the teacher on this dataset "
+            f"first with `--loss ce` (e.g. `python examples/run_image_distill.py --student {teacher_name} --loss ce "
+            "--output_dir teacher-ft ...`, then `--teacher teacher-ft`), or map the dataset's classes onto the "
+            "teacher's with `--teacher_label_map` (a JSON object of dataset class name to teacher class name or "
+            "index)."
+        )
+    if not id2label or not teacher_id2label:
+        return
+    teacher_names = {int(i): label for i, label in teacher_id2label.items()}
+    mismatched = [
+        (i, teacher_names.get(i), label)
+        for i, label in sorted((int(i), label) for i, label in id2label.items())
+        if _normalise_label(teacher_names.get(i, "")) != _normalise_label(label)
+    ]
+    if mismatched:
+        shown = ", ".join(f"{i}: {t!r} vs {d!r}" for i, t, d in mismatched[:5])
+        logger.warning(
+            f"Teacher {teacher_name!r} has {num_labels} classes like the dataset, but {len(mismatched)} class names "
+            f"differ (teacher vs dataset: {shown}). Fine if the teacher was trained on this dataset with other "
+            "names; otherwise its logits are in another class order."
+        )
 
-    import deepspeed
 
-    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
-    for key in ("optimizer", "scheduler"):
-        config.pop(key, None)
-    config.setdefault("zero_optimization", {})["stage"] = 3
-    engine, *_ = deepspeed.initialize(model=freeze(model), config=config)
-    engine.eval()
-    return engine
+def check_teacher_labels(teacher: Any, num_labels: int | None, id2label: Mapping[int, str] | None = None) -> None:
+    """`check_label_space` for a teacher model (its config) or a `Teacher` (which knows its label space)."""
+    if isinstance(teacher, Teacher):
+        name, labels, names = teacher.record().get("name_or_path"), teacher.num_labels, teacher.id2label
+        teacher = teacher.model if teacher.model is not None else teacher
+    else:
+        config = getattr(teacher, "config", None)
+        name = getattr(config, "_name_or_path", "")
+        labels, names = getattr(config, "num_labels", None), getattr(config, "id2label", None)
+    check_label_space(name or type(teacher).__name__, labels, num_labels, names, id2label)
+
+
+# ---------------------------------------------------------------------------------------------- the interface
+
+
+@dataclass
+class TeacherOutputs:
+    """The teacher's outputs for one batch: on the batch's view, and on its strong view when the loss needs one."""
+
+    main: Any
+    strong: Any = None
+
+
+class Teacher:
+    """What the trainer needs of a teacher. Subclasses set `model` (the live module, or `None`) and implement
+    `__call__` and `logits`; `record()` describes the teacher for `distill_config.json` and the model card."""
+
+    model: nn.Module | None = None
+
+    @classmethod
+    def unsupported(cls, needs: LossNeeds) -> list[str]:
+        """What of `needs` this kind of teacher cannot provide (empty: everything)."""
+        return []
+
+    def __call__(self, batch: dict[str, Any], epoch: float) -> TeacherOutputs:
+        raise NotImplementedError
+
+    def logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The teacher's logits on the batch's view: evaluation."""
+        raise NotImplementedError
+
+    @property
+    def config(self) -> Any:
+        return getattr(self.model, "config", None)
+
+    @property
+    def num_labels(self) -> int | None:
+        return getattr(self.config, "num_labels", None)
+
+    @property
+    def id2label(self) -> Mapping[int, str] | None:
+        return getattr(self.config, "id2label", None)
+
+    def record(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class LiveTeacher(Teacher):
+    """A frozen model that runs on every batch (see `prepare_teacher` for how it is made cheap).
+
+    Args:
+        model: the prepared (frozen) teacher.
+        needs: what the loss needs of the teacher's outputs.
+        autocast: the student's mixed-precision context (`accelerator.autocast`).
+        name, revision: where it came from, for the record.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        needs: LossNeeds,
+        *,
+        autocast: Callable[[], Any] = contextlib.nullcontext,
+        name: str | None = None,
+        revision: str | None = None,
+    ) -> None:
+        self.model, self.needs, self.autocast = model, needs, autocast
+        self.name, self.revision = teacher_id(model, name), revision
+        self.recorder = PreactivationRecorder(model, "teacher") if needs.preactivations else None
+
+    def _run(self, pixel_values: torch.Tensor, for_loss: bool) -> Any:
+        # Eval mode again at every call: a user callback or `model.train()` on a container must not put the
+        # teacher's BatchNorm/dropout into training mode.
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            if not for_loss:
+                return self.model(pixel_values=pixel_values)
+            return run_for_loss(self.model, self.recorder, self.needs.hidden_states, pixel_values=pixel_values)
+
+    def __call__(self, batch: dict[str, Any], epoch: float) -> TeacherOutputs:
+        main = self._run(teacher_pixels(batch), for_loss=True)
+        strong = self._run(teacher_pixels(batch, STRONG_PIXEL_VALUES), True) if self.needs.strong_view else None
+        return TeacherOutputs(main, strong)
+
+    def logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        return logits_of(self._run(teacher_pixels(batch), for_loss=False))
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "name_or_path": self.name,
+            "revision": self.revision,
+            "commit": getattr(self.config, "_commit_hash", None),
+            "num_labels": getattr(self.config, "num_labels", None),
+        }
+
+
+class DeepSpeedTeacher(LiveTeacher):
+    """A `LiveTeacher` whose parameters live in a DeepSpeed ZeRO-3 inference engine (`prepare_deepspeed_teacher`)."""
+
+    def __init__(self, model: nn.Module, needs: LossNeeds, accelerator: Any, **kwargs: Any) -> None:
+        name = kwargs.pop("name", None)
+        super().__init__(
+            prepare_deepspeed_teacher(model, accelerator), needs, name=teacher_id(model, name), **kwargs
+        )
+
+    @property
+    def config(self) -> Any:
+        return getattr(getattr(self.model, "module", self.model), "config", None)
+
+
+class CachedTeacher(Teacher):
+    """Teacher logits read from a cache built by `python -m hfkd.teacher_cache`: the teacher never runs.
+
+    The batch must carry `sample_index`; the student's pixels must be the cached views of those samples in the
+    current epoch (`hfkd.teacher_cache.ReplayTransform`). A cache stores logits only.
+    """
+
+    def __init__(self, cache: TeacherCache | str, device: torch.device | str = "cpu") -> None:
+        self.cache = cache if isinstance(cache, TeacherCache) else TeacherCache(cache)
+        self.device = device
+
+    @classmethod
+    def unsupported(cls, needs: LossNeeds) -> list[str]:
+        wanted = (
+            ("feature maps", needs.hidden_states),
+            ("a strong view", needs.strong_view),
+            ("the teacher's classifier head", needs.classifier_heads),
+        )
+        return [what for what, flag in wanted if flag]
+
+    def __call__(self, batch: dict[str, Any], epoch: float) -> TeacherOutputs:
+        index = batch.get(SAMPLE_INDEX)
+        if index is None:
+            raise ValueError("Training from a teacher cache needs `sample_index` in each batch (add_sample_index).")
+        logits = self.cache.teacher_logits(math.floor(epoch), index.cpu())
+        return TeacherOutputs(ImageClassifierOutput(logits=logits.to(self.device, non_blocking=True)))
+
+    def logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        raise ValueError(
+            f"The teacher cache {self.cache.path!r} holds the teacher's outputs on training views only; evaluating "
+            "the teacher needs the teacher itself (pass --teacher, or --evaluate_teacher false)."
+        )
+
+    @property
+    def config(self) -> Any:
+        return None
+
+    @property
+    def num_labels(self) -> int:
+        return self.cache.config.num_classes
+
+    @property
+    def id2label(self) -> None:
+        return None
+
+    def record(self) -> dict[str, Any]:
+        config = self.cache.config
+        return {
+            "name_or_path": config.teacher,
+            "cache": self.cache.path,
+            "top_k": config.top_k,
+            "num_labels": config.num_classes,
+        }
+
+
+def build_teacher(source: Any, args: Any, accelerator: Any) -> Teacher | None:
+    """The `Teacher` for a trainer: `source` (a `Teacher`, a model, a checkpoint name, or `None` for
+    `args.teacher_model_name_or_path`), or the cache of `args.teacher_cache_dir`; `None` for `distill_loss="ce"`."""
+    if not args.uses_teacher:
+        if source is not None:
+            logger.warning("distill_loss='ce' trains on the labels alone; the teacher is ignored.")
+        return None
+    if isinstance(source, Teacher):
+        return source
+    if source is None and args.teacher_cache_dir is not None:
+        return CachedTeacher(args.teacher_cache_dir, args.device)
+    name = source if isinstance(source, str) else args.teacher_model_name_or_path
+    if isinstance(source, str) or source is None:
+        source = load_teacher(name, revision=args.teacher_model_revision, init_kwargs=args.teacher_model_init_kwargs)
+    needs = get_loss_class(args.distill_loss).needs
+    revision = args.teacher_model_revision
+    if deepspeed_zero_stage(accelerator) == 3:
+        return DeepSpeedTeacher(
+            source, needs, accelerator, autocast=accelerator.autocast, name=name, revision=revision
+        )
+    model = prepare_teacher(
+        source,
+        args.device,
+        dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None,
+        channels_last=args.distill_channels_last,
+        compile_backend=args.teacher_compile_backend if args.teacher_compile else None,
+    )
+    return LiveTeacher(model, needs, autocast=accelerator.autocast, name=name, revision=revision)
+
+

@@ -65,12 +65,19 @@ def view_params(seed: int, epoch: int, index: int, height: int, width: int) -> t
     return box, bool(torch.rand(1, generator=generator).item() < 0.5)
 
 
-def apply_view(image: torch.Tensor, box: tuple[int, int, int, int], flip: bool, config: CacheConfig) -> torch.Tensor:
-    """uint8 (C, H, W) image -> normalised float view: crop `box`, resize to `config.size`, flip, normalise."""
-    view = TF.resized_crop(image, *box, size=list(config.size), antialias=True)
+def apply_view(
+    image: torch.Tensor,
+    box: tuple[int, int, int, int],
+    flip: bool,
+    size: tuple[int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> torch.Tensor:
+    """uint8 (C, H, W) image -> normalised float view: crop `box`, resize to `size`, flip, normalise."""
+    view = TF.resized_crop(image, *box, size=list(size), antialias=True)
     if flip:
         view = TF.horizontal_flip(view)
-    return TF.normalize(view.float() / 255.0, list(config.mean), list(config.std))
+    return TF.normalize(view.float() / 255.0, list(mean), list(std))
 
 
 def logits_from_topk(indices: torch.Tensor, probs: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -141,7 +148,6 @@ def build_teacher_cache(
     os.makedirs(output_dir, exist_ok=True)
     num_classes = None
     total = len(images)
-    view_config = CacheConfig(teacher_name, 0, total, epochs, top_k, seed, tuple(size), tuple(mean), tuple(std))
     for epoch in tqdm(range(epochs), desc="Teacher cache", disable=not progress):
         crops, flips, outputs = [], [], []
         for start in range(0, total, batch_size):
@@ -149,7 +155,7 @@ def build_teacher_cache(
             for index in range(start, min(start + batch_size, total)):
                 image = images[index]
                 box, flip = view_params(seed, epoch, index, image.shape[-2], image.shape[-1])
-                batch.append(apply_view(image, box, flip, view_config))
+                batch.append(apply_view(image, box, flip, size, mean, std))
                 boxes.append(box)
                 flags.append(flip)
             logits = teacher(pixel_values=torch.stack(batch).to(device)).logits.float().cpu()
@@ -182,11 +188,17 @@ class ReplayTransform:
     """
 
     def __init__(
-        self, cache: TeacherCache, size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...],
-        image_column: str, label_column: str | None, num_channels: int = 3,
-    ) -> None:  # fmt: skip
+        self,
+        cache: TeacherCache,
+        size: tuple[int, int],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        image_column: str,
+        label_column: str | None,
+        num_channels: int = 3,
+    ) -> None:
         self.cache, self.image_column, self.label_column = cache, image_column, label_column
-        self.view_config = CacheConfig("", 0, 0, 1, None, 0, tuple(size), tuple(mean), tuple(std))
+        self.size, self.mean, self.std = tuple(size), tuple(mean), tuple(std)
         self.mode = "L" if num_channels == 1 else "RGB"
         self.epoch = 0
 
@@ -200,7 +212,7 @@ class ReplayTransform:
             image = decode_image(image)
             tensor = TF.pil_to_tensor(image if image.mode == self.mode else image.convert(self.mode))
             box, flip = self.cache.view(self.epoch, int(index))
-            out["pixel_values"].append(apply_view(tensor, box, flip, self.view_config))
+            out["pixel_values"].append(apply_view(tensor, box, flip, self.size, self.mean, self.std))
         if self.label_column is not None:
             out["labels"] = list(batch[self.label_column])
         return out
@@ -245,7 +257,7 @@ def main(argv: list[str] | None = None) -> CacheConfig:
         max_train_samples=args.max_train_samples, seed=args.seed,
     )["train"]  # fmt: skip
     image_column, _ = detect_columns(dataset, args.image_column, args.label_column)
-    teacher = load_image_classifier(spec, role="teacher")
+    teacher = load_image_classifier(spec)
     image_config = image_config_for_model(teacher, load_image_processor(spec))
     mode = "L" if image_config.num_channels == 1 else "RGB"
     images = _DecodedImages(dataset, image_column, mode)

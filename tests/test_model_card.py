@@ -6,7 +6,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from hfkd.losses.base import PaperRef
-from hfkd.model_card import build_model_card
+from hfkd.model_card import ModelCardInfo, build_model_card
 
 PAPER = PaperRef(
     title="Distilling the Knowledge in a Neural Network",
@@ -20,7 +20,7 @@ TEACHER = {"eval_accuracy": 0.8003, "eval_top5_accuracy": 0.9507}
 BASELINE = {"eval_accuracy": 0.7489, "eval_top5_accuracy": 0.9288}
 
 
-def _kwargs(**overrides):
+def _info(**overrides) -> ModelCardInfo:
     kwargs = {
         "model_name": "resnet18-kd-cifar100",
         "student_name": "microsoft/resnet-18",
@@ -38,7 +38,7 @@ def _kwargs(**overrides):
         "hyperparameters": {"learning_rate": 5e-05, "num_train_epochs": 3, "seed": 42, "lr_scheduler_type": None},
     }
     kwargs.update(overrides)
-    return kwargs
+    return ModelCardInfo(**kwargs)
 
 
 def _row(text: str, label: str) -> list[str]:
@@ -61,7 +61,7 @@ def test_template_is_package_data():
 
 
 def test_card_written_and_round_trips(tmp_path):
-    card = build_model_card(output_dir=str(tmp_path), **_kwargs(license="apache-2.0", extra_tags=["cifar100"]))
+    card = build_model_card(_info(license="apache-2.0", extra_tags=["cifar100"]), output_dir=str(tmp_path))
     path = tmp_path / "README.md"
     assert path.is_file()
 
@@ -83,7 +83,7 @@ def test_card_written_and_round_trips(tmp_path):
 
 
 def test_results_table(tmp_path):
-    text = build_model_card(**_kwargs()).text
+    text = build_model_card(_info()).text
     assert "| Model | Top-1 (%) | Top-5 (%) |" in text
     assert _row(text, "Student (this model)")[1:] == ["76.12", "93.21"]
     teacher = _row(text, "Teacher")
@@ -96,9 +96,7 @@ def test_results_table(tmp_path):
 
 def test_unknown_metrics_render_as_dash():
     text = build_model_card(
-        **_kwargs(
-            student_metrics={"eval_accuracy": 0.5}, teacher_metrics=None, baseline_metrics={"eval_accuracy": 0.0}
-        )
+        _info(student_metrics={"eval_accuracy": 0.5}, teacher_metrics=None, baseline_metrics={"eval_accuracy": 0.0})
     ).text
     assert _row(text, "Student (this model)")[1:] == ["50.00", "–"]
     assert _row(text, "Teacher")[1:] == ["–", "–"]
@@ -107,7 +105,7 @@ def test_unknown_metrics_render_as_dash():
 
 
 def test_distillation_section_and_citation():
-    text = build_model_card(**_kwargs()).text
+    text = build_model_card(_info()).text
     assert "Teacher revision: `a1b2c3d`" in text
     assert "| `temperature` | `4.0` |" in text
     assert "`loss = 0.1 × CE + 0.9 × KD`" in text
@@ -120,20 +118,10 @@ def test_distillation_section_and_citation():
 
 
 def test_no_none_when_pieces_missing(tmp_path):
-    card = build_model_card(
-        output_dir=str(tmp_path),
-        model_name="resnet18-ce",
-        student_name="microsoft/resnet-18",
-        teacher_name=None,
-        teacher_revision=None,
-        loss_key="ce",
-        loss_kwargs={},
-        paper=None,
-        ce_weight=1.0,
-        distill_weight=0.0,
-        dataset_name=None,
-        student_metrics=None,
+    info = ModelCardInfo(
+        model_name="resnet18-ce", student_name="microsoft/resnet-18", loss_key="ce", distill_weight=0.0
     )
+    card = build_model_card(info, output_dir=str(tmp_path))
     content = (tmp_path / "README.md").read_text(encoding="utf-8")
     assert "None" not in content and "null" not in content
     assert "No evaluation results yet." in card.text
@@ -145,7 +133,7 @@ def test_no_none_when_pieces_missing(tmp_path):
 
 def test_no_none_with_metrics_but_no_teacher_or_baseline():
     card = build_model_card(
-        **_kwargs(teacher_name=None, teacher_revision=None, teacher_metrics=None, baseline_metrics=None, paper=None)
+        _info(teacher_name=None, teacher_revision=None, teacher_metrics=None, baseline_metrics=None, paper=None)
     )
     assert "None" not in str(card)
     assert "Teacher (" not in card.text and "CE-only baseline" not in card.text and "Δ" not in card.text
@@ -157,7 +145,7 @@ def test_local_paths_stay_out_of_metadata(tmp_path, monkeypatch):
     data_dir = tmp_path / "images"
     student_dir.mkdir(parents=True)
     data_dir.mkdir()
-    card = build_model_card(**_kwargs(student_name=str(student_dir), dataset_name=str(data_dir)))
+    card = build_model_card(_info(student_name=str(student_dir), dataset_name=str(data_dir)))
     data = card.data.to_dict()
     assert "base_model" not in data and "datasets" not in data
     assert str(tmp_path) not in card.data.to_yaml()
@@ -168,13 +156,13 @@ def test_local_paths_stay_out_of_metadata(tmp_path, monkeypatch):
     (tmp_path / "my-org" / "resnet").mkdir(parents=True)
     (tmp_path / "my-org" / "cifar").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    data = build_model_card(**_kwargs(student_name="my-org/resnet", dataset_name="my-org/cifar")).data.to_dict()
+    data = build_model_card(_info(student_name="my-org/resnet", dataset_name="my-org/cifar")).data.to_dict()
     assert "base_model" not in data and "datasets" not in data
 
 
 @pytest.mark.parametrize("dataset_name", ["imagefolder", "./data/train", "~/data", "data/train.csv"])
 def test_dataset_formats_and_paths_are_not_hub_datasets(dataset_name):
-    assert "datasets" not in build_model_card(**_kwargs(dataset_name=dataset_name)).data.to_dict()
+    assert "datasets" not in build_model_card(_info(dataset_name=dataset_name)).data.to_dict()
 
 
 @pytest.mark.parametrize(
@@ -182,20 +170,20 @@ def test_dataset_formats_and_paths_are_not_hub_datasets(dataset_name):
     [("resnet18", None), ("hf-hub:timm/resnet18.a1_in1k", "timm/resnet18.a1_in1k"), ("local-dir:/ckpt", None)],
 )
 def test_base_model_only_for_namespaced_hub_ids(student_name, expected):
-    data = build_model_card(**_kwargs(student_name=student_name, is_timm=True)).data.to_dict()
+    data = build_model_card(_info(student_name=student_name, is_timm=True)).data.to_dict()
     assert data.get("base_model") == expected
 
 
 def test_timm_snippet_only_for_timm_students(tmp_path):
     out = str(tmp_path / "out")
-    card = build_model_card(output_dir=out, **_kwargs(is_timm=True, hub_model_id="me/resnet18-kd"))
+    card = build_model_card(_info(is_timm=True, hub_model_id="me/resnet18-kd"), output_dir=out)
     assert card.data.library_name == "timm"
     assert 'timm.create_model("hf-hub:me/resnet18-kd", pretrained=True)' in card.text
     assert f'timm.create_model("local-dir:{out}", pretrained=True)' in card.text
     assert 'pipeline("image-classification", model="me/resnet18-kd")' in card.text
     assert "AutoModelForImageClassification" in card.text
 
-    card = build_model_card(output_dir=out, **_kwargs())
+    card = build_model_card(_info(), output_dir=out)
     assert card.data.library_name == "transformers"
     assert "timm.create_model" not in card.text and "With timm" not in card.text
     assert f'pipeline("image-classification", model="{out}")' in card.text
@@ -203,16 +191,16 @@ def test_timm_snippet_only_for_timm_students(tmp_path):
 
 def test_no_output_dir_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    build_model_card(**_kwargs())
+    build_model_card(_info())
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("bad", [{"eval_accuracy": 76.12}, {"eval_top5_accuracy": -0.1}, {"eval_accuracy": "0.7"}])
 def test_rejects_non_fraction_accuracy(bad):
     with pytest.raises(ValueError, match="fraction"):
-        build_model_card(**_kwargs(student_metrics=bad))
+        build_model_card(_info(student_metrics=bad))
 
 
 def test_rejects_empty_model_name():
     with pytest.raises(ValueError, match="model_name"):
-        build_model_card(**_kwargs(model_name=""))
+        build_model_card(_info(model_name=""))

@@ -23,7 +23,6 @@ from transformers import (  # noqa: E402
 from hfkd.models import (  # noqa: E402
     MODEL_ALIASES,
     ModelSpec,
-    check_teacher_labels,
     load_image_classifier,
     load_image_processor,
     make_timm_loadable,
@@ -143,7 +142,7 @@ def test_unknown_name_suggests_close_match():
 def test_local_folder(resnet_dir, tmp_path):
     spec = resolve_model_name(str(resnet_dir))
     assert spec == ModelSpec(str(resnet_dir), str(resnet_dir.resolve()), "local", None, False)
-    model = load_image_classifier(spec, role="teacher")
+    model = load_image_classifier(spec)
     assert isinstance(model, ResNetForImageClassification) and model.config.num_labels == 5
 
     empty = tmp_path / "empty"
@@ -181,12 +180,14 @@ def test_student_head_replacement(resnet_dir, caplog):
 
 
 def test_teacher_head_untouched_and_mismatch_rejected(resnet_dir, caplog):
-    teacher = load_image_classifier(str(resnet_dir), num_labels=3, role="teacher")
+    from hfkd.teacher import check_teacher_labels
+
+    teacher = load_image_classifier(str(resnet_dir))  # no label space given: the checkpoint's head is kept
     assert teacher.config.num_labels == 5
     with pytest.raises(ValueError, match="--loss ce"):
         check_teacher_labels(teacher, num_labels=3)
     check_teacher_labels(teacher, num_labels=5)
-    with caplog.at_level(logging.WARNING, logger="hfkd.models"):
+    with caplog.at_level(logging.WARNING, logger="hfkd.teacher"):
         check_teacher_labels(teacher, num_labels=5, id2label={i: f"dataset_{i}" for i in range(5)})
     assert any("class names differ" in record.getMessage() for record in caplog.records)
 

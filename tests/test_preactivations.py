@@ -211,7 +211,7 @@ def test_ofd_trains_the_connectors_through_the_trainer(tmp_path, pair):
     assert any(not torch.equal(v, student.state_dict()[k]) for k, v in student_before.items())
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())
     # Nothing recorded is kept between steps.
-    assert wrapper.preact_recorder._maps == {} and trainer._teacher_preacts._maps == {}
+    assert wrapper.preact_recorder._maps == {} and trainer.teacher.recorder._maps == {}
     metrics = trainer.evaluate()
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
     trainer.save_model(str(tmp_path / "final"))

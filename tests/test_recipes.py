@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from hfkd import DistillationArguments, DistillationTrainer
+from hfkd import DistillationTrainer
 from hfkd.losses import get_loss_class, resolve_loss_kwargs
 from hfkd.models import resolve_model_name
 from hfkd.parser import HfkdParser
@@ -17,7 +17,7 @@ from hfkd.report import read_published_top1
 from .testing_utils import tiny_resnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from run_image_distill import DataArguments, ModelArguments  # noqa: E402
+from run_image_distill import build_parser  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES_DIR = REPO / "recipes"
@@ -28,7 +28,7 @@ CPU_FLAGS = ["--bf16", "false", "--use_cpu", "true", "--report_to", "none"]
 
 
 def parser() -> HfkdParser:
-    return HfkdParser((ModelArguments, DataArguments, DistillationArguments))
+    return build_parser()
 
 
 def load(recipe: str) -> dict:
@@ -123,7 +123,7 @@ def test_models_resolve(recipe):
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_parses_through_the_script_parser(recipe, tmp_path):
-    model_args, data_args, args, _ = parse_recipe(recipe, tmp_path)
+    model_args, data_args, _, args, _ = parse_recipe(recipe, tmp_path)
     data = load(recipe)
     assert model_args.student_model_name_or_path == data["student_model_name_or_path"]
     assert args.distill_loss == data["distill_loss"]
@@ -141,7 +141,7 @@ def test_parses_through_the_script_parser(recipe, tmp_path):
 )
 def test_recipe_builds_sgd_with_momentum(recipe, tmp_path, eval_dataset):
     """The optimizer the Trainer builds from a parsed recipe is SGD with momentum 0.9, the recipe's lr and wd."""
-    _, _, args, _ = parse_recipe(recipe, tmp_path)
+    _, _, _, args, _ = parse_recipe(recipe, tmp_path)
     trainer = DistillationTrainer(
         model=tiny_resnet(seed=1), teacher_model=tiny_resnet(wide=True, seed=2), args=args, eval_dataset=eval_dataset
     )

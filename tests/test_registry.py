@@ -106,11 +106,11 @@ def test_every_loss_builds_runs_and_backpropagates(key, model_outputs):
     except ValueError as err:  # losses that need inputs these models cannot give must say so clearly
         pytest.skip(f"{key}: {err}")
     student.zero_grad()
-    student_out = student(pixel_values=pixels, output_hidden_states=cls.requires_hidden_states)
+    student_out = student(pixel_values=pixels, output_hidden_states=cls.needs.hidden_states)
     labels = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(1))
     batch = DistillBatch(labels=labels, epoch=100.0, sample_index=torch.arange(8))
-    if cls.requires_strong_view:
-        batch.student_strong = student(pixel_values=pixels.flip(-1), output_hidden_states=cls.requires_hidden_states)
+    if cls.needs.strong_view:
+        batch.student_strong = student(pixel_values=pixels.flip(-1), output_hidden_states=cls.needs.hidden_states)
         batch.teacher_strong = teacher_out
     try:
         out = loss.train()(student_out, teacher_out, batch)

@@ -13,7 +13,6 @@ from transformers import ViTImageProcessor
 from hfkd import DistillationArguments, DistillationTrainer
 from hfkd.losses import kd_loss
 from hfkd.teacher_cache import (
-    CacheConfig,
     TeacherCache,
     apply_view,
     build_teacher_cache,
@@ -75,7 +74,7 @@ def test_cached_outputs_equal_the_live_teacher_on_the_same_crops(tmp_path, top_k
         for index, image in enumerate(images):
             box, flip = cache.view(epoch, index)
             assert (box, flip) == view_params(4, epoch, index, 40, 48)
-            views.append(apply_view(image, box, flip, CacheConfig("t", 5, 6, 2, top_k, 4, SIZE, MEAN, STD)))
+            views.append(apply_view(image, box, flip, SIZE, MEAN, STD))
         with torch.no_grad():
             live = teacher(pixel_values=torch.stack(views)).logits
         cached = cache.teacher_logits(epoch, torch.arange(6))
@@ -92,8 +91,7 @@ def test_trainer_from_cache_equals_trainer_with_live_teacher(tmp_path):
     build_teacher_cache(teacher, images, str(tmp_path / "cache"), teacher_name="t", size=SIZE, mean=MEAN, std=STD,
                         top_k=None, seed=0, progress=False)  # fmt: skip
     cache = TeacherCache(str(tmp_path / "cache"))
-    config = CacheConfig("t", 5, 4, 1, None, 0, SIZE, MEAN, STD)
-    pixels = torch.stack([apply_view(img, *cache.view(0, i), config) for i, img in enumerate(images)])
+    pixels = torch.stack([apply_view(img, *cache.view(0, i), SIZE, MEAN, STD) for i, img in enumerate(images)])
     inputs = {"pixel_values": pixels, "labels": torch.tensor([0, 1, 2, 3]), "sample_index": torch.arange(4)}
     losses = []
     for kwargs in ({"teacher_model": teacher}, {}):
@@ -102,7 +100,7 @@ def test_trainer_from_cache_equals_trainer_with_live_teacher(tmp_path):
         args = DistillationArguments(output_dir=str(tmp_path / "o"), report_to="none", use_cpu=True, **extra)
         trainer = DistillationTrainer(model=student, args=args, **kwargs)
         assert (trainer.teacher_model is None) == (not kwargs)
-        losses.append(trainer.compute_loss(student, dict(inputs)))
+        losses.append(trainer.compute_loss(trainer.model, dict(inputs)))
     torch.testing.assert_close(losses[0], losses[1])
 
 

@@ -253,7 +253,7 @@ def test_ce_only_needs_no_teacher(tmp_path, student, train_dataset):
 def test_configuration_errors(tmp_path, student, train_dataset):
     with pytest.raises(ValueError, match="needs a teacher"):
         DistillationTrainer(model=student, args=_args(tmp_path), train_dataset=train_dataset)
-    with pytest.raises(ValueError, match=r"teacher predicts 7 classes but the student 5.*--loss ce"):
+    with pytest.raises(ValueError, match=r"predicts 7 classes but the student \(and its dataset\) 5.*--loss ce"):
         DistillationTrainer(
             model=student, teacher_model=tiny_resnet(7), args=_args(tmp_path), train_dataset=train_dataset
         )
@@ -291,8 +291,8 @@ def test_unlabelled_samples_get_no_ce_and_teacher_labels_for_dkd(tmp_path, stude
     seen = []
     original = trainer.distill_loss.forward
     trainer.distill_loss.forward = lambda s, t, batch: seen.append(batch.labels.clone()) or original(s, t, batch)
-    student.train()
-    trainer.compute_loss(student, {"pixel_values": pixels, "labels": labels})
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, {"pixel_values": pixels, "labels": labels})
     with torch.no_grad():
         teacher_argmax = teacher(pixel_values=pixels).logits.argmax(-1)
         logits = student(pixel_values=pixels).logits
@@ -306,14 +306,14 @@ def test_unlabelled_samples_get_no_ce_and_teacher_labels_for_dkd(tmp_path, stude
 @pytest.fixture
 def adapter_loss(monkeypatch):
     """A user loss with a trainable projector: the teacher's logits are matched through a learned linear map."""
-    from hfkd.losses import DistillationLoss, logits_of, register_loss
+    from hfkd.losses import DistillationLoss, LossNeeds, logits_of, register_loss
     from hfkd.losses import registry as registry_module
 
     monkeypatch.setattr(registry_module, "_LOSSES", dict(registry_module._LOSSES))
 
     @register_loss("test_projector")
     class ProjectorLoss(DistillationLoss):
-        requires_hidden_states = True
+        needs = LossNeeds(hidden_states=True)
 
         def __init__(self, *, context) -> None:
             super().__init__()
@@ -402,10 +402,10 @@ def test_the_step_never_reads_values_back(tmp_path, student, teacher, monkeypatc
     def forbidden(*args, **kwargs):
         raise AssertionError("a host read-back in the training step")
 
-    student.train()
+    trainer.model.train()
     monkeypatch.setattr(torch.Tensor, "item", forbidden)
     monkeypatch.setattr(torch.Tensor, "tolist", forbidden)
-    loss_value = trainer.compute_loss(student, inputs)
+    loss_value = trainer.compute_loss(trainer.model, inputs)
     monkeypatch.undo()
     assert torch.isfinite(loss_value)
 

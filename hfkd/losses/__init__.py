@@ -24,7 +24,7 @@ from . import (  # noqa: F401
 )
 from ._functional import LOGIT_STANDARDIZATION_PAPER, standardize_logits
 from .at import at_loss
-from .base import DistillationLoss, DistillBatch, LossContext, PaperRef, logits_of
+from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, logits_of
 from .clkd import clkd_loss
 from .crd import crd_loss, crd_nce_loss
 from .dist import dist_loss
@@ -56,6 +56,7 @@ __all__ = [
     "DistillBatch",
     "DistillationLoss",
     "LossContext",
+    "LossNeeds",
     "PaperRef",
     "at_loss",
     "clkd_loss",

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..features import StageSpec, select_features
 from ._feature_functional import check_stages, feature_pairs, pool_to_common_size, without_autocast
-from .base import DistillationLoss, DistillBatch, PaperRef, check_non_negative, check_positive
+from .base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative, check_positive
 from .registry import register_loss
 
 
@@ -68,7 +68,7 @@ class ATLoss(DistillationLoss):
         `dict` with `loss` (`feat_weight` times the AT loss) and `at` (the unweighted AT loss).
     """
 
-    requires_hidden_states = True
+    needs = LossNeeds(hidden_states=True)
     paper = PaperRef(
         title=(
             "Paying More Attention to Attention: Improving the Performance of Convolutional Neural Networks via "

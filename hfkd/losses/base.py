@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -26,10 +27,37 @@ class PaperRef:
         return f"https://arxiv.org/abs/{self.arxiv_id}" if self.arxiv_id else self.code_url
 
 
+@dataclass(frozen=True)
+class LossNeeds:
+    """What a loss needs besides both models' logits; each loss declares it once, as its `needs` class attribute.
+
+    The trainer, the teacher and the student module read this one record to decide what to compute:
+
+    - `labels`: `DistillBatch.labels` (an unlabelled sample gets the teacher's top class);
+    - `sample_index`: `DistillBatch.sample_index`, the dataset index of every sample;
+    - `hidden_states`: both outputs carry `hidden_states` (and `LossContext` the probed feature shapes);
+    - `preactivations`: both outputs also carry `preact_hidden_states` (maps before each stage's last ReLU) and
+      `LossContext.teacher_bn_stats` the teacher's BN before those ReLUs;
+    - `strong_view`: `DistillBatch.student_strong` / `teacher_strong`, both models on a strongly augmented view;
+    - `classifier_heads`: `LossContext.student_head` / `teacher_head`, each model's head as a function of a map.
+    """
+
+    labels: bool = False
+    sample_index: bool = False
+    hidden_states: bool = False
+    preactivations: bool = False
+    strong_view: bool = False
+    classifier_heads: bool = False
+
+    def __post_init__(self) -> None:
+        if self.preactivations and not self.hidden_states:
+            raise ValueError("LossNeeds(preactivations=True) also needs hidden_states=True (the probed shapes).")
+
+
 @dataclass
 class LossContext:
-    """What a loss may need to know before training starts: class count, dataset size, feature shapes, and for
-    losses that declare `requires_classifier_heads` the models' heads as functions of a feature map."""
+    """What a loss may need to know before training starts: class count, dataset size, and what its `needs` ask
+    for: feature shapes, the teacher's BN statistics, the models' classifier heads."""
 
     num_classes: int | None = None
     dataset_size: int | None = None
@@ -37,16 +65,19 @@ class LossContext:
     teacher_feature_shapes: list[tuple[int, ...]] | None = None
     student_head: Any = None
     teacher_head: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # (bias, |weight|) of the teacher's BN before each pre-activation map's ReLU, stem first (`needs.preactivations`).
+    teacher_bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass
 class DistillBatch:
     """Per-step inputs besides the two model outputs.
 
-    `epoch` is the trainer's fractional, 0-based epoch (`TrainerState.epoch`); `sample_index` holds dataset
-    indices when the loss declares `requires_sample_index`; `student_strong` and `teacher_strong` are both models'
-    outputs on a strongly augmented view of the batch when the loss declares `requires_strong_view`.
+    `epoch` is the trainer's fractional, 0-based epoch (`TrainerState.epoch`); `sample_index` holds dataset indices
+    (`needs.sample_index`); `student_strong` and `teacher_strong` are both models' outputs on a strongly augmented
+    view of the batch (`needs.strong_view`). `cross_entropy(logits)` is the run's cross-entropy of any student logits
+    against the batch's true labels (label smoothing applied, unlabelled samples left out), `None` without labels:
+    a loss whose method adds CE terms (MLKD's CE on the strong view) returns them under `"ce"`.
     """
 
     labels: torch.Tensor | None = None
@@ -54,6 +85,7 @@ class DistillBatch:
     sample_index: torch.Tensor | None = None
     student_strong: Any = None
     teacher_strong: Any = None
+    cross_entropy: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def loss_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -64,18 +96,15 @@ def loss_dtype(tensor: torch.Tensor) -> torch.dtype:
 class DistillationLoss(nn.Module):
     """Base class of every registered loss.
 
-    Subclasses implement `forward(student, teacher, batch)` and return `{"loss": scalar, <name>: component, ...}`,
-    every value averaged over the samples of the micro-batch. The components are logged as `distill/<name>`.
+    Subclasses implement `forward(student, teacher, batch)` by calling their pure loss function, and return
+    `{"loss": scalar, <name>: component, ...}`, every value averaged over the samples of the micro-batch. The trainer
+    weights `loss` with `distill_weight` and logs the components as `distill/<name>`. One key is reserved: `"ce"`,
+    cross-entropy terms of the method itself (built with `batch.cross_entropy`), which the trainer adds to the
+    student's CE and weights with `distill_ce_weight`. What the loss needs besides the logits is its `needs`.
     """
 
     key: ClassVar[str] = ""
-    requires_hidden_states: ClassVar[bool] = False
-    requires_labels: ClassVar[bool] = False
-    requires_sample_index: ClassVar[bool] = False
-    requires_strong_view: ClassVar[bool] = False
-    requires_classifier_heads: ClassVar[bool] = False
-    # Pre-activation stage maps (`preact_hidden_states`) on both outputs and `context.extra["teacher_bn_stats"]`.
-    requires_preactivations: ClassVar[bool] = False
+    needs: ClassVar[LossNeeds] = LossNeeds()
     # Buffers the loss keeps identical on every process itself (e.g. CRD's memory banks, updated from gathered
     # features): DDP need not re-broadcast them every step.
     rank_synchronized_buffers: ClassVar[tuple[str, ...]] = ()

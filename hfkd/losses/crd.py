@@ -9,7 +9,7 @@ import torch
 from ..features import pooled_features
 from ._adapters import ContrastMemory, EmbedHead, require_feature_shapes
 from ._functional import as_loss_dtype
-from .base import DistillationLoss, DistillBatch, LossContext, PaperRef, check_non_negative, check_positive
+from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative, check_positive
 from .registry import register_loss
 
 
@@ -89,8 +89,7 @@ class CRDLoss(DistillationLoss):
         `crd_teacher` (the student-anchored and teacher-anchored NCE terms).
     """
 
-    requires_hidden_states = True
-    requires_sample_index = True
+    needs = LossNeeds(hidden_states=True, sample_index=True)
     rank_synchronized_buffers = ("memory.student", "memory.teacher", "memory.normalizer")
     paper = PaperRef(
         title="Contrastive Representation Distillation",

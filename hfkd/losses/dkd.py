@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ._functional import as_loss_dtype, standardize_logits, target_mask
-from .base import DistillationLoss, DistillBatch, PaperRef, check_non_negative, check_positive, logits_of
+from .base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative, check_positive, logits_of
 from .registry import register_loss
 
 
@@ -134,7 +134,7 @@ class DKDLoss(DistillationLoss):
         `dict` with `loss`, `tckd`, `nckd` (unweighted, T²-scaled) and `warmup` (the factor applied).
     """
 
-    requires_labels = True
+    needs = LossNeeds(labels=True)
     paper = PaperRef(
         title="Decoupled Knowledge Distillation",
         authors="Borui Zhao, Quan Cui, Renjie Song, Yiyu Qiu, Jiajun Liang",

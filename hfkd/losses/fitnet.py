@@ -10,7 +10,7 @@ from torch import nn
 from ..features import StageSpec, feature_maps
 from ._adapters import ConvReg, pick_maps, require_feature_shapes, resolve_stage_pairs
 from ._feature_functional import check_stages, feature_pairs
-from .base import DistillationLoss, DistillBatch, LossContext, PaperRef, check_non_negative
+from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative
 from .registry import register_loss
 
 
@@ -57,7 +57,7 @@ class FitNetLoss(DistillationLoss):
         `dict` with `loss` (`feat_weight` times the hint loss) and `fitnet` (the unweighted hint loss).
     """
 
-    requires_hidden_states = True
+    needs = LossNeeds(hidden_states=True)
     paper = PaperRef(
         title="FitNets: Hints for Thin Deep Nets",
         authors="Adriana Romero, Nicolas Ballas, Samira Ebrahimi Kahou, Antoine Chassang, Carlo Gatta, Yoshua Bengio",

@@ -16,7 +16,7 @@ from ._feature_functional import (
     top_right_singular_vectors,
     without_autocast,
 )
-from .base import DistillationLoss, DistillBatch, PaperRef, check_non_negative
+from .base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative
 from .registry import register_loss
 
 
@@ -119,7 +119,7 @@ class KDSVDLoss(DistillationLoss):
         `dict` with `loss` (`feat_weight` times the KDSVD loss) and `kdsvd` (the unweighted KDSVD loss).
     """
 
-    requires_hidden_states = True
+    needs = LossNeeds(hidden_states=True)
     paper = PaperRef(
         title="Self-supervised Knowledge Distillation Using Singular Value Decomposition",
         authors="Seung Hyun Lee, Dae Ha Kim, Byung Cheol Song",

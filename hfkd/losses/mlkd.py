@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ._functional import as_loss_dtype, median_confidence_masks
-from .base import DistillationLoss, DistillBatch, PaperRef, check_positive, logits_of
+from .base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_positive, logits_of
 from .kd import kd_loss
 from .registry import register_loss
 
@@ -100,7 +100,7 @@ class MLKDLoss(DistillationLoss):
     only scale the terms: 0.5 for an even batch without ties). The reference's strong sum uses the weak logits at
     T=2 and T=6 (the 4th and 5th temperatures); kept on purpose (`reference_strong_sum=False` uses the strong ones
     throughout). CE runs on both views
-    (CE(weak) + CE(strong)), which the trainer does for losses that declare `requires_strong_view`. Reference
+    (CE(weak) + CE(strong)): the loss returns CE(strong) under `"ce"`, which the trainer adds to its CE. Reference
     weights: CE 0.1, KD 0.9 (`distill_ce_weight=0.1`, `distill_weight=0.9`); CIFAR T=4, ImageNet T=1. With
     `logit_standardization=True` the KD terms see z-scored logits and cc/bc the raw ones, as in the logit
     standardisation authors' MLKD. The masks and the correlation terms depend on the batch composition by design.
@@ -115,10 +115,10 @@ class MLKDLoss(DistillationLoss):
 
     Returns:
         `dict` with `loss`, `kd_weak`, `kd_strong`, `cc`, `bc` (mask-weighted, summed over temperatures),
-        `frac_batch` and `frac_class`.
+        `frac_batch`, `frac_class`, and `ce` (CE on the strong view) when the batch has labels.
     """
 
-    requires_strong_view = True
+    needs = LossNeeds(strong_view=True)
     paper = PaperRef(
         title="Multi-Level Logit Distillation",
         authors="Ying Jin, Jiaqi Wang, Dahua Lin",
@@ -158,4 +158,8 @@ class MLKDLoss(DistillationLoss):
             reference_strong_sum=self.reference_strong_sum,
         )  # fmt: skip
         loss = terms["kd_weak"] + terms["kd_strong"] + terms["cc"] + terms["bc"]
-        return {"loss": loss, **{name: value.detach() for name, value in terms.items()}}
+        result = {"loss": loss, **{name: value.detach() for name, value in terms.items()}}
+        if batch.cross_entropy is not None:
+            # The reference's CE term covers both views: CE(weak) is the trainer's, CE(strong) this method's own.
+            result["ce"] = batch.cross_entropy(logits_of(batch.student_strong))
+        return result

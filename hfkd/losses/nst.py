@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..features import StageSpec, select_features
 from ._feature_functional import check_stages, feature_pairs, pool_to_common_size, without_autocast
-from .base import DistillationLoss, DistillBatch, PaperRef, check_non_negative
+from .base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative
 from .registry import register_loss
 
 
@@ -67,7 +67,7 @@ class NSTLoss(DistillationLoss):
         `dict` with `loss` (`feat_weight` times the NST loss) and `nst` (the unweighted NST loss).
     """
 
-    requires_hidden_states = True
+    needs = LossNeeds(hidden_states=True)
     paper = PaperRef(
         title="Like What You Like: Knowledge Distill via Neuron Selectivity Transfer",
         authors="Zehao Huang, Naiyan Wang",

@@ -13,12 +13,12 @@ from torch import nn
 from ..features import StageSpec
 from ._adapters import conv_bn_connector, pick_maps, preact_feature_maps, require_feature_shapes, resolve_stage_pairs
 from ._feature_functional import check_stages, feature_pairs
-from .base import DistillationLoss, DistillBatch, LossContext, PaperRef, check_non_negative
+from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative
 from .registry import register_loss
 
 _NEEDS = (
     "ofd needs pre-activation features (`preact_hidden_states` on both model outputs) and the teacher's BN "
-    "statistics (`context.extra['teacher_bn_stats']`), which this model does not expose. Use a feature loss that "
+    "statistics (`context.teacher_bn_stats`), which this model does not expose. Use a feature loss that "
     "works on post-activation features instead, such as 'at', 'fitnet' or 'reviewkd'."
 )
 
@@ -71,10 +71,10 @@ class OFDLoss(DistillationLoss):
     batch; times `feat_weight`.
 
     Inputs: transformers models do not report pre-activation maps. The outputs must carry `preact_hidden_states`
-    (attribute or key, laid out like `hidden_states`, stem first) and `context.extra["teacher_bn_stats"]` must list
+    (attribute or key, laid out like `hidden_states`, stem first) and `context.teacher_bn_stats` must list
     one `(mean, std)` pair of (C,) tensors per selected teacher stage (or one per feature map, stem first), i.e.
     mdistiller's `get_bn_before_relu()` as (bias, weight); otherwise a ValueError says so. The trainer provides
-    both (`requires_preactivations`) for transformers ResNet and hfkd's CIFAR ResNets (`hfkd.features`).
+    both (`needs.preactivations`) for transformers ResNet and hfkd's CIFAR ResNets (`hfkd.features`).
 
     Reproduces mdistiller's `OFD.py`: `stages="1:"` is its `preact_feats[1:]`, `feat_weight=1e-3` its FEAT_WEIGHT
     (1e-4 in its ImageNet ResNet-50 → MobileNetV1 config), CE_WEIGHT 1, so `distill_ce_weight=1.0,
@@ -96,8 +96,7 @@ class OFDLoss(DistillationLoss):
         `dict` with `loss` (`feat_weight` times the distance) and `ofd` (the unweighted distance).
     """
 
-    requires_hidden_states = True
-    requires_preactivations = True
+    needs = LossNeeds(hidden_states=True, preactivations=True)
     paper = PaperRef(
         title="A Comprehensive Overhaul of Feature Distillation",
         authors="Byeongho Heo, Jeesoo Kim, Sangdoo Yun, Hyojin Park, Nojun Kwak, Jin Young Choi",
@@ -135,7 +134,7 @@ class OFDLoss(DistillationLoss):
         student_shapes, teacher_shapes = require_feature_shapes(context, "ofd")
         self.counts = (len(student_shapes), len(teacher_shapes))
         self.student_stages, self.teacher_stages = resolve_stage_pairs("ofd", stages, teacher_stages, *self.counts)
-        bn_stats = list(context.extra.get("teacher_bn_stats") or [])
+        bn_stats = list(context.teacher_bn_stats or [])
         if len(bn_stats) == len(teacher_shapes):
             # One pair per feature map, stem first: keep the selected stages'.
             bn_stats = [bn_stats[i] for i in self.teacher_stages]

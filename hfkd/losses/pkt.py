@@ -8,7 +8,7 @@ import torch
 
 from ..features import pooled_features
 from ._feature_functional import feature_pairs, without_autocast
-from .base import DistillationLoss, DistillBatch, PaperRef, check_non_negative
+from .base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative
 from .registry import register_loss
 
 _EPS = 1e-7
@@ -58,7 +58,7 @@ class PKTLoss(DistillationLoss):
         `dict` with `loss` (`feat_weight` times the PKT loss) and `pkt` (the unweighted PKT loss).
     """
 
-    requires_hidden_states = True
+    needs = LossNeeds(hidden_states=True)
     paper = PaperRef(
         title="Learning Deep Representations with Probabilistic Knowledge Transfer",
         authors="Nikolaos Passalis, Anastasios Tefas",

@@ -25,6 +25,13 @@ def register_loss(key: str) -> Callable[[type[DistillationLoss]], type[Distillat
             )
         if not (isinstance(cls, type) and issubclass(cls, DistillationLoss)):
             raise TypeError(f"@register_loss({key!r}) decorates DistillationLoss subclasses, got {cls!r}.")
+        flags = sorted(name for name in vars(cls) if name.startswith("requires_"))
+        if flags:
+            wanted = ", ".join(f"{name.removeprefix('requires_')}=True" for name in flags)
+            raise TypeError(
+                f"{cls.__name__} declares {', '.join(flags)}; a loss declares what it needs in one place: "
+                f"`needs = LossNeeds({wanted})` (hfkd.losses.LossNeeds)."
+            )
         cls.key = key
         _LOSSES[key] = cls
         return cls

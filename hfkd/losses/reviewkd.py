@@ -13,7 +13,7 @@ from torch import nn
 from ..features import StageSpec, feature_maps, pooled_features
 from ._adapters import ABF, pick_maps, preact_feature_maps, require_feature_shapes, resolve_stage_pairs
 from ._feature_functional import check_stages, feature_pairs
-from .base import DistillationLoss, DistillBatch, LossContext, PaperRef, check_non_negative
+from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative
 from .registry import register_loss
 
 
@@ -79,7 +79,7 @@ class ReviewKDLoss(DistillationLoss):
         `dict` with `loss`, `reviewkd` (the unweighted HCL sum) and `warmup` (the factor applied).
     """
 
-    requires_hidden_states = True
+    needs = LossNeeds(hidden_states=True)
     paper = PaperRef(
         title="Distilling Knowledge via Knowledge Review",
         authors="Pengguang Chen, Shu Liu, Hengshuang Zhao, Jiaya Jia",

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..features import pooled_features
 from ._feature_functional import feature_pairs, pairwise_distances, without_autocast
-from .base import DistillationLoss, DistillBatch, PaperRef, check_non_negative
+from .base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative
 from .registry import register_loss
 
 
@@ -79,7 +79,7 @@ class RKDLoss(DistillationLoss):
         `feat_weight`), `distance` and `angle` (the unweighted terms).
     """
 
-    requires_hidden_states = True
+    needs = LossNeeds(hidden_states=True)
     paper = PaperRef(
         title="Relational Knowledge Distillation",
         authors="Wonpyo Park, Dongju Kim, Yan Lu, Minsu Cho",

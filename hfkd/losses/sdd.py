@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..features import select_features
 from ._functional import as_loss_dtype
-from .base import DistillationLoss, DistillBatch, LossContext, PaperRef, check_non_negative, check_positive
+from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative, check_positive
 from .dkd import dkd_terms_per_sample, dkd_warmup_factor
 from .registry import register_loss
 
@@ -113,9 +113,7 @@ class SDDLoss(DistillationLoss):
         `dict` with `loss` and `sdd` (and `warmup`, the factor applied, with `base="dkd"`).
     """
 
-    requires_hidden_states = True
-    requires_labels = True
-    requires_classifier_heads = True
+    needs = LossNeeds(hidden_states=True, labels=True, classifier_heads=True)
     paper = PaperRef(
         title="Scale Decoupled Distillation",
         authors="Shicai Wei, Yang Bai",

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..features import StageSpec, select_features
 from ._feature_functional import check_stages, feature_pairs, without_autocast
-from .base import DistillationLoss, DistillBatch, PaperRef, check_non_negative
+from .base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative
 from .registry import register_loss
 
 
@@ -57,7 +57,7 @@ class SPLoss(DistillationLoss):
         `dict` with `loss` (`feat_weight` times the SP loss) and `sp` (the unweighted SP loss).
     """
 
-    requires_hidden_states = True
+    needs = LossNeeds(hidden_states=True)
     paper = PaperRef(
         title="Similarity-Preserving Knowledge Distillation",
         authors="Frederick Tung, Greg Mori",

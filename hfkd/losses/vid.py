@@ -12,7 +12,7 @@ from torch import nn
 from ..features import StageSpec, feature_maps
 from ._adapters import pick_maps, require_feature_shapes, resolve_stage_pairs, vid_regressor
 from ._feature_functional import check_stages, feature_pairs, pool_to_common_size
-from .base import DistillationLoss, DistillBatch, LossContext, PaperRef, check_non_negative, check_positive
+from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative, check_positive
 from .registry import register_loss
 
 
@@ -63,7 +63,7 @@ class VIDLoss(DistillationLoss):
         `dict` with `loss` (`feat_weight` times the NLL) and `vid` (the unweighted NLL summed over stages).
     """
 
-    requires_hidden_states = True
+    needs = LossNeeds(hidden_states=True)
     paper = PaperRef(
         title="Variational Information Distillation for Knowledge Transfer",
         authors="Sungsoo Ahn, Shell Xu Hu, Andreas Damianou, Neil D. Lawrence, Zhenwen Dai",

@@ -72,7 +72,7 @@ def test_module_output_gradients_and_hyperparameters():
     s = [m.float().requires_grad_() for m in _maps([(4, 8, 8, 8), (4, 8, 8, 8), (4, 16, 4, 4)], seed=7, relu=True)]
     t = [m.float().requires_grad_() for m in _maps([(4, 8, 8, 8), (4, 16, 8, 8), (4, 32, 4, 4)], seed=8, relu=True)]
     loss = create_loss("at")
-    assert loss.requires_hidden_states and loss.paper.arxiv_id == "1612.03928"
+    assert loss.needs.hidden_states and loss.paper.arxiv_id == "1612.03928"
     out = loss(_output(s), _output(t), DistillBatch())
     assert set(out) == {"loss", "at"} and out["loss"].ndim == 0 and math.isfinite(out["loss"].item())
     # Default stages "1:" skip the stem (mdistiller's feats[1:]); FEAT_WEIGHT 1000.

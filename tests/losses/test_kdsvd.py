@@ -89,7 +89,7 @@ def test_module_output_gradients_and_hyperparameters():
     s = [m.float().requires_grad_() for m in _maps(shapes, seed=7)]
     t = [m.float().requires_grad_() for m in _maps([(4, 8, 8, 8), (4, 16, 8, 8), (4, 32, 4, 4)], seed=8)]
     loss = create_loss("kdsvd")
-    assert loss.requires_hidden_states and loss.paper.arxiv_id == "1807.06819"
+    assert loss.needs.hidden_states and loss.paper.arxiv_id == "1807.06819"
     out = loss(_output(s), _output(t), DistillBatch())
     assert set(out) == {"loss", "kdsvd"} and out["loss"].ndim == 0 and math.isfinite(out["loss"].item())
     # Default stages "1:" skip the stem (mdistiller's feats[1:]); K 1, FEAT_WEIGHT 1.

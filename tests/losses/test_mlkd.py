@@ -84,14 +84,14 @@ def test_trainer_runs_both_models_on_both_views_and_sums_ce(tmp_path):
     g = torch.Generator().manual_seed(0)
     weak, strong = torch.randn(4, 3, 32, 32, generator=g), torch.randn(4, 3, 32, 32, generator=g)
     labels = torch.tensor([0, 1, 2, 3])
-    student.train()
-    trainer.compute_loss(student, {"pixel_values": weak, "strong_pixel_values": strong, "labels": labels})
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, {"pixel_values": weak, "strong_pixel_values": strong, "labels": labels})
     assert calls == {"student": 2, "teacher": 2}
-    ce = trainer._metrics["train"]["ce"][-1]
+    ce = trainer._metrics["ce"][-1]
     with torch.no_grad():
         expected = sum(
             torch.nn.functional.cross_entropy(student(pixel_values=x).logits, labels) for x in (weak, strong)
         )
     torch.testing.assert_close(ce, expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="strong_pixel_values"):
-        trainer.compute_loss(student, {"pixel_values": weak, "labels": labels})
+        trainer.compute_loss(trainer.model, {"pixel_values": weak, "labels": labels})

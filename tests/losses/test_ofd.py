@@ -44,7 +44,7 @@ def _tiny_pair(batch=4):
     context = LossContext(
         student_feature_shapes=probe_feature_shapes(student, pixels),
         teacher_feature_shapes=probe_feature_shapes(teacher, pixels),
-        extra={"teacher_bn_stats": _bn_stats(teacher)},
+        teacher_bn_stats=_bn_stats(teacher),
     )
     return student, teacher, context, _with_preacts(student, pixels), _with_preacts(teacher, pixels)
 
@@ -105,13 +105,13 @@ def test_needs_pre_activations_and_teacher_bn_statistics():
     _, _, context, student_out, teacher_out = _tiny_pair()
     hint = r"pre-activation features.*BN statistics.*'at', 'fitnet' or 'reviewkd'"
     with pytest.raises(ValueError, match=hint):
-        create_loss("ofd", context=dataclasses.replace(context, extra={}))
+        create_loss("ofd", context=dataclasses.replace(context, teacher_bn_stats=None))
     loss = create_loss("ofd", context=context)
     bare = {"hidden_states": student_out["hidden_states"]}
     with pytest.raises(ValueError, match=hint):
         loss(bare, teacher_out, DistillBatch())
     with pytest.raises(ValueError, match="needs feature shapes"):
-        create_loss("ofd", context=LossContext(extra=context.extra))
+        create_loss("ofd", context=LossContext(teacher_bn_stats=context.teacher_bn_stats))
 
 
 def test_bn_statistics_per_map_or_per_stage_give_the_same_margins():
@@ -121,12 +121,12 @@ def test_bn_statistics_per_map_or_per_stage_give_the_same_margins():
     per_map = LossContext(
         student_feature_shapes=context.student_feature_shapes,
         teacher_feature_shapes=context.teacher_feature_shapes,
-        extra={"teacher_bn_stats": [stem, *context.extra["teacher_bn_stats"]]},
+        teacher_bn_stats=[stem, *context.teacher_bn_stats],
     )
     from_maps = create_loss("ofd", context=per_map)
     for i in range(2):
         torch.testing.assert_close(from_maps.get_buffer(f"margin_{i}"), per_stage.get_buffer(f"margin_{i}"))
-    mean, std = context.extra["teacher_bn_stats"][1]
+    mean, std = context.teacher_bn_stats[1]
     torch.testing.assert_close(per_stage.margin_1, ofd_margin(mean, std).float())
 
 

@@ -63,7 +63,7 @@ def test_module_uses_pooled_last_map_and_only_the_student_gets_gradients():
     s = [torch.randn(6, 8, 8, 8, generator=g).relu().requires_grad_() for _ in range(2)]
     t = [torch.randn(6, 16, 4, 4, generator=g).relu().requires_grad_() for _ in range(2)]
     loss = create_loss("pkt")
-    assert loss.requires_hidden_states and loss.paper.arxiv_id == "1803.10837"
+    assert loss.needs.hidden_states and loss.paper.arxiv_id == "1803.10837"
     out = loss(_output(s), _output(t), DistillBatch())
     assert set(out) == {"loss", "pkt"} and out["loss"].ndim == 0 and math.isfinite(out["loss"].item())
     # mdistiller's pooled_feat: the global average of the last feature map; FEAT_WEIGHT 30000.

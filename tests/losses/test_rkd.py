@@ -81,7 +81,7 @@ def test_module_output_gradients_and_hyperparameters():
     s = [torch.randn(6, 8, 8, 8, generator=g).relu().requires_grad_() for _ in range(2)]
     t = [torch.randn(6, 16, 4, 4, generator=g).relu().requires_grad_() for _ in range(2)]
     loss = create_loss("rkd")
-    assert loss.requires_hidden_states and loss.paper.arxiv_id == "1904.05068"
+    assert loss.needs.hidden_states and loss.paper.arxiv_id == "1904.05068"
     out = loss(_output(s), _output(t), DistillBatch())
     assert set(out) == {"loss", "rkd", "distance", "angle"}
     assert out["loss"].ndim == 0 and math.isfinite(out["loss"].item())

@@ -79,11 +79,19 @@ def build_trainer(loss: str, student, teacher, args_ns, output_dir: str, cache_d
     from hfkd import DistillationArguments, DistillationTrainer
 
     args = DistillationArguments(
-        output_dir=output_dir, report_to="none", use_cpu=not torch.cuda.is_available(), distill_loss=loss,
-        per_device_train_batch_size=args_ns.batch_size, optim="sgd", learning_rate=0.01, save_strategy="no",
-        bf16=args_ns.bf16, disable_tqdm=True, teacher_cache_dir=cache_dir,
+        output_dir=output_dir,
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        distill_loss=loss,
+        per_device_train_batch_size=args_ns.batch_size,
+        optim="sgd",
+        learning_rate=0.01,
+        save_strategy="no",
+        bf16=args_ns.bf16,
+        disable_tqdm=True,
+        teacher_cache_dir=cache_dir,
         distill_channels_last=args_ns.channels_last,
-    )  # fmt: skip
+    )
     trainer = DistillationTrainer(model=student, teacher_model=None if cache_dir else teacher, args=args)
     trainer.create_optimizer()
     # Set by the training loop; a step outside `train()` needs it.
@@ -150,13 +158,24 @@ def measure_speed(args: argparse.Namespace) -> dict:
     from hfkd.teacher_cache import build_teacher_cache
 
     g = torch.Generator().manual_seed(1)
-    images = [torch.randint(0, 256, (3, args.image_size, args.image_size), generator=g, dtype=torch.uint8)
-              for _ in range(args.batch_size)]  # fmt: skip
+    images = [
+        torch.randint(0, 256, (3, args.image_size, args.image_size), generator=g, dtype=torch.uint8)
+        for _ in range(args.batch_size)
+    ]
     cache_dir = f"{args.workdir}/teacher_cache"
     if not os.path.exists(os.path.join(cache_dir, "cache_config.json")):
-        build_teacher_cache(teacher, images, cache_dir, teacher_name="resnet-34 (random)",
-                            size=(args.image_size, args.image_size), mean=(0.5,) * 3, std=(0.25,) * 3, top_k=None,
-                            device=device, progress=False)  # fmt: skip
+        build_teacher_cache(
+            teacher,
+            images,
+            cache_dir,
+            teacher_name="resnet-34 (random)",
+            size=(args.image_size, args.image_size),
+            mean=(0.5,) * 3,
+            std=(0.25,) * 3,
+            top_k=None,
+            device=device,
+            progress=False,
+        )
     cached_trainer = build_trainer("kd", student, None, args, f"{args.workdir}/cached", cache_dir=cache_dir)
     cached_batch = {**batch, "sample_index": torch.arange(args.batch_size, device=device)}
     variants: dict[str, Callable[[], object]] = {
@@ -303,8 +322,10 @@ def main(argv: list[str] | None = None) -> dict:
         ("peak memory ratio", results["memory_ratio"]["ratio"], "≤ 1.15"),
         ("pipeline images/s (1 worker)", results["pipeline_images_per_s"], ""),
     ]  # fmt: skip
-    print(f"\n{results['setting']['pair']}, {results['setting']['device']}, batch {args.batch_size}, "
-          f"{args.image_size} px, bf16={args.bf16}, channels_last={args.channels_last}")  # fmt: skip
+    print(
+        f"\n{results['setting']['pair']}, {results['setting']['device']}, batch {args.batch_size}, "
+        f"{args.image_size} px, bf16={args.bf16}, channels_last={args.channels_last}"
+    )
     print(f"{'measure':<36} {'value':>10}  target")
     for name, value, target in rows:
         print(f"{name:<36} {value:>10.3f}  {target}")

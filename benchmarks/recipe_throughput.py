@@ -37,7 +37,7 @@ TRAIN_SIZES = {
 
 
 def parse_recipe(config: str, output_dir: str, use_cpu: bool):
-    from run_image_distill import build_parser
+    from hfkd.cli import build_parser
 
     flags = ["--config", config, "--output_dir", output_dir, "--report_to", "none", "--save_strategy", "no"]
     flags += ["--eval_strategy", "no", "--disable_tqdm", "true"]

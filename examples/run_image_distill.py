@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -31,6 +31,7 @@ import transformers
 from transformers import set_seed
 
 from hfkd import DistillationArguments, DistillationTrainer
+from hfkd.cli import DataArguments, ModelArguments, RunArguments, parse_args
 from hfkd.data import (
     DistillationCollator,
     add_sample_index,
@@ -45,113 +46,18 @@ from hfkd.data import (
     make_transform_fn,
     set_image_transform,
 )
-from hfkd.demo_data import DEMO_DATASETS, FASHION_MNIST_HUB_ID
+from hfkd.demo_data import card_dataset_name
+from hfkd.label_space import check_teacher_labels, map_teacher_labels
 from hfkd.losses import get_loss_class
 from hfkd.models import ModelSpec, load_image_classifier, load_image_processor, resolve_model_name
-from hfkd.parser import HfkdParser
-from hfkd.smoke import apply_smoke, smoke_argv, synthetic_dataset
-from hfkd.teacher import CachedTeacher, check_teacher_labels, map_teacher_labels
+from hfkd.smoke import apply_smoke, synthetic_dataset
+from hfkd.teacher import CachedTeacher
 from hfkd.teacher_cache import CacheEpochCallback, ReplayTransform
 
 logger = logging.getLogger("hfkd.run_image_distill")
 
 # Files that mark a finished run in an output folder.
 FINISHED_RUN_FILES = ("all_results.json", "model.safetensors", "distill_config.json")
-
-
-@dataclass
-class ModelArguments:
-    """Which models to distil (the teacher: `--teacher`, among the distillation arguments)."""
-
-    student_model_name_or_path: str = field(
-        metadata={
-            "help": "Student: Hub id, timm/... id, local folder, timm name or alias (resnet-18, ...).",
-            "aliases": ["--student"],
-        },
-    )
-    student_revision: str = field(default="main", metadata={"help": "Revision of the student checkpoint."})
-    student_pretrained: bool = field(
-        default=True, metadata={"help": "Start the student from its checkpoint's weights (False: random init)."}
-    )
-    teacher_pretrained: bool = field(
-        default=True,
-        metadata={
-            "help": "Load the teacher's weights (False: a random-init teacher with the dataset's head, for smoke "
-            "tests and debugging)."
-        },
-    )
-    teacher_label_map: str | None = field(
-        default=None,
-        metadata={
-            "help": "JSON mapping of dataset class names to teacher class names (or indices), for a teacher "
-            "trained on a superset of the dataset's classes."
-        },
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow custom modelling code from the Hub (off by default)."}
-    )
-    cache_dir: str | None = field(default=None, metadata={"help": "Cache folder for models and datasets."})
-
-
-@dataclass
-class DataArguments:
-    """Which data to train and evaluate on, and how to prepare it."""
-
-    dataset: str = field(
-        default="fashion-mnist",
-        metadata={"help": "Hub dataset id, local imagefolder path, or embedded demo data (fashion-mnist, digits)."},
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
-    train_split: str = field(default="train", metadata={"help": "Training split name."})
-    eval_split: str | None = field(
-        default=None, metadata={"help": "Evaluation split (default: validation, val or test, else a held-out part)."}
-    )
-    image_column: str | None = field(default=None, metadata={"help": "Image column (detected when unambiguous)."})
-    label_column: str | None = field(default=None, metadata={"help": "Label column (detected when unambiguous)."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use a seeded subset of the training set."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use a seeded subset of the eval set."})
-    train_augment: str = field(
-        default="auto",
-        metadata={
-            "help": "Training augmentation: rrc (random resized crop + flip), crop_flip (pad-4 crop + flip, "
-            "CIFAR), none, or auto (rrc, crop_flip for images of 64 px or less)."
-        },
-    )
-    labelled_samples: int | None = field(
-        default=None,
-        metadata={
-            "help": "Keep the labels of only this many (seeded) training images; the teacher's targets cover "
-            "the rest. CE-only runs train on the labelled images alone."
-        },
-    )
-    skip_unreadable: bool = field(
-        default=False, metadata={"help": "Drop images that fail to decode (counted in the log) instead of failing."}
-    )
-
-
-@dataclass
-class RunArguments:
-    """What the run does besides training: the output folder, the teacher's evaluation, the card, smoke mode."""
-
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow writing into an output folder that already holds a finished run."}
-    )
-    evaluate_teacher: bool = field(
-        default=True, metadata={"help": "Also evaluate the teacher, for the results table of the model card."}
-    )
-    baseline_metrics: str | None = field(
-        default=None,
-        metadata={"help": "eval_results.json of a CE-only student run, shown in the model card next to this run."},
-    )
-    smoke: bool = field(
-        default=False,
-        metadata={
-            "help": "Smoke test: 2 steps on synthetic data of the dataset's shape and class count, with random-"
-            "init models, offline (checks a recipe's whole path without its data or weights)."
-        },
-    )
-    smoke_image_size: int | None = field(default=None, metadata={"help": "Image size of the smoke data."})
-    smoke_num_labels: int | None = field(default=None, metadata={"help": "Class count of the smoke data."})
 
 
 @dataclass
@@ -176,18 +82,6 @@ class RunData:
             "image_column": self.image_column,
             "label_column": self.label_column,
         }
-
-
-def build_parser() -> HfkdParser:
-    return HfkdParser((ModelArguments, DataArguments, RunArguments, DistillationArguments))
-
-
-def parse_args(argv: list[str] | None) -> tuple[Any, ...]:
-    """(model_args, data_args, run_args, training_args, recipe path). `--smoke` adds its overrides last."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--smoke" in argv:
-        argv = smoke_argv(argv)
-    return build_parser().parse(argv)
 
 
 def setup_logging(args: DistillationArguments) -> None:
@@ -216,17 +110,6 @@ def check_output_dir(args: DistillationArguments, run_args: RunArguments) -> Non
             f"Output folder {folder!r} already holds a finished run ({', '.join(found)}). Pass another "
             "`--output_dir`, `--overwrite_output_dir` to write over it, or `--resume_from_checkpoint` to continue."
         )
-
-
-def card_dataset_name(dataset: str, source: str | None) -> str | None:
-    """The dataset as the model card names it: the embedded Fashion-MNIST is the Hub's copy; digits (also when
-    Fashion-MNIST fell back to them) has none."""
-    canonical = DEMO_DATASETS.get(dataset.lower())
-    if canonical is not None and "digits" in (source or ""):
-        return None
-    if canonical == "fashion-mnist":
-        return FASHION_MNIST_HUB_ID
-    return None if canonical == "digits" else dataset
 
 
 def load_json(path: str | None, what: str) -> Any:

@@ -23,15 +23,23 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 """Where Debian's `dataset-fashion-mnist` package installs the idx files."""
 FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
 FASHION_MNIST_LABELS = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 DEMO_DATASETS = {"fashion-mnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "digits": "digits"}
 """Names accepted by `load_demo_dataset` (and `load_image_dataset`), mapped to their canonical name."""
 
 # idx type codes (third magic byte) -> big-endian numpy dtype, see http://yann.lecun.com/exdb/mnist/
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _TRUTHY = {"1", "true", "yes", "on"}
-
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -184,3 +192,14 @@ def load_demo_dataset(
                     f"Hub failed ({type(err).__name__}: {err}); using scikit-learn digits instead."
                 )
     return load_digits_dataset(eval_fraction=eval_fraction, seed=seed)
+
+
+def card_dataset_name(dataset: str, source: str | None) -> str | None:
+    """The dataset as the model card names it: the embedded Fashion-MNIST is the Hub's copy; digits (also when
+    Fashion-MNIST fell back to them) has none."""
+    canonical = DEMO_DATASETS.get(dataset.lower())
+    if canonical is not None and "digits" in (source or ""):
+        return None
+    if canonical == "fashion-mnist":
+        return FASHION_MNIST_HUB_ID
+    return None if canonical == "digits" else dataset

@@ -294,9 +294,13 @@ def filter_unreadable(dataset: Dataset, image_column: str, num_proc: int | None 
     feature = dataset.features.get(image_column)
     raw = dataset.cast_column(image_column, Image(decode=False)) if isinstance(feature, Image) else dataset
     flags = raw.map(
-        _readable_flags, batched=True, input_columns=[image_column], remove_columns=raw.column_names,
-        num_proc=num_proc, desc="Checking images",
-    )["readable"]  # fmt: skip
+        _readable_flags,
+        batched=True,
+        input_columns=[image_column],
+        remove_columns=raw.column_names,
+        num_proc=num_proc,
+        desc="Checking images",
+    )["readable"]
     bad = np.flatnonzero(~np.asarray(flags, dtype=bool))
     if bad.size == 0:
         return dataset, 0

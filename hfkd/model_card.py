@@ -264,6 +264,48 @@ class ModelCardInfo:
     license: str | None = None
     extra_tags: list[str] | None = None
 
+    @classmethod
+    def for_run(
+        cls,
+        distill_config: dict[str, Any],
+        args: Any,
+        student_config: Any,
+        *,
+        paper: PaperRef | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        tags: str | list[str] | None = None,
+        license: str | None = None,
+        is_timm: bool | None = None,
+        **metrics: dict[str, float] | None,
+    ) -> ModelCardInfo:
+        """The card of a `DistillationTrainer` run: its `distill_config()`, arguments and student config, plus the
+        `Trainer.create_model_card` arguments (`finetuned_from`, `dataset`, ...) and the `*_metrics`."""
+        teacher = distill_config["teacher"] or {}
+        extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
+        uses_teacher = distill_config["distill_loss"] != CE_ONLY
+        return cls(
+            model_name=model_name or os.path.basename(os.path.normpath(args.output_dir)),
+            student_name=finetuned_from or getattr(student_config, "_name_or_path", None) or "student",
+            loss_key=distill_config["distill_loss"],
+            teacher_name=teacher.get("name_or_path"),
+            teacher_revision=teacher.get("revision"),
+            loss_kwargs=distill_config["distill_loss_kwargs"],
+            paper=paper,
+            ce_weight=distill_config["distill_ce_weight"],
+            distill_weight=distill_config["distill_weight"] if uses_teacher else 0.0,
+            dataset_name=dataset if isinstance(dataset, str) else (dataset[0] if dataset else None),
+            dataset_config=dataset_args if isinstance(dataset_args, str) else None,
+            hyperparameters=training_hyperparameters(args),
+            is_timm=getattr(student_config, "model_type", None) == "timm_wrapper" if is_timm is None else is_timm,
+            hub_model_id=args.hub_model_id if args.push_to_hub else None,
+            license=license,
+            extra_tags=[t for t in extra_tags if t not in ("hfkd", "knowledge-distillation")],
+            **metrics,
+        )
+
 
 def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> ModelCard:
     r"""

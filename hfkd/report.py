@@ -219,12 +219,24 @@ def save_png(summaries: list[GroupSummary], path: str | Path) -> None:
     labels = [s.group for s in summaries]
     positions = list(range(len(summaries)))
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(summaries) + 1.5))
-    ax.barh(positions, [s.best_mean for s in summaries], xerr=[s.best_std for s in summaries], color="#4c72b0",
-            label="measured (best epoch)")  # fmt: skip
+    ax.barh(
+        positions,
+        [s.best_mean for s in summaries],
+        xerr=[s.best_std for s in summaries],
+        color="#4c72b0",
+        label="measured (best epoch)",
+    )
     published = [(i, s.published) for i, s in enumerate(summaries) if s.published is not None]
     if published:
-        ax.scatter([p for _, p in published], [i for i, _ in published], marker="|", s=300, color="#c44e52",
-                   zorder=3, label="published")  # fmt: skip
+        ax.scatter(
+            [p for _, p in published],
+            [i for i, _ in published],
+            marker="|",
+            s=300,
+            color="#c44e52",
+            zorder=3,
+            label="published",
+        )
     values = [s.best_mean for s in summaries] + [p for _, p in published]
     ax.set_xlim(max(0.0, min(values) - 5), min(100.0, max(values) + 3))
     ax.set_yticks(positions, labels, fontsize=7)

@@ -24,6 +24,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 from transformers.utils import logging
 
+from .models import MODEL_ALIASES
+
 logger = logging.get_logger(__name__)
 
 # dataset -> (image size, number of classes)
@@ -111,24 +113,37 @@ def _tiny_transformers_model(model_type: str, num_labels: int, image_size: int) 
     )
 
     if model_type == "swin":
-        config = SwinConfig(image_size=image_size, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
-                            window_size=7, num_labels=num_labels)  # fmt: skip
+        config = SwinConfig(
+            image_size=image_size,
+            patch_size=4,
+            embed_dim=16,
+            depths=[1, 1],
+            num_heads=[2, 2],
+            window_size=7,
+            num_labels=num_labels,
+        )
         return SwinForImageClassification(config)
     if model_type in ("vit", "deit", "beit"):
-        config = ViTConfig(image_size=image_size, patch_size=16, hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=2, intermediate_size=64, num_labels=num_labels)  # fmt: skip
+        config = ViTConfig(
+            image_size=image_size,
+            patch_size=16,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=num_labels,
+        )
         return ViTForImageClassification(config)
     if model_type == "convnext":
-        return ConvNextForImageClassification(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
-                                                             num_labels=num_labels))  # fmt: skip
+        return ConvNextForImageClassification(
+            ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=num_labels)
+        )
     config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=num_labels)
     return ResNetForImageClassification(config)
 
 
 def smoke_model_name(name: str, num_labels: int, image_size: int) -> tuple[str, bool]:
     """What to load instead of `name` in smoke mode, and whether to load its weights (False: random init)."""
-    from .models import MODEL_ALIASES
-
     if os.path.isdir(name):
         return name, True
     target = MODEL_ALIASES.get(name.lower(), name)

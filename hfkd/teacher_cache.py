@@ -25,6 +25,10 @@ from safetensors.torch import load_file, save_file
 from torchvision.transforms.v2 import functional as TF
 from transformers import TrainerCallback
 
+from .image_datasets import decode_image, detect_columns, load_image_dataset
+from .models import load_image_classifier, load_image_processor, resolve_model_name
+from .transforms import image_config_for_model
+
 CACHE_CONFIG = "cache_config.json"
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 
@@ -203,8 +207,6 @@ class ReplayTransform:
         self.epoch = 0
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        from .data import decode_image
-
         if "sample_index" not in batch:
             raise ValueError("Replaying cached views needs a `sample_index` column: use hfkd.data.add_sample_index.")
         out: dict[str, list] = {"pixel_values": [], "sample_index": list(batch["sample_index"])}
@@ -232,8 +234,6 @@ def main(argv: list[str] | None = None) -> CacheConfig:
     """`python -m hfkd.teacher_cache --teacher ... --dataset ... --output_dir ...`: build a teacher cache."""
     import argparse
 
-    from .data import detect_columns, image_config_for_model, load_image_dataset
-    from .models import load_image_classifier, load_image_processor, resolve_model_name
 
     parser = argparse.ArgumentParser(description="Run a teacher once over a training set's augmented views.")
     parser.add_argument("--teacher", required=True, help="teacher model (Hub id, folder, timm name or alias)")
@@ -253,9 +253,12 @@ def main(argv: list[str] | None = None) -> CacheConfig:
         raise ValueError(f"{args.output_dir!r} already holds a teacher cache; choose another --output_dir.")
     spec = resolve_model_name(args.teacher)
     dataset = load_image_dataset(
-        args.dataset, config_name=args.dataset_config, train_split=args.train_split,
-        max_train_samples=args.max_train_samples, seed=args.seed,
-    )["train"]  # fmt: skip
+        args.dataset,
+        config_name=args.dataset_config,
+        train_split=args.train_split,
+        max_train_samples=args.max_train_samples,
+        seed=args.seed,
+    )["train"]
     image_column, _ = detect_columns(dataset, args.image_column, args.label_column)
     teacher = load_image_classifier(spec)
     image_config = image_config_for_model(teacher, load_image_processor(spec))
@@ -263,10 +266,19 @@ def main(argv: list[str] | None = None) -> CacheConfig:
     images = _DecodedImages(dataset, image_column, mode)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return build_teacher_cache(
-        teacher, images, args.output_dir, teacher_name=args.teacher, size=image_config.size,
-        mean=image_config.mean, std=image_config.std, epochs=args.epochs, top_k=args.top_k or None,
-        seed=args.seed, batch_size=args.batch_size, device=device,
-    )  # fmt: skip
+        teacher,
+        images,
+        args.output_dir,
+        teacher_name=args.teacher,
+        size=image_config.size,
+        mean=image_config.mean,
+        std=image_config.std,
+        epochs=args.epochs,
+        top_k=args.top_k or None,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=device,
+    )
 
 
 class _DecodedImages:
@@ -279,8 +291,6 @@ class _DecodedImages:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        from .data import decode_image
-
         image = decode_image(self.dataset[index][self.column])
         return TF.pil_to_tensor(image if image.mode == self.mode else image.convert(self.mode))
 

@@ -23,12 +23,13 @@ from transformers.utils import logging
 from . import __version__
 from .arguments import DistillationArguments
 from .batch import LABELS, PIXEL_VALUES, SAMPLE_INDEX, student_inputs
+from .label_space import check_teacher_labels
 from .losses import DistillBatch, logits_of
 from .metrics import compute_accuracy_metrics, top_k_indices
-from .model_card import ModelCardInfo, build_model_card, training_hyperparameters
+from .model_card import ModelCardInfo, build_model_card
 from .models import make_timm_loadable
 from .schedulers import get_multistep_schedule, optimizer_steps_per_epoch
-from .teacher import Teacher, TeacherOutputs, build_teacher, check_teacher_labels, is_convolutional
+from .teacher import Teacher, TeacherOutputs, build_teacher, is_convolutional
 from .wrapper import ADAPTERS_NAME, DistillationModule, build_loss
 
 logger = logging.get_logger(__name__)
@@ -375,30 +376,21 @@ class DistillationTrainer(Trainer):
         """
         if not self.is_world_process_zero():
             return
-        config = self.student.config
-        distill = self.distill_config()
-        teacher = distill["teacher"] or {}
-        extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
-        info = ModelCardInfo(
-            model_name=model_name or os.path.basename(os.path.normpath(self.args.output_dir)),
-            student_name=finetuned_from or getattr(config, "_name_or_path", None) or "student",
-            loss_key=distill["distill_loss"],
-            teacher_name=teacher.get("name_or_path"),
-            teacher_revision=teacher.get("revision"),
-            loss_kwargs=distill["distill_loss_kwargs"],
+        info = ModelCardInfo.for_run(
+            self.distill_config(),
+            self.args,
+            self.student.config,
             paper=getattr(self.distill_loss, "paper", None),
-            ce_weight=self.args.distill_ce_weight,
-            distill_weight=self.args.distill_weight if self.distill_loss is not None else 0.0,
-            dataset_name=dataset if isinstance(dataset, str) else (dataset[0] if dataset else None),
-            dataset_config=dataset_args if isinstance(dataset_args, str) else None,
+            model_name=model_name,
+            finetuned_from=finetuned_from,
+            dataset=dataset,
+            dataset_args=dataset_args,
+            tags=tags,
+            license=license,
             student_metrics=student_metrics if student_metrics is not None else self.latest_eval_metrics(),
             teacher_metrics=teacher_metrics,
             baseline_metrics=baseline_metrics,
-            hyperparameters=training_hyperparameters(self.args),
-            is_timm=getattr(config, "model_type", None) == "timm_wrapper" if is_timm is None else is_timm,
-            hub_model_id=self.args.hub_model_id if self.args.push_to_hub else None,
-            license=license,
-            extra_tags=[t for t in extra_tags if t not in ("hfkd", "knowledge-distillation")],
+            is_timm=is_timm,
         )
         build_model_card(info, output_dir=self.args.output_dir)
 

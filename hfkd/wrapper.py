@@ -75,9 +75,7 @@ class DistillationModule(nn.Module):
         self.student = student
         self.distill_loss = distill_loss
         # Hooks on the student, installed once; they record only inside `run` (not state, not saved).
-        self.preact_recorder = (
-            PreactivationRecorder(student, "student") if distill_loss.needs.preactivations else None
-        )
+        self.preact_recorder = PreactivationRecorder(student, "student") if distill_loss.needs.preactivations else None
         # DDP would re-send these from rank 0 every step (51 MB for CRD on CIFAR); the loss keeps them in sync.
         self._ddp_params_and_buffers_to_ignore = [
             f"distill_loss.{name}" for name in distill_loss.rank_synchronized_buffers

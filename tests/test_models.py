@@ -180,14 +180,14 @@ def test_student_head_replacement(resnet_dir, caplog):
 
 
 def test_teacher_head_untouched_and_mismatch_rejected(resnet_dir, caplog):
-    from hfkd.teacher import check_teacher_labels
+    from hfkd.label_space import check_teacher_labels
 
     teacher = load_image_classifier(str(resnet_dir))  # no label space given: the checkpoint's head is kept
     assert teacher.config.num_labels == 5
     with pytest.raises(ValueError, match="--loss ce"):
         check_teacher_labels(teacher, num_labels=3)
     check_teacher_labels(teacher, num_labels=5)
-    with caplog.at_level(logging.WARNING, logger="hfkd.teacher"):
+    with caplog.at_level(logging.WARNING, logger="hfkd.label_space"):
         check_teacher_labels(teacher, num_labels=5, id2label={i: f"dataset_{i}" for i in range(5)})
     assert any("class names differ" in record.getMessage() for record in caplog.records)
 

@@ -119,8 +119,9 @@ def test_cifar_bn_stats_are_mdistillers_bn_before_relu():
         torch.testing.assert_close(mean, bn.bias.detach())
         torch.testing.assert_close(std, bn.weight.detach().abs())
     resnet18 = _cifar("cifar_resnet18").timm_model
-    assert resnet18.get_bn_before_relu() == [stage[-1].bn2 for stage in (resnet18.layer1, resnet18.layer2,
-                                                                        resnet18.layer3, resnet18.layer4)]  # fmt: skip
+    assert resnet18.get_bn_before_relu() == [
+        stage[-1].bn2 for stage in (resnet18.layer1, resnet18.layer2, resnet18.layer3, resnet18.layer4)
+    ]
 
 
 @pytest.mark.parametrize("architecture", ["cifar_wrn_16_2", "cifar_vgg8"])

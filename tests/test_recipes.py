@@ -1,7 +1,6 @@
 """Every recipe under recipes/: header, known keys, registered loss, binding kwargs, resolvable models."""
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,15 +8,13 @@ import torch
 import yaml
 
 from hfkd import DistillationTrainer
+from hfkd.cli import build_parser
 from hfkd.losses import get_loss_class, resolve_loss_kwargs
 from hfkd.models import resolve_model_name
 from hfkd.parser import HfkdParser
 from hfkd.report import read_published_top1
 
 from .testing_utils import tiny_resnet
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from run_image_distill import build_parser  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES_DIR = REPO / "recipes"

@@ -64,8 +64,20 @@ def test_topk_logits_keep_the_stored_probabilities():
 @pytest.mark.parametrize("top_k", [None, 3])
 def test_cached_outputs_equal_the_live_teacher_on_the_same_crops(tmp_path, top_k):
     images, teacher = _images(), _teacher()
-    config = build_teacher_cache(teacher, images, str(tmp_path), teacher_name="t", size=SIZE, mean=MEAN, std=STD,
-                                 epochs=2, top_k=top_k, seed=4, batch_size=4, progress=False)  # fmt: skip
+    config = build_teacher_cache(
+        teacher,
+        images,
+        str(tmp_path),
+        teacher_name="t",
+        size=SIZE,
+        mean=MEAN,
+        std=STD,
+        epochs=2,
+        top_k=top_k,
+        seed=4,
+        batch_size=4,
+        progress=False,
+    )
     assert config.num_classes == 5 and config.num_samples == 6
     cache = TeacherCache(str(tmp_path))
     student_logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
@@ -88,8 +100,18 @@ def test_cached_outputs_equal_the_live_teacher_on_the_same_crops(tmp_path, top_k
 
 def test_trainer_from_cache_equals_trainer_with_live_teacher(tmp_path):
     images, teacher = _images(4), _teacher()
-    build_teacher_cache(teacher, images, str(tmp_path / "cache"), teacher_name="t", size=SIZE, mean=MEAN, std=STD,
-                        top_k=None, seed=0, progress=False)  # fmt: skip
+    build_teacher_cache(
+        teacher,
+        images,
+        str(tmp_path / "cache"),
+        teacher_name="t",
+        size=SIZE,
+        mean=MEAN,
+        std=STD,
+        top_k=None,
+        seed=0,
+        progress=False,
+    )
     cache = TeacherCache(str(tmp_path / "cache"))
     pixels = torch.stack([apply_view(img, *cache.view(0, i), SIZE, MEAN, STD) for i, img in enumerate(images)])
     inputs = {"pixel_values": pixels, "labels": torch.tensor([0, 1, 2, 3]), "sample_index": torch.arange(4)}

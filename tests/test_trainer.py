@@ -414,9 +414,16 @@ def test_multistep_schedule_matches_the_references_rule(tmp_path, student, teach
     """16 samples at batch 4: 4 steps per epoch; milestones [1, 2] decay after the 1st and the 2nd epoch
     (mdistiller: lr × 0.1 ** #{m : epoch > m} with 1-based epochs), no warm-up."""
     args = _args(
-        tmp_path, max_steps=-1, num_train_epochs=3, optim="sgd", learning_rate=0.4, distill_lr_milestones=[1, 2],
-        distill_lr_gamma=0.1, warmup_steps=0, logging_steps=50,
-    )  # fmt: skip
+        tmp_path,
+        max_steps=-1,
+        num_train_epochs=3,
+        optim="sgd",
+        learning_rate=0.4,
+        distill_lr_milestones=[1, 2],
+        distill_lr_gamma=0.1,
+        warmup_steps=0,
+        logging_steps=50,
+    )
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=args, train_dataset=train_dataset, data_collator=collate
     )

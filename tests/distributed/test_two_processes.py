@@ -20,8 +20,10 @@ from ..testing_utils import tiny_resnet, tiny_vit
 SCRIPT = Path(__file__).with_name("two_ranks.py")
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
-                    reason="needs the accelerate launcher")  # fmt: skip
+@pytest.mark.skipif(
+    shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
+    reason="needs the accelerate launcher",
+)
 def test_two_ranks_train_and_match_one_process(tmp_path):
     teacher = tiny_resnet(4, wide=True, seed=2)
     with torch.no_grad():
@@ -36,8 +38,13 @@ def test_two_ranks_train_and_match_one_process(tmp_path):
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", "29517", str(SCRIPT), str(tmp_path / "out"), str(tmp_path / "teacher"),
                str(tmp_path / "student")]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -47,7 +47,7 @@ from .registry import (
 from .reviewkd import hcl_loss
 from .rkd import rkd_loss
 from .sdd import sdd_kd_loss
-from .skd import skd_loss
+from .skd import skd_loss, skd_total_loss
 from .sp import sp_loss
 from .vid import vid_loss
 
@@ -82,6 +82,7 @@ __all__ = [
     "rkd_loss",
     "sdd_kd_loss",
     "skd_loss",
+    "skd_total_loss",
     "sp_loss",
     "standardize_logits",
     "validate_loss_kwargs",

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ._functional import as_loss_dtype
 
-LossFunction = TypeVar("LossFunction", bound=Callable[..., torch.Tensor])
+LossFunction = TypeVar("LossFunction", bound=Callable[..., Any])
 
 
 def without_autocast(function: LossFunction) -> LossFunction:
@@ -23,7 +23,7 @@ def without_autocast(function: LossFunction) -> LossFunction:
     """
 
     @functools.wraps(function)
-    def wrapper(student: Any, teacher: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def wrapper(student: Any, teacher: Any, *args: Any, **kwargs: Any) -> Any:
         first = student if isinstance(student, torch.Tensor) else next(iter(student), None)
         device_type = first.device.type if isinstance(first, torch.Tensor) else "cpu"
         with torch.autocast(device_type=device_type, enabled=False):

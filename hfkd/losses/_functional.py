@@ -1,6 +1,16 @@
-"""Pure helpers shared by the logit losses."""
+"""Pure helpers shared by the logit losses, and the convention that every loss file follows.
+
+Convention: a loss's objective is composed in one place, a pure module-level function of its file (`<key>_loss`;
+SKD `skd_total_loss`, CTKD `kd_loss`, SDD `sdd_kd_loss`/`sdd_dkd_loss`, ReviewKD `hcl_loss`) that its module calls
+once per step, and where the module logs components that function takes `return_terms: bool = False` and then
+returns `(loss, terms)`, `terms` mapping each component's log name to its tensor, so that the module adds nothing
+but its inputs (stage selection, trainable adapters) and the `feat_weight` or warm-up factor that its docstring's
+objective states. `tests/test_loss_functions.py` holds every registered loss to this: module loss == function value.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +28,14 @@ def kl_div_batchmean(student_log_probs: torch.Tensor, teacher_log_probs: torch.T
     """KL(teacher || student) summed over the last dimension, averaged over the rows."""
     per_row = F.kl_div(student_log_probs, teacher_log_probs, reduction="none", log_target=True).sum(-1)
     return per_row.mean()
+
+
+def warmup_factor(epoch: float, warmup_epochs: float) -> float:
+    """min((⌊epoch⌋ + 1) / warmup_epochs, 1): mdistiller's min(epoch / WARMUP, 1) on its 1-based integer epoch,
+    from the trainer's 0-based fractional epoch; 1 when `warmup_epochs` is 0 (DKD, SD-DKD and ReviewKD)."""
+    if warmup_epochs == 0:
+        return 1.0
+    return min((math.floor(epoch) + 1) / warmup_epochs, 1.0)
 
 
 def target_mask(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -18,10 +18,20 @@ def _class_covariance(logits: torch.Tensor) -> torch.Tensor:
     return centred.T @ centred / (logits.shape[1] - 1)
 
 
-def clkd_terms(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The instance, class and class-correlation losses, unweighted."""
+def clkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    instance_weight: float = 0.5,
+    class_weight: float = 1.0,
+    correlation_weight: float = 0.4,
+    return_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """instance_weight·instance + class_weight·class + correlation_weight·class_corr.
+
+    The defaults give StreamLined's 0.5·(instance + 2·class) + 0.4·class_corr exactly. `return_terms=True` also
+    returns the unweighted `instance`, `class` and `class_corr`.
+    """
     if student_logits.shape[-1] < 2:
         raise ValueError(f"CLKD needs at least 2 classes, got logits of shape {tuple(student_logits.shape)}.")
     # The teacher is a target: no gradient flows into it even if its logits require grad.
@@ -32,23 +42,8 @@ def clkd_terms(
     num_classes = student_logits.shape[1]
     diff = _class_covariance(student_logits) - _class_covariance(teacher_logits)
     class_corr = torch.linalg.matrix_norm(diff, ord="fro") / num_classes**2
-    return instance, class_, class_corr
-
-
-def clkd_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    *,
-    instance_weight: float = 0.5,
-    class_weight: float = 1.0,
-    correlation_weight: float = 0.4,
-) -> torch.Tensor:
-    """instance_weight·instance + class_weight·class + correlation_weight·class_corr.
-
-    The defaults give StreamLined's 0.5·(instance + 2·class) + 0.4·class_corr exactly.
-    """
-    instance, class_, class_corr = clkd_terms(student_logits, teacher_logits)
-    return instance_weight * instance + class_weight * class_ + correlation_weight * class_corr
+    loss = instance_weight * instance + class_weight * class_ + correlation_weight * class_corr
+    return (loss, {"instance": instance, "class": class_, "class_corr": class_corr}) if return_terms else loss
 
 
 @register_loss("clkd")
@@ -106,11 +101,12 @@ class CLKDLoss(DistillationLoss):
         self.correlation_weight = float(correlation_weight)
 
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
-        instance, class_, class_corr = clkd_terms(logits_of(student), logits_of(teacher))
-        loss = self.instance_weight * instance + self.class_weight * class_ + self.correlation_weight * class_corr
-        return {
-            "loss": loss,
-            "instance": instance.detach(),
-            "class": class_.detach(),
-            "class_corr": class_corr.detach(),
-        }
+        loss, terms = clkd_loss(
+            logits_of(student),
+            logits_of(teacher),
+            instance_weight=self.instance_weight,
+            class_weight=self.class_weight,
+            correlation_weight=self.correlation_weight,
+            return_terms=True,
+        )
+        return {"loss": loss, **{name: value.detach() for name, value in terms.items()}}

@@ -1,7 +1,11 @@
-"""CRD: Tian et al., contrastive representation distillation with memory banks of negatives."""
+"""CRD: Tian et al., contrastive representation distillation with memory banks of negatives.
+
+Over 150 lines: the memory-bank scheme, its DDP sharing and the deviation in drawing negatives are documented here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,14 +44,22 @@ def crd_loss(
     student_memory_rows: torch.Tensor,
     teacher_memory_rows: torch.Tensor,
     *,
-    normalizers: tuple[float, float],
+    normalizers: tuple[float, float] | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     dataset_size: int,
     temperature: float = 0.07,
-) -> torch.Tensor:
-    """NCE with the student as anchor against teacher memory rows, plus the converse; Z = `normalizers`."""
-    student_scores = contrast_scores(student_embed, teacher_memory_rows, temperature=temperature) / normalizers[0]
-    teacher_scores = contrast_scores(teacher_embed, student_memory_rows, temperature=temperature) / normalizers[1]
-    return crd_nce_loss(student_scores, dataset_size) + crd_nce_loss(teacher_scores, dataset_size)
+    return_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """NCE with the student as anchor against teacher memory rows, plus the converse; Z = `normalizers`, or the
+    pair a function of both raw score tensors returns (`CRDLoss` passes its memory's, which fixes Z on the first
+    batch). `return_terms=True` also returns the two NCE terms, `crd_student` and `crd_teacher`."""
+    student_scores = contrast_scores(student_embed, teacher_memory_rows, temperature=temperature)
+    teacher_scores = contrast_scores(teacher_embed, student_memory_rows, temperature=temperature)
+    if callable(normalizers):
+        normalizers = normalizers(student_scores, teacher_scores).to(student_scores.dtype)
+    student_term = crd_nce_loss(student_scores / normalizers[0], dataset_size)
+    teacher_term = crd_nce_loss(teacher_scores / normalizers[1], dataset_size)
+    loss = student_term + teacher_term
+    return (loss, {"crd_student": student_term, "crd_teacher": teacher_term}) if return_terms else loss
 
 
 @register_loss("crd")
@@ -150,19 +162,20 @@ class CRDLoss(DistillationLoss):
         teacher_embed = self.embed_teacher(pooled_features(teacher).detach())
         index = batch.sample_index.to(device=student_embed.device, dtype=torch.long).flatten()
         contrast_index = self.memory.sample(index, self.nce_k)
-        temperature = self.temperature
-        student_scores = contrast_scores(student_embed, self.memory.teacher[contrast_index], temperature=temperature)
-        teacher_scores = contrast_scores(teacher_embed, self.memory.student[contrast_index], temperature=temperature)
-        normalizers = self.memory.normalizers(student_scores, teacher_scores).to(student_scores.dtype)
-        size = self.memory.student.shape[0]
-        student_term = crd_nce_loss(student_scores / normalizers[0], size)
-        teacher_term = crd_nce_loss(teacher_scores / normalizers[1], size)
+        value, terms = crd_loss(
+            student_embed,
+            teacher_embed,
+            self.memory.student[contrast_index],
+            self.memory.teacher[contrast_index],
+            normalizers=self.memory.normalizers,
+            dataset_size=self.memory.student.shape[0],
+            temperature=self.temperature,
+            return_terms=True,
+        )
         if self.training:
             self.memory.update(index, student_embed.detach(), teacher_embed.detach())
-        value = student_term + teacher_term
         return {
             "loss": self.feat_weight * value,
             "crd": value.detach(),
-            "crd_student": student_term.detach(),
-            "crd_teacher": teacher_term.detach(),
+            **{name: term.detach() for name, term in terms.items()},
         }

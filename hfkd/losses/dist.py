@@ -18,19 +18,6 @@ def _row_pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.T
     return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
 
 
-def dist_terms(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inter-class and intra-class relation losses (1 − mean Pearson correlation), unscaled."""
-    # The teacher is a target: no gradient flows into it even if its logits require grad.
-    student_logits, teacher_logits = as_loss_dtype(student_logits, teacher_logits.detach())
-    student_probs = (student_logits / temperature).softmax(dim=1)
-    teacher_probs = (teacher_logits / temperature).softmax(dim=1)
-    inter = 1 - _row_pearson(student_probs, teacher_probs).mean()
-    intra = 1 - _row_pearson(student_probs.t(), teacher_probs.t()).mean()
-    return inter, intra
-
-
 def dist_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -38,10 +25,18 @@ def dist_loss(
     beta: float = 1.0,
     gamma: float = 1.0,
     temperature: float = 1.0,
-) -> torch.Tensor:
-    """τ²·(β·inter + γ·intra) on softmax(z/τ), as in the authors' `dist_kd.py`."""
-    inter, intra = dist_terms(student_logits, teacher_logits, temperature=temperature)
-    return temperature**2 * (beta * inter + gamma * intra)
+    return_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """τ²·(β·inter + γ·intra) on softmax(z/τ), as in the authors' `dist_kd.py`; inter and intra are the relation
+    losses 1 − mean Pearson correlation (unscaled), returned as `terms` with `return_terms=True`."""
+    # The teacher is a target: no gradient flows into it even if its logits require grad.
+    student_logits, teacher_logits = as_loss_dtype(student_logits, teacher_logits.detach())
+    student_probs = (student_logits / temperature).softmax(dim=1)
+    teacher_probs = (teacher_logits / temperature).softmax(dim=1)
+    inter = 1 - _row_pearson(student_probs, teacher_probs).mean()
+    intra = 1 - _row_pearson(student_probs.t(), teacher_probs.t()).mean()
+    loss = temperature**2 * (beta * inter + gamma * intra)
+    return (loss, {"inter": inter, "intra": intra}) if return_terms else loss
 
 
 @register_loss("dist")
@@ -93,6 +88,12 @@ class DISTLoss(DistillationLoss):
         self.beta, self.gamma, self.temperature = float(beta), float(gamma), float(temperature)
 
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
-        inter, intra = dist_terms(logits_of(student), logits_of(teacher), temperature=self.temperature)
-        loss = self.temperature**2 * (self.beta * inter + self.gamma * intra)
-        return {"loss": loss, "inter": inter.detach(), "intra": intra.detach()}
+        loss, terms = dist_loss(
+            logits_of(student),
+            logits_of(teacher),
+            beta=self.beta,
+            gamma=self.gamma,
+            temperature=self.temperature,
+            return_terms=True,
+        )
+        return {"loss": loss, **{name: value.detach() for name, value in terms.items()}}

@@ -1,27 +1,21 @@
-"""DKD: Zhao et al., decoupled knowledge distillation (target and non-target terms)."""
+"""DKD: Zhao et al., decoupled knowledge distillation (target and non-target terms).
+
+Over 150 lines: the log-space TCKD/NCKD and the paper's and logit-standardisation settings are documented here.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
-from ._functional import as_loss_dtype, standardize_logits, target_mask
+from ._functional import as_loss_dtype, standardize_logits, target_mask, warmup_factor
 from .base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative, check_positive, logits_of
 from .registry import register_loss
 
 
 def _binary_kl(log_p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torch.Tensor:
     return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
-
-
-def dkd_warmup_factor(epoch: float, warmup_epochs: float) -> float:
-    """min((⌊epoch⌋ + 1) / warmup_epochs, 1): mdistiller's min(epoch / WARMUP, 1) on its 1-based integer epoch,
-    from the trainer's 0-based fractional epoch; 1 when `warmup_epochs` is 0."""
-    if warmup_epochs == 0:
-        return 1.0
-    return min((math.floor(epoch) + 1) / warmup_epochs, 1.0)
 
 
 def dkd_terms_per_sample(
@@ -64,21 +58,6 @@ def dkd_terms_per_sample(
     return tckd * temperature**2, nckd * temperature**2
 
 
-def dkd_terms(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    temperature: float = 4.0,
-    logit_standardization: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """TCKD and NCKD, each summed per sample, averaged over the batch and multiplied by T²."""
-    tckd, nckd = dkd_terms_per_sample(
-        student_logits, teacher_logits, labels, temperature=temperature, logit_standardization=logit_standardization
-    )
-    return tckd.mean(), nckd.mean()
-
-
 def dkd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -87,13 +66,17 @@ def dkd_loss(
     alpha: float = 1.0,
     beta: float = 8.0,
     temperature: float = 4.0,
+    return_terms: bool = False,
     logit_standardization: bool = False,
-) -> torch.Tensor:
-    """alpha·TCKD + beta·NCKD (no warm-up factor; `DKDLoss` applies it), optionally on standardised logits."""
-    tckd, nckd = dkd_terms(
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """alpha·TCKD + beta·NCKD, each averaged over the batch (no warm-up factor; `DKDLoss` applies it), optionally on
+    standardised logits; `return_terms=True` also returns `{"tckd", "nckd"}` (T²-scaled, unweighted)."""
+    tckd, nckd = dkd_terms_per_sample(
         student_logits, teacher_logits, labels, temperature=temperature, logit_standardization=logit_standardization
     )
-    return alpha * tckd + beta * nckd
+    tckd, nckd = tckd.mean(), nckd.mean()
+    loss = alpha * tckd + beta * nckd
+    return (loss, {"tckd": tckd, "nckd": nckd}) if return_terms else loss
 
 
 @register_loss("dkd")
@@ -171,23 +154,24 @@ class DKDLoss(DistillationLoss):
         self.logit_standardization = logit_standardization
 
     def warmup_factor(self, epoch: float) -> float:
-        return dkd_warmup_factor(epoch, self.warmup_epochs)
+        return warmup_factor(epoch, self.warmup_epochs)
 
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
         if batch.labels is None:
             raise ValueError("dkd needs the labels of the batch; pass a `labels` column to the trainer.")
-        tckd, nckd = dkd_terms(
+        loss, terms = dkd_loss(
             logits_of(student),
             logits_of(teacher),
             batch.labels,
+            alpha=self.alpha,
+            beta=self.beta,
             temperature=self.temperature,
             logit_standardization=self.logit_standardization,
+            return_terms=True,
         )
         factor = self.warmup_factor(batch.epoch)
-        loss = factor * (self.alpha * tckd + self.beta * nckd)
         return {
-            "loss": loss,
-            "tckd": tckd.detach(),
-            "nckd": nckd.detach(),
+            "loss": factor * loss,
+            **{name: value.detach() for name, value in terms.items()},
             "warmup": torch.tensor(factor, dtype=loss.dtype, device=loss.device),
         }

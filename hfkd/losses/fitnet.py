@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -14,15 +15,22 @@ from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperR
 from .registry import register_loss
 
 
-def fitnet_loss(student_regressed: torch.Tensor, teacher_feats: torch.Tensor) -> torch.Tensor:
-    """mean((r(f_s) − f_t)²) over every element: the hint loss on an already regressed student map."""
-    ((student, teacher),) = feature_pairs([student_regressed], [teacher_feats], "fitnet")
-    if student.shape != teacher.shape:
-        raise ValueError(
-            f"fitnet: the regressed student map {tuple(student.shape)} and the teacher map {tuple(teacher.shape)} "
-            "must have the same shape."
-        )
-    return (student - teacher).pow(2).mean()
+def fitnet_loss(
+    student_regressed: torch.Tensor | Sequence[torch.Tensor], teacher_feats: torch.Tensor | Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """mean((r(f_s) − f_t)²) over every element, summed over the stages: the hint loss on already regressed student
+    maps (one (B, C, H, W) tensor per stage, or a single tensor for one stage)."""
+    if isinstance(student_regressed, torch.Tensor):
+        student_regressed, teacher_feats = [student_regressed], [teacher_feats]
+    total = 0.0
+    for student, teacher in feature_pairs(student_regressed, teacher_feats, "fitnet"):
+        if student.shape != teacher.shape:
+            raise ValueError(
+                f"fitnet: the regressed student map {tuple(student.shape)} and the teacher map "
+                f"{tuple(teacher.shape)} must have the same shape."
+            )
+        total = total + (student - teacher).pow(2).mean()
+    return total
 
 
 @register_loss("fitnet")
@@ -98,7 +106,5 @@ class FitNetLoss(DistillationLoss):
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
         student_feats = pick_maps(feature_maps(student), self.student_stages, self.counts[0], "fitnet", "student")
         teacher_feats = pick_maps(feature_maps(teacher), self.teacher_stages, self.counts[1], "fitnet", "teacher")
-        value = sum(
-            fitnet_loss(regressor(s), t) for regressor, s, t in zip(self.regressors, student_feats, teacher_feats)
-        )
+        value = fitnet_loss([regressor(s) for regressor, s in zip(self.regressors, student_feats)], teacher_feats)
         return {"loss": self.feat_weight * value, "fitnet": value.detach()}

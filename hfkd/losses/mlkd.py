@@ -1,8 +1,10 @@
-"""MLKD: Jin, Wang, Lin, multi-level logit distillation (instance, batch and class alignment)."""
+"""MLKD: Jin, Wang, Lin, multi-level logit distillation (instance, batch and class alignment).
+
+Over 150 lines: the reference's mask weighting and its strong-sum quirk are documented here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,45 +31,6 @@ def correlation_losses(
     return cc, bc
 
 
-def mlkd_terms(
-    student_weak: torch.Tensor,
-    teacher_weak: torch.Tensor,
-    student_strong: torch.Tensor,
-    teacher_strong: torch.Tensor,
-    *,
-    temperatures: Sequence[float] = (4.0, 3.0, 5.0, 2.0, 6.0),
-    logit_standardization: bool = False,
-    reference_strong_sum: bool = True,
-) -> dict[str, torch.Tensor]:
-    """The MLKD terms, summed over `temperatures` and weighted by the median-mask fractions as the reference does.
-
-    With `reference_strong_sum` the strong KD sum takes the weak logits for the 4th and 5th temperatures (the
-    reference's fixed 2 and 6), as its code does.
-    """
-    batch_mask, class_mask = median_confidence_masks(teacher_weak)
-    frac_batch, frac_class = batch_mask.float().mean(), class_mask.float().mean()
-    kd_weak = kd_strong = cc = bc = 0.0
-    for position, temperature in enumerate(temperatures):
-        kd_weak = kd_weak + kd_loss(
-            student_weak, teacher_weak, temperature=temperature, logit_standardization=logit_standardization
-        )
-        weak = reference_strong_sum and position >= 3
-        strong_pair = (student_weak, teacher_weak) if weak else (student_strong, teacher_strong)
-        kd_strong = kd_strong + kd_loss(
-            *strong_pair, temperature=temperature, logit_standardization=logit_standardization
-        )
-        class_term, batch_term = correlation_losses(student_weak, teacher_weak, temperature=temperature)
-        cc, bc = cc + class_term, bc + batch_term
-    return {
-        "kd_weak": kd_weak * frac_batch,
-        "kd_strong": kd_strong,
-        "cc": cc * frac_class,
-        "bc": bc * frac_batch,
-        "frac_batch": frac_batch,
-        "frac_class": frac_class,
-    }
-
-
 def mlkd_loss(
     student_weak: torch.Tensor,
     teacher_weak: torch.Tensor,
@@ -76,13 +39,37 @@ def mlkd_loss(
     *,
     temperature: float = 4.0,
     logit_standardization: bool = False,
-) -> torch.Tensor:
-    """kd_weak·frac_B + kd_strong + cc·frac_C + bc·frac_B over T ∈ {temperature, 3, 5, 2, 6} (the reference's sum)."""
-    terms = mlkd_terms(
-        student_weak, teacher_weak, student_strong, teacher_strong,
-        temperatures=(temperature, 3.0, 5.0, 2.0, 6.0), logit_standardization=logit_standardization,
-    )  # fmt: skip
-    return terms["kd_weak"] + terms["kd_strong"] + terms["cc"] + terms["bc"]
+    reference_strong_sum: bool = True,
+    return_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """kd_weak·frac_B + kd_strong + cc·frac_C + bc·frac_B, each summed over T ∈ {temperature, 3, 5, 2, 6}.
+
+    With `reference_strong_sum` the strong KD sum takes the weak logits for the 4th and 5th temperatures (the
+    reference's fixed 2 and 6), as its code does. `return_terms=True` also returns the four mask-weighted terms and
+    the mask fractions `frac_batch`, `frac_class`.
+    """
+    batch_mask, class_mask = median_confidence_masks(teacher_weak)
+    frac_batch, frac_class = batch_mask.float().mean(), class_mask.float().mean()
+    kd_weak = kd_strong = cc = bc = 0.0
+    for position, temp in enumerate((temperature, 3.0, 5.0, 2.0, 6.0)):
+        kd_weak = kd_weak + kd_loss(
+            student_weak, teacher_weak, temperature=temp, logit_standardization=logit_standardization
+        )
+        weak = reference_strong_sum and position >= 3
+        strong_pair = (student_weak, teacher_weak) if weak else (student_strong, teacher_strong)
+        kd_strong = kd_strong + kd_loss(*strong_pair, temperature=temp, logit_standardization=logit_standardization)
+        class_term, batch_term = correlation_losses(student_weak, teacher_weak, temperature=temp)
+        cc, bc = cc + class_term, bc + batch_term
+    terms = {
+        "kd_weak": kd_weak * frac_batch,
+        "kd_strong": kd_strong,
+        "cc": cc * frac_class,
+        "bc": bc * frac_batch,
+        "frac_batch": frac_batch,
+        "frac_class": frac_class,
+    }
+    loss = terms["kd_weak"] + terms["kd_strong"] + terms["cc"] + terms["bc"]
+    return (loss, terms) if return_terms else loss
 
 
 @register_loss("mlkd")
@@ -152,12 +139,16 @@ class MLKDLoss(DistillationLoss):
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
         if batch.student_strong is None or batch.teacher_strong is None:
             raise ValueError("mlkd needs both models' outputs on the strong view (DistillBatch.student_strong).")
-        terms = mlkd_terms(
-            logits_of(student), logits_of(teacher), logits_of(batch.student_strong), logits_of(batch.teacher_strong),
-            temperatures=(self.temperature, 3.0, 5.0, 2.0, 6.0), logit_standardization=self.logit_standardization,
+        loss, terms = mlkd_loss(
+            logits_of(student),
+            logits_of(teacher),
+            logits_of(batch.student_strong),
+            logits_of(batch.teacher_strong),
+            temperature=self.temperature,
+            logit_standardization=self.logit_standardization,
             reference_strong_sum=self.reference_strong_sum,
-        )  # fmt: skip
-        loss = terms["kd_weak"] + terms["kd_strong"] + terms["cc"] + terms["bc"]
+            return_terms=True,
+        )
         result = {"loss": loss, **{name: value.detach() for name, value in terms.items()}}
         if batch.cross_entropy is not None:
             # The reference's CE term covers both views: CE(weak) is the trainer's, CE(strong) this method's own.

@@ -1,8 +1,10 @@
-"""ReviewKD: Chen et al., knowledge review through attention-based fusion of student stages."""
+"""ReviewKD: Chen et al., knowledge review through attention-based fusion of student stages.
+
+Over 150 lines: the ABF fusion and how mdistiller's shape settings map onto the probed shapes are kept here.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +15,7 @@ from torch import nn
 from ..features import StageSpec, feature_maps, pooled_features
 from ._adapters import ABF, pick_maps, preact_feature_maps, require_feature_shapes, resolve_stage_pairs
 from ._feature_functional import check_stages, feature_pairs
+from ._functional import warmup_factor
 from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative
 from .registry import register_loss
 
@@ -133,12 +136,18 @@ class ReviewKDLoss(DistillationLoss):
         self.abfs = nn.ModuleList(abfs[::-1])
 
     def warmup_factor(self, epoch: float) -> float:
-        if self.warmup_epochs == 0:
-            return 1.0
-        return min((math.floor(epoch) + 1) / self.warmup_epochs, 1.0)
+        return warmup_factor(epoch, self.warmup_epochs)
 
     def _features(self, output: Any, maps: list[torch.Tensor], stages: list[int], count: int, who: str) -> list:
         return pick_maps(maps, stages, count, "reviewkd", who) + [pooled_features(output)[:, :, None, None]]
+
+    def fuse(self, student_feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The ABFs' outputs for the student maps (shallow to deep, the pooled last stage appended), deepest first."""
+        fused, residual = [], None
+        for abf, feats, size in zip(self.abfs, student_feats[::-1], self.out_sizes[::-1]):
+            out, residual = abf(feats, residual, size)
+            fused.insert(0, out)
+        return fused
 
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
         student_maps = preact_feature_maps(student) if self.student_preact else feature_maps(student)
@@ -147,11 +156,7 @@ class ReviewKDLoss(DistillationLoss):
         teacher_maps = preact_feature_maps(teacher) or feature_maps(teacher)
         student_feats = self._features(student, student_maps, self.student_stages, self.counts[0], "student")
         teacher_feats = self._features(teacher, teacher_maps, self.teacher_stages, self.counts[1], "teacher")
-        fused, residual = [], None
-        for abf, feats, size in zip(self.abfs, student_feats[::-1], self.out_sizes[::-1]):
-            out, residual = abf(feats, residual, size)
-            fused.insert(0, out)
-        value = hcl_loss(fused, teacher_feats)
+        value = hcl_loss(self.fuse(student_feats), teacher_feats)
         factor = self.warmup_factor(batch.epoch)
         loss = self.feat_weight * factor * value
         warmup = torch.tensor(factor, dtype=loss.dtype, device=loss.device)

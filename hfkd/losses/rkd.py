@@ -27,24 +27,22 @@ def _angles(embeds: torch.Tensor) -> torch.Tensor:
 
 
 @without_autocast
-def rkd_terms(student_embeds: torch.Tensor, teacher_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The unweighted distance and angle losses on (B, D) embeddings (D may differ between the two models)."""
-    ((student, teacher),) = feature_pairs([student_embeds.flatten(1)], [teacher_embeds.flatten(1)], "rkd", maps=False)
-    distance = F.smooth_l1_loss(_normalised_distances(student), _normalised_distances(teacher))
-    angle = F.smooth_l1_loss(_angles(student), _angles(teacher))
-    return distance, angle
-
-
 def rkd_loss(
     student_embeds: torch.Tensor,
     teacher_embeds: torch.Tensor,
     *,
     distance_weight: float = 25.0,
     angle_weight: float = 50.0,
-) -> torch.Tensor:
-    """distance_weight · smooth-L1(ψ_D) + angle_weight · smooth-L1(ψ_A), both averaged over their entries."""
-    distance, angle = rkd_terms(student_embeds, teacher_embeds)
-    return distance_weight * distance + angle_weight * angle
+    return_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """distance_weight · smooth-L1(ψ_D) + angle_weight · smooth-L1(ψ_A), both averaged over their entries, on (B, D)
+    embeddings (D may differ between the two models); `return_terms=True` also returns the unweighted `distance`
+    and `angle`."""
+    ((student, teacher),) = feature_pairs([student_embeds.flatten(1)], [teacher_embeds.flatten(1)], "rkd", maps=False)
+    distance = F.smooth_l1_loss(_normalised_distances(student), _normalised_distances(teacher))
+    angle = F.smooth_l1_loss(_angles(student), _angles(teacher))
+    loss = distance_weight * distance + angle_weight * angle
+    return (loss, {"distance": distance, "angle": angle}) if return_terms else loss
 
 
 @register_loss("rkd")
@@ -104,11 +102,15 @@ class RKDLoss(DistillationLoss):
         self.feat_weight = float(feat_weight)
 
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
-        distance, angle = rkd_terms(pooled_features(student), pooled_features(teacher))
-        value = self.distance_weight * distance + self.angle_weight * angle
+        value, terms = rkd_loss(
+            pooled_features(student),
+            pooled_features(teacher),
+            distance_weight=self.distance_weight,
+            angle_weight=self.angle_weight,
+            return_terms=True,
+        )
         return {
             "loss": self.feat_weight * value,
             "rkd": value.detach(),
-            "distance": distance.detach(),
-            "angle": angle.detach(),
+            **{name: term.detach() for name, term in terms.items()},
         }

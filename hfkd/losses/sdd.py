@@ -1,4 +1,7 @@
-"""SDD: Wei & Bai, scale-decoupled distillation (KD or DKD on the logits of pooled regions)."""
+"""SDD: Wei & Bai, scale-decoupled distillation (KD or DKD on the logits of pooled regions).
+
+Over 150 lines: SD-KD and SD-DKD share the region pooling and weighting, so both variants live in this file.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from ..features import select_features
-from ._functional import as_loss_dtype
+from ._functional import as_loss_dtype, warmup_factor
 from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative, check_positive
-from .dkd import dkd_terms_per_sample, dkd_warmup_factor
+from .dkd import dkd_terms_per_sample
 from .registry import register_loss
 
 
@@ -181,7 +184,7 @@ class SDDLoss(DistillationLoss):
             return {"loss": loss, "sdd": loss.detach()}
         hparams = {"alpha": self.alpha, "beta": self.beta, "temperature": self.temperature}
         loss = sdd_dkd_loss(student_regions, teacher_regions, batch.labels, **hparams)
-        factor = dkd_warmup_factor(batch.epoch, self.warmup_epochs)
+        factor = warmup_factor(batch.epoch, self.warmup_epochs)
         return {
             "loss": factor * loss,
             "sdd": loss.detach(),

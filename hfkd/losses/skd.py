@@ -42,16 +42,25 @@ def skd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tikh
     return distance.mean()
 
 
-def skd_terms(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 4.0, tikhonov: float = 0.1
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """KD at `temperature` (with T²), the direction loss, and the batch and class mask fractions."""
+def skd_total_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 4.0,
+    tikhonov: float = 0.1,
+    return_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The SKD objective KD_T·frac_B + L_dir·frac_C (`skd_loss` is L_dir alone); `return_terms=True` also returns
+    `kd` (with T²) and `direction`, both before masking, and the batch and class mask fractions."""
     kd = kd_loss(student_logits, teacher_logits, temperature=temperature)
     direction = skd_loss(student_logits, teacher_logits, tikhonov=tikhonov)
     batch_mask, class_mask = median_confidence_masks(teacher_logits)
     # The reference multiplies each scalar loss by a boolean mask and averages, i.e. scales it by the fraction of
     # True entries (0.5 for an even count without ties).
-    return kd, direction, batch_mask.to(kd.dtype).mean(), class_mask.to(kd.dtype).mean()
+    frac_batch, frac_class = batch_mask.to(kd.dtype).mean(), class_mask.to(kd.dtype).mean()
+    loss = kd * frac_batch + direction * frac_class
+    terms = {"kd": kd, "direction": direction, "frac_batch": frac_batch, "frac_class": frac_class}
+    return (loss, terms) if return_terms else loss
 
 
 @register_loss("skd")
@@ -105,14 +114,11 @@ class SKDLoss(DistillationLoss):
         self.temperature, self.tikhonov = float(temperature), float(tikhonov)
 
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
-        kd, direction, frac_batch, frac_class = skd_terms(
-            logits_of(student), logits_of(teacher), temperature=self.temperature, tikhonov=self.tikhonov
+        loss, terms = skd_total_loss(
+            logits_of(student),
+            logits_of(teacher),
+            temperature=self.temperature,
+            tikhonov=self.tikhonov,
+            return_terms=True,
         )
-        loss = kd * frac_batch + direction * frac_class
-        return {
-            "loss": loss,
-            "kd": kd.detach(),
-            "direction": direction.detach(),
-            "frac_batch": frac_batch,
-            "frac_class": frac_class,
-        }
+        return {"loss": loss, **{name: value.detach() for name, value in terms.items()}}

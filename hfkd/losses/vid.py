@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,14 +17,24 @@ from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperR
 from .registry import register_loss
 
 
-def vid_loss(student_mean: torch.Tensor, teacher_feats: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-    """mean of ½((μ − t)²/σ² + log σ²) over every element: the Gaussian NLL without its ½·log 2π constant.
+def vid_loss(
+    student_mean: torch.Tensor | Sequence[torch.Tensor],
+    teacher_feats: torch.Tensor | Sequence[torch.Tensor],
+    variance: torch.Tensor | Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """mean of ½((μ − t)²/σ² + log σ²) over every element, summed over the stages: the Gaussian NLL without its
+    ½·log 2π constant.
 
-    `student_mean` is the regressed μ (B, C, H, W), `variance` the per-channel σ² (C,), both already computed.
+    `student_mean` is the regressed μ (B, C, H, W), `variance` the per-channel σ² (C,), both already computed: one
+    tensor each per stage, or single tensors for one stage.
     """
-    ((mean, teacher),) = feature_pairs([student_mean], [teacher_feats], "vid")
-    variance = variance.to(mean.dtype).view(1, -1, 1, 1)
-    return (0.5 * ((mean - teacher).pow(2) / variance + variance.log())).mean()
+    if isinstance(student_mean, torch.Tensor):
+        student_mean, teacher_feats, variance = [student_mean], [teacher_feats], [variance]
+    total = 0.0
+    for (mean, teacher), var in zip(feature_pairs(student_mean, teacher_feats, "vid"), variance, strict=True):
+        var = var.to(mean.dtype).view(1, -1, 1, 1)
+        total = total + (0.5 * ((mean - teacher).pow(2) / var + var.log())).mean()
+    return total
 
 
 @register_loss("vid")
@@ -122,8 +133,7 @@ class VIDLoss(DistillationLoss):
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
         student_feats = pick_maps(feature_maps(student), self.student_stages, self.counts[0], "vid", "student")
         teacher_feats = pick_maps(feature_maps(teacher), self.teacher_stages, self.counts[1], "vid", "teacher")
-        value = 0.0
-        for regressor, variance, s, t in zip(self.regressors, self.variances(), student_feats, teacher_feats):
-            s, t = pool_to_common_size(s, t.detach())
-            value = value + vid_loss(regressor(s), t, variance)
+        pairs = [pool_to_common_size(s, t.detach()) for s, t in zip(student_feats, teacher_feats)]
+        means = [regressor(s) for regressor, (s, _) in zip(self.regressors, pairs)]
+        value = vid_loss(means, [t for _, t in pairs], self.variances())
         return {"loss": self.feat_weight * value, "vid": value.detach()}

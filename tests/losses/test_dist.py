@@ -71,5 +71,9 @@ def test_module_output_and_hyperparameters():
     assert out["loss"].item() == pytest.approx(out["inter"].item() + out["intra"].item(), rel=1e-6)
     weighted = create_loss("dist", beta=2.0, gamma=0.5, temperature=4.0)(s, t, DistillBatch())
     assert not math.isclose(weighted["loss"].item(), out["loss"].item())
+    # The module is its function: the same value, bit for bit, and the same logged terms.
+    expected, terms = dist_loss(s, t, beta=2.0, gamma=0.5, temperature=4.0, return_terms=True)
+    torch.testing.assert_close(weighted["loss"], expected, rtol=0, atol=0)
+    torch.testing.assert_close({k: weighted[k] for k in terms}, terms, rtol=0, atol=0)
     with pytest.raises(ValueError, match="gamma"):
         create_loss("dist", gamma=-0.1)

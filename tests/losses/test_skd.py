@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from hfkd.losses import DistillBatch, create_loss, kd_loss, skd_loss
+from hfkd.losses import DistillBatch, create_loss, kd_loss, skd_loss, skd_total_loss
 from hfkd.losses._functional import median_confidence_masks
-from hfkd.losses.skd import skd_terms
 
 from .reference import median_fractions as reference_median_fractions
 from .reference import skd as reference_skd
@@ -37,8 +36,9 @@ def test_matches_reference_code(b, c, scale, temperature, tikhonov):
     expected, kd, direction, frac_batch, frac_class = reference_skd(
         s.double().numpy(), t.double().numpy(), temperature, tikhonov
     )
-    got = skd_terms(s.double(), t.double(), temperature=temperature, tikhonov=tikhonov)
-    assert [v.item() for v in got] == pytest.approx([kd, direction, frac_batch, frac_class], rel=1e-9)
+    _, got = skd_total_loss(s.double(), t.double(), temperature=temperature, tikhonov=tikhonov, return_terms=True)
+    names = ("kd", "direction", "frac_batch", "frac_class")
+    assert [got[name].item() for name in names] == pytest.approx([kd, direction, frac_batch, frac_class], rel=1e-9)
     out = create_loss("skd", temperature=temperature, tikhonov=tikhonov)(s.double(), t.double(), DistillBatch())
     assert out["loss"].item() == pytest.approx(expected, rel=1e-9)
     out32 = create_loss("skd", temperature=temperature, tikhonov=tikhonov)(s, t, DistillBatch())
@@ -62,7 +62,12 @@ def test_direction_uses_the_covariance_with_gradient():
     s, t = s.double().requires_grad_(), t.double().requires_grad_()
     # A small λ makes cov(D) dominate Σ, so a detached Σ would fail the finite-difference check.
     assert torch.autograd.gradcheck(lambda x: skd_loss(x, t, tikhonov=1e-4), (s,))
-    assert torch.autograd.gradcheck(lambda x: sum(skd_terms(x, t, temperature=2.0, tikhonov=0.1)[:2]), (s,))
+
+    def kd_plus_direction(x):
+        terms = skd_total_loss(x, t, temperature=2.0, tikhonov=0.1, return_terms=True)[1]
+        return terms["kd"] + terms["direction"]
+
+    assert torch.autograd.gradcheck(kd_plus_direction, (s,))
     loss = create_loss("skd")(s, t, DistillBatch())["loss"]
     loss.backward()
     assert t.grad is None and torch.isfinite(s.grad).all()

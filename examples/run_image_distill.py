@@ -48,17 +48,15 @@ from hfkd.data import (
 )
 from hfkd.demo_data import card_dataset_name
 from hfkd.label_space import check_teacher_labels, map_teacher_labels
+from hfkd.local_names import neutral_name, neutral_text
 from hfkd.losses import get_loss_class
 from hfkd.models import ModelSpec, load_image_classifier, load_image_processor, resolve_model_name
+from hfkd.run_folder import prepare_output_dir, run_settings, start_run
 from hfkd.smoke import apply_smoke, synthetic_dataset
 from hfkd.teacher import CachedTeacher
-from hfkd.teacher_cache import CacheEpochCallback, ReplayTransform
+from hfkd.teacher_cache import ReplayTransform, cache_summary, check_cache_matches
 
 logger = logging.getLogger("hfkd.run_image_distill")
-
-# Files that mark a finished run in an output folder.
-FINISHED_RUN_FILES = ("all_results.json", "model.safetensors", "distill_config.json")
-
 
 @dataclass
 class RunData:
@@ -73,9 +71,9 @@ class RunData:
     def info(self, data_args: DataArguments) -> dict[str, Any]:
         """What `distill_config.json` records about the data."""
         return {
-            "dataset": card_dataset_name(data_args.dataset, self.source),
+            "dataset": neutral_name(card_dataset_name(data_args.dataset, self.source)),
             "config": data_args.dataset_config,
-            "source": self.source,
+            "source": neutral_text(self.source, data_args.dataset),
             "train_images": len(self.splits["train"]),
             "eval_images": len(self.splits["eval"]),
             "labelled_images": data_args.labelled_samples,
@@ -97,19 +95,6 @@ def setup_logging(args: DistillationArguments) -> None:
     transformers.utils.logging.set_verbosity(logging.WARNING if args.should_log else logging.ERROR)
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
-
-
-def check_output_dir(args: DistillationArguments, run_args: RunArguments) -> None:
-    """Refuse to write over a finished run unless asked to overwrite or resume; touch nothing."""
-    folder = args.output_dir
-    if not folder or not os.path.isdir(folder) or run_args.overwrite_output_dir or args.resume_from_checkpoint:
-        return
-    found = [name for name in FINISHED_RUN_FILES if os.path.exists(os.path.join(folder, name))]
-    if found:
-        raise ValueError(
-            f"Output folder {folder!r} already holds a finished run ({', '.join(found)}). Pass another "
-            "`--output_dir`, `--overwrite_output_dir` to write over it, or `--resume_from_checkpoint` to continue."
-        )
 
 
 def load_json(path: str | None, what: str) -> Any:
@@ -144,8 +129,10 @@ def load_data(
     *,
     distilling: bool,
     cache_dir: str | None = None,
+    rows: dict[str, Any] | None = None,
 ) -> RunData:
-    """The train and eval splits with their columns and class names (synthetic data in smoke mode)."""
+    """The train and eval splits with their columns and class names (synthetic data in smoke mode); `rows`, a
+    teacher cache's selection, replaces the seeded one."""
     if run_args.smoke:
         dataset = synthetic_dataset(
             data_args.dataset,
@@ -163,6 +150,7 @@ def load_data(
             cache_dir=cache_dir,
             max_train_samples=data_args.max_train_samples,
             max_eval_samples=data_args.max_eval_samples,
+            rows=rows,
         )
     image_column, label_column = detect_columns(dataset["train"], data_args.image_column, data_args.label_column)
     names = class_names(dataset["train"], label_column)
@@ -199,14 +187,14 @@ def load_models(
         return student, student_processor, None, None
     # A random-init teacher gets the dataset's head; a real teacher's head is never touched.
     head = {} if model_args.teacher_pretrained else {"num_labels": len(names), "id2label": id2label}
-    teacher = load_image_classifier(
-        teacher_spec, pretrained=model_args.teacher_pretrained, **head, **common, **args.teacher_model_init_kwargs
-    )
+    # --teacher_model_init_kwargs wins over the shared flags (its trust_remote_code included).
+    teacher_kwargs = {**common, **args.teacher_model_init_kwargs}
+    teacher = load_image_classifier(teacher_spec, pretrained=model_args.teacher_pretrained, **head, **teacher_kwargs)
     label_map = load_json(model_args.teacher_label_map, "--teacher_label_map")
     if label_map is not None:
         teacher = map_teacher_labels(teacher, label_map, names)
     check_teacher_labels(teacher, len(names), id2label)
-    teacher_processor = load_image_processor(teacher_spec, trust_remote_code=model_args.trust_remote_code)
+    teacher_processor = load_image_processor(teacher_spec, trust_remote_code=teacher_kwargs["trust_remote_code"])
     return student, student_processor, teacher, teacher_processor
 
 
@@ -216,8 +204,9 @@ def prepare_splits(
     args: DistillationArguments,
     models: tuple[Any, Any, Any, Any],
     cache: CachedTeacher | None,
-) -> tuple[dict[str, Any], list]:
-    """Both splits with their batch transforms (and, for a teacher cache, the replayed cached views)."""
+) -> dict[str, Any]:
+    """Both splits with their batch transforms (and, for a teacher cache, the replayed cached views). Each sample's
+    random augmentation comes from (seed, epoch, its index), so that resumed runs and any number of workers agree."""
     student, student_processor, teacher, teacher_processor = models
     student_config = image_config_for_model(student, student_processor)
     teacher_config = image_config_for_model(teacher, teacher_processor) if teacher is not None else None
@@ -229,7 +218,7 @@ def prepare_splits(
         build = lambda config: build_transforms(config, train=train, train_augment=augment, strong=strong)  # noqa: E731
         return build(student_config), build(teacher_config) if teacher_config else None
 
-    splits, callbacks = {}, []
+    splits = {}
     for split, train in (("train", True), ("eval", False)):
         part = data.splits[split]
         if data_args.skip_unreadable:
@@ -241,15 +230,10 @@ def prepare_splits(
             data.image_column,
             data.label_column,
             strong_transforms=transforms(train, strong=True) if train and strong_view else None,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
         )
         if train and cache is not None:
             # Offline distillation: the student sees exactly the crops the teacher saw when the cache was built.
-            if cache.cache.config.num_samples != len(part):
-                raise ValueError(
-                    f"The teacher cache {args.teacher_cache_dir!r} covers {cache.cache.config.num_samples} training "
-                    f"images, this run has {len(part)}. Build the cache on the same training set (same "
-                    "--max_train_samples and split)."
-                )
             transform = ReplayTransform(
                 cache.cache,
                 student_config.size,
@@ -259,9 +243,39 @@ def prepare_splits(
                 data.label_column,
                 student_config.num_channels,
             )
-            callbacks.append(CacheEpochCallback(transform))
         splits[split] = set_image_transform(part, transform)
-    return splits, callbacks
+    return splits
+
+
+def cache_rows(cache: CachedTeacher | None) -> dict[str, Any] | None:
+    """A teacher cache's selection of the training rows, as `load_image_dataset(rows=...)` takes it."""
+    selection = cache.cache.selection() if cache is not None else None
+    if selection is None:
+        return None
+    data = cache.cache.config.data
+    return {
+        "train_split": data["train_split"],
+        "train": selection["train_rows"],
+        "eval_split": data["eval_split"],
+        "eval": selection["eval_rows"],
+    }
+
+
+def check_cache(cache: CachedTeacher, data: RunData, data_args: DataArguments, args: DistillationArguments) -> None:
+    """The cache must have been built from this run's data (and from its --teacher, when one is named)."""
+    check_cache_matches(
+        cache.cache.config,
+        dataset=data_args.dataset,
+        dataset_config=data_args.dataset_config,
+        train_split=data_args.train_split,
+        max_train_samples=data_args.max_train_samples,
+        train=data.splits["train"],
+        image_column=data.image_column,
+        label_column=data.label_column,
+        teacher=args.teacher_model_name_or_path,
+        teacher_revision=args.teacher_model_revision,
+    )
+    logger.info(f"Teacher cache: {cache_summary(cache.cache.config)}; it matches this run's data.")
 
 
 def train(trainer: DistillationTrainer, args: DistillationArguments) -> None:
@@ -288,6 +302,7 @@ def evaluate(trainer: DistillationTrainer, run_args: RunArguments) -> tuple[dict
 def write_card(
     trainer: DistillationTrainer,
     student_spec: ModelSpec,
+    model_args: ModelArguments,
     data: RunData,
     data_args: DataArguments,
     results: dict[str, dict | None],
@@ -295,6 +310,7 @@ def write_card(
     """The model card next to the student (pushed with it under --push_to_hub)."""
     card_kwargs = {
         "finetuned_from": student_spec.source if student_spec.kind != "local" else student_spec.name,
+        "student_from_scratch": not model_args.student_pretrained,
         "tasks": "image-classification",
         "dataset": card_dataset_name(data_args.dataset, data.source),
         "dataset_args": data_args.dataset_config,
@@ -315,7 +331,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         apply_smoke(model_args, data_args, run_args, training_args)
 
     # Everything that can be checked without weights or data is checked first.
-    check_output_dir(training_args, run_args)
+    settings = run_settings(model_args, data_args, training_args)
+    training_args.resume_from_checkpoint = prepare_output_dir(
+        training_args.output_dir,
+        settings,
+        overwrite=run_args.overwrite_output_dir,
+        resume=training_args.resume_from_checkpoint,
+    )
     student_spec, teacher_spec = resolve_models(model_args, training_args)
     baseline_metrics = load_json(run_args.baseline_metrics, "--baseline_metrics")
     cache = None
@@ -324,11 +346,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     set_seed(training_args.seed)
 
     data = load_data(
-        data_args, run_args, training_args, distilling=teacher_spec is not None, cache_dir=model_args.cache_dir
+        data_args,
+        run_args,
+        training_args,
+        distilling=teacher_spec is not None or cache is not None,
+        cache_dir=model_args.cache_dir,
+        rows=cache_rows(cache),
     )
+    if cache is not None:
+        check_cache(cache, data, data_args, training_args)
     models = load_models(student_spec, teacher_spec, model_args, training_args, data.names)
-    splits, callbacks = prepare_splits(data, data_args, training_args, models, cache)
+    splits = prepare_splits(data, data_args, training_args, models, cache)
     student, student_processor, teacher, _ = models
+    if training_args.should_save:
+        start_run(training_args.output_dir, settings, overwrite=run_args.overwrite_output_dir)
     trainer = DistillationTrainer(
         model=student,
         teacher_model=cache if cache is not None else teacher,
@@ -337,7 +368,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_dataset=splits["eval"],
         data_collator=DistillationCollator(),
         processing_class=student_processor,
-        callbacks=callbacks,
         recipe=recipe,
         data_info=data.info(data_args),
     )
@@ -345,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train(trainer, training_args)
     metrics, teacher_metrics = evaluate(trainer, run_args)
     results = {"student_metrics": metrics, "teacher_metrics": teacher_metrics, "baseline_metrics": baseline_metrics}
-    write_card(trainer, student_spec, data, data_args, results)
+    write_card(trainer, student_spec, model_args, data, data_args, results)
     if not training_args.uses_teacher:
         logger.info(f"Cross-entropy run finished: top-1 {100 * metrics['eval_accuracy']:.2f} %")
     return metrics

@@ -137,6 +137,23 @@ class DistillationArguments(TrainingArguments):
     teacher_compile_backend: str = field(
         default="inductor", metadata={"help": "torch.compile backend for the teacher (inductor, eager, ...)."}
     )
+    distill_nonfinite: str = field(
+        default="error",
+        metadata={
+            "help": "What a non-finite loss does: 'error' stops the run at the next logging step or save, naming "
+            "the steps and the loss term (nothing non-finite is saved); 'skip' drops that step's update and counts it."
+        },
+    )
+    distill_max_skipped_steps: int = field(
+        default=10, metadata={"help": "With distill_nonfinite='skip', stop after more skipped updates than this."}
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "Transformers' filter that logs a NaN/inf loss as the running average, reading the loss back "
+            "every step; off, since hfkd stops on (or skips) non-finite losses itself."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Keep dataset columns the model's forward does not name (the collator needs them)."},
@@ -152,6 +169,12 @@ class DistillationArguments(TrainingArguments):
             "teacher_model_init_kwargs", self.teacher_model_init_kwargs
         )
         self.distill_loss_kwargs = _parse_json_mapping("distill_loss_kwargs", self.distill_loss_kwargs)
+        if self.distill_nonfinite not in ("error", "skip"):
+            raise ValueError(f"`distill_nonfinite` must be 'error' or 'skip', got {self.distill_nonfinite!r}.")
+        if not (isinstance(self.distill_max_skipped_steps, int) and self.distill_max_skipped_steps >= 0):
+            raise ValueError(
+                f"`distill_max_skipped_steps` must be an int >= 0, got {self.distill_max_skipped_steps!r}."
+            )
         for name in ("distill_ce_weight", "distill_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):

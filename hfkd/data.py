@@ -10,7 +10,8 @@ from its batch and counts it in `num_skipped`, a per-process counter.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -46,6 +47,7 @@ from .transforms import (
     image_config_for_model,
     image_config_from_processor,
     image_config_from_timm,
+    sample_seed,
 )
 
 logger = logging.get_logger(__name__)
@@ -75,8 +77,24 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------- transform fn
 
 
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Run the block on the global CPU RNG seeded with `seed`, restored afterwards; `seed=None` leaves it alone."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class TransformFn:
-    """The callable that `make_transform_fn` returns; see there. `num_skipped` counts skipped rows (per process)."""
+    """The callable that `make_transform_fn` returns; see there. `num_skipped` counts skipped rows (per process).
+
+    With a `seed` and a sample index per row, every random draw of a row (crop box, flip, RandAugment) comes from
+    `sample_seed(seed, epoch, index)`: the batches do not depend on the global RNG, the number of dataloader workers
+    or where a run was resumed. `set_epoch` (called by the trainer at each epoch) moves to the next epoch's draws.
+    """
 
     def __init__(
         self,
@@ -86,10 +104,13 @@ class TransformFn:
         label_column: str | None,
         skip_unreadable: bool,
         index_column: str,
+        seed: int | None = None,
+        stream: int = 0,
     ) -> None:
         self.student_transform, self.teacher_transform = student_transform, teacher_transform
         self.image_column, self.label_column, self.index_column = image_column, label_column, index_column
         self.skip_unreadable = skip_unreadable
+        self.seed, self.stream, self.epoch = seed, stream, 0
         self.num_skipped = 0
         self.mode = "none"
         if teacher_transform is not None:
@@ -111,18 +132,32 @@ class TransformFn:
             where += f"; add_sample_index() adds a {self.index_column!r} column so that errors name the index"
         return where
 
-    def _views(self, image: PILImage.Image) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if self.strong is not None:
+            self.strong.set_epoch(epoch)
+
+    def _row_seed(self, index: Any) -> int | None:
+        if self.seed is None or index is None:
+            return None
+        return sample_seed(self.seed, self.epoch, int(index), self.stream)
+
+    def _views(self, image: PILImage.Image, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         student, teacher = self.student_transform, self.teacher_transform
         if self.mode == "none":
-            return student(image), None
+            with _seeded(seed):
+                return student(image), None
         if self.mode == "renorm":
-            view = student.geometry(student.to_mode(image))
+            with _seeded(seed):
+                view = student.geometry(student.to_mode(image))
             return student.normalize(view), teacher.normalize(view)
-        # Replaying the RNG state gives the teacher the same random draws, hence the same crop box and flip.
-        state = torch.get_rng_state()
-        student_view = student(image)
-        torch.set_rng_state(state)
-        return student_view, teacher(image)
+        # The same random draws for both pipelines, hence the same crop box and flip.
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)))
+        with _seeded(seed):
+            student_view = student(image)
+        with _seeded(seed):
+            return student_view, teacher(image)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         for column, flag in ((self.image_column, "--image_column"), (self.label_column, "--label_column")):
@@ -143,16 +178,17 @@ class TransformFn:
                 self.num_skipped += 1
                 logger.warning(f"Skipping unreadable image at {where} ({type(err).__name__}: {err}).")
                 continue
-            student_view, teacher_view = self._views(decoded)
+            index = indices[row] if indices is not None else None
+            student_view, teacher_view = self._views(decoded, self._row_seed(index))
             out[PIXEL_VALUES].append(student_view)
             out[TEACHER_PIXEL_VALUES].append(teacher_view)
             if self.strong is not None:
-                strong_student, strong_teacher = self.strong._views(decoded)
+                strong_student, strong_teacher = self.strong._views(decoded, self.strong._row_seed(index))
                 out.setdefault(STRONG_PIXEL_VALUES, []).append(strong_student)
                 if self.strong.emits_teacher:
                     out.setdefault(TEACHER_STRONG_PIXEL_VALUES, []).append(strong_teacher)
             out[LABELS].append(batch[self.label_column][row] if self.label_column is not None else None)
-            out[SAMPLE_INDEX].append(indices[row] if indices is not None else None)
+            out[SAMPLE_INDEX].append(index)
         for key, absent in (
             (TEACHER_PIXEL_VALUES, not self.emits_teacher),
             (LABELS, self.label_column is None),
@@ -172,6 +208,7 @@ def make_transform_fn(
     skip_unreadable: bool = False,
     index_column: str = SAMPLE_INDEX,
     strong_transforms: tuple[Callable, Callable | None] | None = None,
+    seed: int | None = 0,
 ) -> TransformFn:
     """A batch transform for `Dataset.set_transform` (use `set_image_transform` to get index-naming errors).
 
@@ -192,14 +229,20 @@ def make_transform_fn(
         strong_transforms (`tuple`, *optional*):
             (student, teacher) transforms of a second, strongly augmented view (MLKD), emitted as
             `strong_pixel_values` and, when the teacher's differs, `teacher_strong_pixel_values`.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the per-sample random draws: each row's augmentation comes from (seed, epoch, its index), so
+            batches are the same whatever the dataloader workers and after a resume (the trainer advances the
+            epoch through `set_epoch`). `None` draws from the global RNG instead; rows without an index do too.
 
     Returns:
         `TransformFn`: maps a batch to `pixel_values`, [`teacher_pixel_values`], `labels`, [`sample_index`],
         [`strong_pixel_values`, `teacher_strong_pixel_values`].
     """
-    fn = TransformFn(student_transform, teacher_transform, image_column, label_column, skip_unreadable, index_column)
+    columns = (image_column, label_column, skip_unreadable, index_column)
+    fn = TransformFn(student_transform, teacher_transform, *columns, seed=seed)
     if strong_transforms is not None:
-        fn.strong = TransformFn(*strong_transforms, image_column, label_column, skip_unreadable, index_column)
+        # Its own stream of draws: the strong view is not the weak view's crop with RandAugment on top.
+        fn.strong = TransformFn(*strong_transforms, *columns, seed=seed, stream=1)
     return fn
 
 

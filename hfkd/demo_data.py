@@ -122,11 +122,11 @@ def load_fashion_mnist_idx(folder: str | os.PathLike | None = None) -> tuple[Dat
     return DatasetDict(splits), source
 
 
-def load_digits_dataset(*, eval_fraction: float = 0.2, seed: int = 42) -> tuple[DatasetDict, str]:
+def load_digits_dataset(*, eval_fraction: float = 0.2, seed: int = 42, split: bool = True) -> tuple[DatasetDict, str]:
     """scikit-learn's bundled 8x8 handwritten digits (1797 images) as an image dataset.
 
     The 0..16 intensities are scaled to 0..255 with no upscaling; labels are a `ClassLabel` named "0".."9", and
-    the "test" split is a seeded split stratified by label.
+    the "test" split is a seeded split stratified by label (`split=False`: one "train" split of all the images).
     """
     try:
         from sklearn.datasets import load_digits
@@ -138,6 +138,8 @@ def load_digits_dataset(*, eval_fraction: float = 0.2, seed: int = 42) -> tuple[
     images = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     source = "scikit-learn digits"
     dataset = _grayscale_dataset(images, digits.target, [str(i) for i in range(10)], source)
+    if not split:
+        return DatasetDict({"train": dataset}), source
     return dataset.train_test_split(test_size=eval_fraction, seed=seed, stratify_by_column="label"), source
 
 
@@ -149,7 +151,12 @@ def _hub_offline() -> bool:
 
 
 def load_demo_dataset(
-    name: str = "fashion-mnist", *, eval_fraction: float = 0.2, seed: int = 42, cache_dir: str | None = None
+    name: str = "fashion-mnist",
+    *,
+    eval_fraction: float = 0.2,
+    seed: int = 42,
+    cache_dir: str | None = None,
+    split_digits: bool = True,
 ) -> tuple[DatasetDict, str]:
     """Load the demo data and say where it came from.
 
@@ -162,6 +169,8 @@ def load_demo_dataset(
         name (`str`, *optional*, defaults to `"fashion-mnist"`): `"fashion-mnist"`, `"fashion_mnist"` or `"digits"`.
         eval_fraction (`float`, *optional*, defaults to `0.2`), seed (`int`, *optional*, defaults to `42`):
             The seeded, stratified "test" split of the digits (Fashion-MNIST has its own).
+        split_digits (`bool`, *optional*, defaults to `True`): `False` leaves the digits in one "train" split
+            (`load_image_dataset` then holds out the evaluation rows itself, and can record which).
         cache_dir (`str`, *optional*): `datasets` cache for the Hub copy.
 
     Returns:
@@ -191,7 +200,7 @@ def load_demo_dataset(
                     f"Fashion-MNIST idx files not found in {folder} and loading {FASHION_MNIST_HUB_ID} from the "
                     f"Hub failed ({type(err).__name__}: {err}); using scikit-learn digits instead."
                 )
-    return load_digits_dataset(eval_fraction=eval_fraction, seed=seed)
+    return load_digits_dataset(eval_fraction=eval_fraction, seed=seed, split=split_digits)
 
 
 def card_dataset_name(dataset: str, source: str | None) -> str | None:

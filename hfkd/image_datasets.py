@@ -32,6 +32,8 @@ HUB_DATASET_ALIASES = {
 IMAGE_COLUMN_NAMES = ("image", "img", "images", "pixel_values", "picture", "photo", "jpg", "png")
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target", "category", "class_id", "label_id")
 EVAL_SPLIT_NAMES = ("validation", "val", "valid", "test")
+ROW_COLUMN = "__hfkd_row__"
+"""A row's position in its split, carried through the selection and dropped before the dataset is returned."""
 
 # ----------------------------------------------------------------------------------------------- loading
 
@@ -48,6 +50,7 @@ def load_image_dataset(
     trust_remote_code: bool = False,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
+    rows: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> DatasetDict:
     """Load an image-classification dataset as a `DatasetDict` with splits "train" and "eval".
@@ -68,20 +71,28 @@ def load_image_dataset(
             Forwarded to `load_dataset` where the installed `datasets` still accepts it (script datasets).
         max_train_samples (`int`, *optional*), max_eval_samples (`int`, *optional*):
             Keep a seeded random subset of this size (random, not the first rows, which are often one class).
+        rows (`dict`, *optional*):
+            An exact selection, as recorded in the `rows` attribute of an earlier result (a teacher cache keeps its
+            own): `train_split`/`train` and `eval_split`/`eval`, the split names and row positions in them. It
+            replaces the seeded split-off and subsets, so the result does not depend on `seed`.
         kwargs: forwarded to `datasets.load_dataset` (`revision`, `token`, `data_files`, ...).
 
     Returns:
         `DatasetDict`: splits "train" and "eval". Its `source` attribute (a `str`, not kept by `.map()` and
-        friends) says where the data came from; it is also logged.
+        friends) says where the data came from; it is also logged. Its `rows` attribute records the selection:
+        the split each part comes from and the positions of its rows there, in order.
     """
     if os.path.isdir(name_or_path):
         if any(os.path.isfile(os.path.join(name_or_path, f)) for f in ("dataset_dict.json", "state.json")):
             raw, source = load_from_disk(name_or_path), f"save_to_disk folder {name_or_path}"
         else:
+            _check_imagefolder_layout(name_or_path)
             raw = load_dataset("imagefolder", data_dir=name_or_path, cache_dir=cache_dir, **kwargs)
             source = f"imagefolder {name_or_path}"
     elif name_or_path.lower() in DEMO_DATASETS:
-        raw, source = load_demo_dataset(name_or_path, eval_fraction=eval_fraction, seed=seed, cache_dir=cache_dir)
+        raw, source = load_demo_dataset(
+            name_or_path, eval_fraction=eval_fraction, seed=seed, cache_dir=cache_dir, split_digits=False
+        )
     else:
         if trust_remote_code and "trust_remote_code" in inspect.signature(load_dataset).parameters:
             kwargs["trust_remote_code"] = True
@@ -94,22 +105,49 @@ def load_image_dataset(
         source = f"Hub {name_or_path}" + (f" ({config_name})" if config_name else "")
     if isinstance(raw, Dataset):
         raw = DatasetDict({train_split: raw})
-    train, evaluation = _pick_splits(raw, name_or_path, train_split, eval_split, eval_fraction, seed)
+    # Each row carries its position in its split, so that the selection below can be recorded and replayed.
+    raw = DatasetDict({name: part.add_column(ROW_COLUMN, list(range(len(part)))) for name, part in raw.items()})
+    if rows is not None:
+        train, evaluation = _select_rows(raw, name_or_path, rows)
+        eval_from = rows["eval_split"]
+    else:
+        train, evaluation, eval_from = _pick_splits(raw, name_or_path, train_split, eval_split, eval_fraction, seed)
     dataset = _encode_string_labels(DatasetDict({"train": train, "eval": evaluation}))
     for split, limit in (("train", max_train_samples), ("eval", max_eval_samples)):
-        if limit is not None:
+        if limit is not None and rows is None:
             if limit < 1:
                 raise ValueError(f"max_{split}_samples must be >= 1, got {limit}. Leave it unset to use all rows.")
             if limit < len(dataset[split]):
                 dataset[split] = dataset[split].shuffle(seed=seed).select(range(limit))
-    dataset.source = source
+    selected = {"train_split": train_split, "eval_split": eval_from}
+    selected.update({name: list(dataset[name][ROW_COLUMN]) for name in ("train", "eval")})
+    dataset = DatasetDict({name: part.remove_columns(ROW_COLUMN) for name, part in dataset.items()})
+    dataset.source, dataset.rows = source, selected
     logger.info(f"Image data from {source}: {len(dataset['train'])} train / {len(dataset['eval'])} eval rows.")
     return dataset
 
 
+def _check_imagefolder_layout(folder: str) -> None:
+    """An imagefolder names its classes by subfolder: `<folder>/<class>/<image>` or `<folder>/<split>/<class>/...`."""
+    subfolders = [entry for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith(".")]
+    if not subfolders:
+        raise ValueError(
+            f"The image folder {folder!r} has no class subfolders (its images would get no labels): put each class's "
+            f"images in {os.path.join(folder, '<class>')}/, or {os.path.join(folder, '<split>', '<class>')}/ with "
+            "splits such as train and validation."
+        )
+    split_names = {"train", "training", *EVAL_SPLIT_NAMES}
+    for entry in subfolders:
+        if entry.name.lower() in split_names and not any(sub.is_dir() for sub in os.scandir(entry.path)):
+            raise ValueError(
+                f"The split folder {entry.path!r} has no class subfolders: put each class's images in "
+                f"{os.path.join(entry.path, '<class>')}/."
+            )
+
+
 def _pick_splits(
     raw: DatasetDict, name: str, train_split: str, eval_split: str | None, eval_fraction: float, seed: int
-) -> tuple[Dataset, Dataset]:
+) -> tuple[Dataset, Dataset, str]:
     if train_split not in raw:
         raise ValueError(
             f"{name} has no split {train_split!r}; its splits are {list(raw)}. Set --train_split to one of them."
@@ -120,11 +158,11 @@ def _pick_splits(
                 f"{name} has no split {eval_split!r}; its splits are {list(raw)}. Set --eval_split to one of them, "
                 "or leave it unset to hold out --eval_fraction of the train split."
             )
-        return raw[train_split], raw[eval_split]
+        return raw[train_split], raw[eval_split], eval_split
     found = next((split for split in EVAL_SPLIT_NAMES if split in raw and split != train_split), None)
     if found is not None:
         logger.info(f"Evaluating on the {found!r} split of {name}.")
-        return raw[train_split], raw[found]
+        return raw[train_split], raw[found], found
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(
             f"{name} has no evaluation split (splits: {list(raw)}) and eval_fraction={eval_fraction} cannot split one "
@@ -139,7 +177,24 @@ def _pick_splits(
         logger.warning(f"Stratified split failed ({err}); splitting {name} at random instead.")
         parts = train.train_test_split(test_size=eval_fraction, seed=seed)
     logger.info(f"{name} has no evaluation split: holding out {len(parts['test'])} train rows (seed {seed}).")
-    return parts["train"], parts["test"]
+    return parts["train"], parts["test"], train_split
+
+
+def _select_rows(raw: DatasetDict, name: str, rows: dict[str, Any]) -> tuple[Dataset, Dataset]:
+    """The recorded selection `rows` of `raw` (see `load_image_dataset`), refused when it does not fit."""
+    parts = []
+    for part in ("train", "eval"):
+        split = rows[f"{part}_split"]
+        if split not in raw:
+            raise ValueError(f"{name} has no split {split!r} (its splits: {list(raw)}), which the selection names.")
+        positions = rows[part]
+        if positions and max(positions) >= len(raw[split]):
+            raise ValueError(
+                f"The selection names row {max(positions)} of {name}'s {split!r} split, which has {len(raw[split])} "
+                "rows: it was made on other data."
+            )
+        parts.append(raw[split].select(positions))
+    return parts[0], parts[1]
 
 
 def _encode_string_labels(dataset: DatasetDict) -> DatasetDict:
@@ -304,6 +359,11 @@ def filter_unreadable(dataset: Dataset, image_column: str, num_proc: int | None 
     bad = np.flatnonzero(~np.asarray(flags, dtype=bool))
     if bad.size == 0:
         return dataset, 0
+    if bad.size == len(dataset):
+        raise ValueError(
+            f"The dataset has no readable image: all {bad.size} images failed to decode (e.g. index 0). Check the "
+            f"--image_column ({image_column!r}) and that the files are images."
+        )
     logger.warning(f"Dropping {bad.size} unreadable images at indices {bad[:10].tolist()}{' ...' * (bad.size > 10)}.")
     return dataset.select(np.flatnonzero(np.asarray(flags, dtype=bool))), int(bad.size)
 

@@ -30,6 +30,7 @@ from transformers.utils import logging
 
 from .batch import SAMPLE_INDEX, STRONG_PIXEL_VALUES, teacher_pixels
 from .features import PreactivationRecorder, run_for_loss
+from .local_names import is_local_path, neutral_name
 from .losses import LossNeeds, get_loss_class, logits_of
 from .models import load_image_classifier, resolve_model_name
 from .teacher_cache import TeacherCache
@@ -152,6 +153,9 @@ class Teacher:
         """The teacher's logits on the batch's view: evaluation."""
         raise NotImplementedError
 
+    def check_dataset(self, dataset: Any) -> None:
+        """Refuse a training set this teacher cannot serve (a cache of another size); nothing to check by default."""
+
     @property
     def config(self) -> Any:
         return getattr(self.model, "config", None)
@@ -209,9 +213,11 @@ class LiveTeacher(Teacher):
         return logits_of(self._run(teacher_pixels(batch), for_loss=False))
 
     def record(self) -> dict[str, Any]:
+        local = bool(self.name) and is_local_path(self.name)
         return {
-            "name_or_path": self.name,
-            "revision": self.revision,
+            "name_or_path": neutral_name(self.name),
+            "local": local,
+            "revision": None if local else self.revision,
             "commit": getattr(self.config, "_commit_hash", None),
             "num_labels": getattr(self.config, "num_labels", None),
         }
@@ -256,6 +262,14 @@ class CachedTeacher(Teacher):
         logits = self.cache.teacher_logits(math.floor(epoch), index.cpu())
         return TeacherOutputs(ImageClassifierOutput(logits=logits.to(self.device, non_blocking=True)))
 
+    def check_dataset(self, dataset: Any) -> None:
+        size = self.cache.config.num_samples
+        if dataset is not None and hasattr(dataset, "__len__") and len(dataset) != size:
+            raise ValueError(
+                f"The teacher cache {neutral_name(self.cache.path)!r} holds views of {size} training images, the "
+                f"training set has {len(dataset)}: a cache serves only the training set it was built on."
+            )
+
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
         raise ValueError(
             f"The teacher cache {self.cache.path!r} holds the teacher's outputs on training views only; evaluating "
@@ -277,8 +291,8 @@ class CachedTeacher(Teacher):
     def record(self) -> dict[str, Any]:
         config = self.cache.config
         return {
-            "name_or_path": config.teacher,
-            "cache": self.cache.path,
+            "name_or_path": neutral_name(config.teacher),
+            "cache": neutral_name(self.cache.path),
             "top_k": config.top_k,
             "num_labels": config.num_classes,
         }

@@ -6,15 +6,12 @@ loss in one module forward (`hfkd.wrapper.DistillationModule`) -> `distill_ce_we
 
 from __future__ import annotations
 
-import json
-import os
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import EvalPrediction, PreTrainedModel, Trainer
@@ -23,21 +20,28 @@ from transformers.utils import logging
 from . import __version__
 from .arguments import DistillationArguments
 from .batch import LABELS, PIXEL_VALUES, SAMPLE_INDEX, student_inputs
+from .checkpointing import CheckpointMixin
+from .guards import (
+    STUDENT_TERM,
+    TEACHER_TERM,
+    EpochCallback,
+    NonFiniteGuard,
+    check_finite_weights,
+)
 from .label_space import check_teacher_labels
+from .local_names import recipe_name
 from .losses import DistillBatch, logits_of
 from .metrics import compute_accuracy_metrics, top_k_indices
 from .model_card import ModelCardInfo, build_model_card
-from .models import make_timm_loadable
 from .schedulers import get_multistep_schedule, optimizer_steps_per_epoch
 from .teacher import Teacher, TeacherOutputs, build_teacher, is_convolutional
-from .wrapper import ADAPTERS_NAME, DistillationModule, build_loss
+from .wrapper import DistillationModule, build_loss
 
 logger = logging.get_logger(__name__)
 
-DISTILL_CONFIG_NAME = "distill_config.json"
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(CheckpointMixin, Trainer):
     """A [`~transformers.Trainer`] that distils a frozen teacher into the student `model`.
 
     The loss is `args.distill_ce_weight · CE(student, labels) + args.distill_weight · L(student, teacher)`, where
@@ -106,11 +110,15 @@ class DistillationTrainer(Trainer):
             self.model.to(memory_format=torch.channels_last)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.recipe, self.data_info = recipe, data_info
+        self._guard = NonFiniteGuard(args.distill_nonfinite, args.distill_max_skipped_steps, self.accelerator)
+        self.add_callback(self._guard)
+        self._follow_epochs(self.train_dataset)
         self.teacher = build_teacher(teacher_model, self.args, self.accelerator)
         self.distill_loss = None
         if self.teacher is None:
             return
         check_teacher_labels(self.teacher, getattr(self.model.config, "num_labels", None))
+        self.teacher.check_dataset(self.train_dataset)
         self.distill_loss = build_loss(
             args.distill_loss,
             args.distill_loss_kwargs,
@@ -141,6 +149,19 @@ class DistillationTrainer(Trainer):
             return None
         return self.data_collator([dataset[i] for i in range(min(2, len(dataset)))])
 
+    def _follow_epochs(self, dataset: Any) -> None:
+        """A dataset transform whose random draws depend on the epoch (`set_epoch`) is told each epoch's number."""
+        transform = (getattr(dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
+        if not hasattr(transform, "set_epoch"):
+            return
+        if self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0:
+            raise ValueError(
+                "The training transform draws each sample's augmentation from (seed, epoch, index), and persistent "
+                "dataloader workers would keep the first epoch's copy of it: every epoch would see the same crops. "
+                "Drop --dataloader_persistent_workers (workers are then restarted, with the new epoch, each epoch)."
+            )
+        self.add_callback(EpochCallback(transform))
+
     # ------------------------------------------------------------------------------------------- the step
 
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +187,8 @@ class DistillationTrainer(Trainer):
                 raise ValueError("The batch has no `labels`; the CE-only loss and evaluation need them.")
             logits = logits_of(model(**student_inputs(inputs)))
             loss = self._cross_entropy(logits, labels)
+            if model.training:
+                self._guard.observe({"loss": loss, STUDENT_TERM: logits})
             return (loss, {"logits": logits}) if return_outputs else loss
 
         teacher_outputs = self.teacher(inputs, epoch=self.state.epoch or 0.0)
@@ -178,6 +201,9 @@ class DistillationTrainer(Trainer):
             ce = self._cross_entropy(logits, labels) + (0.0 if method_ce is None else method_ce)
             loss = loss + self.args.distill_ce_weight * ce
         self._record_metrics(ce, loss_dict)
+        terms = {f"distill/{name}": value for name, value in loss_dict.items()}
+        terms.update({"loss": loss, "distill/ce": ce, STUDENT_TERM: logits})
+        self._guard.observe({**terms, TEACHER_TERM: logits_of(teacher_outputs.main)})
         return (loss, {"logits": logits}) if return_outputs else loss
 
     def _distill_batch(self, inputs: dict[str, Any], teacher_outputs: TeacherOutputs) -> DistillBatch:
@@ -222,6 +248,11 @@ class DistillationTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         is_train_log = not any(key.startswith("eval_") for key in logs)
+        if is_train_log:
+            # Every process logs at the same steps: the check's collective is safe here.
+            self._guard.check(self.state.global_step)
+            if self._guard.mode == "skip":
+                logs["distill/skipped_steps"] = self._guard.skipped
         if is_train_log and self._metrics:
             names = sorted(self._metrics)
             means = torch.stack([torch.stack(self._metrics[name]).mean() for name in names])
@@ -262,74 +293,16 @@ class DistillationTrainer(Trainer):
             "distill_ce_weight": args.distill_ce_weight,
             "distill_weight": args.distill_weight,
             "teacher": self.teacher.record() if self.teacher is not None else None,
-            "recipe": self.recipe,
+            "recipe": recipe_name(self.recipe),
             "data": self.data_info,
         }
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        wrapper = self.accelerator.unwrap_model(self.model)
-        if isinstance(wrapper, DistillationModule):
-            # The bare student, loadable with AutoModelForImageClassification; adapters beside it.
-            if self.args.should_save:
-                os.makedirs(output_dir, exist_ok=True)
-                student_state = None
-                if state_dict is not None:
-                    student_state = {
-                        k[len("student.") :]: v for k, v in state_dict.items() if k.startswith("student.")
-                    }
-                wrapper.student.save_pretrained(output_dir, state_dict=student_state)
-                adapters = wrapper.adapter_state_dict()
-                if adapters:
-                    save_file(adapters, os.path.join(output_dir, ADAPTERS_NAME), metadata={"format": "pt"})
-                if self.processing_class is not None:
-                    self.processing_class.save_pretrained(output_dir)
-                torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-        else:
-            super()._save(output_dir, state_dict=state_dict)
-        if self.args.should_save:
-            with open(os.path.join(output_dir, DISTILL_CONFIG_NAME), "w", encoding="utf-8") as f:
-                json.dump(self.distill_config(), f, indent=2, sort_keys=True)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
-        if not isinstance(wrapper, DistillationModule):
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-            return
-        super()._load_from_checkpoint(resume_from_checkpoint, wrapper.student)
-        if not wrapper.adapter_state_dict():
-            return
-        path = os.path.join(resume_from_checkpoint, ADAPTERS_NAME)
-        if not os.path.isfile(path):
-            raise ValueError(
-                f"Checkpoint {resume_from_checkpoint!r} has no {ADAPTERS_NAME}, which loss "
-                f"{self.args.distill_loss!r} needs to resume. Resume from a checkpoint of a run with this loss."
-            )
-        wrapper.distill_loss.load_state_dict(load_file(path, device=str(self.args.device)))
-
-    def _load_best_model(self) -> None:
-        # The Trainer loads the best checkpoint's weights into `self.model` non-strictly, which for the wrapper
-        # (keys prefixed `student.`) would load nothing; load the student and the adapters as resume does.
-        if isinstance(self.accelerator.unwrap_model(self.model), DistillationModule) and not self.is_deepspeed_enabled:
-            best = self.state.best_model_checkpoint
-            logger.info(f"Loading best model from {best} (score: {self.state.best_metric}).")
-            self._load_from_checkpoint(best)
-            return
-        super()._load_best_model()
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the student; a timm student's final folder also loads with `timm.create_model("local-dir:...")`."""
-        super().save_model(output_dir, _internal_call=_internal_call)
-        folder = output_dir if output_dir is not None else self.args.output_dir
-        # Only the final folder: resume loads checkpoints non-strictly, so their keys keep transformers' layout.
-        if self.args.should_save and getattr(self.student.config, "model_type", None) == "timm_wrapper":
-            make_timm_loadable(folder)
 
     # ------------------------------------------------------------------------------------------- results
 
     @torch.no_grad()
-    def evaluate_teacher(self, eval_dataset: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Top-1/top-5 accuracy of the teacher on the evaluation set (its own pixel tensor when it has one)."""
+    def evaluate_teacher(self, eval_dataset: Any = None, metric_key_prefix: str = "teacher_eval") -> dict[str, float]:
+        """Top-1/top-5 accuracy of the teacher on the evaluation set (its own pixel tensor when it has one), under
+        keys of its own (`teacher_eval_accuracy`, ...), so that no metrics file can mistake them for the student's."""
         if self.teacher is None:
             raise ValueError("There is no teacher to evaluate (distill_loss='ce').")
         dataloader = self.get_eval_dataloader(eval_dataset)
@@ -368,6 +341,7 @@ class DistillationTrainer(Trainer):
         teacher_metrics: dict[str, float] | None = None,
         baseline_metrics: dict[str, float] | None = None,
         is_timm: bool | None = None,
+        student_from_scratch: bool = False,
     ) -> None:
         """Write `output_dir/README.md`: metadata, results next to the teacher's, loss, kwargs and citation.
 
@@ -376,6 +350,7 @@ class DistillationTrainer(Trainer):
         """
         if not self.is_world_process_zero():
             return
+        check_finite_weights(self.accelerator.unwrap_model(self.model), "a model card")
         info = ModelCardInfo.for_run(
             self.distill_config(),
             self.args,
@@ -391,6 +366,8 @@ class DistillationTrainer(Trainer):
             teacher_metrics=teacher_metrics,
             baseline_metrics=baseline_metrics,
             is_timm=is_timm,
+            student_from_scratch=student_from_scratch,
+            log_history=self.state.log_history,
         )
         build_model_card(info, output_dir=self.args.output_dir)
 

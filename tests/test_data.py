@@ -410,3 +410,37 @@ def test_short_dataset_names_load_their_hub_ids(monkeypatch):
     image_datasets.load_image_dataset("CIFAR100")
     image_datasets.load_image_dataset("someone/my-data")
     assert seen == ["ILSVRC/imagenet-1k", "uoft-cs/cifar100", "someone/my-data"]
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index_whatever_the_workers():
+    """Each row's crop, flip and RandAugment come from (seed, epoch, index): the global RNG, the order rows are read
+    in and the number of dataloader workers change nothing; the epoch and the seed change the draws."""
+    images = [gradient_image(40 + 3 * i, 36) for i in range(6)]
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
+    raw = add_sample_index(Dataset.from_dict({"image": images, "label": [i % 2 for i in range(6)]}, features=features))
+    student = build_transforms(ImageConfig(size=(24, 24)), train=True, train_augment="rrc")
+    teacher = build_transforms(ImageConfig(size=(32, 32)), train=True, train_augment="rrc")
+    strong = (build_transforms(ImageConfig(size=(24, 24)), train=True, train_augment="rrc", strong=True), None)
+
+    def batches(seed: int, epoch: int, workers: int, order: list[int]) -> dict[str, torch.Tensor]:
+        fn = make_transform_fn(student, teacher, "image", "label", strong_transforms=strong, seed=seed)
+        fn.set_epoch(epoch)
+        dataset = set_image_transform(raw, fn)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, order), batch_size=2, num_workers=workers, collate_fn=collate_fn
+        )
+        out = [batch for batch in loader]
+        return {key: torch.cat([b[key] for b in out])[torch.argsort(torch.tensor(order))] for key in out[0]}
+
+    torch.manual_seed(123)
+    reference = batches(seed=7, epoch=1, workers=0, order=list(range(6)))
+    torch.manual_seed(456)  # another global RNG state, rows in another order, two worker processes
+    again = batches(seed=7, epoch=1, workers=2, order=[5, 3, 1, 0, 2, 4])
+    for key in ("pixel_values", "teacher_pixel_values", "strong_pixel_values"):
+        torch.testing.assert_close(again[key], reference[key], rtol=0, atol=0)
+    assert not torch.equal(batches(seed=7, epoch=2, workers=0, order=list(range(6)))["pixel_values"],
+                           reference["pixel_values"])  # fmt: skip
+    assert not torch.equal(batches(seed=8, epoch=1, workers=0, order=list(range(6)))["pixel_values"],
+                           reference["pixel_values"])  # fmt: skip
+    # The strong view draws its own crop: it is not the weak view's crop with RandAugment on top.
+    assert not torch.equal(reference["strong_pixel_values"], reference["pixel_values"])

@@ -21,5 +21,5 @@ def test_recipe_runs_two_steps_in_smoke_mode(recipe, tmp_path):
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     distill = json.loads((out / "distill_config.json").read_text())
-    assert distill["recipe"] == str(REPO / recipe)
+    assert distill["recipe"] == recipe  # its place under recipes/, no local path
     assert distill["data"]["source"].startswith("synthetic smoke data")

@@ -445,3 +445,16 @@ def test_bad_milestones_are_rejected(tmp_path):
         _args(tmp_path, distill_lr_milestones=[180, 150])
     with pytest.raises(ValueError, match="distill_lr_gamma"):
         _args(tmp_path, distill_lr_milestones=[150], distill_lr_gamma=0)
+
+
+def test_total_flos_counts_the_student_as_a_bare_student_run_does(tmp_path, student, teacher, train_dataset):
+    """The trainer's model wraps the student with the loss; the flos estimate still reads the student."""
+    flos = []
+    for loss in ("ce", "kd"):
+        trainer = DistillationTrainer(
+            model=tiny_resnet(seed=1), teacher_model=teacher, args=_args(tmp_path / loss, distill_loss=loss),
+            train_dataset=train_dataset, data_collator=collate,
+        )  # fmt: skip
+        trainer.train()
+        flos.append(trainer.state.total_flos)
+    assert flos[0] > 0 and flos[0] == flos[1]

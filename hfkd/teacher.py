@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import logging
 
 from .batch import SAMPLE_INDEX, STRONG_PIXEL_VALUES, teacher_pixels
+from .convert import describe_provenance, teacher_provenance
 from .features import PreactivationRecorder, run_for_loss
 from .local_names import is_local_path, neutral_name
 from .losses import LossNeeds, get_loss_class, logits_of
@@ -180,6 +183,7 @@ class LiveTeacher(Teacher):
         needs: what the loss needs of the teacher's outputs.
         autocast: the student's mixed-precision context (`accelerator.autocast`).
         name, revision: where it came from, for the record.
+        origin: how its weights were made, when known (`teacher_origin`: a released checkpoint, trained with hfkd).
     """
 
     def __init__(
@@ -190,10 +194,12 @@ class LiveTeacher(Teacher):
         autocast: Callable[[], Any] = contextlib.nullcontext,
         name: str | None = None,
         revision: str | None = None,
+        origin: str | None = None,
     ) -> None:
         self.model, self.needs, self.autocast = model, needs, autocast
         self.name, self.revision = teacher_id(model, name), revision
         self.recorder = PreactivationRecorder(model, "teacher") if needs.preactivations else None
+        self.origin = origin
 
     def _run(self, pixel_values: torch.Tensor, for_loss: bool) -> Any:
         # Eval mode again at every call: a user callback or `model.train()` on a container must not put the
@@ -220,6 +226,7 @@ class LiveTeacher(Teacher):
             "revision": None if local else self.revision,
             "commit": getattr(self.config, "_commit_hash", None),
             "num_labels": getattr(self.config, "num_labels", None),
+            "provenance": self.origin,
         }
 
 
@@ -298,6 +305,21 @@ class CachedTeacher(Teacher):
         }
 
 
+def teacher_origin(model: nn.Module, name: str | None) -> str | None:
+    """How a teacher's weights were made, for the card and the report: a released reference checkpoint converted by
+    `hfkd.convert` (still unchanged), a folder trained by hfkd (its recipe or loss), else `None` (not known)."""
+    released = describe_provenance(teacher_provenance(model))
+    if released is not None:
+        return released
+    record = os.path.join(name, "distill_config.json") if name and os.path.isdir(name) else None
+    if record is None or not os.path.isfile(record):
+        return None
+    with open(record, encoding="utf-8") as f:
+        config = json.load(f)
+    how = f"recipe {config['recipe']}" if config.get("recipe") else f"--loss {config.get('distill_loss')}"
+    return f"trained with hfkd ({how}), not a released checkpoint"
+
+
 def build_teacher(source: Any, args: Any, accelerator: Any) -> Teacher | None:
     """The `Teacher` for a trainer: `source` (a `Teacher`, a model, a checkpoint name, or `None` for
     `args.teacher_model_name_or_path`), or the cache of `args.teacher_cache_dir`; `None` for `distill_loss="ce"`."""
@@ -314,9 +336,10 @@ def build_teacher(source: Any, args: Any, accelerator: Any) -> Teacher | None:
         source = load_teacher(name, revision=args.teacher_model_revision, init_kwargs=args.teacher_model_init_kwargs)
     needs = get_loss_class(args.distill_loss).needs
     revision = args.teacher_model_revision
+    origin = teacher_origin(source, name)  # before the teacher is cast: the record checks its weights
     if deepspeed_zero_stage(accelerator) == 3:
         return DeepSpeedTeacher(
-            source, needs, accelerator, autocast=accelerator.autocast, name=name, revision=revision
+            source, needs, accelerator, autocast=accelerator.autocast, name=name, revision=revision, origin=origin
         )
     model = prepare_teacher(
         source,
@@ -325,4 +348,4 @@ def build_teacher(source: Any, args: Any, accelerator: Any) -> Teacher | None:
         channels_last=args.distill_channels_last,
         compile_backend=args.teacher_compile_backend if args.teacher_compile else None,
     )
-    return LiveTeacher(model, needs, autocast=accelerator.autocast, name=name, revision=revision)
+    return LiveTeacher(model, needs, autocast=accelerator.autocast, name=name, revision=revision, origin=origin)

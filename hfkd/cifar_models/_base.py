@@ -68,16 +68,23 @@ def register_cifar_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Modul
 
 
 def build_cifar_model(model_cls: type[nn.Module], variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Build through `timm.models.build_model_with_cfg`, so `pretrained_cfg` is set and `features_only` works."""
-    if pretrained:
+    """Build through `timm.models.build_model_with_cfg`, so `pretrained_cfg` is set and `features_only` works.
+
+    `pretrained=True` needs weights named by the caller's `pretrained_cfg` (a file, as `timm.create_model("local-dir:
+    ...")` gives for a folder saved by hfkd); timm itself has none for these networks.
+    """
+    cfg = kwargs.get("pretrained_cfg")
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {})
+    if pretrained and not any(cfg.get(key) for key in ("file", "hf_hub_id", "url", "state_dict")):
         raise ValueError(
             f"There are no pretrained weights for {variant!r} in timm; create it with pretrained=False and load a "
-            "checkpoint with `model.load_state_dict(...)` (mdistiller checkpoints load as they are)."
+            "checkpoint with `model.load_state_dict(...)` (mdistiller checkpoints load as they are), or convert a "
+            "released teacher with `python -m hfkd.convert`."
         )
     return build_model_with_cfg(
         model_cls,
         variant,
-        pretrained=False,
+        pretrained=pretrained,
         feature_cfg={"feature_cls": "getter"},
         **kwargs,
     )

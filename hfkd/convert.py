@@ -1,0 +1,354 @@
+"""Convert the released CIFAR-100 teacher checkpoints of RepDistiller / mdistiller into folders `--teacher` loads.
+
+Every CIFAR-100 row of the MDistiller, DIST and Streamlined KD tables distils from the same six released teachers
+(`cifar_teachers.tar`: `resnet32x4`, `wrn_40_2`, `vgg13`, `resnet56`, `resnet110`, `ResNet50`, each a
+`<arch>_vanilla/ckpt_epoch_240.pth` written by RepDistiller's `train_teacher.py`). hfkd's CIFAR networks use the
+reference module names, so the weights load unchanged:
+
+    python -m hfkd.convert download_ckpts/cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth \
+        --arch resnet32x4 --output_dir teachers/resnet32x4
+
+The folder holds hfkd's timm network (safetensors), the CIFAR-100 class names and its image config, and loads with
+`--teacher teachers/resnet32x4`, `AutoModelForImageClassification.from_pretrained` and timm's `local-dir:`. Its
+config.json records where the weights came from (`hfkd_provenance`), which `teacher_provenance` reads back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import uuid
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import logging
+
+from . import __version__
+from .cache_store import weights_sha256
+from .models import ModelSpec, load_image_classifier, save_student
+
+logger = logging.get_logger(__name__)
+
+PROVENANCE_KEY = "hfkd_provenance"
+RELEASE_NAME = "cifar_teachers.tar"
+
+# The released teachers: RepDistiller / mdistiller model-dict name -> hfkd's timm architecture.
+TEACHER_ARCHS: dict[str, str] = {
+    "resnet32x4": "cifar_resnet32x4",
+    "wrn_40_2": "cifar_wrn_40_2",
+    "vgg13": "cifar_vgg13",
+    "resnet56": "cifar_resnet56",
+    "resnet110": "cifar_resnet110",
+    "ResNet50": "cifar_resnet50",
+}
+
+# CIFAR-100 fine labels in label-index order (the `fine_label_names` of the dataset's `meta` file).
+CIFAR100_FINE_LABELS: tuple[str, ...] = tuple(
+    (
+        "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can "
+        "castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin "
+        "elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard "
+        "lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear "
+        "pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark "
+        "shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone "
+        "television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm"
+    ).split()
+)
+
+
+def resolve_arch(arch: str) -> tuple[str, str]:
+    """`(reference_name, hfkd_name)` of a released teacher, from either spelling (`resnet32x4`, `cifar_resnet32x4`).
+
+    Raises:
+        `ValueError`: Not one of the released teachers; the message lists both spellings of each.
+    """
+    for reference, name in TEACHER_ARCHS.items():
+        if arch.strip().lower() in (reference.lower(), name):
+            return reference, name
+    accepted = ", ".join(f"{reference} (= {name})" for reference, name in TEACHER_ARCHS.items())
+    raise ValueError(f"Unknown --arch {arch!r}: the released CIFAR-100 teachers are {accepted}. Pass one of these.")
+
+
+def _load_error(path: Path, error: Exception) -> ValueError:
+    text = str(error)
+    if needs_code := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+        return ValueError(
+            f"{path.name} is not a plain weights file: unpickling it would run code ({needs_code.group(1)}). hfkd "
+            "reads checkpoints with torch.load(weights_only=True) only; if you trust the file, re-save its weights "
+            "with `torch.save({'model': torch.load(path, weights_only=False)['model']}, 'weights.pth')` and convert "
+            "that."
+        )
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    detail = detail.group(1).strip() if detail else (text.splitlines() or ["empty file"])[0][:200]
+    return ValueError(
+        f"{path.name} is not a PyTorch checkpoint ({type(error).__name__}: {detail}). Pass the ckpt_epoch_240.pth "
+        "of a teacher folder from cifar_teachers.tar (or any torch.save'd state dict)."
+    )
+
+
+def _scalar(value: Any) -> int | float | None:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a reference checkpoint with `torch.load(weights_only=True)`, on CPU.
+
+    Accepts `{"model": state_dict, ...}` (RepDistiller's layout; `"state_dict"` also works) or a bare state dict, and
+    strips a `module.` prefix (DataParallel). Returns the state dict and what the file says about itself (`epoch`,
+    top-1 `accuracy` / `best_acc`, as plain numbers).
+
+    Raises:
+        `ValueError`: The file is missing, needs code to unpickle, or holds no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Checkpoint {str(path)!r} does not exist or is not a file; pass the path of a .pth file.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # whatever torch.load raises, the file is not a checkpoint it can read safely
+        raise _load_error(path, error) from None
+    info: dict[str, Any] = {}
+    weights = payload.get("model", payload.get("state_dict")) if isinstance(payload, dict) else None
+    if isinstance(weights, dict):
+        found = {"epoch": payload.get("epoch"), "top1": payload.get("accuracy", payload.get("best_acc"))}
+        info = {key: _scalar(value) for key, value in found.items() if _scalar(value) is not None}
+        payload = weights
+    if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        shown = sorted(map(str, payload))[:8] if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(
+            f"{path.name} holds no state dict (found {shown}); expected {{'model': state_dict}} or a bare state dict "
+            "of tensors, as RepDistiller's train_teacher.py saves."
+        )
+    if all(key.startswith("module.") for key in payload):
+        payload = {key.removeprefix("module."): value for key, value in payload.items()}
+    return payload, info
+
+
+@cache
+def _expected_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = timm.create_model(name, num_classes=len(CIFAR100_FINE_LABELS))
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def _mismatches(state_dict: dict[str, torch.Tensor], name: str) -> list[str]:
+    """What keeps `state_dict` from loading into `name`: one phrase per kind of problem, none if it loads."""
+    expected = _expected_shapes(name)
+    found = {
+        # Checkpoints from before PyTorch 0.4.1 have no BatchNorm step counters; eval never reads them.
+        "missing key(s)": [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")],
+        "unexpected key(s)": [k for k in state_dict if k not in expected],
+        "wrong shape(s)": [
+            f"{k}: checkpoint {tuple(v.shape)} vs {expected[k]}"
+            for k, v in state_dict.items()
+            if k in expected and tuple(v.shape) != expected[k]
+        ],
+    }
+    return [f"{len(v)} {what} ({', '.join(v[:3])}{', ...' * (len(v) > 3)})" for what, v in found.items() if v]
+
+
+def check_state_dict(state_dict: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """Check `state_dict` key by key against the teacher `arch` and return it completed for a strict load.
+
+    Raises:
+        `ValueError`: Missing or unexpected keys or wrong shapes; the message names them and, when the weights fit
+            another released teacher, the `--arch` to pass.
+    """
+    reference, name = resolve_arch(arch)
+    if problems := _mismatches(state_dict, name):
+        fits = [other for other, other_name in TEACHER_ARCHS.items() if not _mismatches(state_dict, other_name)]
+        hint = f"It fits --arch {fits[0]}." if fits else f"Pass the checkpoint of a {reference} teacher."
+        raise ValueError(f"The checkpoint does not match --arch {reference} ({name}): {'; '.join(problems)}. {hint}")
+    filled = dict(state_dict)
+    for key in _expected_shapes(name):
+        filled.setdefault(key, torch.zeros((), dtype=torch.long))
+    return filled
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _build_teacher(state_dict: dict[str, torch.Tensor], name: str, provenance: dict[str, Any]) -> PreTrainedModel:
+    id2label = dict(enumerate(CIFAR100_FINE_LABELS))
+    spec = ModelSpec(name=name, source=name, kind="timm_arch", revision=None, is_timm=True)
+    model = load_image_classifier(spec, pretrained=False, id2label=id2label)
+    model.timm_model.load_state_dict(state_dict, strict=True)
+    setattr(model.config, PROVENANCE_KEY, {**provenance, "weights_sha256": weights_sha256(model)})
+    return model.eval()
+
+
+def _write_verified(model: PreTrainedModel, folder: Path) -> None:
+    """Save `model` into `folder` and check that the saved folder reproduces its logits exactly."""
+    save_student(model, str(folder))
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    reloaded = load_image_classifier(ModelSpec(folder.name, str(folder), "local", None, True)).eval()
+    with torch.no_grad():
+        if not torch.equal(model(pixel_values=pixels).logits, reloaded(pixel_values=pixels).logits):
+            raise ValueError("The saved teacher does not reproduce the checkpoint's logits; please report this.")
+
+
+def _move_into_place(staging: Path, output: Path) -> None:
+    """Rename `staging` to `output`, replacing an existing `output` only once the new folder is complete."""
+    if not output.exists():
+        os.replace(staging, output)
+        return
+    retired = staging.with_suffix(".old")
+    os.replace(output, retired)
+    try:
+        os.replace(staging, output)
+    except OSError:
+        os.replace(retired, output)
+        raise
+    shutil.rmtree(retired)
+
+
+def convert_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    arch: str,
+    output_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    release: str = RELEASE_NAME,
+) -> Path:
+    """Convert a released teacher checkpoint into an hfkd teacher folder (see the module docstring).
+
+    Everything is checked before anything is written; the folder is written beside `output_dir` under a temporary
+    name and renamed at the end, so a failed conversion leaves no half-written `output_dir`.
+
+    Args:
+        checkpoint (`str` or `os.PathLike`): The `.pth` file (`{"model": state_dict}` or a bare state dict).
+        arch (`str`): The teacher, by the reference's name (`resnet32x4`) or hfkd's (`cifar_resnet32x4`).
+        output_dir (`str` or `os.PathLike`): The folder to write; must be absent or empty unless `overwrite`.
+        overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `output_dir`.
+        release (`str`, *optional*, defaults to `"cifar_teachers.tar"`): The release the file comes from, recorded
+            in the provenance.
+
+    Returns:
+        `Path`: `output_dir`.
+    """
+    source, output = Path(checkpoint), Path(output_dir)
+    reference, name = resolve_arch(arch)
+    if output.exists() and not (output.is_dir() and (overwrite or not any(output.iterdir()))):
+        what = "is not empty; pass --overwrite to replace it" if output.is_dir() else "is a file; pass a folder path"
+        raise ValueError(f"--output_dir {str(output)!r} exists and {what}.")
+    state_dict, info = read_checkpoint(source)
+    state_dict = check_state_dict(state_dict, reference)
+    provenance = {
+        "kind": "released_checkpoint",
+        "release": release,
+        "reference_arch": reference,
+        "architecture": name,
+        "source_file": source.name,
+        "source_sha256": _sha256(source),
+        **{f"checkpoint_{key}": value for key, value in info.items()},
+        "converted_on": datetime.now(timezone.utc).date().isoformat(),
+        "converted_with": f"hfkd.convert {__version__}",
+    }
+    model = _build_teacher(state_dict, name, provenance)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir()
+    try:
+        _write_verified(model, staging)
+        _move_into_place(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info(f"Converted {source.name} ({reference}) into {str(output)!r}.")
+    return output
+
+
+def teacher_provenance(model_or_folder: Any) -> dict[str, Any] | None:
+    """Where a teacher's weights came from, as `convert_checkpoint` recorded it; `None` when nothing is recorded.
+
+    The record is only returned while the weights are still the converted ones (`weights_sha256`): a folder or model
+    fine-tuned (or cast to another dtype) since then gets `None` and a warning, so a retrained network never passes
+    for the released teacher. A bare config is taken at its word.
+
+    Args:
+        model_or_folder: A local folder, a loaded model (anything with a `config`, before it is cast), or its config;
+            a name that is not a local folder (a Hub id, a timm name) gives `None`.
+
+    Returns:
+        `dict` or `None`: `kind` (`"released_checkpoint"`), `release`, `reference_arch`, `architecture`,
+        `source_file`, `source_sha256`, `checkpoint_epoch` / `checkpoint_top1` (the test top-1 in percent) when the
+        file had them, `converted_on`, `converted_with` and `weights_sha256`.
+    """
+    weights: Any = model_or_folder if isinstance(model_or_folder, nn.Module) else None
+    if isinstance(model_or_folder, (str, os.PathLike)):
+        folder = Path(model_or_folder)
+        if not (folder / "config.json").is_file():
+            return None
+        found = json.loads((folder / "config.json").read_text(encoding="utf-8")).get(PROVENANCE_KEY)
+        weights = folder / "model.safetensors"
+    else:
+        found = getattr(getattr(model_or_folder, "config", model_or_folder), PROVENANCE_KEY, None)
+    if not isinstance(found, dict) or "kind" not in found:
+        return None
+    if isinstance(weights, Path):
+        weights = load_file(weights) if weights.is_file() else {}
+    if weights is not None and weights_sha256(weights) != found.get("weights_sha256"):
+        logger.warning(
+            f"The weights differ from the {found.get('reference_arch')} checkpoint they were converted from "
+            "(trained or cast since?); not reporting them as the released teacher."
+        )
+        return None
+    return dict(found)
+
+
+def describe_provenance(provenance: dict[str, Any] | None) -> str | None:
+    """One phrase for a model card or report: `"released teacher (cifar_teachers.tar resnet32x4)"`, else `None`."""
+    if not provenance or provenance.get("kind") != "released_checkpoint":
+        return None
+    return f"released teacher ({provenance.get('release')} {provenance.get('reference_arch')})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    accepted = ", ".join(f"{reference} / {name}" for reference, name in TEACHER_ARCHS.items())
+    parser = argparse.ArgumentParser(
+        prog="python -m hfkd.convert",
+        description="Convert a released CIFAR-100 teacher checkpoint (RepDistiller / mdistiller cifar_teachers.tar) "
+        "into a folder that --teacher loads.",
+        epilog="example: python -m hfkd.convert cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth "
+        "--arch resnet32x4 --output_dir teachers/resnet32x4",
+    )
+    parser.add_argument("checkpoint", help="The .pth file: {'model': state_dict} or a bare state dict.")
+    parser.add_argument("--arch", required=True, help=f"The teacher, reference or hfkd name: {accepted}.")
+    parser.add_argument("--output_dir", required=True, help="Folder to write (absent or empty unless --overwrite).")
+    parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output_dir.")
+    parser.add_argument("--release", default=RELEASE_NAME, help="Release the file comes from, for the provenance.")
+    args = parser.parse_args(argv)
+    try:
+        output = convert_checkpoint(
+            args.checkpoint, args.arch, args.output_dir, overwrite=args.overwrite, release=args.release
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    provenance = teacher_provenance(output) or {}
+    sha = provenance.get("source_sha256", "")[:12]
+    print(f"Wrote {output}: {describe_provenance(provenance)}, sha256 {sha}...; use it with --teacher {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,10 +1,12 @@
 """DistillationArguments: TrainingArguments plus the teacher and the distillation loss."""
 
+import difflib
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from timm.optim import list_optimizers
 from transformers import TrainingArguments
 
 from .losses import get_loss_class, validate_loss_kwargs
@@ -71,6 +73,19 @@ class DistillationArguments(TrainingArguments):
         Decay factor at each milestone.
     distill_channels_last (`bool`, *optional*, defaults to `False`):
         Channels-last memory format for convolutional students and teachers (`--channels_last`).
+
+    > Optimisation (what the references' training code does and the Trainer does not)
+
+    distill_decay_all_parameters (`bool`, *optional*, defaults to `False`):
+        Weight decay on every parameter (mdistiller's and RepDistiller's optimiser groups), not only on weights.
+    distill_timm_optimizer (`str`, *optional*, defaults to `None`), distill_timm_optimizer_kwargs (`dict`):
+        A timm optimiser (`rmsproptf`, `lamb`, ...) built by `timm.optim.create_optimizer_v2`, replacing `optim`.
+    distill_ema (`bool`, *optional*, defaults to `False`), distill_ema_decay (`float`, defaults to `0.9998`),
+    distill_ema_warmup (`bool`, defaults to `False`):
+        An exponential moving average of the student (timm's `ModelEmaV3`), evaluated, saved and pushed as the
+        result, checkpointed and restored on resume.
+    distill_nonfinite (`str`, *optional*, defaults to `"error"`), distill_max_skipped_steps (`int`, defaults to 10):
+        A non-finite loss stops the run (`"error"`) or drops that update (`"skip"`, at most this many times).
     """
 
     teacher_model_name_or_path: str | None = field(
@@ -137,6 +152,36 @@ class DistillationArguments(TrainingArguments):
     teacher_compile_backend: str = field(
         default="inductor", metadata={"help": "torch.compile backend for the teacher (inductor, eager, ...)."}
     )
+    distill_decay_all_parameters: bool = field(
+        default=False,
+        metadata={
+            "help": "Weight decay on every parameter, biases and norm weights included, as the references' optimisers "
+            "(mdistiller, RepDistiller) do; the Trainer's default exempts biases and norm weights."
+        },
+    )
+    distill_timm_optimizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "A timm optimiser by name (rmsproptf, lamb, adamw, sgd, ...; timm.optim.list_optimizers()), "
+            "built by timm.optim.create_optimizer_v2 with learning_rate and weight_decay; replaces --optim."
+        },
+    )
+    distill_timm_optimizer_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "JSON keyword arguments of the timm optimiser, e.g. '{\"alpha\": 0.9, \"eps\": 0.001}'."},
+    )
+    distill_ema: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep an exponential moving average of the student's weights (timm's ModelEmaV3): it is what "
+            "is evaluated, saved and pushed; checkpointed and restored on resume."
+        },
+    )
+    distill_ema_decay: float = field(default=0.9998, metadata={"help": "Decay of the student's weight average."})
+    distill_ema_warmup: bool = field(
+        default=False,
+        metadata={"help": "Ramp the EMA decay up over the first steps (timm's warm-up: 1 - (1 + step)^-2/3)."},
+    )
     distill_nonfinite: str = field(
         default="error",
         metadata={
@@ -169,6 +214,23 @@ class DistillationArguments(TrainingArguments):
             "teacher_model_init_kwargs", self.teacher_model_init_kwargs
         )
         self.distill_loss_kwargs = _parse_json_mapping("distill_loss_kwargs", self.distill_loss_kwargs)
+        self.distill_timm_optimizer_kwargs = _parse_json_mapping(
+            "distill_timm_optimizer_kwargs", self.distill_timm_optimizer_kwargs
+        )
+        if self.distill_timm_optimizer is not None:
+            self.distill_timm_optimizer = self.distill_timm_optimizer.lower()
+            known = list_optimizers(with_description=False)
+            if self.distill_timm_optimizer not in known:
+                close = difflib.get_close_matches(self.distill_timm_optimizer, known, n=3)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                raise ValueError(
+                    f"`distill_timm_optimizer={self.distill_timm_optimizer!r}` is not a timm optimiser.{hint} "
+                    "See timm.optim.list_optimizers()."
+                )
+        elif self.distill_timm_optimizer_kwargs:
+            raise ValueError("`distill_timm_optimizer_kwargs` needs `distill_timm_optimizer` (a timm optimiser name).")
+        if not 0.0 < self.distill_ema_decay < 1.0:
+            raise ValueError(f"`distill_ema_decay` must be in (0, 1), e.g. 0.9998; got {self.distill_ema_decay!r}.")
         if self.distill_nonfinite not in ("error", "skip"):
             raise ValueError(f"`distill_nonfinite` must be 'error' or 'skip', got {self.distill_nonfinite!r}.")
         if not (isinstance(self.distill_max_skipped_steps, int) and self.distill_max_skipped_steps >= 0):

@@ -9,11 +9,13 @@ A mixin of `hfkd.trainer.DistillationTrainer` (the two are the only modules that
   `"latest"`, which take the newest complete one;
 - the student is saved bare (loadable with `AutoModelForImageClassification`), a loss's trainable parameters beside
   it in `distill_adapters.safetensors`, restored on resume and when the best model is loaded;
+- with `distill_ema`, the final model is the student's weight average, and each checkpoint holds it too;
 - `training_args.bin` never holds the Hub token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -84,14 +86,18 @@ class CheckpointMixin:
         # Old checkpoints are rotated out only once the new one is complete: a kill while it is written must leave
         # a complete one behind.
         limit, self.args.save_total_limit = self.args.save_total_limit, None
+        self._saving_checkpoint = True  # a checkpoint holds the live weights (to resume from), and the EMA beside
         try:
             super()._save_checkpoint(model, trial)
         finally:
-            self.args.save_total_limit = limit
+            self.args.save_total_limit, self._saving_checkpoint = limit, False
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
+        if self.ema is not None and self.args.should_save:
+            self.ema.save(folder)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            run_dir = self._get_output_dir(trial=trial)
-            mark_checkpoint_complete(os.path.join(run_dir, f"checkpoint-{self.state.global_step}"))
+            mark_checkpoint_complete(folder)
             rotate_complete_checkpoints(run_dir, limit, keep=self.state.best_model_checkpoint)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -120,6 +126,8 @@ class CheckpointMixin:
                 json.dump(self.distill_config(), f, indent=2, sort_keys=True)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        if self.ema is not None:
+            self.ema.load(resume_from_checkpoint)
         wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
         if not isinstance(wrapper, DistillationModule):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -149,7 +157,10 @@ class CheckpointMixin:
         """Save the student; a timm student's final folder also loads with `timm.create_model("local-dir:...")`."""
         # Also for internal calls: `push_to_hub` saves through here before it uploads.
         self._check_writable(f"the model in {output_dir or self.args.output_dir}")
-        super().save_model(output_dir, _internal_call=_internal_call)
+        # The run's result is the student's weight average when there is one; a checkpoint keeps the live weights.
+        use_ema = self.ema is not None and not getattr(self, "_saving_checkpoint", False)
+        with self.ema.swapped_in() if use_ema else contextlib.nullcontext():
+            super().save_model(output_dir, _internal_call=_internal_call)
         folder = output_dir if output_dir is not None else self.args.output_dir
         # Only the final folder: resume loads checkpoints non-strictly, so their keys keep transformers' layout.
         if self.args.should_save and getattr(self.student.config, "model_type", None) == "timm_wrapper":

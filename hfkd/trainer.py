@@ -33,7 +33,7 @@ from .local_names import recipe_name
 from .losses import DistillBatch, logits_of
 from .metrics import compute_accuracy_metrics, top_k_indices
 from .model_card import ModelCardInfo, build_model_card
-from .schedulers import get_multistep_schedule, optimizer_steps_per_epoch
+from .optimization import OptimizationMixin
 from .teacher import Teacher, TeacherOutputs, build_teacher, is_convolutional
 from .wrapper import DistillationModule, build_loss
 
@@ -41,7 +41,7 @@ logger = logging.get_logger(__name__)
 
 
 
-class DistillationTrainer(CheckpointMixin, Trainer):
+class DistillationTrainer(CheckpointMixin, OptimizationMixin, Trainer):
     """A [`~transformers.Trainer`] that distils a frozen teacher into the student `model`.
 
     The loss is `args.distill_ce_weight · CE(student, labels) + args.distill_weight · L(student, teacher)`, where
@@ -112,6 +112,7 @@ class DistillationTrainer(CheckpointMixin, Trainer):
         self.recipe, self.data_info = recipe, data_info
         self._guard = NonFiniteGuard(args.distill_nonfinite, args.distill_max_skipped_steps, self.accelerator)
         self.add_callback(self._guard)
+        self.ema = self._build_ema()
         self._follow_epochs(self.train_dataset)
         self.teacher = build_teacher(teacher_model, self.args, self.accelerator)
         self.distill_loss = None
@@ -261,25 +262,6 @@ class DistillationTrainer(CheckpointMixin, Trainer):
             logs.update({f"distill/{name}": value for name, value in zip(names, means.tolist())})
             self._metrics.clear()
         super().log(logs, start_time)
-
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
-        """The references' multi-step decay when `distill_lr_milestones` is set, else the Trainer's schedule."""
-        if self.args.distill_lr_milestones is None or self.lr_scheduler is not None:
-            return super().create_scheduler(num_training_steps, optimizer)
-        if not hasattr(self.train_dataset, "__len__"):
-            raise ValueError("`distill_lr_milestones` counts epochs, which needs a training dataset with a length.")
-        steps_per_epoch = optimizer_steps_per_epoch(
-            len(self.train_dataset),
-            self.args.per_device_train_batch_size,
-            self.args.world_size,
-            self.args.gradient_accumulation_steps,
-            self.args.dataloader_drop_last,
-        )
-        self.lr_scheduler = get_multistep_schedule(
-            optimizer or self.optimizer, self.args.distill_lr_milestones, self.args.distill_lr_gamma, steps_per_epoch
-        )
-        self._created_lr_scheduler = True
-        return self.lr_scheduler
 
     # ------------------------------------------------------------------------------------------- saving
 

@@ -1,0 +1,90 @@
+"""Optimisation for `DistillationTrainer`: what the references' training code does that the Trainer does not.
+
+A mixin of `hfkd.trainer.DistillationTrainer`:
+
+- weight decay on every parameter (`distill_decay_all_parameters`), as mdistiller's and RepDistiller's optimisers;
+- a timm optimiser by name (`distill_timm_optimizer`: RMSpropTF, LAMB, ...), over the same parameter groups;
+- the references' multi-step learning-rate decay, exact per optimiser step (`distill_lr_milestones`);
+- an EMA of the student's weights (`distill_ema`, `hfkd.ema`), which evaluation uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.optim import create_optimizer_v2
+from torch import nn
+
+from .ema import StudentEMA
+from .schedulers import get_multistep_schedule, optimizer_steps_per_epoch
+
+
+class OptimizationMixin:
+    """The optimiser and scheduler overrides of `DistillationTrainer` (see the module docstring)."""
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """Every parameter with `distill_decay_all_parameters` (the references' optimiser groups), else the
+        Trainer's choice (no decay on biases and norm weights)."""
+        if self.args.distill_decay_all_parameters:
+            return [name for name, _ in model.named_parameters()]
+        return super().get_decay_parameter_names(model)
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimiser, or the timm optimiser `distill_timm_optimizer` (`timm.optim.create_optimizer_v2`)
+        over the trainer's model (student and any trainable loss parameters), with the same decay rule."""
+        if self.args.distill_timm_optimizer is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        decay = set(self.get_decay_parameter_names(model or self.model))
+        named = [(n, p) for n, p in (model or self.model).named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
+            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+        ]
+        self.optimizer = create_optimizer_v2(
+            [group for group in groups if group["params"]],
+            opt=self.args.distill_timm_optimizer,
+            lr=self.args.learning_rate,
+            weight_decay=self.args.weight_decay,
+            **self.args.distill_timm_optimizer_kwargs,
+        )
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
+        """The references' multi-step decay when `distill_lr_milestones` is set, else the Trainer's schedule."""
+        if self.args.distill_lr_milestones is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if not hasattr(self.train_dataset, "__len__"):
+            raise ValueError("`distill_lr_milestones` counts epochs, which needs a training dataset with a length.")
+        steps_per_epoch = optimizer_steps_per_epoch(
+            len(self.train_dataset),
+            self.args.per_device_train_batch_size,
+            self.args.world_size,
+            self.args.gradient_accumulation_steps,
+            self.args.dataloader_drop_last,
+        )
+        self.lr_scheduler = get_multistep_schedule(
+            optimizer or self.optimizer, self.args.distill_lr_milestones, self.args.distill_lr_gamma, steps_per_epoch
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def _build_ema(self) -> StudentEMA | None:
+        """The student's weight average when `distill_ema` asks for one (before the student is wrapped)."""
+        if not self.args.distill_ema:
+            return None
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise ValueError(
+                "--distill_ema keeps a whole copy of the student, which DeepSpeed and FSDP shard: train without "
+                "--distill_ema there, or with plain DDP."
+            )
+        ema = StudentEMA(self.model, self.args.distill_ema_decay, self.args.distill_ema_warmup)
+        self.add_callback(ema)
+        return ema
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """`Trainer.evaluate`, on the student's weight average when there is one (`distill_ema`)."""
+        if self.ema is None:
+            return super().evaluate(*args, **kwargs)
+        with self.ema.swapped_in():
+            return super().evaluate(*args, **kwargs)

@@ -1,0 +1,122 @@
+"""What the references' training code does and the Trainer does not: weight decay on every parameter, timm's
+optimisers, and an EMA of the student that is evaluated, saved and resumed."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from timm.optim import RMSpropTF
+
+from hfkd import DistillationArguments, DistillationTrainer
+from hfkd.ema import EMA_NAME
+
+from .testing_utils import collate, synthetic_dataset, tiny_resnet
+
+
+def _args(tmp_path, **kwargs) -> DistillationArguments:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, per_device_train_batch_size=4,
+        per_device_eval_batch_size=8, max_steps=4, learning_rate=0.1, optim="sgd", weight_decay=0.01,
+        max_grad_norm=0.0, save_strategy="no", seed=0, data_seed=0, disable_tqdm=True, lr_scheduler_type="constant",
+        dataloader_num_workers=0,
+    )  # fmt: skip
+    defaults.update(kwargs)
+    return DistillationArguments(**defaults)
+
+
+def _trainer(tmp_path, student=None, **kwargs) -> DistillationTrainer:
+    return DistillationTrainer(
+        model=student if student is not None else tiny_resnet(seed=1), teacher_model=tiny_resnet(wide=True, seed=2),
+        args=_args(tmp_path, **kwargs), train_dataset=synthetic_dataset(16), eval_dataset=synthetic_dataset(8, seed=1),
+        data_collator=collate,
+    )  # fmt: skip
+
+
+def _decayed(trainer) -> set[int]:
+    return {id(p) for group in trainer.optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+
+
+def test_decay_on_every_parameter_or_on_weights_only(tmp_path):
+    default, everything = _trainer(tmp_path / "a"), _trainer(tmp_path / "b", distill_decay_all_parameters=True)
+    for trainer in (default, everything):
+        trainer.create_optimizer()
+    student = lambda trainer: list(trainer.student.parameters())  # noqa: E731
+    biases = {id(p) for n, p in default.student.named_parameters() if n.endswith("bias")}
+    assert biases and not biases & _decayed(default)
+    assert _decayed(everything) == {id(p) for p in student(everything)}
+    # One SGD step with decay on every parameter is the hand-written step torch.optim.SGD takes.
+    reference = tiny_resnet(seed=1)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, weight_decay=0.01)
+    batch = collate([synthetic_dataset(16)[i] for i in range(4)])
+    with torch.no_grad():
+        expected = [p - 0.1 * 0.01 * p for p in reference.parameters()]  # zero loss gradient: decay only
+    for p in reference.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for got, want in zip(reference.parameters(), expected):
+        torch.testing.assert_close(got, want)
+    assert batch["pixel_values"].shape[0] == 4
+
+
+def test_a_timm_optimiser_by_name_with_its_kwargs_and_groups(tmp_path):
+    trainer = _trainer(tmp_path, distill_timm_optimizer="RMSpropTF", distill_timm_optimizer_kwargs='{"alpha": 0.9}')
+    trainer.create_optimizer()
+    optimizer = trainer.optimizer
+    assert isinstance(optimizer, RMSpropTF) and all(g["alpha"] == 0.9 for g in optimizer.param_groups)
+    assert all(g["lr"] == 0.1 for g in optimizer.param_groups)
+    biases = {id(p) for n, p in trainer.student.named_parameters() if n.endswith("bias")}
+    assert biases and not biases & _decayed(trainer)
+    trainer.train()
+    assert trainer.state.global_step == 4
+    with pytest.raises(ValueError, match="Did you mean rmsproptf"):
+        _args(tmp_path, distill_timm_optimizer="rmsprop_tf")
+
+
+def test_ema_is_the_average_evaluated_saved_and_resumed(tmp_path):
+    decay = 0.5
+    student = tiny_resnet(seed=1)
+    trainer = _trainer(tmp_path / "a", student=student, distill_ema=True, distill_ema_decay=decay,
+                       save_strategy="steps", save_steps=2)  # fmt: skip
+    expected = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    live = []
+
+    original = trainer.ema.on_optimizer_step
+
+    def track(*args, **kwargs):
+        original(*args, **kwargs)
+        live.append({k: v.detach().clone() for k, v in student.state_dict().items()})
+
+    trainer.ema.on_optimizer_step = track
+    trainer.train()
+    # timm's ModelEmaV3 as timm's train.py drives it: the first update copies the weights, then every step
+    # e <- d·e + (1 - d)·w for float tensors (integer buffers are copied).
+    for step, weights in enumerate(live):
+        for key, value in weights.items():
+            if value.is_floating_point() and step > 0:
+                expected[key] = decay * expected[key] + (1 - decay) * value
+            else:
+                expected[key] = value.clone()
+    ema = trainer.ema.state_dict()
+    for key, value in expected.items():
+        torch.testing.assert_close(ema[key], value, rtol=1e-6, atol=1e-7)
+    # Evaluation sees the average; the live weights come back afterwards.
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    metrics = trainer.evaluate()
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+    averaged = tiny_resnet(seed=9)
+    averaged.load_state_dict(ema)
+    plain = DistillationTrainer(
+        model=averaged, args=_args(tmp_path / "p", distill_loss="ce"), eval_dataset=synthetic_dataset(8, seed=1),
+        data_collator=collate,
+    ).evaluate()
+    assert metrics["eval_loss"] == pytest.approx(plain["eval_loss"], rel=1e-6)
+    # The final model is the average; a checkpoint keeps the live weights and the average beside them.
+    trainer.save_model()
+    saved = load_file(tmp_path / "a" / "out" / "model.safetensors")
+    torch.testing.assert_close(saved["classifier.1.weight"], ema["classifier.1.weight"])
+    checkpoint = tmp_path / "a" / "out" / "checkpoint-2"
+    assert (checkpoint / EMA_NAME).is_file()
+    # Resuming from checkpoint-2 restores the average: the end is the uninterrupted run's, exactly.
+    resumed = _trainer(tmp_path / "b", distill_ema=True, distill_ema_decay=decay, save_strategy="steps", save_steps=2)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    for key, value in resumed.ema.state_dict().items():
+        torch.testing.assert_close(value, ema[key], rtol=0, atol=0)

@@ -1,4 +1,4 @@
-"""Gather finished distillation runs into a results table next to the published numbers.
+"""Gather finished distillation runs into a results table and chart next to the published numbers.
 
     python -m hfkd.report runs/ [--json out.json] [--markdown out.md] [--png out.png] [--recipes recipes/]
 
@@ -7,7 +7,13 @@ A finished run is a folder holding `distill_config.json`, `trainer_state.json` a
 student, teacher and loss), so the seeds of one recipe form one row. Each row gives the mean ± std over seeds of
 the best-epoch top-1 (the maximum `eval_accuracy` over the evaluations in `log_history`, which is what the papers
 report) and of the final top-1 (`eval_results.json`), next to the published top-1 read from the recipe's
-`# published_top1: <number>` header line, and the difference best − published.
+`# published_top1: <number>` header line, the difference best − published, the CE baseline (the best-epoch top-1
+of the `distill_loss: ce` runs of the same student architecture on the same dataset), the teacher's own top-1
+(`teacher_eval_results.json`) and where the teacher came from: `released` (a released checkpoint converted by
+`hfkd.convert`), `hfkd-trained`, `Hub` (a Hub or timm checkpoint of unrecorded origin) or `—` (not known).
+The chart (`--png`) draws one bar per row, grouped by student, with the CE baseline, the teacher and the
+published number beside it.
+`--png` needs matplotlib (`pip install "hfkd[plots]"`).
 """
 
 from __future__ import annotations
@@ -24,15 +30,26 @@ from typing import Any
 
 from transformers.utils import logging
 
+from .local_names import is_local_path
+from .report_plot import save_png
+
 logger = logging.get_logger(__name__)
 
 RUN_FILES = ("distill_config.json", "trainer_state.json", "eval_results.json")
 PUBLISHED_LINE = re.compile(r"^#\s*published_top1:\s*(\S+)\s*$", re.MULTILINE)
+# Config fields that tell two transformers students of one class apart (timm configs name the model itself).
+STRUCTURE_KEYS = (
+    "model_type model_args embedding_size hidden_sizes depths hidden_size num_hidden_layers num_attention_heads "
+    "intermediate_size patch_size image_size"
+).split()
+MISSING_MATPLOTLIB = (
+    'hfkd.report --png needs matplotlib, not installed: pip install "hfkd[plots]" (or: pip install matplotlib)\n'
+)
 
 
 @dataclass
 class RunResult:
-    """One finished run: where it is, what it distilled, and its top-1 in percent."""
+    """One finished run: where it is, what it distilled, and its top-1 (and its teacher's) in percent."""
 
     path: str
     group: str
@@ -43,11 +60,18 @@ class RunResult:
     best_top1: float
     final_top1: float
     best_epoch: float | None
+    name: str = ""
+    dataset: str | None = None
+    student_key: str | None = None
+    teacher_top1: float | None = None
+    teacher_origin: str | None = None
+    teacher_provenance: str | None = None
+    recipe_file: str | None = None
 
 
 @dataclass
 class GroupSummary:
-    """The runs of one recipe (or student/teacher/loss triple) across seeds."""
+    """The runs of one recipe (or student/teacher/loss triple) across seeds; `label` is the short display name."""
 
     group: str
     recipe: str | None
@@ -60,6 +84,16 @@ class GroupSummary:
     published: float | None
     diff: float | None
     runs: list[str] = field(default_factory=list)
+    label: str = ""
+    student: str | None = None
+    dataset: str | None = None
+    teacher: str | None = None
+    teacher_top1: float | None = None
+    teacher_origin: str | None = None
+    teacher_provenance: str | None = None
+    baseline_top1: float | None = None
+    baseline_runs: int = 0
+    student_key: str | None = None
 
 
 def _read_json(path: Path) -> Any:
@@ -76,6 +110,15 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
             if folder.is_dir() and all((folder / name).is_file() for name in RUN_FILES):
                 found.add(folder)
     return sorted(found)
+
+
+def run_name(run_dir: str | Path, roots: list[str | Path]) -> str:
+    """A run folder as `<searched folder's name>/<path below it>`, never an absolute path."""
+    run_dir = Path(run_dir).resolve()
+    for root in map(lambda r: Path(r).resolve(), roots):
+        if run_dir == root or root in run_dir.parents:
+            return (Path(root.name) / run_dir.relative_to(root)).as_posix().removeprefix("./")
+    return run_dir.name
 
 
 def read_published_top1(recipe: str | Path) -> float | None:
@@ -97,28 +140,73 @@ def _normalise_recipe(recipe: str | None) -> str | None:
     if not recipe:
         return None
     path = Path(recipe).as_posix()
-    # A recipe given as an absolute path or from another folder still groups with its relative spelling.
-    return path[path.rfind("recipes/") :] if "recipes/" in path else path.removeprefix("./")
+    # A recipe given as an absolute path or from another folder still groups with its relative spelling; one
+    # outside any recipes/ folder is known by its file name (no local path reaches the report).
+    return path[path.rfind("recipes/") :] if "recipes/" in path else Path(path).name
 
 
-def _locate_recipe(recipe: str, run_dir: Path, recipes_dir: Path | None) -> Path | None:
-    candidates = [Path(recipe), run_dir / recipe]
-    if recipes_dir is not None:
-        candidates.append(recipes_dir / recipe.removeprefix("recipes/"))
-        candidates.append(recipes_dir.parent / recipe)
+def recipe_label(recipe: str) -> str:
+    """`recipes/cifar100/kd/x.yaml` -> `cifar100/kd/x`."""
+    return re.sub(r"\.ya?ml$", "", recipe.removeprefix("recipes/"))
+
+
+def _locate_recipe(run: RunResult, recipes_dir: Path | None) -> Path | None:
+    candidates = []
+    for recipe in dict.fromkeys(r for r in (run.recipe_file, run.recipe) if r):  # as recorded, then as grouped
+        candidates += [Path(recipe), Path(run.path) / recipe]
+        if recipes_dir is not None:
+            candidates += [recipes_dir / recipe.removeprefix("recipes/"), recipes_dir.parent / recipe]
     return next((c for c in candidates if c.is_file()), None)
 
 
-def _student_name(run_dir: Path) -> str | None:
+def short_model_name(name: Any, local: bool | None = None) -> str | None:
+    """A model as a label: Hub ids and timm names as they are, a local path (or older runs' `runs/a/b` folders)
+    as its folder name."""
+    if not isinstance(name, str) or not name:
+        return None
+    if local or is_local_path(name) or name.count("/") > 1:
+        return Path(name.removeprefix("local-dir:").rstrip("/\\")).name or "local"
+    return name
+
+
+def _student(run_dir: Path) -> tuple[str | None, str | None]:
     config_file = run_dir / "config.json"
     if not config_file.is_file():
-        return None
+        return None, None
     config = _read_json(config_file)
-    return config.get("architecture") or config.get("_name_or_path") or (config.get("architectures") or [None])[0]
+    architectures = config.get("architectures") or [None]
+    name = (
+        config.get("architecture")
+        or short_model_name(config.get("_name_or_path"))
+        or (architectures[0] or "").removesuffix("ForImageClassification")
+        or config.get("model_type")
+    )
+    structure = {key: config[key] for key in STRUCTURE_KEYS if key in config}
+    return name, f"{name} {json.dumps(structure, sort_keys=True)}"
 
 
-def read_run(run_dir: str | Path) -> RunResult:
-    """Read one finished run folder into a [`RunResult`] (top-1 in percent)."""
+def teacher_origin_kind(teacher: dict[str, Any] | None) -> str | None:
+    """`released`, `hfkd-trained`, `Hub`, `other` (another recorded provenance) or `None` (not known), from a
+    `distill_config.json` teacher record (`hfkd.teacher.teacher_origin` wrote its `provenance` phrase)."""
+    provenance = (teacher or {}).get("provenance") or ""
+    if provenance.startswith("released"):
+        return "released"
+    if provenance.startswith("trained with hfkd"):
+        return "hfkd-trained"
+    if provenance:
+        return "other"
+    return "Hub" if teacher and teacher.get("local") is False else None
+
+
+def _teacher_top1(run_dir: Path) -> float | None:
+    for name in ("teacher_eval_results.json", "all_results.json"):
+        if (run_dir / name).is_file() and "teacher_eval_accuracy" in (results := _read_json(run_dir / name)):
+            return 100.0 * float(results["teacher_eval_accuracy"])
+    return None
+
+
+def read_run(run_dir: str | Path, name: str | None = None) -> RunResult:
+    """Read one finished run folder into a [`RunResult`] (top-1 in percent); `name` labels it (its folder name)."""
     run_dir = Path(run_dir)
     config = _read_json(run_dir / "distill_config.json")
     state = _read_json(run_dir / "trainer_state.json")
@@ -128,10 +216,11 @@ def read_run(run_dir: str | Path) -> RunResult:
     final_top1 = 100.0 * float(final["eval_accuracy"])
     evals = [(float(e["eval_accuracy"]), e.get("epoch")) for e in state.get("log_history", []) if "eval_accuracy" in e]
     best_acc, best_epoch = max(evals, key=lambda pair: pair[0]) if evals else (float(final["eval_accuracy"]), None)
-    teacher = (config.get("teacher") or {}).get("name_or_path")
-    student, loss = _student_name(run_dir), config.get("distill_loss")
+    teacher_record = config.get("teacher") or None
+    teacher = short_model_name((teacher_record or {}).get("name_or_path"), (teacher_record or {}).get("local"))
+    (student, student_key), loss = _student(run_dir), config.get("distill_loss")
     recipe = _normalise_recipe(config.get("recipe"))
-    group = recipe or (f"{student} <- {teacher} ({loss})" if teacher else f"{student} ({loss}, no teacher)")
+    group = recipe or (f"{student} ← {teacher} ({loss})" if teacher else f"{student} ({loss}, no teacher)")
     return RunResult(
         path=str(run_dir),
         group=group,
@@ -142,6 +231,13 @@ def read_run(run_dir: str | Path) -> RunResult:
         best_top1=max(100.0 * best_acc, final_top1),
         final_top1=final_top1,
         best_epoch=best_epoch,
+        name=name or run_dir.name,
+        dataset=short_model_name((config.get("data") or {}).get("dataset")),
+        student_key=student_key,
+        teacher_top1=_teacher_top1(run_dir),
+        teacher_origin=teacher_origin_kind(teacher_record),
+        teacher_provenance=(teacher_record or {}).get("provenance"),
+        recipe_file=config.get("recipe"),
     )
 
 
@@ -150,27 +246,43 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _joined(values: list[str | None]) -> str | None:
+    # One value for the group, or each distinct one when its seeds disagree (a group should not mix teachers).
+    distinct = sorted({v for v in values if v is not None})
+    return " / ".join(distinct) if distinct else None
+
+
 def summarise(runs: list[RunResult], recipes_dir: str | Path | None = None) -> list[GroupSummary]:
-    """Group `runs` by recipe (else student/teacher/loss), sorted by group name, with the published numbers."""
+    """Group `runs` by recipe (else student/teacher/loss), sorted by group name, with the published numbers, the CE
+    baseline of the same student and dataset (`None` for the CE groups themselves) and the teacher's top-1."""
     recipes_root = Path(recipes_dir) if recipes_dir is not None else None
-    groups: dict[str, list[RunResult]] = {}
+    by_data: dict[tuple[str, str | None], list[RunResult]] = {}
+    baselines: dict[tuple[str | None, str | None], list[float]] = {}
     for run in runs:
-        groups.setdefault(run.group, []).append(run)
+        by_data.setdefault((run.group, run.dataset), []).append(run)
+        if run.loss == "ce":
+            baselines.setdefault((run.student_key, run.dataset), []).append(run.best_top1)
+    # Runs of one group on different datasets are not seeds of one result: such groups are named with the dataset.
+    shared = {group for group, _ in by_data if sum(g == group for g, _ in by_data) > 1}
+    groups = {(f"{g} on {d}" if g in shared else g): members for (g, d), members in by_data.items()}
     summaries = []
     for name in sorted(groups):
         members = groups[name]
+        first = members[0]
+        label = recipe_label(first.recipe) if first.recipe else first.group
         best_mean, best_std = _mean_std([r.best_top1 for r in members])
         final_mean, final_std = _mean_std([r.final_top1 for r in members])
-        recipe = members[0].recipe
         published = None
-        if recipe is not None:
-            located = _locate_recipe(recipe, Path(members[0].path), recipes_root)
+        if first.recipe is not None:
+            located = _locate_recipe(first, recipes_root)
             published = read_published_top1(located) if located is not None else None
+        teacher_runs = [r.teacher_top1 for r in members if r.teacher_top1 is not None]
+        baseline = baselines.get((first.student_key, first.dataset), []) if first.loss != "ce" else []
         summaries.append(
             GroupSummary(
                 group=name,
-                recipe=recipe,
-                loss=members[0].loss,
+                recipe=first.recipe,
+                loss=first.loss,
                 num_runs=len(members),
                 best_mean=best_mean,
                 best_std=best_std,
@@ -178,7 +290,17 @@ def summarise(runs: list[RunResult], recipes_dir: str | Path | None = None) -> l
                 final_std=final_std,
                 published=published,
                 diff=None if published is None else best_mean - published,
-                runs=[r.path for r in members],
+                runs=[r.name for r in members],
+                label=label if name == first.group else f"{label} on {first.dataset}",
+                student=first.student,
+                dataset=first.dataset,
+                teacher=_joined([r.teacher for r in members]),
+                teacher_top1=statistics.fmean(teacher_runs) if teacher_runs else None,
+                teacher_origin=_joined([r.teacher_origin for r in members]),
+                teacher_provenance=_joined([r.teacher_provenance for r in members]),
+                baseline_top1=statistics.fmean(baseline) if baseline else None,
+                baseline_runs=len(baseline),
+                student_key=first.student_key,
             )
         )
     return summaries
@@ -193,59 +315,23 @@ def _fmt(value: float | None, signed: bool = False) -> str:
 def to_markdown(summaries: list[GroupSummary]) -> str:
     """A markdown table: one row per group."""
     lines = [
-        "| run group (recipe) | loss | seeds | best-epoch top-1 | final top-1 | published | best − published |",
-        "|:--|:--|--:|--:|--:|--:|--:|",
+        "| run group (recipe) | loss | seeds | best-epoch top-1 | final top-1 | published | best − published "
+        "| CE baseline | teacher | teacher top-1 | teacher origin |",
+        "|:--|:--|--:|--:|--:|--:|--:|--:|:--|--:|:--|",
     ]
     for s in summaries:
         lines.append(
-            f"| {s.group} | {s.loss or '—'} | {s.num_runs} | {s.best_mean:.2f} ± {s.best_std:.2f} "
-            f"| {s.final_mean:.2f} ± {s.final_std:.2f} | {_fmt(s.published)} | {_fmt(s.diff, signed=True)} |"
+            f"| {s.label} | {s.loss or '—'} | {s.num_runs} | {s.best_mean:.2f} ± {s.best_std:.2f} "
+            f"| {s.final_mean:.2f} ± {s.final_std:.2f} | {_fmt(s.published)} | {_fmt(s.diff, signed=True)} "
+            f"| {_fmt(s.baseline_top1)} | {s.teacher or '—'} | {_fmt(s.teacher_top1)} | {s.teacher_origin or '—'} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def to_json(summaries: list[GroupSummary]) -> dict[str, Any]:
     """The summaries as a JSON-serialisable dict (top-1 in percent)."""
-    return {"metric": "top-1 accuracy (%)", "groups": [asdict(s) for s in summaries]}
-
-
-def save_png(summaries: list[GroupSummary], path: str | Path) -> None:
-    """A horizontal bar chart of best-epoch top-1 (mean ± std) per group, with the published number as a mark."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [s.group for s in summaries]
-    positions = list(range(len(summaries)))
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(summaries) + 1.5))
-    ax.barh(
-        positions,
-        [s.best_mean for s in summaries],
-        xerr=[s.best_std for s in summaries],
-        color="#4c72b0",
-        label="measured (best epoch)",
-    )
-    published = [(i, s.published) for i, s in enumerate(summaries) if s.published is not None]
-    if published:
-        ax.scatter(
-            [p for _, p in published],
-            [i for i, _ in published],
-            marker="|",
-            s=300,
-            color="#c44e52",
-            zorder=3,
-            label="published",
-        )
-    values = [s.best_mean for s in summaries] + [p for _, p in published]
-    ax.set_xlim(max(0.0, min(values) - 5), min(100.0, max(values) + 3))
-    ax.set_yticks(positions, labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("top-1 accuracy (%)")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    groups = [{k: v for k, v in asdict(s).items() if k != "student_key"} for s in summaries]
+    return {"metric": "top-1 accuracy (%)", "groups": groups}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,9 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", help="Run folders, or folders searched recursively for runs.")
     parser.add_argument("--json", help="Write the summary as JSON to this file.")
     parser.add_argument("--markdown", help="Write the markdown table to this file.")
-    parser.add_argument("--png", help="Write a bar chart (measured vs published) to this file.")
+    parser.add_argument("--png", help="Write a bar chart (measured, CE baseline, teacher, published) to this file.")
     parser.add_argument("--recipes", help="Recipes folder, to find a run's recipe when its path moved.")
     args = parser.parse_args(argv)
+    if args.png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            sys.stderr.write(MISSING_MATPLOTLIB)
+            return 2
 
     run_dirs = find_run_dirs(args.paths)
     if not run_dirs:
@@ -264,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             "(examples/run_image_distill.py writes them when training and evaluation end).\n"
         )
         return 1
-    summaries = summarise([read_run(d) for d in run_dirs], recipes_dir=args.recipes)
+    runs = [read_run(d, name=run_name(d, args.paths)) for d in run_dirs]
+    summaries = summarise(runs, recipes_dir=args.recipes)
     markdown = to_markdown(summaries)
     sys.stdout.write(markdown)
     if args.markdown:

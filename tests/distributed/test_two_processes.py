@@ -1,7 +1,7 @@
-"""Two CPU processes through Accelerate (gloo): both ranks train, and the update equals one process with the
-whole batch. `accelerate launch --cpu --num_processes 2` would start a single process without MPI; the form that
-starts two on CPU is `accelerate launch --multi_gpu --num_processes 2 <script> ... --use_cpu`, where `--use_cpu` is
-the script's TrainingArguments flag (here set in two_ranks.py)."""
+"""Two CPU processes through Accelerate (gloo): both ranks train, and the updates (and the student's EMA) equal one
+process with the whole batch. `accelerate launch --cpu --num_processes 2` would start a single process without MPI;
+the form that starts two on CPU is `accelerate launch --multi_gpu --num_processes 2 <script> ... --use_cpu`, where
+`--use_cpu` is the script's TrainingArguments flag (here set in two_ranks.py)."""
 
 import json
 import os
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForImageClassification
 
 from hfkd import DistillationArguments, DistillationTrainer
 
@@ -50,9 +51,10 @@ def test_two_ranks_train_and_match_one_process(tmp_path):
 
     ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
-    # Each rank trained on its own half of the batch.
-    seen = [sorted(label for batch in r["labels_seen"] for label in batch) for r in ranks]
-    assert all(len(s) == 2 for s in seen) and sorted(seen[0] + seen[1]) == [0, 1, 2, 3]
+    # At each step each rank trained on its own half of the batch.
+    assert all(len(r["labels_seen"]) == 2 and all(len(b) == 2 for b in r["labels_seen"]) for r in ranks)
+    for step in (0, 1):
+        assert sorted(ranks[0]["labels_seen"][step] + ranks[1]["labels_seen"][step]) == [0, 1, 2, 3]
     # distill/* metrics are the mean over processes, identical on both ranks.
     assert ranks[0]["logged"][0]["distill/kd"] == pytest.approx(ranks[1]["logged"][0]["distill/kd"])
     # Only the main process writes the card and distill_config.json (one writer, both present).
@@ -62,8 +64,9 @@ def test_two_ranks_train_and_match_one_process(tmp_path):
     reference = tiny_vit(4, seed=1)
     args = DistillationArguments(
         output_dir=str(tmp_path / "single"), report_to="none", use_cpu=True, per_device_train_batch_size=4,
-        max_steps=1, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", distill_loss="kd",
+        max_steps=2, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", distill_loss="kd",
         distill_ce_weight=0.3, distill_weight=0.7, save_strategy="no", disable_tqdm=True, seed=0,
+        distill_ema=True, distill_ema_decay=0.5,
     )  # fmt: skip
     from .two_ranks import collate
 
@@ -73,13 +76,19 @@ def test_two_ranks_train_and_match_one_process(tmp_path):
     data = Dataset.from_dict(
         {"pixel_values": torch.randn(4, 3, 32, 32, generator=g).numpy(), "labels": [0, 1, 2, 3]}
     ).with_format("torch")
-    DistillationTrainer(
+    single = DistillationTrainer(
         model=reference, teacher_model=teacher, args=args, train_dataset=data, data_collator=collate
-    ).train()
+    )
+    single.train()
     initial = tiny_vit(4, seed=1).state_dict()
-    changed = False
+    ema = single.ema.state_dict()
+    saved = AutoModelForImageClassification.from_pretrained(tmp_path / "out").state_dict()
+    changed = changed_ema = False
     for name, value in reference.state_dict().items():
         for rank in ranks:
             torch.testing.assert_close(torch.tensor(rank["state"][name]), value, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(torch.tensor(rank["ema"][name]), ema[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(saved[name], ema[name], rtol=1e-5, atol=1e-6)  # the run's result is the average
         changed |= not torch.equal(initial[name], value)
-    assert changed
+        changed_ema |= not torch.allclose(ema[name], value)  # after 2 steps at decay 0.5, average != live weights
+    assert changed and changed_ema

@@ -1,5 +1,6 @@
-"""Run by tests/distributed/test_two_processes.py under `accelerate launch`: one KD step on 4 samples, then each
-rank writes what it saw. Usage: two_ranks.py OUTPUT_DIR TEACHER_DIR STUDENT_DIR."""
+"""Run by tests/distributed/test_two_processes.py under `accelerate launch`: two KD steps on 4 samples with an EMA
+of the student, then each rank writes what it saw, its live weights and its average.
+Usage: two_ranks.py OUTPUT_DIR TEACHER_DIR STUDENT_DIR."""
 
 import json
 import os
@@ -27,9 +28,10 @@ def main() -> None:
     ).with_format("torch")
     student = AutoModelForImageClassification.from_pretrained(student_dir)
     args = DistillationArguments(
-        output_dir=output_dir, report_to="none", use_cpu=True, per_device_train_batch_size=2, max_steps=1,
+        output_dir=output_dir, report_to="none", use_cpu=True, per_device_train_batch_size=2, max_steps=2,
         optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
-        distill_loss="kd", distill_ce_weight=0.3, distill_weight=0.7, disable_tqdm=True, seed=0,
+        distill_loss="kd", distill_ce_weight=0.3, distill_weight=0.7, disable_tqdm=True, seed=0, distill_ema=True,
+        distill_ema_decay=0.5,
     )  # fmt: skip
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher_dir, args=args, train_dataset=data, data_collator=collate
@@ -52,6 +54,7 @@ def main() -> None:
         "labels_seen": seen,
         "logged": [e for e in trainer.state.log_history if "distill/kd" in e],
         "state": {k: v.tolist() for k, v in student.state_dict().items()},
+        "ema": {k: v.tolist() for k, v in trainer.ema.state_dict().items()},
     }
     with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--output_dir", default="runs/demo")
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--train_images", type=int, default=20000, help="training images the students see")
+    parser.add_argument("--train_images", type=int, default=16000, help="training images the students see")
     parser.add_argument("--labelled", type=int, default=1000, help="of which this many keep their labels")
     parser.add_argument(
         "--student_widths",
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default=STUDENT["hidden_sizes"],
         help="channels of the student's ResNet stages (one basic block each)",
     )
-    parser.add_argument("--teacher_epochs", type=float, default=2)
-    parser.add_argument("--student_epochs", type=int, default=5, help="epochs over the student's training images")
+    parser.add_argument("--teacher_epochs", type=float, default=1)
+    parser.add_argument("--student_epochs", type=int, default=4, help="epochs over the student's training images")
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir)
     start = time.time()
@@ -156,12 +156,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     student_init = make_init_folder(
         output_dir / "init" / f"student-{'-'.join(map(str, widths))}", student_arch, num_labels, seed=1
     )
+    phases = []
+    clock = time.time()
     teacher, teacher_metrics = train_teacher(args, teacher_init)
+    phases.append(("teacher", time.time() - clock))
 
     records = []
     for seed in args.seeds:
         for method in METHODS:
+            clock = time.time()
             metrics = train_student(args, student_init, teacher, method, seed)
+            phases.append((f"student {method}, seed {seed}", time.time() - clock))
             records.append(
                 {
                     "method": method,
@@ -194,7 +199,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"keep their labels (CE trains on those alone); seeds {args.seeds}\n"
     )
     print(table)
-    print(f"\nResults, plot and model cards in {output_dir}/ ({(time.time() - start) / 60:.1f} min)")
+    print("\nTime per phase (training and evaluation):")
+    for name, seconds in phases:
+        print(f"  {name:<24} {seconds / 60:5.1f} min")
+    print(f"\nResults, plot and model cards in {output_dir}/ ({(time.time() - start) / 60:.1f} min in all)")
     return records
 
 

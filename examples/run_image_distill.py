@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -34,52 +33,17 @@ from hfkd import DistillationArguments, DistillationTrainer
 from hfkd.cli import DataArguments, ModelArguments, RunArguments, parse_args
 from hfkd.data import (
     DistillationCollator,
-    add_sample_index,
-    build_transforms,
-    check_labels,
-    class_names,
-    detect_columns,
-    filter_unreadable,
-    image_config_for_model,
-    keep_labelled_subset,
-    load_image_dataset,
-    make_transform_fn,
-    set_image_transform,
 )
 from hfkd.demo_data import card_dataset_name
-from hfkd.label_space import check_teacher_labels, map_teacher_labels
-from hfkd.local_names import neutral_name, neutral_text
-from hfkd.losses import get_loss_class
+from hfkd.hub import check_available, config_num_labels
+from hfkd.label_space import check_label_space, check_teacher_labels, map_teacher_labels
 from hfkd.models import ModelSpec, load_image_classifier, load_image_processor, resolve_model_name
+from hfkd.run_data import RunData, cache_rows, check_cache, load_data, prepare_splits
 from hfkd.run_folder import prepare_output_dir, run_settings, start_run
-from hfkd.smoke import apply_smoke, synthetic_dataset
+from hfkd.smoke import apply_smoke
 from hfkd.teacher import CachedTeacher
-from hfkd.teacher_cache import ReplayTransform, cache_summary, check_cache_matches
 
 logger = logging.getLogger("hfkd.run_image_distill")
-
-@dataclass
-class RunData:
-    """The loaded data of a run: splits (still raw images), columns, class names and where it came from."""
-
-    splits: datasets.DatasetDict
-    image_column: str
-    label_column: str
-    names: list[str]
-    source: str
-
-    def info(self, data_args: DataArguments) -> dict[str, Any]:
-        """What `distill_config.json` records about the data."""
-        return {
-            "dataset": neutral_name(card_dataset_name(data_args.dataset, self.source)),
-            "config": data_args.dataset_config,
-            "source": neutral_text(self.source, data_args.dataset),
-            "train_images": len(self.splits["train"]),
-            "eval_images": len(self.splits["eval"]),
-            "labelled_images": data_args.labelled_samples,
-            "image_column": self.image_column,
-            "label_column": self.label_column,
-        }
 
 
 def setup_logging(args: DistillationArguments) -> None:
@@ -110,62 +74,19 @@ def load_json(path: str | None, what: str) -> Any:
 
 
 def resolve_models(model_args: ModelArguments, args: DistillationArguments) -> tuple[ModelSpec, ModelSpec | None]:
-    """The student's and the live teacher's specs, offline and without weights (no teacher: CE, or a cache)."""
+    """The student's and the live teacher's specs, without weights (no teacher: CE, or a cache); a Hub model that
+    is neither cached nor reachable stops the run here, in one line."""
     args.check_teacher_given()
     student = resolve_model_name(model_args.student_model_name_or_path, revision=model_args.student_revision)
+    student = check_available(student, "student", pretrained=model_args.student_pretrained)
     teacher = None
     if args.uses_teacher and args.teacher_cache_dir is None:
         teacher = resolve_model_name(args.teacher_model_name_or_path, revision=args.teacher_model_revision)
+        teacher = check_available(teacher, "teacher", pretrained=model_args.teacher_pretrained)
     for role, spec in (("student", student), ("teacher", teacher)):
         if spec is not None:
             logger.info(f"{role}: {spec.name!r} -> {spec.source} ({spec.kind})")
     return student, teacher
-
-
-def load_data(
-    data_args: DataArguments,
-    run_args: RunArguments,
-    args: DistillationArguments,
-    *,
-    distilling: bool,
-    cache_dir: str | None = None,
-    rows: dict[str, Any] | None = None,
-) -> RunData:
-    """The train and eval splits with their columns and class names (synthetic data in smoke mode); `rows`, a
-    teacher cache's selection, replaces the seeded one."""
-    if run_args.smoke:
-        dataset = synthetic_dataset(
-            data_args.dataset,
-            data_args.label_column,
-            image_size=run_args.smoke_image_size,
-            num_labels=run_args.smoke_num_labels,
-        )
-    else:
-        dataset = load_image_dataset(
-            data_args.dataset,
-            config_name=data_args.dataset_config,
-            train_split=data_args.train_split,
-            eval_split=data_args.eval_split,
-            seed=args.seed,
-            cache_dir=cache_dir,
-            max_train_samples=data_args.max_train_samples,
-            max_eval_samples=data_args.max_eval_samples,
-            rows=rows,
-        )
-    image_column, label_column = detect_columns(dataset["train"], data_args.image_column, data_args.label_column)
-    names = class_names(dataset["train"], label_column)
-    check_labels(dataset, label_column, len(names))
-    source = getattr(dataset, "source", data_args.dataset)
-    logger.info(
-        f"Data: {source}; {len(names)} classes; {len(dataset['train'])} train / {len(dataset['eval'])} eval images"
-    )
-    if data_args.labelled_samples is not None:
-        dataset["train"] = keep_labelled_subset(
-            dataset["train"], label_column, data_args.labelled_samples, seed=args.seed, drop_unlabelled=not distilling
-        )
-        rest = "; the teacher supervises the rest" if distilling else "; the rest are dropped (no teacher)"
-        logger.info(f"Labels kept for {data_args.labelled_samples} of the training images{rest}")
-    return RunData(dataset, image_column, label_column, names, source)
 
 
 def load_models(
@@ -178,6 +99,16 @@ def load_models(
     """(student, its processor, teacher, its processor): the student gets the dataset's head; the teacher keeps its
     own (mapped onto the dataset's classes with --teacher_label_map) and must predict the dataset's label space."""
     id2label = dict(enumerate(names))
+    if teacher_spec is not None and model_args.teacher_pretrained and model_args.teacher_label_map is None:
+        # Decided from the config, before any weights load: a 1000-class teacher cannot teach 10 classes.
+        check_label_space(teacher_spec.name, config_num_labels(teacher_spec), len(names))
+    if model_args.student_pretrained and not model_args.ignore_mismatched_sizes:
+        student_classes = config_num_labels(student_spec)
+        if student_classes is not None and student_classes != len(names):
+            raise ValueError(
+                f"--student {student_spec.name!r} has {student_classes} classes and the data has {len(names)}; "
+                "--ignore_mismatched_sizes false keeps its head. Drop that flag to give the student a new head."
+            )
     common = {"trust_remote_code": model_args.trust_remote_code, "cache_dir": model_args.cache_dir}
     student = load_image_classifier(
         student_spec, num_labels=len(names), id2label=id2label, pretrained=model_args.student_pretrained, **common
@@ -198,84 +129,41 @@ def load_models(
     return student, student_processor, teacher, teacher_processor
 
 
-def prepare_splits(
-    data: RunData,
-    data_args: DataArguments,
-    args: DistillationArguments,
-    models: tuple[Any, Any, Any, Any],
-    cache: CachedTeacher | None,
-) -> dict[str, Any]:
-    """Both splits with their batch transforms (and, for a teacher cache, the replayed cached views). Each sample's
-    random augmentation comes from (seed, epoch, its index), so that resumed runs and any number of workers agree."""
-    student, student_processor, teacher, teacher_processor = models
-    student_config = image_config_for_model(student, student_processor)
-    teacher_config = image_config_for_model(teacher, teacher_processor) if teacher is not None else None
-    augment = data_args.train_augment
-    # Losses such as MLKD learn from a second, strongly augmented (RandAugment) view of each training image.
-    strong_view = teacher is not None and get_loss_class(args.distill_loss).needs.strong_view
-
-    def transforms(train: bool, strong: bool = False) -> tuple[Any, Any]:
-        build = lambda config: build_transforms(config, train=train, train_augment=augment, strong=strong)  # noqa: E731
-        return build(student_config), build(teacher_config) if teacher_config else None
-
-    splits = {}
-    for split, train in (("train", True), ("eval", False)):
-        part = data.splits[split]
-        if data_args.skip_unreadable:
-            part, skipped = filter_unreadable(part, data.image_column)
-            logger.info(f"{split}: skipped {skipped} unreadable images")
-        part = add_sample_index(part)
-        transform = make_transform_fn(
-            *transforms(train),
-            data.image_column,
-            data.label_column,
-            strong_transforms=transforms(train, strong=True) if train and strong_view else None,
-            seed=args.data_seed if args.data_seed is not None else args.seed,
+def build_trainer(
+    args: DistillationArguments, models: tuple, splits: dict[str, Any], cache: Any, **record: Any
+) -> DistillationTrainer:
+    """The trainer (it builds the loss for the two models, so a loss that cannot serve them fails here); an output
+    folder that the attempt created is removed again when it fails."""
+    student, student_processor, teacher, _ = models
+    existed = os.path.exists(args.output_dir)
+    try:
+        return DistillationTrainer(
+            model=student,
+            teacher_model=cache if cache is not None else teacher,
+            args=args,
+            train_dataset=splits["train"],
+            eval_dataset=splits["eval"],
+            data_collator=DistillationCollator(),
+            processing_class=student_processor,
+            **record,
         )
-        if train and cache is not None:
-            # Offline distillation: the student sees exactly the crops the teacher saw when the cache was built.
-            transform = ReplayTransform(
-                cache.cache,
-                student_config.size,
-                student_config.mean,
-                student_config.std,
-                data.image_column,
-                data.label_column,
-                student_config.num_channels,
-            )
-        splits[split] = set_image_transform(part, transform)
-    return splits
+    except Exception:
+        if not existed and os.path.isdir(args.output_dir) and not os.listdir(args.output_dir):
+            os.rmdir(args.output_dir)
+        raise
 
 
-def cache_rows(cache: CachedTeacher | None) -> dict[str, Any] | None:
-    """A teacher cache's selection of the training rows, as `load_image_dataset(rows=...)` takes it."""
-    selection = cache.cache.selection() if cache is not None else None
-    if selection is None:
-        return None
-    data = cache.cache.config.data
-    return {
-        "train_split": data["train_split"],
-        "train": selection["train_rows"],
-        "eval_split": data["eval_split"],
-        "eval": selection["eval_rows"],
-    }
-
-
-def check_cache(cache: CachedTeacher, data: RunData, data_args: DataArguments, args: DistillationArguments) -> None:
-    """The cache must have been built from this run's data (and from its --teacher, when one is named)."""
-    check_cache_matches(
-        cache.cache.config,
-        dataset=data_args.dataset,
-        dataset_config=data_args.dataset_config,
-        train_split=data_args.train_split,
-        max_train_samples=data_args.max_train_samples,
-        train=data.splits["train"],
-        image_column=data.image_column,
-        label_column=data.label_column,
-        teacher=args.teacher_model_name_or_path,
-        teacher_revision=args.teacher_model_revision,
-    )
-    logger.info(f"Teacher cache: {cache_summary(cache.cache.config)}; it matches this run's data.")
+def run_phases(args: DistillationArguments, model_args: ModelArguments) -> tuple[bool, bool]:
+    """(train, evaluate): both by default; --do_train / --do_eval as transformers' examples read them. Evaluating
+    alone needs a trained student: the --student folder."""
+    if not args.do_train and not args.do_eval:
+        return True, True
+    if args.do_eval and not args.do_train and not model_args.student_pretrained:
+        raise ValueError(
+            "--do_eval without --do_train evaluates a trained student: pass its folder with --student, without "
+            "--student_pretrained false."
+        )
+    return args.do_train, args.do_eval
 
 
 def train(trainer: DistillationTrainer, args: DistillationArguments) -> None:
@@ -339,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         resume=training_args.resume_from_checkpoint,
     )
     student_spec, teacher_spec = resolve_models(model_args, training_args)
-    baseline_metrics = load_json(run_args.baseline_metrics, "--baseline_metrics")
+    baseline = load_json(run_args.baseline_metrics, "--baseline_metrics")
     cache = None
     if training_args.uses_teacher and training_args.teacher_cache_dir is not None:
         cache = CachedTeacher(training_args.teacher_cache_dir, training_args.device)
@@ -357,29 +245,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         check_cache(cache, data, data_args, training_args)
     models = load_models(student_spec, teacher_spec, model_args, training_args, data.names)
     splits = prepare_splits(data, data_args, training_args, models, cache)
-    student, student_processor, teacher, _ = models
-    if training_args.should_save:
-        start_run(training_args.output_dir, settings, overwrite=run_args.overwrite_output_dir)
-    trainer = DistillationTrainer(
-        model=student,
-        teacher_model=cache if cache is not None else teacher,
-        args=training_args,
-        train_dataset=splits["train"],
-        eval_dataset=splits["eval"],
-        data_collator=DistillationCollator(),
-        processing_class=student_processor,
-        recipe=recipe,
-        data_info=data.info(data_args),
-    )
-
-    train(trainer, training_args)
-    metrics, teacher_metrics = evaluate(trainer, run_args)
-    results = {"student_metrics": metrics, "teacher_metrics": teacher_metrics, "baseline_metrics": baseline_metrics}
-    write_card(trainer, student_spec, model_args, data, data_args, results)
-    if not training_args.uses_teacher:
+    trainer = build_trainer(training_args, models, splits, cache, recipe=recipe, data_info=data.info(data_args))
+    do_train, do_eval = run_phases(training_args, model_args)
+    if do_train:
+        if training_args.should_save:
+            start_run(training_args.output_dir, settings, overwrite=run_args.overwrite_output_dir)
+        train(trainer, training_args)
+    metrics, teacher_metrics = evaluate(trainer, run_args) if do_eval else ({}, None)
+    if do_train:
+        results = {"student_metrics": metrics, "teacher_metrics": teacher_metrics}
+        write_card(trainer, student_spec, model_args, data, data_args, {**results, "baseline_metrics": baseline})
+    if not training_args.uses_teacher and metrics:
         logger.info(f"Cross-entropy run finished: top-1 {100 * metrics['eval_accuracy']:.2f} %")
     return metrics
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, KeyError) as error:
+        # What the user gave is wrong, and the message says what and how to fix it: no traceback, unless asked.
+        if os.environ.get("HFKD_TRACEBACK"):
+            raise
+        notes = "".join(f"\n{note}" for note in getattr(error, "__notes__", []))
+        message = error.args[0] if error.args else error
+        sys.exit(f"run_image_distill.py: error: {message}{notes}\n(HFKD_TRACEBACK=1 shows where it was raised.)")

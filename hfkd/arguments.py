@@ -31,6 +31,35 @@ def _parse_json_mapping(name: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+# --report_to names whose Python package has another name.
+_REPORT_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet_ml", "flyte": "flytekit"}
+
+
+def _check_reporting(report_to: Any) -> None:
+    """Refuse, before any model or data loads, a `--report_to` integration whose package is not installed (the
+    Trainer would only fail once it starts)."""
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    wanted = [name for name in names if name not in ("none", "all")]
+    if not wanted:
+        return
+    unknown = [name for name in wanted if name not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        choices = ", ".join(INTEGRATION_TO_CALLBACK)
+        raise ValueError(f"--report_to {', '.join(unknown)}: not an integration; use one of {choices}, or none.")
+    missing = [name for name in wanted if name not in get_available_reporting_integrations() and name != "flyte"]
+    if missing:
+        packages = " ".join(_REPORT_PACKAGES.get(name, name) for name in missing)
+        raise ValueError(
+            f"--report_to {', '.join(missing)} needs its package, which is not installed: `pip install {packages}` "
+            "(or --report_to none)."
+        )
+
+
 @dataclass
 class DistillationArguments(TrainingArguments):
     r"""
@@ -207,9 +236,12 @@ class DistillationArguments(TrainingArguments):
     def __post_init__(self) -> None:
         self.validate_distillation()
         super().__post_init__()
+        _check_reporting(self.report_to)
 
     def validate_distillation(self) -> None:
         """Check the distillation fields; parse JSON strings into dicts. Raises `ValueError`/`KeyError`."""
+        if isinstance(self.distill_loss, str):
+            self.distill_loss = self.distill_loss.strip().lower()  # --loss DKD means dkd
         self.teacher_model_init_kwargs = _parse_json_mapping(
             "teacher_model_init_kwargs", self.teacher_model_init_kwargs
         )
@@ -259,7 +291,10 @@ class DistillationArguments(TrainingArguments):
                     "Drop `distill_loss_kwargs` or choose a distillation loss."
                 )
             return
-        loss_cls = get_loss_class(self.distill_loss)  # KeyError with close matches
+        try:
+            loss_cls = get_loss_class(self.distill_loss)  # KeyError with close matches
+        except KeyError as err:
+            raise KeyError(f"{err.args[0]} Or {CE_ONLY!r}: cross-entropy only, without a teacher.") from None
         if self.teacher_cache_dir is not None:
             missing = CachedTeacher.unsupported(loss_cls.needs)
             if missing:
@@ -270,7 +305,7 @@ class DistillationArguments(TrainingArguments):
                 )
         try:
             validate_loss_kwargs(self.distill_loss, self.distill_loss_kwargs)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise ValueError(f"`distill_loss_kwargs`: {err}") from None
 
     @property

@@ -34,7 +34,7 @@ from .guards import (
     rotate_complete_checkpoints,
 )
 from .local_names import neutral_name
-from .models import make_timm_loadable
+from .timm_export import make_timm_loadable
 from .wrapper import ADAPTERS_NAME, DistillationModule
 
 logger = logging.get_logger(__name__)
@@ -53,6 +53,16 @@ def save_training_args(args: Any, path: str) -> None:
         elif isinstance(value, str) and os.path.isabs(os.path.expanduser(value)):
             setattr(args, name, neutral_name(value))
     torch.save(args, path)
+
+
+def share_like_other_files(folder: str) -> None:
+    """Give files in `folder` that were written private (0600: transformers saves weights through a temporary file)
+    the permissions the user's umask gives any new file, as the rest of the folder has."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for entry in os.scandir(folder):
+        if entry.is_file() and not entry.stat().st_mode & 0o077:
+            os.chmod(entry.path, 0o666 & ~mask)
 
 
 class CheckpointMixin:
@@ -122,6 +132,7 @@ class CheckpointMixin:
             super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
             save_training_args(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+            share_like_other_files(output_dir)
             with open(os.path.join(output_dir, DISTILL_CONFIG_NAME), "w", encoding="utf-8") as f:
                 json.dump(self.distill_config(), f, indent=2, sort_keys=True)
 
@@ -162,6 +173,9 @@ class CheckpointMixin:
         with self.ema.swapped_in() if use_ema else contextlib.nullcontext():
             super().save_model(output_dir, _internal_call=_internal_call)
         folder = output_dir if output_dir is not None else self.args.output_dir
-        # Only the final folder: resume loads checkpoints non-strictly, so their keys keep transformers' layout.
-        if self.args.should_save and getattr(self.student.config, "model_type", None) == "timm_wrapper":
+        # Only the final folder: resume loads checkpoints non-strictly, so their keys keep transformers' layout
+        # (timm's unprefixed names would load nothing into the wrapper).
+        timm_student = getattr(self.student.config, "model_type", None) == "timm_wrapper"
+        if self.args.should_save and timm_student and not getattr(self, "_saving_checkpoint", False):
             make_timm_loadable(folder)
+            share_like_other_files(folder)

@@ -11,9 +11,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from transformers.utils import logging
+
 from .arguments import DistillationArguments
 from .parser import HfkdParser
 from .smoke import smoke_argv
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -23,12 +27,19 @@ class ModelArguments:
     student_model_name_or_path: str = field(
         metadata={
             "help": "Student: Hub id, timm/... id, local folder, timm name or alias (resnet-18, ...).",
-            "aliases": ["--student"],
+            "aliases": ["--student", "--model_name_or_path"],
         },
     )
     student_revision: str = field(default="main", metadata={"help": "Revision of the student checkpoint."})
     student_pretrained: bool = field(
         default=True, metadata={"help": "Start the student from its checkpoint's weights (False: random init)."}
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=True,
+        metadata={
+            "help": "Give the student a new head when its checkpoint has another number of classes than the data "
+            "(as transformers' examples do with this flag; on by default here). A teacher's head is never replaced."
+        },
     )
     teacher_pretrained: bool = field(
         default=True,
@@ -56,15 +67,41 @@ class DataArguments:
 
     dataset: str = field(
         default="fashion-mnist",
-        metadata={"help": "Hub dataset id, local imagefolder path, or embedded demo data (fashion-mnist, digits)."},
+        metadata={
+            "help": "Hub dataset id, local imagefolder path, or embedded demo data (fashion-mnist, digits).",
+            "aliases": ["--dataset_name"],
+        },
+    )
+    train_dir: str | None = field(
+        default=None,
+        metadata={"help": "An image folder of training images (<dir>/<class>/<image>), with --validation_dir."},
+    )
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "An image folder of evaluation images, with --train_dir."}
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     train_split: str = field(default="train", metadata={"help": "Training split name."})
     eval_split: str | None = field(
         default=None, metadata={"help": "Evaluation split (default: validation, val or test, else a held-out part)."}
     )
-    image_column: str | None = field(default=None, metadata={"help": "Image column (detected when unambiguous)."})
-    label_column: str | None = field(default=None, metadata={"help": "Label column (detected when unambiguous)."})
+    image_column: str | None = field(
+        default=None,
+        metadata={"help": "Image column (detected when unambiguous).", "aliases": ["--image_column_name"]},
+    )
+    label_column: str | None = field(
+        default=None,
+        metadata={"help": "Label column (detected when unambiguous).", "aliases": ["--label_column_name"]},
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Side of the square images the student sees (default: its processor's or timm config's), e.g. "
+            "32 for CIFAR; models with a fixed input size (ViT) keep theirs."
+        },
+    )
+    teacher_image_size: int | None = field(
+        default=None, metadata={"help": "The teacher's image side (default: its own config's); the crop is shared."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use a seeded subset of the training set."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use a seeded subset of the eval set."})
     train_augment: str = field(
@@ -111,13 +148,67 @@ class RunArguments:
     smoke_num_labels: int | None = field(default=None, metadata={"help": "Class count of the smoke data."})
 
 
-def build_parser() -> HfkdParser:
-    return HfkdParser((ModelArguments, DataArguments, RunArguments, DistillationArguments))
+DESCRIPTION = """Distil an image classifier (the teacher) into a smaller one (the student) with hfkd.
+
+  # distil a Hub teacher into a student, with DIST
+  accelerate launch examples/run_image_distill.py --teacher microsoft/swin-large --student resnet-50 \\
+      --loss dist --dataset imagenet-1k --output_dir runs/swinl-r50-dist --bf16
+
+  # reproduce a paper's table cell from its recipe (flags still override it)
+  accelerate launch examples/run_image_distill.py --config recipes/cifar100/dkd/resnet8x4_from_resnet32x4.yaml \\
+      --output_dir runs/dkd-r8x4
+
+  # cross-entropy only: fine-tune a teacher on your labels, or train the CE baseline of a student
+  python examples/run_image_distill.py --student resnet-50 --loss ce --dataset <data> --output_dir runs/teacher
+
+Models: a Hub id, a timm/... id, a local folder, a timm name or an alias (resnet-18, swin-large, resnet8x4, ...).
+Data: a Hub dataset id, a local image folder (<dir>/<class>/<image>), or the embedded fashion-mnist / digits."""
+EPILOG = "--help-all lists every TrainingArguments flag. A flag's value can also come from --config recipe.yaml."
+
+
+def build_parser(show_all: bool = False) -> HfkdParser:
+    return HfkdParser(
+        (ModelArguments, DataArguments, RunArguments, DistillationArguments),
+        show_all=show_all,
+        prog="run_image_distill.py",
+        usage="%(prog)s --student MODEL [--teacher MODEL] [--loss KEY] [--dataset DATA] --output_dir DIR [options]",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+    )
 
 
 def parse_args(argv: list[str] | None) -> tuple[Any, ...]:
     """(model_args, data_args, run_args, training_args, recipe path). `--smoke` adds its overrides last."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help-all" in argv:
+        return build_parser(show_all=True).parse(["--help"])
     if "--smoke" in argv:
         argv = smoke_argv(argv)
-    return build_parser().parse(argv)
+    parser = build_parser()
+    model_args, data_args, run_args, training_args, recipe = parser.parse(argv)
+    explicit = {a.dest for a in parser._actions if any(_given(option, argv) for option in a.option_strings)}
+    explicit |= set(parser.read_recipe(recipe)) if recipe else set()
+    scratch_learning_rate(model_args, training_args, explicit)
+    return model_args, data_args, run_args, training_args, recipe
+
+
+def _given(option: str, argv: list[str]) -> bool:
+    return any(token == option or token.startswith(option + "=") for token in argv)
+
+
+# transformers' default learning rate suits fine-tuning; a randomly initialised student learns next to nothing with it.
+SCRATCH_LEARNING_RATES = {"sgd": 0.05}
+SCRATCH_DEFAULT_LR = 1e-3
+
+
+def scratch_learning_rate(model_args: ModelArguments, args: DistillationArguments, explicit: set[str]) -> None:
+    """A student trained from scratch gets a learning rate that trains one (AdamW 1e-3, SGD 0.05) when none was
+    given, instead of the Trainer's 5e-5 (meant for fine-tuning), and the log says so."""
+    if model_args.student_pretrained or "learning_rate" in explicit:
+        return
+    optim = args.distill_timm_optimizer or str(getattr(args.optim, "value", args.optim))
+    args.learning_rate = SCRATCH_LEARNING_RATES.get(optim, SCRATCH_DEFAULT_LR)
+    logger.warning(
+        f"The student is trained from scratch and no --learning_rate was given: using {args.learning_rate} with "
+        f"{optim} (the Trainer's 5e-05 is meant for fine-tuning). Pass --learning_rate to choose."
+    )

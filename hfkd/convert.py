@@ -37,7 +37,8 @@ from transformers.utils import logging
 
 from . import __version__
 from .cache_store import weights_sha256
-from .models import ModelSpec, load_image_classifier, save_student
+from .models import ModelSpec, load_image_classifier
+from .timm_export import save_student
 
 logger = logging.get_logger(__name__)
 

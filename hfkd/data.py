@@ -14,8 +14,10 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import torch
-from datasets import Dataset, Image
+from datasets import Array3D, Dataset, Image, LargeList, List, Sequence
 from PIL import Image as PILImage
 from transformers.utils import logging
 
@@ -54,6 +56,7 @@ logger = logging.get_logger(__name__)
 
 __all__ = [
     "DistillationCollator",
+    "fast_tensor_columns",
     "ImageConfig",
     "ImageTransform",
     "TransformFn",
@@ -79,13 +82,21 @@ __all__ = [
 
 @contextlib.contextmanager
 def _seeded(seed: int | None) -> Iterator[None]:
-    """Run the block on the global CPU RNG seeded with `seed`, restored afterwards; `seed=None` leaves it alone."""
+    """Run the block on the global CPU RNG seeded with `seed`, restored afterwards; `seed=None` leaves it alone.
+
+    The CPU generator is seeded directly: `torch.manual_seed` also walks every device and costs ~35 times more,
+    twice per image.
+    """
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    generator = torch.default_generator
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
         yield
+    finally:
+        generator.set_state(state)
 
 
 class TransformFn:
@@ -137,8 +148,15 @@ class TransformFn:
         if self.strong is not None:
             self.strong.set_epoch(epoch)
 
+    @property
+    def random(self) -> bool:
+        """Whether the transforms draw anything (evaluation transforms do not: nothing to seed)."""
+        transforms = [t for t in (self.student_transform, self.teacher_transform) if t is not None]
+        fixed = [isinstance(t, ImageTransform) and t.train_augment == "none" and not t.strong for t in transforms]
+        return not all(fixed)
+
     def _row_seed(self, index: Any) -> int | None:
-        if self.seed is None or index is None:
+        if self.seed is None or index is None or not self.random:
             return None
         return sample_seed(self.seed, self.epoch, int(index), self.stream)
 
@@ -151,6 +169,8 @@ class TransformFn:
             with _seeded(seed):
                 view = student.geometry(student.to_mode(image))
             return student.normalize(view), teacher.normalize(view)
+        if not self.random:
+            return student(image), teacher(image)
         # The same random draws for both pipelines, hence the same crop box and flip.
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)))
@@ -267,8 +287,9 @@ def _stack(examples: list[dict[str, Any]], key: str) -> torch.Tensor:
 
 
 class DistillationCollator:
-    """Stack the image tensors (`pixel_values`, and the teacher's and strong views when present), `labels` and
-    `sample_index` (if present)."""
+    """Stack what a distillation step reads: the image tensors (`pixel_values`, and the teacher's and strong views
+    when present), `labels` (or a `label` column, as datasets often name it) and `sample_index`. Every other column
+    (the PIL `image` a `dataset.map` kept, file names, ...) is left out of the batch. The trainer's default."""
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not examples:
@@ -278,9 +299,38 @@ class DistillationCollator:
             if key in examples[0]:
                 batch[key] = _stack(examples, key)
         for key in INDEX_KEYS:
-            if key in examples[0]:
-                batch[key] = torch.tensor([int(example[key]) for example in examples], dtype=torch.long)
+            source = key if key in examples[0] else "label" if key == LABELS and "label" in examples[0] else None
+            if source is not None:
+                batch[key] = torch.tensor([int(example[source]) for example in examples], dtype=torch.long)
         return batch
+
+
+def fast_tensor_columns(dataset: Any) -> Any:
+    """Make a `datasets.Dataset` of precomputed pixel tensors as fast to batch as tensors in memory.
+
+    `dataset.map` stores a tensor column (`pixel_values` from an image processor, as the Hugging Face distillation
+    guide builds it) as nested lists, and turning 32 such rows into a tensor costs more than a CPU training step of a
+    small model. Here such columns are cast once to fixed-shape `Array3D` and the dataset is formatted as torch over
+    the columns a step reads (the others, a PIL `image` say, are then not decoded at all). A dataset with a batch
+    transform (`set_transform`) or other data is returned as it is.
+    """
+    if not isinstance(dataset, Dataset) or dataset.format["type"] == "custom":
+        return dataset
+    keys = [key for key in IMAGE_KEYS if key in dataset.column_names]
+    if not keys:
+        return dataset
+    for key in keys:
+        if not isinstance(dataset.features[key], (List, Sequence, LargeList)) or len(dataset) == 0:
+            continue
+        shape = np.asarray(dataset.select_columns([key])[0][key]).shape
+        if len(shape) != 3:
+            continue
+        try:
+            dataset = dataset.cast_column(key, Array3D(shape, dtype="float32"))
+        except (ValueError, TypeError, pa.ArrowInvalid) as err:  # rows of other shapes: batching will say so
+            logger.info(f"{key} kept as lists ({type(err).__name__}: {err}).")
+    columns = keys + [c for c in (LABELS, "label", SAMPLE_INDEX) if c in dataset.column_names]
+    return dataset.with_format("torch", columns=columns)
 
 
 def collate_fn(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

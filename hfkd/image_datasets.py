@@ -51,6 +51,7 @@ def load_image_dataset(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     rows: dict[str, Any] | None = None,
+    data_dirs: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> DatasetDict:
     """Load an image-classification dataset as a `DatasetDict` with splits "train" and "eval".
@@ -75,6 +76,9 @@ def load_image_dataset(
             An exact selection, as recorded in the `rows` attribute of an earlier result (a teacher cache keeps its
             own): `train_split`/`train` and `eval_split`/`eval`, the split names and row positions in them. It
             replaces the seeded split-off and subsets, so the result does not depend on `seed`.
+        data_dirs (`dict[str, str]`, *optional*): one image folder per split (`{"train": ..., "validation": ...}`,
+            transformers' `--train_dir` / `--validation_dir`), each `<dir>/<class>/<image>`; `name_or_path` then only
+            names the data.
         kwargs: forwarded to `datasets.load_dataset` (`revision`, `token`, `data_files`, ...).
 
     Returns:
@@ -82,7 +86,15 @@ def load_image_dataset(
         friends) says where the data came from; it is also logged. Its `rows` attribute records the selection:
         the split each part comes from and the positions of its rows there, in order.
     """
-    if os.path.isdir(name_or_path):
+    if data_dirs:
+        for folder in data_dirs.values():
+            if not os.path.isdir(folder):
+                raise ValueError(f"Image folder {folder!r} does not exist; pass a <dir>/<class>/<image> tree.")
+            _check_imagefolder_layout(folder)
+        files = {split: os.path.join(folder, "**") for split, folder in data_dirs.items()}
+        raw = load_dataset("imagefolder", data_files=files, cache_dir=cache_dir, **kwargs)
+        source = "image folders " + " + ".join(f"{split}: {folder}" for split, folder in data_dirs.items())
+    elif os.path.isdir(name_or_path):
         if any(os.path.isfile(os.path.join(name_or_path, f)) for f in ("dataset_dict.json", "state.json")):
             raw, source = load_from_disk(name_or_path), f"save_to_disk folder {name_or_path}"
         else:
@@ -111,7 +123,8 @@ def load_image_dataset(
         train, evaluation = _select_rows(raw, name_or_path, rows)
         eval_from = rows["eval_split"]
     else:
-        train, evaluation, eval_from = _pick_splits(raw, name_or_path, train_split, eval_split, eval_fraction, seed)
+        # Messages name the data actually loaded (the digits, when Fashion-MNIST fell back to them).
+        train, evaluation, eval_from = _pick_splits(raw, source, train_split, eval_split, eval_fraction, seed)
     dataset = _encode_string_labels(DatasetDict({"train": train, "eval": evaluation}))
     for split, limit in (("train", max_train_samples), ("eval", max_eval_samples)):
         if limit is not None and rows is None:

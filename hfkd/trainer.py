@@ -6,6 +6,7 @@ loss in one module forward (`hfkd.wrapper.DistillationModule`) -> `distill_ce_we
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -19,8 +20,9 @@ from transformers.utils import logging
 
 from . import __version__
 from .arguments import DistillationArguments
-from .batch import LABELS, PIXEL_VALUES, SAMPLE_INDEX, student_inputs
+from .batch import IMAGE_KEYS, INDEX_KEYS, LABELS, PIXEL_VALUES, SAMPLE_INDEX, student_inputs
 from .checkpointing import CheckpointMixin
+from .data import DistillationCollator, fast_tensor_columns
 from .guards import (
     STUDENT_TERM,
     TEACHER_TERM,
@@ -85,6 +87,11 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, Trainer):
     ) -> None:
         _check_args(args, compute_loss_func)
         args.check_teacher_given(teacher_model)
+        if data_collator is None or isinstance(data_collator, DistillationCollator):
+            # The default batches only what a step reads, from fixed-shape tensors when a dataset holds lists.
+            data_collator = data_collator or DistillationCollator()
+            train_dataset = fast_tensor_columns(train_dataset)
+            eval_dataset = _map_datasets(fast_tensor_columns, eval_dataset)
         if compute_metrics is None:
             compute_metrics = compute_accuracy_metrics
             preprocess_logits_for_metrics = preprocess_logits_for_metrics or top_k_indices
@@ -149,6 +156,20 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, Trainer):
         if dataset is None or not hasattr(dataset, "__len__") or len(dataset) == 0:
             return None
         return self.data_collator([dataset[i] for i in range(min(2, len(dataset)))])
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # The trainer's model wraps the student with the loss: a batch holds the student's inputs and what the
+        # teacher and the loss read (teacher pixels, strong view, labels, sample indices).
+        if self._signature_columns is None:
+            student_inputs = list(inspect.signature(self.student.forward).parameters)
+            self._signature_columns = [*student_inputs, *IMAGE_KEYS, *INDEX_KEYS, "label", "label_ids"]
+
+    def _remove_unused_columns(self, dataset: Any, description: str | None = None) -> Any:
+        # A dataset with a batch transform (`set_transform`) builds its tensors from raw columns no forward names
+        # (the image, the label): the transform decides what a batch holds, and the collator keeps what a step reads.
+        if ((getattr(dataset, "format", None) or {}).get("type")) == "custom":
+            return dataset
+        return super()._remove_unused_columns(dataset, description)
 
     def _follow_epochs(self, dataset: Any) -> None:
         """A dataset transform whose random draws depend on the epoch (`set_epoch`) is told each epoch's number."""
@@ -352,6 +373,13 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, Trainer):
             log_history=self.state.log_history,
         )
         build_model_card(info, output_dir=self.args.output_dir)
+
+
+def _map_datasets(function: Callable, datasets: Any) -> Any:
+    """`function` over one dataset or a dict of named evaluation datasets."""
+    if isinstance(datasets, dict):
+        return {name: function(dataset) for name, dataset in datasets.items()}
+    return function(datasets)
 
 
 def _check_args(args: Any, compute_loss_func: Callable | None) -> None:

@@ -30,8 +30,9 @@ from hfkd.convert import (
     teacher_provenance,
 )
 from hfkd.label_space import map_teacher_labels
-from hfkd.models import load_image_classifier, save_student
+from hfkd.models import load_image_classifier
 from hfkd.teacher import load_teacher
+from hfkd.timm_export import save_student
 
 # reference name -> (number of state-dict keys, a few exact keys with their shapes), from the reference code.
 REFERENCE_KEYS: dict[str, tuple[int, dict[str, tuple[int, ...]]]] = {

@@ -25,10 +25,9 @@ from hfkd.models import (  # noqa: E402
     ModelSpec,
     load_image_classifier,
     load_image_processor,
-    make_timm_loadable,
     resolve_model_name,
-    save_student,
 )
+from hfkd.timm_export import make_timm_loadable, save_student  # noqa: E402
 
 REQUIRED_ALIASES = {
     "resnet-18": "microsoft/resnet-18",

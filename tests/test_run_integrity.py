@@ -315,3 +315,29 @@ def test_bad_data_fails_before_the_output_folder_exists(tmp_path, setup):
     with pytest.raises(ValueError, match="class subfolders"):
         run_image_distill.main(_argv(setup, out, "--dataset", str(flat), "--max_steps", "1"))
     assert not out.exists()
+
+
+def test_a_timm_student_resumes_exactly_and_its_files_are_shared(tmp_path, setup):
+    """timm students are saved in timm's layout only in the final folder: a checkpoint keeps transformers' names, so
+    resuming restores the weights (a timm-layout checkpoint would load nothing, silently). Saved files get the
+    permissions the umask gives (transformers writes weights 0600)."""
+    common = ["--student", "test_resnet", "--student_pretrained", "false", "--image_size", "24",
+              "--lr_scheduler_type", "constant", "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+              "--evaluate_teacher", "false"]  # fmt: skip
+    run_image_distill.main(_argv(setup, tmp_path / "a", *common))
+    resumed = tmp_path / "b"
+    run_image_distill.main(_argv(setup, resumed, *common[:-4], "--max_steps", "2", "--save_strategy", "steps",
+                                 "--save_steps", "2", "--evaluate_teacher", "false"))  # fmt: skip
+    checkpoint = load_file(resumed / "checkpoint-2" / "model.safetensors")
+    assert all(key.startswith("timm_model.") for key in checkpoint)
+    (resumed / "model.safetensors").unlink()
+    (resumed / "all_results.json").unlink()
+    (resumed / "distill_config.json").unlink()
+    run_image_distill.main(_argv(setup, resumed, *common, "--resume_from_checkpoint", "latest"))
+    expected, got = _weights(tmp_path / "a"), _weights(resumed)
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in _all_files(resumed):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path

@@ -69,13 +69,16 @@ class ConvReg(nn.Module):
     """FitNet's regressor, conv + BN + ReLU, with mdistiller's kernel rules on (C, H, W) shapes.
 
     3×3 stride-2 conv when the student map is twice the teacher's size, 4×4 stride-2 transposed conv when it is
-    half, a (1 + s_H − t_H)×(1 + s_W − t_W) conv when it is at least as large; anything else is a ValueError.
-    mdistiller tests the rules on the height alone (its maps are square); here they must hold for both sides.
+    half, a (1 + s_H − t_H)×(1 + s_W − t_W) conv when it is at least as large. mdistiller tests the rules on the
+    height alone (its maps are square) and refuses anything else; here they must hold for both sides, and any other
+    pair of sizes (a student smaller than the teacher but not half, e.g. 22 vs 28 when the two models see different
+    input sizes) is bilinearly resized to the teacher's size before a 3×3 conv, as torchdistill's regressors do.
     """
 
     def __init__(self, student_shape: Shape, teacher_shape: Shape, use_relu: bool = True) -> None:
         super().__init__()
         (s_c, s_h, s_w), (t_c, t_h, t_w) = student_shape, teacher_shape
+        self.resize: tuple[int, int] | None = None
         if (s_h, s_w) == (2 * t_h, 2 * t_w):
             self.conv = nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
         elif (2 * s_h, 2 * s_w) == (t_h, t_w):
@@ -83,15 +86,14 @@ class ConvReg(nn.Module):
         elif s_h >= t_h and s_w >= t_w:
             self.conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
         else:
-            raise ValueError(
-                f"Cannot regress a student map of shape {tuple(student_shape)} onto a teacher map of shape "
-                f"{tuple(teacher_shape)}: the regressor needs the student's spatial size to be twice, half, or at "
-                "least the teacher's. Choose stages (`stages`, `teacher_stages`) whose sizes fit."
-            )
+            self.resize = (t_h, t_w)
+            self.conv = nn.Conv2d(s_c, t_c, kernel_size=3, padding=1)
         self.bn = nn.BatchNorm2d(t_c)
         self.use_relu = use_relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resize is not None:
+            x = F.interpolate(x, size=self.resize, mode="bilinear", align_corners=False)
         x = self.bn(self.conv(x))
         return F.relu(x) if self.use_relu else x
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import inspect
+import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -60,10 +63,52 @@ def _takes_context(cls: type[DistillationLoss]) -> bool:
     return "context" in inspect.signature(cls).parameters
 
 
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether `value` fits the type annotation `hint` (the kinds loss constructors use; anything else passes)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        return isinstance(value, int if hint is int else (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, (list, tuple)) and (not args or all(_matches(v, args[0]) for v in value))
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) in (list, tuple, collections.abc.Sequence):
+        return "a list"
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _check_types(key: str, cls: type[DistillationLoss], kwargs: Mapping[str, Any]) -> None:
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that does not resolve: nothing to check against
+        return
+    for name, value in kwargs.items():
+        if name in hints and not _matches(value, hints[name]):
+            raise ValueError(
+                f"Loss {key!r}: `{name}` must be {_type_name(hints[name])}, got {value!r} ({type(value).__name__})."
+            )
+
+
 def resolve_loss_kwargs(key: str, kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Bind `kwargs` against the loss's constructor and return them with the defaults filled in.
 
-    A misspelled or missing keyword raises `TypeError` naming the loss, its accepted keywords and the bad key.
+    A misspelled or missing keyword raises `TypeError` naming the loss, its accepted keywords and the bad key; a
+    value of the wrong type (`"four"` for a temperature) raises `ValueError` naming the keyword and the type.
     """
     cls = get_loss_class(key)
     kwargs = dict(kwargs or {})
@@ -79,6 +124,7 @@ def resolve_loss_kwargs(key: str, kwargs: Mapping[str, Any] | None = None) -> di
         raise TypeError(
             f"Loss {key!r} ({cls.__name__}): {what}. It accepts: {', '.join(accepted) or 'no keywords'}."
         ) from None
+    _check_types(key, cls, kwargs)
     bound.apply_defaults()
     return {name: value for name, value in bound.arguments.items() if name != "context"}
 

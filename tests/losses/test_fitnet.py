@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hfkd.features import probe_feature_shapes
@@ -81,10 +82,17 @@ def test_regressor_follows_mdistillers_kernel_rules(student_shape, teacher_shape
     assert tuple(out.shape[1:]) == teacher_shape and (out >= 0).all()
 
 
-def test_incompatible_sizes_and_missing_shapes_raise():
+def test_other_sizes_are_resized_and_missing_shapes_raise():
+    """A student map smaller than the teacher's but not half of it (models fed different input sizes) is resized
+    bilinearly to the teacher's size before a 3x3 conv: the regression target is the teacher's map itself."""
     context = LossContext(student_feature_shapes=[(8, 3, 3)] * 3, teacher_feature_shapes=[(8, 5, 5)] * 3)
-    with pytest.raises(ValueError, match=r"\(8, 3, 3\).*\(8, 5, 5\)"):
-        create_loss("fitnet", context=context)
+    loss = create_loss("fitnet", context=context)
+    regressor = loss.regressors[0]
+    assert regressor.resize == (5, 5) and regressor.conv.kernel_size == (3, 3) and regressor.conv.padding == (1, 1)
+    student = torch.randn(2, 8, 3, 3, generator=torch.Generator().manual_seed(0))
+    regressor.eval()
+    expected = torch.relu(regressor.bn(regressor.conv(F.interpolate(student, size=(5, 5), mode="bilinear"))))
+    torch.testing.assert_close(regressor(student), expected)
     with pytest.raises(ValueError, match="needs feature shapes; the trainer probes them"):
         create_loss("fitnet", context=LossContext(num_classes=5))
 

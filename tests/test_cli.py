@@ -1,0 +1,154 @@
+"""A new user's first hour with examples/run_image_distill.py: help that helps, the flags they know, failures that
+are fast and one line long, defaults that train."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from transformers import ViTImageProcessor
+
+from hfkd import DistillationArguments
+from hfkd.cli import build_parser, parse_args
+
+from .testing_utils import tiny_resnet
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "examples" / "run_image_distill.py"
+sys.path.insert(0, str(REPO / "examples"))
+import run_image_distill  # noqa: E402
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    for split in ("train", "validation"):
+        for name in ("a", "b", "c"):
+            (root / "data" / split / name).mkdir(parents=True)
+            for i in range(4):
+                PILImage.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
+                    root / "data" / split / name / f"{i}.png"
+                )
+    out = {"data": str(root / "data")}
+    for name, labels, wide in (("student", 3, False), ("teacher", 3, True), ("teacher7", 7, True)):
+        model = tiny_resnet(labels, wide=wide, seed=1)
+        model.save_pretrained(root / name)
+        ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(root / name)
+        out[name] = str(root / name)
+    return out
+
+
+def _argv(folders, out, *extra):
+    return ["--dataset", folders["data"], "--output_dir", str(out), "--max_steps", "2", "--report_to", "none",
+            "--use_cpu", "--per_device_train_batch_size", "4", "--save_strategy", "no", *extra]  # fmt: skip
+
+
+def test_help_is_a_page_with_hfkds_groups_first(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert len(lines) < 220
+    titles = [line.rstrip(":") for line in lines if line.endswith(":") and not line.startswith(" ")]
+    assert titles[1:] == ["models", "loss", "data", "recipe and optimisation", "output",
+                          "training (transformers TrainingArguments)"]  # fmt: skip
+    for needle in ("--config RECIPE.yaml", "--student_model_name_or_path, --student, --model_name_or_path MODEL",
+                   "--loss ce", "--help-all", "Set student_pretrained to False"):  # fmt: skip
+        assert needle in text, needle
+    assert "--adam_beta1" not in text and "--learning_rate" in text
+    with pytest.raises(SystemExit):
+        parse_args(["--help-all"])
+    assert "--adam_beta1" in capsys.readouterr().out
+
+
+def test_unknown_and_missing_flags_are_one_line():
+    unknown = _run("--student", "x", "--lr", "0.1", "--learnig_rate", "3")
+    assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1
+    assert "--lr (did you mean --learning_rate?)" in unknown.stderr
+    assert "--learnig_rate (did you mean --learning_rate" in unknown.stderr
+    missing = _run("--loss", "kd")
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "missing --student_model_name_or_path (or --student, --model_name_or_path)" in missing.stderr
+
+
+def test_transformers_example_flags_are_accepted(folders):
+    parser = build_parser()
+    model_args, data_args, run_args, args, _ = parser.parse([
+        "--model_name_or_path", folders["student"], "--dataset_name", "beans", "--image_column_name", "img",
+        "--label_column_name", "y", "--ignore_mismatched_sizes", "--do_train", "--do_eval", "--output_dir", "o",
+        "--train_dir", "t", "--validation_dir", "v",
+    ])  # fmt: skip
+    assert model_args.student_model_name_or_path == folders["student"] and data_args.dataset == "beans"
+    assert (data_args.image_column, data_args.label_column) == ("img", "y") and model_args.ignore_mismatched_sizes
+    assert args.do_train and args.do_eval and (data_args.train_dir, data_args.validation_dir) == ("t", "v")
+
+
+def test_loss_names_and_kwarg_types(tmp_path):
+    assert DistillationArguments(output_dir=str(tmp_path), distill_loss="DKD").distill_loss == "dkd"
+    with pytest.raises(ValueError, match=r"`temperature` must be a number, got 'four' \(str\)"):
+        DistillationArguments(output_dir=str(tmp_path), distill_loss_kwargs='{"temperature": "four"}')
+    with pytest.raises(KeyError, match="Or 'ce'"):
+        DistillationArguments(output_dir=str(tmp_path), distill_loss="kdd")
+    with pytest.raises(ValueError, match="pip install tensorboard"):
+        DistillationArguments(output_dir=str(tmp_path), report_to="tensorboard")
+
+
+def test_offline_hub_models_and_foreign_label_spaces_fail_before_loading(folders, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"'resnet-50' \(microsoft/resnet-50\) is neither a local folder nor in the "):
+        run_image_distill.main(_argv(folders, tmp_path / "a", "--student", "resnet-50", "--loss", "ce"))
+    loaded = []
+    original = run_image_distill.load_image_classifier
+    spy = lambda *a, **k: loaded.append(a) or original(*a, **k)  # noqa: E731
+    monkeypatch.setattr(run_image_distill, "load_image_classifier", spy)
+    with pytest.raises(ValueError, match="predicts 7 classes but the student"):
+        run_image_distill.main(_argv(folders, tmp_path / "b", "--student", folders["student"], "--teacher",
+                                     folders["teacher7"], "--loss", "kd"))  # fmt: skip
+    assert loaded == []  # refused from the teacher's config: no weights were loaded
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="has 7 classes and the data has 3; --ignore_mismatched_sizes false"):
+        run_image_distill.main(_argv(folders, tmp_path / "c", "--student", folders["teacher7"], "--loss", "ce",
+                                     "--ignore_mismatched_sizes", "false"))  # fmt: skip
+    assert loaded == [] and not (tmp_path / "c").exists()
+
+
+def test_a_student_from_scratch_gets_a_learning_rate_that_trains(folders, caplog):
+    *_, args, _ = parse_args(["--student", "resnet10t", "--student_pretrained", "false", "--output_dir", "o"])
+    assert args.learning_rate == 1e-3
+    *_, args, _ = parse_args(["--student", "resnet10t", "--student_pretrained", "false", "--output_dir", "o",
+                              "--optim", "sgd"])  # fmt: skip
+    assert args.learning_rate == 0.05
+    *_, args, _ = parse_args(["--student", "resnet10t", "--student_pretrained", "false", "--output_dir", "o",
+                              "--learning_rate", "5e-5"])  # fmt: skip
+    assert args.learning_rate == 5e-5
+    *_, args, _ = parse_args(["--student", folders["student"], "--output_dir", "o"])
+    assert args.learning_rate == 5e-5  # fine-tuning keeps the Trainer's default
+
+
+def test_image_sizes_and_feature_losses_across_sizes(folders, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="hfkd"):
+        run_image_distill.main(_argv(folders, tmp_path / "fit", "--student", folders["student"], "--teacher",
+                                     folders["teacher"], "--loss", "fitnet", "--image_size", "24",
+                                     "--teacher_image_size", "32"))  # fmt: skip
+    assert "Input sizes: student 24x24, teacher 32x32" in caplog.text
+    assert json.loads((tmp_path / "fit" / "distill_config.json").read_text())["distill_loss"] == "fitnet"
+
+
+def test_do_eval_alone_evaluates_a_saved_student(folders, tmp_path):
+    metrics = run_image_distill.main(_argv(folders, tmp_path / "eval", "--student", folders["student"], "--teacher",
+                                           folders["teacher"], "--loss", "kd", "--do_eval"))  # fmt: skip
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    written = {p.name for p in (tmp_path / "eval").iterdir()}
+    assert {"eval_results.json", "teacher_eval_results.json"} <= written
+    assert "model.safetensors" not in written and "trainer_state.json" not in written
+    with pytest.raises(ValueError, match="--do_eval without --do_train evaluates a trained student"):
+        run_image_distill.main(_argv(folders, tmp_path / "e2", "--student", "resnet10t", "--student_pretrained",
+                                     "false", "--loss", "ce", "--do_eval"))  # fmt: skip

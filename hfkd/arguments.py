@@ -107,6 +107,9 @@ class DistillationArguments(TrainingArguments):
 
     distill_decay_all_parameters (`bool`, *optional*, defaults to `False`):
         Weight decay on every parameter (mdistiller's and RepDistiller's optimiser groups), not only on weights.
+    distill_no_decay_1d (`bool`, *optional*, defaults to `False`):
+        No weight decay on any 1-D parameter: biases and every norm weight, BatchNorm's included (DIST's and timm's
+        optimiser groups, `filter_bias_and_bn`); the Trainer's default decays BatchNorm weights.
     distill_timm_optimizer (`str`, *optional*, defaults to `None`), distill_timm_optimizer_kwargs (`dict`):
         A timm optimiser (`rmsproptf`, `lamb`, ...) built by `timm.optim.create_optimizer_v2`, replacing `optim`.
     distill_ema (`bool`, *optional*, defaults to `False`), distill_ema_decay (`float`, defaults to `0.9998`),
@@ -188,6 +191,13 @@ class DistillationArguments(TrainingArguments):
             "(mdistiller, RepDistiller) do; the Trainer's default exempts biases and norm weights."
         },
     )
+    distill_no_decay_1d: bool = field(
+        default=False,
+        metadata={
+            "help": "No weight decay on any 1-D parameter (biases and every norm weight, BatchNorm's too), as DIST's "
+            "and timm's optimisers; the Trainer's default decays BatchNorm weights."
+        },
+    )
     distill_timm_optimizer: str | None = field(
         default=None,
         metadata={
@@ -242,6 +252,11 @@ class DistillationArguments(TrainingArguments):
         """Check the distillation fields; parse JSON strings into dicts. Raises `ValueError`/`KeyError`."""
         if isinstance(self.distill_loss, str):
             self.distill_loss = self.distill_loss.strip().lower()  # --loss DKD means dkd
+        if self.distill_decay_all_parameters and self.distill_no_decay_1d:
+            raise ValueError(
+                "`distill_decay_all_parameters` (decay every parameter) and `distill_no_decay_1d` (decay none of the "
+                "1-D ones) contradict each other: set one of them."
+            )
         self.teacher_model_init_kwargs = _parse_json_mapping(
             "teacher_model_init_kwargs", self.teacher_model_init_kwargs
         )

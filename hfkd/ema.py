@@ -36,13 +36,15 @@ class StudentEMA(TrainerCallback):
 
     def __init__(self, student: nn.Module, decay: float, warmup: bool = False) -> None:
         self.student = student
+        self.warmup = warmup
         self.ema = ModelEmaV3(student, decay=decay, use_warmup=warmup)
         self.ema.requires_grad_(False)
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        # timm's train.py passes the 1-based update count: the first update copies the weights (decay 0), the
-        # warm-up (if any) counts from there. `global_step` is not incremented yet here.
-        self.ema.update(self.student, step=state.global_step + 1)
+        # With warm-up, timm's train.py rule: the 1-based update count, so that the first update copies the weights
+        # and the decay ramps up from there (`global_step` is not incremented yet here). Without, the decay applies
+        # from the first update to an average that starts at the initial weights, as DIST's ModelEMA does.
+        self.ema.update(self.student, step=state.global_step + 1 if self.warmup else None)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous() for k, v in self.ema.module.state_dict().items()}

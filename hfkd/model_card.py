@@ -256,6 +256,7 @@ def training_hyperparameters(args: Any) -> dict[str, Any]:
         "optimizer": getattr(args, "distill_timm_optimizer", None) or str(getattr(args.optim, "value", args.optim)),
         "optimizer_kwargs": getattr(args, "distill_timm_optimizer_kwargs", None) or None,
         "weight_decay_on_all_parameters": getattr(args, "distill_decay_all_parameters", False) or None,
+        "no_weight_decay_on_1d_parameters": getattr(args, "distill_no_decay_1d", False) or None,
         "max_grad_norm": args.max_grad_norm,
         "ema_decay": args.distill_ema_decay if getattr(args, "distill_ema", False) else None,
         "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),

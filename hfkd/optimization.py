@@ -2,7 +2,8 @@
 
 A mixin of `hfkd.trainer.DistillationTrainer`:
 
-- weight decay on every parameter (`distill_decay_all_parameters`), as mdistiller's and RepDistiller's optimisers;
+- weight decay on every parameter (`distill_decay_all_parameters`), as mdistiller's and RepDistiller's optimisers,
+  or on no 1-D parameter (`distill_no_decay_1d`), as DIST's and timm's;
 - a timm optimiser by name (`distill_timm_optimizer`: RMSpropTF, LAMB, ...), over the same parameter groups;
 - the references' multi-step learning-rate decay, exact per optimiser step (`distill_lr_milestones`);
 - an EMA of the student's weights (`distill_ema`, `hfkd.ema`), which evaluation uses.
@@ -24,10 +25,14 @@ class OptimizationMixin:
     """The optimiser and scheduler overrides of `DistillationTrainer` (see the module docstring)."""
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
-        """Every parameter with `distill_decay_all_parameters` (the references' optimiser groups), else the
-        Trainer's choice (no decay on biases and norm weights)."""
+        """Every parameter with `distill_decay_all_parameters` (mdistiller's and RepDistiller's optimiser groups),
+        the parameters of 2 or more dimensions with `distill_no_decay_1d` (DIST's and timm's `filter_bias_and_bn`:
+        no decay on biases and on every norm weight), else the Trainer's choice (no decay on biases and LayerNorm
+        weights; BatchNorm weights are decayed)."""
         if self.args.distill_decay_all_parameters:
             return [name for name, _ in model.named_parameters()]
+        if self.args.distill_no_decay_1d:
+            return [name for name, parameter in model.named_parameters() if parameter.ndim > 1]
         return super().get_decay_parameter_names(model)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:

@@ -49,11 +49,13 @@ SETTINGS_FIELDS = {
     ),
     "optimiser": (
         "optim", "optim_args", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
-        "max_grad_norm", "label_smoothing_factor",
+        "max_grad_norm", "label_smoothing_factor", "distill_decay_all_parameters", "distill_no_decay_1d",
+        "distill_timm_optimizer", "distill_timm_optimizer_kwargs", "distill_ema", "distill_ema_decay",
+        "distill_ema_warmup",
     ),
     "schedule": (
         "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "num_train_epochs", "max_steps",
-        "distill_lr_milestones", "distill_lr_gamma",
+        "distill_lr_milestones", "distill_lr_gamma", "distill_lr_milestones_unit",
     ),
     "batch": ("per_device_train_batch_size", "gradient_accumulation_steps", "world_size"),
     "seed": ("seed", "data_seed"),

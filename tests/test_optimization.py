@@ -57,6 +57,17 @@ def test_decay_on_every_parameter_or_on_weights_only(tmp_path):
     assert batch["pixel_values"].shape[0] == 4
 
 
+def test_no_decay_on_1d_parameters_exempts_batchnorm_weights_too(tmp_path):
+    default, filtered = _trainer(tmp_path / "a"), _trainer(tmp_path / "b", distill_no_decay_1d=True)
+    for trainer in (default, filtered):
+        trainer.create_optimizer()
+    norm_weights = {id(p) for n, p in default.student.named_parameters() if p.ndim == 1 and not n.endswith("bias")}
+    assert norm_weights and norm_weights <= _decayed(default)  # the Trainer decays BatchNorm weights
+    assert _decayed(filtered) == {id(p) for p in filtered.student.parameters() if p.ndim > 1}
+    with pytest.raises(ValueError, match="contradict each other"):
+        _args(tmp_path, distill_no_decay_1d=True, distill_decay_all_parameters=True)
+
+
 def test_a_timm_optimiser_by_name_with_its_kwargs_and_groups(tmp_path):
     trainer = _trainer(tmp_path, distill_timm_optimizer="RMSpropTF", distill_timm_optimizer_kwargs='{"alpha": 0.9}')
     trainer.create_optimizer()
@@ -87,11 +98,11 @@ def test_ema_is_the_average_evaluated_saved_and_resumed(tmp_path):
 
     trainer.ema.on_optimizer_step = track
     trainer.train()
-    # timm's ModelEmaV3 as timm's train.py drives it: the first update copies the weights, then every step
-    # e <- d·e + (1 - d)·w for float tensors (integer buffers are copied).
-    for step, weights in enumerate(live):
+    # Without warm-up, DIST's ModelEMA: the average starts at the initial weights and every step, the first too,
+    # does e <- d·e + (1 - d)·w for float tensors (integer buffers are copied).
+    for weights in live:
         for key, value in weights.items():
-            if value.is_floating_point() and step > 0:
+            if value.is_floating_point():
                 expected[key] = decay * expected[key] + (1 - decay) * value
             else:
                 expected[key] = value.clone()
@@ -115,6 +126,11 @@ def test_ema_is_the_average_evaluated_saved_and_resumed(tmp_path):
     torch.testing.assert_close(saved["classifier.1.weight"], ema["classifier.1.weight"])
     checkpoint = tmp_path / "a" / "out" / "checkpoint-2"
     assert (checkpoint / EMA_NAME).is_file()
+    # With warm-up, timm's train.py rule: the first update copies the weights.
+    warm = _trainer(tmp_path / "w", distill_ema=True, distill_ema_decay=decay, distill_ema_warmup=True, max_steps=1)
+    warm.train()
+    for key, value in warm.student.state_dict().items():
+        torch.testing.assert_close(warm.ema.state_dict()[key], value, rtol=0, atol=0)
     # Resuming from checkpoint-2 restores the average: the end is the uninterrupted run's, exactly.
     resumed = _trainer(tmp_path / "b", distill_ema=True, distill_ema_decay=decay, save_strategy="steps", save_steps=2)
     resumed.train(resume_from_checkpoint=str(checkpoint))

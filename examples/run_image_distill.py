@@ -73,35 +73,37 @@ def load_json(path: str | None, what: str) -> Any:
         raise ValueError(f"{what} must be a JSON file or a JSON string, got {path!r}.") from None
 
 
-def resolve_models(model_args: ModelArguments, args: DistillationArguments) -> tuple[ModelSpec, ModelSpec | None]:
-    """The student's and the live teacher's specs, without weights (no teacher: CE, or a cache); a Hub model that
-    is neither cached nor reachable stops the run here, in one line."""
+def resolve_models(model_args: ModelArguments, args: DistillationArguments) -> tuple[ModelSpec, list[ModelSpec]]:
+    """The student's and the live teachers' specs (one, or the members of an ensemble; none for CE or a cache),
+    without weights; a Hub model that is neither cached nor reachable stops the run here, in one line."""
     args.check_teacher_given()
     student = resolve_model_name(model_args.student_model_name_or_path, revision=model_args.student_revision)
     student = check_available(student, "student", pretrained=model_args.student_pretrained)
-    teacher = None
+    teachers = []
     if args.uses_teacher and args.teacher_cache_dir is None:
-        teacher = resolve_model_name(args.teacher_model_name_or_path, revision=args.teacher_model_revision)
-        teacher = check_available(teacher, "teacher", pretrained=model_args.teacher_pretrained)
-    for role, spec in (("student", student), ("teacher", teacher)):
-        if spec is not None:
-            logger.info(f"{role}: {spec.name!r} -> {spec.source} ({spec.kind})")
-    return student, teacher
+        for name in args.teacher_names:
+            teacher = resolve_model_name(name, revision=args.teacher_model_revision)
+            teachers.append(check_available(teacher, "teacher", pretrained=model_args.teacher_pretrained))
+    for role, spec in [("student", student)] + [("teacher", t) for t in teachers]:
+        logger.info(f"{role}: {spec.name!r} -> {spec.source} ({spec.kind})")
+    return student, teachers
 
 
 def load_models(
     student_spec: ModelSpec,
-    teacher_spec: ModelSpec | None,
+    teacher_specs: list[ModelSpec],
     model_args: ModelArguments,
     args: DistillationArguments,
     names: list[str],
-) -> tuple[Any, Any, Any, Any]:
-    """(student, its processor, teacher, its processor): the student gets the dataset's head; the teacher keeps its
-    own (mapped onto the dataset's classes with --teacher_label_map) and must predict the dataset's label space."""
+) -> tuple[Any, Any, list[Any], list[Any]]:
+    """(student, its processor, teachers, their processors): the student gets the dataset's head; each teacher
+    keeps its own (mapped onto the dataset's classes with --teacher_label_map) and must predict the dataset's label
+    space, an ensemble's teachers hence the same one."""
     id2label = dict(enumerate(names))
-    if teacher_spec is not None and model_args.teacher_pretrained and model_args.teacher_label_map is None:
-        # Decided from the config, before any weights load: a 1000-class teacher cannot teach 10 classes.
-        check_label_space(teacher_spec.name, config_num_labels(teacher_spec), len(names))
+    if model_args.teacher_pretrained and model_args.teacher_label_map is None:
+        # Decided from the configs, before any weights load: a 1000-class teacher cannot teach 10 classes.
+        for spec in teacher_specs:
+            check_label_space(spec.name, config_num_labels(spec), len(names))
     if model_args.student_pretrained and not model_args.ignore_mismatched_sizes:
         student_classes = config_num_labels(student_spec)
         if student_classes is not None and student_classes != len(names):
@@ -114,19 +116,20 @@ def load_models(
         student_spec, num_labels=len(names), id2label=id2label, pretrained=model_args.student_pretrained, **common
     )
     student_processor = load_image_processor(student_spec, trust_remote_code=model_args.trust_remote_code)
-    if teacher_spec is None:
-        return student, student_processor, None, None
     # A random-init teacher gets the dataset's head; a real teacher's head is never touched.
     head = {} if model_args.teacher_pretrained else {"num_labels": len(names), "id2label": id2label}
     # --teacher_model_init_kwargs wins over the shared flags (its trust_remote_code included).
     teacher_kwargs = {**common, **args.teacher_model_init_kwargs}
-    teacher = load_image_classifier(teacher_spec, pretrained=model_args.teacher_pretrained, **head, **teacher_kwargs)
     label_map = load_json(model_args.teacher_label_map, "--teacher_label_map")
-    if label_map is not None:
-        teacher = map_teacher_labels(teacher, label_map, names)
-    check_teacher_labels(teacher, len(names), id2label)
-    teacher_processor = load_image_processor(teacher_spec, trust_remote_code=teacher_kwargs["trust_remote_code"])
-    return student, student_processor, teacher, teacher_processor
+    teachers, processors = [], []
+    for spec in teacher_specs:
+        teacher = load_image_classifier(spec, pretrained=model_args.teacher_pretrained, **head, **teacher_kwargs)
+        if label_map is not None:
+            teacher = map_teacher_labels(teacher, label_map, names)
+        check_teacher_labels(teacher, len(names), id2label)
+        teachers.append(teacher)
+        processors.append(load_image_processor(spec, trust_remote_code=teacher_kwargs["trust_remote_code"]))
+    return student, student_processor, teachers, processors
 
 
 def build_trainer(
@@ -134,12 +137,12 @@ def build_trainer(
 ) -> DistillationTrainer:
     """The trainer (it builds the loss for the two models, so a loss that cannot serve them fails here); an output
     folder that the attempt created is removed again when it fails."""
-    student, student_processor, teacher, _ = models
+    student, student_processor, teachers, _ = models
     existed = os.path.exists(args.output_dir)
     try:
         return DistillationTrainer(
             model=student,
-            teacher_model=cache if cache is not None else teacher,
+            teacher_model=cache if cache is not None else teachers[0] if len(teachers) == 1 else teachers or None,
             args=args,
             train_dataset=splits["train"],
             eval_dataset=splits["eval"],
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         overwrite=run_args.overwrite_output_dir,
         resume=training_args.resume_from_checkpoint,
     )
-    student_spec, teacher_spec = resolve_models(model_args, training_args)
+    student_spec, teacher_specs = resolve_models(model_args, training_args)
     baseline = load_json(run_args.baseline_metrics, "--baseline_metrics")
     cache = None
     if training_args.uses_teacher and training_args.teacher_cache_dir is not None:
@@ -237,13 +240,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_args,
         run_args,
         training_args,
-        distilling=teacher_spec is not None or cache is not None,
+        distilling=bool(teacher_specs) or cache is not None,
         cache_dir=model_args.cache_dir,
         rows=cache_rows(cache),
     )
     if cache is not None:
         check_cache(cache, data, data_args, training_args)
-    models = load_models(student_spec, teacher_spec, model_args, training_args, data.names)
+    models = load_models(student_spec, teacher_specs, model_args, training_args, data.names)
     splits = prepare_splits(data, data_args, training_args, models, cache)
     trainer = build_trainer(training_args, models, splits, cache, recipe=recipe, data_info=data.info(data_args))
     do_train, do_eval = run_phases(training_args, model_args)

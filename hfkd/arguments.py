@@ -9,6 +9,8 @@ from typing import Any
 from timm.optim import list_optimizers
 from transformers import TrainingArguments
 
+from .ensemble import check_ensemble_arguments, feature_member_index
+from .hub import check_reporting
 from .losses import get_loss_class, validate_loss_kwargs
 from .teacher import CachedTeacher
 
@@ -31,35 +33,6 @@ def _parse_json_mapping(name: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-# --report_to names whose Python package has another name.
-_REPORT_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet_ml", "flyte": "flytekit"}
-
-
-def _check_reporting(report_to: Any) -> None:
-    """Refuse, before any model or data loads, a `--report_to` integration whose package is not installed (the
-    Trainer would only fail once it starts)."""
-    from transformers.integrations.integration_utils import (
-        INTEGRATION_TO_CALLBACK,
-        get_available_reporting_integrations,
-    )
-
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    wanted = [name for name in names if name not in ("none", "all")]
-    if not wanted:
-        return
-    unknown = [name for name in wanted if name not in INTEGRATION_TO_CALLBACK]
-    if unknown:
-        choices = ", ".join(INTEGRATION_TO_CALLBACK)
-        raise ValueError(f"--report_to {', '.join(unknown)}: not an integration; use one of {choices}, or none.")
-    missing = [name for name in wanted if name not in get_available_reporting_integrations() and name != "flyte"]
-    if missing:
-        packages = " ".join(_REPORT_PACKAGES.get(name, name) for name in missing)
-        raise ValueError(
-            f"--report_to {', '.join(missing)} needs its package, which is not installed: `pip install {packages}` "
-            "(or --report_to none)."
-        )
-
-
 @dataclass
 class DistillationArguments(TrainingArguments):
     r"""
@@ -70,9 +43,15 @@ class DistillationArguments(TrainingArguments):
 
     > Teacher
 
-    teacher_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
+    teacher_model_name_or_path (`str`, `list[str]` or `None`, *optional*, defaults to `None`):
         Teacher checkpoint (Hub id or local folder) loaded when no `teacher_model` object is given to the
-        trainer.
+        trainer; a list of them (`--teacher A --teacher B`) is a teacher ensemble.
+    teacher_weights (`list[float]`, *optional*, defaults to `None`), teacher_ensemble (`str`, defaults to
+    `"probs"`), teacher_ensemble_temperature (`float`, *optional*), teacher_features_from (`str`, *optional*):
+        How an ensemble's logits combine (`hfkd.ensemble`): one weight per teacher (normalised; equal by default);
+        `"probs"` averages the teachers' distributions softened at `teacher_ensemble_temperature` (default: the
+        loss's `temperature`), `"logits"` averages the logits. Feature losses take the features of the teacher
+        `teacher_features_from` names (its name as given, or its 0-based position; default the first).
     teacher_model_revision (`str`, *optional*, defaults to `"main"`):
         Revision (branch, tag or commit) of the teacher checkpoint.
     teacher_model_init_kwargs (`dict` or `str`, *optional*, defaults to `None`):
@@ -100,6 +79,9 @@ class DistillationArguments(TrainingArguments):
         these epochs (mdistiller's rule, exact per optimizer step, no warm-up); replaces `lr_scheduler_type`.
     distill_lr_gamma (`float`, *optional*, defaults to `0.1`):
         Decay factor at each milestone.
+    distill_lr_milestones_unit (`str`, *optional*, defaults to `"epochs"`):
+        `"steps"`: the milestones are optimiser steps (the lr decays from step m on), for streamed data whose epochs
+        have no known length.
     distill_channels_last (`bool`, *optional*, defaults to `False`):
         Channels-last memory format for convolutional students and teachers (`--channels_last`).
 
@@ -123,8 +105,31 @@ class DistillationArguments(TrainingArguments):
     teacher_model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "Teacher checkpoint (Hub id or local folder), used when no teacher object is passed.",
+            "help": "Teacher checkpoint (Hub id or local folder), used when no teacher object is passed; repeat "
+            "--teacher for an ensemble of teachers.",
             "aliases": ["--teacher"],
+        },
+    )
+    teacher_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Teacher ensemble: one weight per --teacher (normalised to sum 1; equal by default)."},
+    )
+    teacher_ensemble: str = field(
+        default="probs",
+        metadata={
+            "help": "Teacher ensemble: 'probs' averages the teachers' softened distributions, 'logits' their logits.",
+            "choices": ["probs", "logits"],
+        },
+    )
+    teacher_ensemble_temperature: float | None = field(
+        default=None,
+        metadata={"help": "Teacher ensemble: temperature of the 'probs' average (default: the loss's temperature)."},
+    )
+    teacher_features_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher ensemble: the teacher whose feature maps feature losses use (its name as given to "
+            "--teacher, or its 0-based position; default the first)."
         },
     )
     teacher_model_revision: str = field(
@@ -162,6 +167,10 @@ class DistillationArguments(TrainingArguments):
     )
     distill_lr_gamma: float = field(
         default=0.1, metadata={"help": "Factor applied to the learning rate at each of distill_lr_milestones."}
+    )
+    distill_lr_milestones_unit: str = field(
+        default="epochs",
+        metadata={"help": "Unit of distill_lr_milestones: epochs, or steps (optimiser steps, for streamed data)."},
     )
     distill_channels_last: bool = field(
         default=False,
@@ -246,12 +255,13 @@ class DistillationArguments(TrainingArguments):
     def __post_init__(self) -> None:
         self.validate_distillation()
         super().__post_init__()
-        _check_reporting(self.report_to)
+        check_reporting(self.report_to)
 
     def validate_distillation(self) -> None:
         """Check the distillation fields; parse JSON strings into dicts. Raises `ValueError`/`KeyError`."""
         if isinstance(self.distill_loss, str):
             self.distill_loss = self.distill_loss.strip().lower()  # --loss DKD means dkd
+        self._validate_teachers()
         if self.distill_decay_all_parameters and self.distill_no_decay_1d:
             raise ValueError(
                 "`distill_decay_all_parameters` (decay every parameter) and `distill_no_decay_1d` (decay none of the "
@@ -292,7 +302,12 @@ class DistillationArguments(TrainingArguments):
             milestones = list(self.distill_lr_milestones)
             if not milestones or any(not (isinstance(m, (int, float)) and m >= 0) for m in milestones):
                 raise ValueError(
-                    f"`distill_lr_milestones` must be epochs >= 0, e.g. [150, 180, 210]; got {milestones}."
+                    f"`distill_lr_milestones` must be numbers >= 0, e.g. [150, 180, 210]; got {milestones}."
+                )
+            if self.distill_lr_milestones_unit not in ("epochs", "steps"):
+                raise ValueError(
+                    "`distill_lr_milestones_unit` must be 'epochs' or 'steps', got "
+                    f"{self.distill_lr_milestones_unit!r}."
                 )
             if milestones != sorted(milestones):
                 raise ValueError(f"`distill_lr_milestones` must be in increasing order, got {milestones}.")
@@ -326,6 +341,27 @@ class DistillationArguments(TrainingArguments):
     @property
     def uses_teacher(self) -> bool:
         return self.distill_loss != CE_ONLY
+
+    @property
+    def teacher_names(self) -> list[str]:
+        """The teacher checkpoints named in the arguments: none, one, or the members of an ensemble."""
+        names = self.teacher_model_name_or_path
+        return [] if names is None else [names] if isinstance(names, str) else list(names)
+
+    def feature_teacher_index(self, names: list[str]) -> int:
+        """The position in `names` of the ensemble member named by `teacher_features_from` (default 0)."""
+        return feature_member_index(self.teacher_features_from, names)
+
+    def _validate_teachers(self) -> None:
+        names = self.teacher_model_name_or_path
+        if isinstance(names, (list, tuple)):
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise ValueError(f"`teacher_model_name_or_path` must be a name or a list of names, got {names!r}.")
+            self.teacher_model_name_or_path = names[0] if len(names) == 1 else list(names)
+        check_ensemble_arguments(
+            self.teacher_names, self.teacher_weights, self.teacher_ensemble, self.teacher_ensemble_temperature,
+            self.teacher_features_from,
+        )  # fmt: skip
 
     def check_teacher_given(self, teacher_model: Any = None) -> None:
         """Refuse a distillation loss without a teacher: no `teacher_model`, checkpoint name or teacher cache."""

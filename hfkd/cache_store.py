@@ -4,24 +4,31 @@ Layout of a cache folder (format 2):
 
 - `cache_config.json`: `CacheConfig`, i.e. the teacher (name, revision, commit, a hash of its weights), the data
   (dataset, config, splits, how many rows, a hash of the selected rows and one of their images), the seed of the
-  views, the image settings of the teacher (size, mean, std, channels), epochs, top-k and the shard size;
+  views, the image settings of the teacher (size, mean, std, channels), epochs, top-k and the shard size. A cache of
+  a teacher ensemble names the members `"a + b"`; its `teacher_info` holds `ensemble` (mode, normalised weights,
+  temperature) and `members` (each member's record, weights hash and own image settings); the top-level image
+  settings are the first member's;
 - `selection.safetensors`: the selected rows (`train_rows`, `eval_rows`: positions in their split), so that a run
   trains on exactly the cache's images whatever its own seed;
 - `epoch_XXXX/shard_XXXXX.safetensors`: for the samples [shard · shard_size, (shard + 1) · shard_size) of one epoch,
   `crops` (n, 4: top, left, height, width, int32), `flips` (n, uint8) and either `topk_indices` (n, k, int32) +
-  `topk_probs` (n, k, float32) or `logits` (n, C, float32).
+  `topk_probs` (n, k, float32) or `logits` (n, C, float32). The file's metadata key `hfkd` holds a hash of the
+  build's settings and one of the tensors, so that a resumed build keeps only shards it can verify.
 
 `TeacherCache` checks every shard of every epoch when it opens (present, readable, names, shapes, dtypes, sizes),
-naming the file at fault, and reads rows through memory maps: a process touches only the rows its batches need.
+naming the file at fault, and reads with positioned reads only the rows asked for: a process touches only the rows
+its batches need.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import struct
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,6 +43,7 @@ CACHE_CONFIG = "cache_config.json"
 SELECTION_FILE = "selection.safetensors"
 CACHE_FORMAT = 2
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
+MAX_OPEN_SHARDS = 64
 _DTYPES = {"F32": np.float32, "I32": np.int32, "U8": np.uint8, "I64": np.int64}
 
 
@@ -65,8 +73,27 @@ class CacheConfig:
     def shard_rows(self, shard: int) -> tuple[int, int]:
         return shard * self.shard_size, min((shard + 1) * self.shard_size, self.num_samples)
 
+    @property
+    def ensemble(self) -> dict[str, Any] | None:
+        """How an ensemble's logits were combined (mode, weights, temperature); None for a single teacher."""
+        return self.teacher_info.get("ensemble")
+
+    @property
+    def members(self) -> list[dict[str, Any]]:
+        """What was recorded of each teacher: a single teacher's `teacher_info`, or each ensemble member's in order."""
+        return list(self.teacher_info.get("members", [])) if self.ensemble is not None else [self.teacher_info]
+
+    @property
+    def member_names(self) -> list[str]:
+        """The teachers' names as recorded (one for a single teacher, in order for an ensemble)."""
+        return [member.get("name_or_path", self.teacher) for member in self.members]
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    def sha256(self) -> str:
+        """A hash of every setting: the shards of a build carry it, so that one of other settings is never kept."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CacheConfig:
@@ -138,7 +165,11 @@ def weights_sha256(model_or_state_dict: torch.nn.Module | dict[str, torch.Tensor
     state = model_or_state_dict
     if isinstance(state, torch.nn.Module):
         state = state.state_dict()
-    tensors = {name.rsplit("timm_model.", 1)[-1]: tensor for name, tensor in state.items()}
+    return tensors_sha256({name.rsplit("timm_model.", 1)[-1]: tensor for name, tensor in state.items()})
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """A hash of named tensors: names, dtypes, shapes and values, in name order."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()
@@ -178,15 +209,19 @@ def content_sha256(dataset: Any, image_column: str, label_column: str | None, sa
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def read_header(path: str) -> tuple[dict[str, Any], int]:
-    """The JSON header of a safetensors file and where its data start; ValueError naming the file if unreadable."""
+def read_header(path: str, *, metadata: bool = False) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file (with its `__metadata__` if `metadata`) and where its data start; a
+    ValueError naming the file if unreadable."""
     try:
         with open(path, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(length))
     except (OSError, ValueError, struct.error) as err:
         raise ValueError(f"Teacher cache file {path} is unreadable ({type(err).__name__}: {err}).") from None
-    header.pop("__metadata__", None)
+    if not isinstance(header, dict):
+        raise ValueError(f"Teacher cache file {path} is unreadable (its header is not a JSON object).")
+    if not metadata:
+        header.pop("__metadata__", None)
     return header, 8 + length
 
 
@@ -207,20 +242,47 @@ def check_shard(path: str, config: CacheConfig, rows: int) -> dict[str, tuple[st
         raise ValueError(f"Teacher cache file {path} is missing.")
     header, start = read_header(path)
     found = {}
-    for name, (dtype, shape) in expected_tensors(config, rows).items():
-        entry = header.get(name)
-        if entry is None or entry["dtype"] != dtype or tuple(entry["shape"]) != shape:
-            got = None if entry is None else (entry["dtype"], tuple(entry["shape"]))
-            raise ValueError(f"Teacher cache file {path}: {name!r} should be {dtype} {shape}, found {got}.")
-        found[name] = (dtype, shape, start + entry["data_offsets"][0])
-    end = start + max(entry["data_offsets"][1] for entry in header.values())
+    try:
+        for name, (dtype, shape) in expected_tensors(config, rows).items():
+            entry = header.get(name)
+            if entry is None or entry["dtype"] != dtype or tuple(entry["shape"]) != shape:
+                got = None if entry is None else (entry["dtype"], tuple(entry["shape"]))
+                raise ValueError(f"Teacher cache file {path}: {name!r} should be {dtype} {shape}, found {got}.")
+            found[name] = (dtype, shape, start + entry["data_offsets"][0])
+        end = start + max(entry["data_offsets"][1] for entry in header.values())
+    except (KeyError, TypeError, IndexError):
+        raise ValueError(f"Teacher cache file {path} is unreadable (its header is malformed).") from None
     if os.path.getsize(path) < end:
         raise ValueError(f"Teacher cache file {path} is truncated ({os.path.getsize(path)} of {end} bytes).")
     return found
 
 
+def _read_at(fd: int, offset: int, length: int, path: str) -> bytes:
+    """`length` bytes of an open file from `offset`, without moving a shared file position (the file descriptor
+    may be shared with forked dataloader workers)."""
+    if hasattr(os, "pread"):
+        data = os.pread(fd, length, offset)
+    else:  # Windows: no pread; each process reads through its own descriptors
+        os.lseek(fd, offset, os.SEEK_SET)
+        data = os.read(fd, length)
+    if len(data) != length:
+        raise ValueError(f"Teacher cache file {path} is truncated (read {len(data)} of {length} bytes at {offset}).")
+    return data
+
+
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted unique `rows` as [first, end) runs of consecutive rows."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    return [(int(run[0]), int(run[-1]) + 1) for run in np.split(rows, breaks)]
+
+
 class TeacherCache:
-    """Read access to a teacher cache, checked when opened (see the module docstring)."""
+    """Read access to a teacher cache, checked when opened (see the module docstring).
+
+    Rows are read with positioned reads of exactly the bytes asked for (consecutive rows in one read), never whole
+    shards: under N processes each reads only the rows of its own batches. The `MAX_OPEN_SHARDS` files read last
+    stay open.
+    """
 
     def __init__(self, path: str) -> None:
         config_path = os.path.join(path, CACHE_CONFIG)
@@ -242,11 +304,21 @@ class TeacherCache:
             for epoch in range(self.config.epochs)
             for shard, rows in ((s, self.config.shard_rows(s)) for s in range(self.config.num_shards))
         }
-        self._maps: dict[tuple[int, int, str], np.ndarray] = {}
+        self._files: OrderedDict[tuple[int, int], int] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
-        # Dataloader workers get a copy: memory maps are reopened there, not pickled with their data.
-        return {**self.__dict__, "_maps": {}}
+        # Dataloader workers get a copy: files are reopened there, their descriptors are not pickled.
+        return {**self.__dict__, "_files": OrderedDict()}
+
+    def close(self) -> None:
+        """Close the open shard files (reading again reopens them)."""
+        files, self._files = self._files, OrderedDict()
+        for fd in files.values():
+            os.close(fd)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # also at interpreter exit, when `os` may be gone
+            self.close()
 
     def selection(self) -> dict[str, list[int]] | None:
         """The cache's selected rows (`train_rows`, `eval_rows`), or None for a cache built from bare images."""
@@ -255,27 +327,35 @@ class TeacherCache:
             return None
         return {name: tensor.tolist() for name, tensor in load_file(path).items()}
 
-    def _array(self, epoch: int, shard: int, name: str) -> np.ndarray:
-        key = (epoch, shard, name)
-        if key not in self._maps:
-            if self._maps and next(iter(self._maps))[0] != epoch:
-                self._maps.clear()  # one epoch's maps at a time
-            dtype, shape, offset = self._layout[(epoch, shard)][name]
-            file = shard_path(self.path, epoch, shard)
-            self._maps[key] = np.memmap(file, dtype=_DTYPES[dtype], mode="r", offset=offset, shape=shape)
-        return self._maps[key]
+    def _file(self, epoch: int, shard: int) -> int:
+        key = (epoch, shard)
+        if key in self._files:
+            self._files.move_to_end(key)
+            return self._files[key]
+        if len(self._files) >= MAX_OPEN_SHARDS:
+            os.close(self._files.popitem(last=False)[1])
+        flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+        self._files[key] = os.open(shard_path(self.path, epoch, shard), flags)
+        return self._files[key]
 
     def _rows(self, epoch: int, indices: np.ndarray, name: str) -> np.ndarray:
         # Epochs past the cached ones cycle over them, as FKD does.
         epoch = int(epoch) % self.config.epochs
         if indices.size and (indices.min() < 0 or indices.max() >= self.config.num_samples):
             raise IndexError(f"Sample index out of range for a teacher cache of {self.config.num_samples} samples.")
+        dtype, shape, _ = self._layout[(epoch, 0)][name]
+        dtype, row_shape = np.dtype(_DTYPES[dtype]), shape[1:]
+        row_bytes = dtype.itemsize * math.prod(row_shape)
+        out = np.empty((len(indices), *row_shape), dtype=dtype)
         shards, rows = np.divmod(indices, self.config.shard_size)
-        first = self._array(epoch, int(shards[0]) if indices.size else 0, name)
-        out = np.empty((len(indices), *first.shape[1:]), dtype=first.dtype)
         for shard in np.unique(shards):
-            mask = shards == shard
-            out[mask] = self._array(epoch, int(shard), name)[rows[mask]]
+            positions = np.flatnonzero(shards == shard)
+            wanted = np.unique(rows[positions])
+            offset = self._layout[(epoch, int(shard))][name][2]
+            fd, path = self._file(epoch, int(shard)), shard_path(self.path, epoch, int(shard))
+            chunks = [_read_at(fd, offset + a * row_bytes, (b - a) * row_bytes, path) for a, b in _runs(wanted)]
+            block = np.frombuffer(b"".join(chunks), dtype=dtype).reshape(len(wanted), *row_shape)
+            out[positions] = block[np.searchsorted(wanted, rows[positions])]
         return out
 
     def view(self, epoch: int, index: int) -> tuple[tuple[int, int, int, int], bool]:

@@ -73,6 +73,24 @@ def accuracies(metrics: dict[str, float] | None, which: str) -> tuple[float | No
     return pick_accuracy(metrics, _TOP1_NAMES, which), pick_accuracy(metrics, _TOP5_NAMES, which)
 
 
+def member_accuracies(metrics: dict[str, float] | None, member: int) -> tuple[float | None, float | None]:
+    """Teacher `member` of an ensemble: its `teacher_eval_member_<i>_` metrics (`Trainer.evaluate_teacher`)."""
+    prefix = f"teacher_eval_member_{member}_"
+    mine = {key.removeprefix(prefix): value for key, value in (metrics or {}).items() if key.startswith(prefix)}
+    return accuracies(mine, f"teacher_metrics (member {member})")
+
+
+def ensemble_text(ensemble: dict[str, Any], members: list[dict[str, Any]]) -> str:
+    """How a teacher ensemble is named in the card: its members, linked, and how their outputs were combined."""
+    links = [model_link(str(m.get("name_or_path")), m.get("local")) for m in members]
+    weights = ", ".join(f"{w:.3g}" for w in ensemble.get("weights") or [])
+    if ensemble.get("mode") == "logits":
+        rule = f"their logits averaged with weights {weights}"
+    else:
+        rule = f"their probabilities averaged with weights {weights} at temperature {ensemble.get('temperature'):g}"
+    return f"an ensemble of {len(links)} teachers ({', '.join(links)}), {rule}"
+
+
 def known(values: tuple[float | None, ...]) -> bool:
     return any(value is not None for value in values)
 
@@ -155,9 +173,16 @@ def results_rows(
     teacher: tuple[float | None, float | None],
     baseline: tuple[float | None, float | None],
     teacher_name: str | None,
+    members: list[tuple[str, tuple[float | None, float | None]]] | None = None,
 ) -> list[dict[str, str]]:
+    """The results table: the student, the teacher (an ensemble's members, then the ensemble), the CE baseline."""
     rows = [{"label": "Student (this model)", "top1": percent(student[0]), "top5": percent(student[1])}]
-    if teacher_name or known(teacher):
+    for i, (name, accuracy) in enumerate(members or []):
+        label = f"Teacher {i + 1} (`{cell(neutral_name(name))}`)"
+        rows.append({"label": label, "top1": percent(accuracy[0]), "top5": percent(accuracy[1])})
+    if members:
+        rows.append({"label": "Teacher ensemble", "top1": percent(teacher[0]), "top5": percent(teacher[1])})
+    elif teacher_name or known(teacher):
         label = f"Teacher (`{cell(neutral_name(teacher_name))}`)" if teacher_name else "Teacher"
         rows.append({"label": label, "top1": percent(teacher[0]), "top5": percent(teacher[1])})
     if known(baseline):

@@ -16,6 +16,7 @@ from transformers.utils import logging
 from .arguments import DistillationArguments
 from .parser import HfkdParser
 from .smoke import smoke_argv
+from .streaming import check_streaming_arguments
 
 logger = logging.get_logger(__name__)
 
@@ -121,6 +122,16 @@ class DataArguments:
     skip_unreadable: bool = field(
         default=False, metadata={"help": "Drop images that fail to decode (counted in the log) instead of failing."}
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the dataset (datasets.IterableDataset) instead of downloading and preparing it: each "
+            "process reads its own shards, shuffled through a buffer; needs --max_steps (see the README)."
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=1000, metadata={"help": "With --streaming: rows in the shuffle buffer (per process)."}
+    )
 
 
 @dataclass
@@ -189,6 +200,10 @@ def parse_args(argv: list[str] | None) -> tuple[Any, ...]:
     explicit = {a.dest for a in parser._actions if any(_given(option, argv) for option in a.option_strings)}
     explicit |= set(parser.read_recipe(recipe)) if recipe else set()
     scratch_learning_rate(model_args, training_args, explicit)
+    if data_args.streaming:
+        if run_args.smoke:
+            raise ValueError("--smoke trains on small synthetic data, which is not streamed: drop --streaming.")
+        check_streaming_arguments(training_args, data_args)
     return model_args, data_args, run_args, training_args, recipe
 
 

@@ -30,6 +30,8 @@ from .batch import (
     STRONG_PIXEL_VALUES,
     TEACHER_PIXEL_VALUES,
     TEACHER_STRONG_PIXEL_VALUES,
+    is_image_key,
+    member_key,
 )
 from .image_datasets import (
     add_sample_index,
@@ -99,6 +101,18 @@ def _seeded(seed: int | None) -> Iterator[None]:
         generator.set_state(state)
 
 
+def _teacher_mode(student: Callable, teacher: Callable | None) -> str:
+    """How a teacher's pixels are made from the student's view: "none" (it takes the student's), "renorm" (only
+    mean/std differ: one geometric view, normalised twice) or "replay" (its own pipeline on the same random draws)."""
+    if teacher is None:
+        return "none"
+    if not all(isinstance(t, ImageTransform) for t in (student, teacher)):
+        return "replay"
+    if student.signature(True) != teacher.signature(True):
+        return "replay"  # other size, crop, interpolation or channels: same random draws, own pipeline
+    return "renorm" if student.signature(False) != teacher.signature(False) else "none"
+
+
 class TransformFn:
     """The callable that `make_transform_fn` returns; see there. `num_skipped` counts skipped rows (per process).
 
@@ -110,7 +124,7 @@ class TransformFn:
     def __init__(
         self,
         student_transform: Callable,
-        teacher_transform: Callable | None,
+        teacher_transform: Callable | list[Callable | None] | None,
         image_column: str,
         label_column: str | None,
         skip_unreadable: bool,
@@ -118,22 +132,26 @@ class TransformFn:
         seed: int | None = None,
         stream: int = 0,
     ) -> None:
-        self.student_transform, self.teacher_transform = student_transform, teacher_transform
+        self.student_transform = student_transform
+        # One transform per teacher of an ensemble (None: that teacher takes the student's pixels).
+        members = teacher_transform if isinstance(teacher_transform, (list, tuple)) else [teacher_transform]
+        self.teacher_transforms: list[Callable | None] = list(members)
         self.image_column, self.label_column, self.index_column = image_column, label_column, index_column
         self.skip_unreadable = skip_unreadable
         self.seed, self.stream, self.epoch = seed, stream, 0
         self.num_skipped = 0
-        self.mode = "none"
-        if teacher_transform is not None:
-            pair = (student_transform, teacher_transform)
-            if not all(isinstance(t, ImageTransform) for t in pair):
-                self.mode = "replay"
-            elif student_transform.signature(True) != teacher_transform.signature(True):
-                self.mode = "replay"  # other size, crop, interpolation or channels: same random draws, own pipeline
-            elif student_transform.signature(False) != teacher_transform.signature(False):
-                self.mode = "renorm"  # only mean/std differ: one geometric view, normalised twice
-        self.emits_teacher = self.mode != "none"
+        self.modes = [_teacher_mode(student_transform, t) for t in self.teacher_transforms]
         self.strong: TransformFn | None = None
+
+    @property
+    def teacher_transform(self) -> Callable | None:
+        """The first teacher's transform."""
+        return self.teacher_transforms[0]
+
+    @property
+    def emits_teacher(self) -> bool:
+        """Whether the first teacher gets pixels of its own (`teacher_pixel_values`)."""
+        return self.modes[0] != "none"
 
     def _where(self, row: int, image: Any, indices: list | None) -> str:
         where = f"dataset index {indices[row]}" if indices is not None else f"row {row} of the batch"
@@ -151,7 +169,7 @@ class TransformFn:
     @property
     def random(self) -> bool:
         """Whether the transforms draw anything (evaluation transforms do not: nothing to seed)."""
-        transforms = [t for t in (self.student_transform, self.teacher_transform) if t is not None]
+        transforms = [t for t in (self.student_transform, *self.teacher_transforms) if t is not None]
         fixed = [isinstance(t, ImageTransform) and t.train_augment == "none" and not t.strong for t in transforms]
         return not all(fixed)
 
@@ -160,31 +178,38 @@ class TransformFn:
             return None
         return sample_seed(self.seed, self.epoch, int(index), self.stream)
 
-    def _views(self, image: PILImage.Image, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        student, teacher = self.student_transform, self.teacher_transform
-        if self.mode == "none":
+    def _views(self, image: PILImage.Image, seed: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """The student's view and each teacher's own view of it (None where a teacher takes the student's)."""
+        student = self.student_transform
+        if all(mode == "none" for mode in self.modes):
             with _seeded(seed):
-                return student(image), None
-        if self.mode == "renorm":
-            with _seeded(seed):
-                view = student.geometry(student.to_mode(image))
-            return student.normalize(view), teacher.normalize(view)
-        if not self.random:
-            return student(image), teacher(image)
-        # The same random draws for both pipelines, hence the same crop box and flip.
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)))
+                return student(image), [None] * len(self.modes)
+        if self.random and seed is None and "replay" in self.modes:
+            seed = int(torch.randint(0, 2**62, (1,)))  # the same draws for every pipeline that replays them
         with _seeded(seed):
-            student_view = student(image)
-        with _seeded(seed):
-            return student_view, teacher(image)
+            geometric = student.geometry(student.to_mode(image)) if "renorm" in self.modes else None
+            student_view = student.normalize(geometric) if geometric is not None else student(image)
+        views: list[torch.Tensor | None] = []
+        for mode, teacher in zip(self.modes, self.teacher_transforms):
+            if mode == "none":
+                views.append(None)
+            elif mode == "renorm":  # only mean/std differ: the student's geometric view, normalised its way
+                views.append(teacher.normalize(geometric))
+            elif not self.random:
+                views.append(teacher(image))
+            else:  # the student's random draws replayed: the same crop box and flip, its own size and pipeline
+                with _seeded(seed):
+                    views.append(teacher(image))
+        return student_view, views
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         for column, flag in ((self.image_column, "--image_column"), (self.label_column, "--label_column")):
             if column is not None and column not in batch:
                 raise ValueError(f"No column {column!r} in the batch (columns: {list(batch)}). Set {flag}.")
         indices = batch.get(self.index_column)
-        out: dict[str, list] = {PIXEL_VALUES: [], TEACHER_PIXEL_VALUES: [], LABELS: [], SAMPLE_INDEX: []}
+        teacher_keys = [member_key(TEACHER_PIXEL_VALUES, i) for i in range(len(self.modes))]
+        strong_keys = [member_key(TEACHER_STRONG_PIXEL_VALUES, i) for i in range(len(self.modes))]
+        out: dict[str, list] = {PIXEL_VALUES: [], LABELS: [], SAMPLE_INDEX: []}
         for row, image in enumerate(batch[self.image_column]):
             try:
                 decoded = decode_image(image)
@@ -199,21 +224,20 @@ class TransformFn:
                 logger.warning(f"Skipping unreadable image at {where} ({type(err).__name__}: {err}).")
                 continue
             index = indices[row] if indices is not None else None
-            student_view, teacher_view = self._views(decoded, self._row_seed(index))
+            student_view, teacher_views = self._views(decoded, self._row_seed(index))
             out[PIXEL_VALUES].append(student_view)
-            out[TEACHER_PIXEL_VALUES].append(teacher_view)
+            for key, view in zip(teacher_keys, teacher_views):
+                if view is not None:
+                    out.setdefault(key, []).append(view)
             if self.strong is not None:
-                strong_student, strong_teacher = self.strong._views(decoded, self.strong._row_seed(index))
+                strong_student, strong_teachers = self.strong._views(decoded, self.strong._row_seed(index))
                 out.setdefault(STRONG_PIXEL_VALUES, []).append(strong_student)
-                if self.strong.emits_teacher:
-                    out.setdefault(TEACHER_STRONG_PIXEL_VALUES, []).append(strong_teacher)
+                for key, view in zip(strong_keys, strong_teachers):
+                    if view is not None:
+                        out.setdefault(key, []).append(view)
             out[LABELS].append(batch[self.label_column][row] if self.label_column is not None else None)
             out[SAMPLE_INDEX].append(index)
-        for key, absent in (
-            (TEACHER_PIXEL_VALUES, not self.emits_teacher),
-            (LABELS, self.label_column is None),
-            (SAMPLE_INDEX, indices is None),
-        ):
+        for key, absent in ((LABELS, self.label_column is None), (SAMPLE_INDEX, indices is None)):
             if absent:
                 del out[key]
         return out
@@ -235,10 +259,11 @@ def make_transform_fn(
     Args:
         student_transform (`Callable`):
             Usually `build_transforms(student_config, train)`: PIL image -> float tensor.
-        teacher_transform (`Callable`, *optional*):
-            The teacher's. `teacher_pixel_values` is emitted only when it differs from the student's: with
-            only mean/std different, the same view is normalised twice; otherwise the teacher's pipeline runs
-            with the student's random draws replayed (same crop box and flip under "rrc").
+        teacher_transform (`Callable` or `list`, *optional*):
+            The teacher's, or one per teacher of an ensemble. `teacher_pixel_values` (`teacher_pixel_values_i` for
+            teacher i > 0) is emitted only when it differs from the student's: with only mean/std different, the
+            same view is normalised twice; otherwise the teacher's pipeline runs with the student's random draws
+            replayed (same crop box and flip under "rrc").
         image_column (`str`, *optional*, defaults to `"image"`), label_column (`str`, *optional*, defaults to
             `"label"`): input columns; `label_column=None` emits no labels.
         skip_unreadable (`bool`, *optional*, defaults to `False`):
@@ -247,8 +272,8 @@ def make_transform_fn(
         index_column (`str`, *optional*, defaults to `"sample_index"`):
             Column with dataset indices; when present it names bad rows and is emitted as `sample_index`.
         strong_transforms (`tuple`, *optional*):
-            (student, teacher) transforms of a second, strongly augmented view (MLKD), emitted as
-            `strong_pixel_values` and, when the teacher's differs, `teacher_strong_pixel_values`.
+            (student, teacher or teachers) transforms of a second, strongly augmented view (MLKD), emitted as
+            `strong_pixel_values` and, when a teacher's differs, `teacher_strong_pixel_values[_i]`.
         seed (`int`, *optional*, defaults to `0`):
             Seed of the per-sample random draws: each row's augmentation comes from (seed, epoch, its index), so
             batches are the same whatever the dataloader workers and after a resume (the trainer advances the
@@ -295,8 +320,8 @@ class DistillationCollator:
         if not examples:
             raise ValueError("Empty batch: all its images were skipped as unreadable. Run filter_unreadable() first.")
         batch = {}
-        for key in IMAGE_KEYS:
-            if key in examples[0]:
+        for key in examples[0]:
+            if is_image_key(key):
                 batch[key] = _stack(examples, key)
         for key in INDEX_KEYS:
             source = key if key in examples[0] else "label" if key == LABELS and "label" in examples[0] else None

@@ -4,7 +4,7 @@ Without network, `from_pretrained` retries for a minute and ends in a long `OSEr
 one line at once: a model that is neither a local folder nor in the local Hugging Face cache cannot be fetched
 from an unreachable (or offline) Hub, so the run stops, naming the model, where it was looked for and what to do.
 `config_num_labels` reads a model's class count from its config alone, so a teacher of another label space is
-refused before any weights load.
+refused before any weights load. `check_reporting` refuses a `--report_to` integration that is not installed.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from typing import Any
 
 from huggingface_hub import constants, try_to_load_from_cache
 from timm.models import get_pretrained_cfg
@@ -88,3 +89,32 @@ def config_num_labels(spec: ModelSpec) -> int | None:
         return getattr(cfg, "num_classes", None)
     local = {"local_files_only": True} if spec.local_files_only else {}
     return getattr(AutoConfig.from_pretrained(spec.source, revision=spec.revision, **local), "num_labels", None)
+
+
+# --report_to names whose Python package has another name.
+_REPORT_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet_ml", "flyte": "flytekit"}
+
+
+def check_reporting(report_to: Any) -> None:
+    """Refuse, before any model or data loads, a `--report_to` integration whose package is not installed (the
+    Trainer would only fail once it starts)."""
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    wanted = [name for name in names if name not in ("none", "all")]
+    if not wanted:
+        return
+    unknown = [name for name in wanted if name not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        choices = ", ".join(INTEGRATION_TO_CALLBACK)
+        raise ValueError(f"--report_to {', '.join(unknown)}: not an integration; use one of {choices}, or none.")
+    missing = [name for name in wanted if name not in get_available_reporting_integrations() and name != "flyte"]
+    if missing:
+        packages = " ".join(_REPORT_PACKAGES.get(name, name) for name in missing)
+        raise ValueError(
+            f"--report_to {', '.join(missing)} needs its package, which is not installed: `pip install {packages}` "
+            "(or --report_to none)."
+        )

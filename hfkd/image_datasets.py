@@ -90,7 +90,7 @@ def load_image_dataset(
         for folder in data_dirs.values():
             if not os.path.isdir(folder):
                 raise ValueError(f"Image folder {folder!r} does not exist; pass a <dir>/<class>/<image> tree.")
-            _check_imagefolder_layout(folder)
+            check_imagefolder_layout(folder)
         files = {split: os.path.join(folder, "**") for split, folder in data_dirs.items()}
         raw = load_dataset("imagefolder", data_files=files, cache_dir=cache_dir, **kwargs)
         source = "image folders " + " + ".join(f"{split}: {folder}" for split, folder in data_dirs.items())
@@ -98,7 +98,7 @@ def load_image_dataset(
         if any(os.path.isfile(os.path.join(name_or_path, f)) for f in ("dataset_dict.json", "state.json")):
             raw, source = load_from_disk(name_or_path), f"save_to_disk folder {name_or_path}"
         else:
-            _check_imagefolder_layout(name_or_path)
+            check_imagefolder_layout(name_or_path)
             raw = load_dataset("imagefolder", data_dir=name_or_path, cache_dir=cache_dir, **kwargs)
             source = f"imagefolder {name_or_path}"
     elif name_or_path.lower() in DEMO_DATASETS:
@@ -140,7 +140,7 @@ def load_image_dataset(
     return dataset
 
 
-def _check_imagefolder_layout(folder: str) -> None:
+def check_imagefolder_layout(folder: str) -> None:
     """An imagefolder names its classes by subfolder: `<folder>/<class>/<image>` or `<folder>/<split>/<class>/...`."""
     subfolders = [entry for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith(".")]
     if not subfolders:

@@ -78,6 +78,9 @@ class ModelCardInfo:
             The teacher is a local checkpoint named by its folder name (`None`: judged from `teacher_name`).
         teacher_note (`str`, *optional*):
             Where the teacher's weights come from (e.g. a released reference checkpoint), shown with the teacher.
+        teacher_ensemble (`dict`, *optional*):
+            A teacher ensemble's record (`mode`, `weights`, `temperature`, `feature_teacher`, `members`): the card
+            names every teacher with its accuracy (`teacher_eval_member_<i>_*`) and the ensemble's.
         log_history (`list[dict]`, *optional*):
             `TrainerState.log_history`: every evaluation of the run becomes a row of the training-results table.
     """
@@ -106,6 +109,7 @@ class ModelCardInfo:
     teacher_local: bool | None = None
     teacher_note: str | None = None
     log_history: list[dict[str, Any]] | None = None
+    teacher_ensemble: dict[str, Any] | None = None
 
     @classmethod
     def for_run(
@@ -153,6 +157,7 @@ class ModelCardInfo:
             teacher_local=teacher.get("local"),
             teacher_note=teacher.get("provenance"),
             log_history=log_history,
+            teacher_ensemble={**teacher["ensemble"], "members": teacher["members"]} if "ensemble" in teacher else None,
             **metrics,
         )
 
@@ -205,6 +210,11 @@ def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> Mode
     student = text.student_text(student_name, info.student_from_scratch, info.student_architecture)
     teacher_local = info.teacher_local if info.teacher_local is not None else is_local_path(teacher_name or "")
     teacher = text.model_link(teacher_name, teacher_local) if teacher_name else None
+    members = None
+    if info.teacher_ensemble is not None:  # several teachers: each by name and accuracy, then the ensemble
+        records = info.teacher_ensemble["members"]
+        teacher = text.ensemble_text(info.teacher_ensemble, records)
+        members = [(m["name_or_path"], text.member_accuracies(info.teacher_metrics, i)) for i, m in enumerate(records)]
     dataset_text = text.dataset_link(dataset_name, dataset_config) if dataset_name else None
     loss_kwargs = sorted((info.loss_kwargs or {}).items())
     hyperparameters = [(k, text.value_text(v)) for k, v in (info.hyperparameters or {}).items() if v is not None]
@@ -213,14 +223,14 @@ def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> Mode
         template_str=resources.files(__package__).joinpath(_TEMPLATE).read_text(encoding="utf-8"),
         hfkd_title=model_name,
         hfkd_summary=text.summary(student, teacher, loss_key, info.paper, dataset_text),
-        hfkd_results=text.results_rows(student_acc, teacher_acc, baseline_acc, teacher_name),
+        hfkd_results=text.results_rows(student_acc, teacher_acc, baseline_acc, teacher_name, members),
         hfkd_has_metrics=text.known(student_acc + teacher_acc + baseline_acc),
         hfkd_training_log=text.training_log_rows(info.log_history),
         hfkd_ce_only=loss_key == CE_ONLY,
         hfkd_student=student,
         hfkd_student_from_scratch=info.student_from_scratch,
         hfkd_teacher=teacher,
-        hfkd_teacher_local=bool(teacher_name) and teacher_local,
+        hfkd_teacher_local=bool(teacher_name) and (teacher_local or members is not None),
         hfkd_teacher_revision=info.teacher_revision,
         hfkd_teacher_note=info.teacher_note,
         hfkd_loss_key=loss_key,

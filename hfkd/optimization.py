@@ -59,15 +59,21 @@ class OptimizationMixin:
         """The references' multi-step decay when `distill_lr_milestones` is set, else the Trainer's schedule."""
         if self.args.distill_lr_milestones is None or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
-        if not hasattr(self.train_dataset, "__len__"):
-            raise ValueError("`distill_lr_milestones` counts epochs, which needs a training dataset with a length.")
-        steps_per_epoch = optimizer_steps_per_epoch(
-            len(self.train_dataset),
-            self.args.per_device_train_batch_size,
-            self.args.world_size,
-            self.args.gradient_accumulation_steps,
-            self.args.dataloader_drop_last,
-        )
+        if self.args.distill_lr_milestones_unit == "steps":
+            steps_per_epoch = 1.0  # a milestone m decays the lr from optimiser step m on
+        elif not hasattr(self.train_dataset, "__len__"):
+            raise ValueError(
+                "`distill_lr_milestones` counts epochs, which needs a training dataset with a length; with streamed "
+                "data give them in optimiser steps (`distill_lr_milestones_unit='steps'`)."
+            )
+        else:
+            steps_per_epoch = optimizer_steps_per_epoch(
+                len(self.train_dataset),
+                self.args.per_device_train_batch_size,
+                self.args.world_size,
+                self.args.gradient_accumulation_steps,
+                self.args.dataloader_drop_last,
+            )
         self.lr_scheduler = get_multistep_schedule(
             optimizer or self.optimizer, self.args.distill_lr_milestones, self.args.distill_lr_gamma, steps_per_epoch
         )

@@ -25,7 +25,8 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("models", "The student and the teacher.", (
         "student_model_name_or_path", "student_revision", "student_pretrained", "ignore_mismatched_sizes",
         "teacher_model_name_or_path", "teacher_model_revision", "teacher_pretrained", "teacher_model_init_kwargs",
-        "teacher_label_map", "teacher_cache_dir", "trust_remote_code", "cache_dir",
+        "teacher_label_map", "teacher_cache_dir", "teacher_weights", "teacher_ensemble",
+        "teacher_ensemble_temperature", "teacher_features_from", "trust_remote_code", "cache_dir",
     )),
     ("loss", "The distillation loss and its weights.", (
         "distill_loss", "distill_loss_kwargs", "distill_ce_weight", "distill_weight",
@@ -33,10 +34,11 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("data", "What to train and evaluate on, and how images are prepared.", (
         "dataset", "dataset_config", "train_dir", "validation_dir", "train_split", "eval_split", "image_column",
         "label_column", "image_size", "teacher_image_size", "max_train_samples", "max_eval_samples", "train_augment",
-        "labelled_samples", "skip_unreadable",
+        "labelled_samples", "skip_unreadable", "streaming", "shuffle_buffer_size",
     )),
     ("recipe and optimisation", "A recipe file, and what the papers' training code does beyond the Trainer.", (
-        "config", "distill_lr_milestones", "distill_lr_gamma", "distill_decay_all_parameters", "distill_no_decay_1d",
+        "config", "distill_lr_milestones", "distill_lr_gamma", "distill_lr_milestones_unit",
+        "distill_decay_all_parameters", "distill_no_decay_1d",
         "distill_timm_optimizer", "distill_timm_optimizer_kwargs", "distill_ema", "distill_ema_decay",
         "distill_ema_warmup", "distill_nonfinite", "distill_max_skipped_steps", "distill_channels_last",
         "teacher_compile", "teacher_compile_backend",
@@ -98,6 +100,24 @@ CORE_TRAINING_FLAGS = frozenset(
     "label_smoothing_factor bf16 fp16 seed data_seed eval_strategy save_strategy save_steps save_total_limit "
     "logging_steps report_to dataloader_num_workers use_cpu torch_compile".split()
 )
+
+
+# Flags that may be repeated, each occurrence adding values (`--teacher A --teacher B`, or `--teacher A B`).
+REPEATABLE = frozenset({"teacher_model_name_or_path"})
+
+
+class _Repeatable(argparse.Action):
+    """Collects every value of a repeated flag into a list. The first occurrence replaces the default (a recipe's
+    value: the command line wins), the next ones add to it."""
+
+    class Collected(list):
+        pass
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest, None)
+        collected = current if isinstance(current, self.Collected) else self.Collected()
+        collected.extend(values if isinstance(values, list) else [values])
+        setattr(namespace, self.dest, collected)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -183,6 +203,8 @@ class HfkdParser(HfArgumentParser):
             self._parse_dataclass_field(group, item)
             hidden = group is self._training_group and item.name in trainer_fields
             for action in self._actions[count:]:
+                if item.name in REPEATABLE:
+                    action.__class__, action.nargs = _Repeatable, "+"
                 if hidden and not self.show_all and item.name not in CORE_TRAINING_FLAGS:
                     action.help = argparse.SUPPRESS
                 elif action.option_strings[0].startswith("--no_"):

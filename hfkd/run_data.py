@@ -34,6 +34,7 @@ from .demo_data import card_dataset_name
 from .local_names import neutral_name, neutral_text
 from .losses import get_loss_class
 from .smoke import synthetic_dataset
+from .streaming import load_streaming_dataset, set_stream_transform
 from .teacher import CachedTeacher
 from .teacher_cache import ReplayTransform, cache_summary, check_cache_matches
 
@@ -56,8 +57,10 @@ class RunData:
             "dataset": neutral_name(card_dataset_name(data_args.dataset, self.source)),
             "config": data_args.dataset_config,
             "source": neutral_text(self.source, data_args.dataset),
-            "train_images": len(self.splits["train"]),
-            "eval_images": len(self.splits["eval"]),
+            # A stream's length is not known (`None`).
+            "train_images": len(self.splits["train"]) if hasattr(self.splits["train"], "__len__") else None,
+            "eval_images": len(self.splits["eval"]) if hasattr(self.splits["eval"], "__len__") else None,
+            "streamed": data_args.streaming or None,
             "labelled_images": data_args.labelled_samples,
             "image_column": self.image_column,
             "label_column": self.label_column,
@@ -87,6 +90,23 @@ def load_data(
 ) -> RunData:
     """The train and eval splits with their columns and class names (synthetic data in smoke mode); `rows`, a
     teacher cache's selection, replaces the seeded one."""
+    if data_args.streaming:
+        streamed = load_streaming_dataset(
+            data_args.dataset,
+            config_name=data_args.dataset_config,
+            train_split=data_args.train_split,
+            eval_split=data_args.eval_split,
+            data_dirs=data_dirs(data_args),
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            rank=args.process_index,
+            world_size=args.world_size,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            shuffle_buffer_size=data_args.shuffle_buffer_size,
+            drop_unlabelled=not distilling,
+            cache_dir=cache_dir,
+        )
+        return RunData(streamed.splits, streamed.image_column, streamed.label_column, streamed.names, streamed.source)
     if run_args.smoke:
         dataset = synthetic_dataset(
             data_args.dataset,
@@ -140,31 +160,43 @@ def prepare_splits(
     data: RunData,
     data_args: DataArguments,
     args: DistillationArguments,
-    models: tuple[Any, Any, Any, Any],
+    models: tuple[Any, Any, list[Any], list[Any]],
     cache: CachedTeacher | None,
 ) -> dict[str, Any]:
     """Both splits with their batch transforms (and, for a teacher cache, the replayed cached views). Each sample's
     random augmentation comes from (seed, epoch, its index), so that resumed runs and any number of workers agree."""
-    student, student_processor, teacher, teacher_processor = models
+    student, student_processor, teachers, teacher_processors = models
     student_config = sized(image_config_for_model(student, student_processor), data_args.image_size, student)
-    teacher_config = None
-    if teacher is not None:
-        teacher_config = image_config_for_model(teacher, teacher_processor)
-        teacher_config = sized(teacher_config, data_args.teacher_image_size, teacher)
+    # Each teacher (of an ensemble: each member) gets its own preprocessing of the shared crop.
+    teacher_configs = [
+        sized(image_config_for_model(teacher, processor), data_args.teacher_image_size, teacher)
+        for teacher, processor in zip(teachers, teacher_processors)
+    ]
     sizes = f"student {student_config.size[0]}x{student_config.size[1]}"
-    sizes += f", teacher {teacher_config.size[0]}x{teacher_config.size[1]}" if teacher_config else ""
+    sizes += "".join(f", teacher {c.size[0]}x{c.size[1]}" for c in teacher_configs)
     logger.info(f"Input sizes: {sizes} (--image_size / --teacher_image_size set them).")
     augment = data_args.train_augment
     # Losses such as MLKD learn from a second, strongly augmented (RandAugment) view of each training image.
-    strong_view = teacher is not None and get_loss_class(args.distill_loss).needs.strong_view
+    strong_view = bool(teachers) and get_loss_class(args.distill_loss).needs.strong_view
 
     def transforms(train: bool, strong: bool = False) -> tuple[Any, Any]:
         build = lambda config: build_transforms(config, train=train, train_augment=augment, strong=strong)  # noqa: E731
-        return build(student_config), build(teacher_config) if teacher_config else None
+        return build(student_config), [build(config) for config in teacher_configs] or None
 
     splits = {}
     for split, train in (("train", True), ("eval", False)):
         part = data.splits[split]
+        if data_args.streaming:  # the same transform, applied to the stream as it is read
+            transform = make_transform_fn(
+                *transforms(train),
+                data.image_column,
+                data.label_column,
+                skip_unreadable=data_args.skip_unreadable,
+                strong_transforms=transforms(train, strong=True) if train and strong_view else None,
+                seed=args.data_seed if args.data_seed is not None else args.seed,
+            )
+            splits[split] = set_stream_transform(part, transform, num_labels=len(data.names), train=train)
+            continue
         if data_args.skip_unreadable:
             part, skipped = filter_unreadable(part, data.image_column)
             logger.info(f"{split}: skipped {skipped} unreadable images")
@@ -218,5 +250,9 @@ def check_cache(cache: CachedTeacher, data: RunData, data_args: DataArguments, a
         label_column=data.label_column,
         teacher=args.teacher_model_name_or_path,
         teacher_revision=args.teacher_model_revision,
+        # An ensemble's combination, where this run names one (the temperature only when given: caches default to 1).
+        teacher_weights=args.teacher_weights,
+        teacher_ensemble=args.teacher_ensemble if len(args.teacher_names) > 1 else None,
+        teacher_ensemble_temperature=args.teacher_ensemble_temperature,
     )
     logger.info(f"Teacher cache: {cache_summary(cache.cache.config)}; it matches this run's data.")

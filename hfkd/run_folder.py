@@ -45,7 +45,7 @@ SETTINGS_FIELDS = {
     "loss": ("distill_loss", "distill_loss_kwargs", "distill_ce_weight", "distill_weight"),
     "data": (
         "dataset", "dataset_config", "train_split", "eval_split", "image_column", "label_column", "max_train_samples",
-        "max_eval_samples", "labelled_samples", "train_augment", "skip_unreadable",
+        "max_eval_samples", "labelled_samples", "train_augment", "skip_unreadable", "streaming", "shuffle_buffer_size",
     ),
     "optimiser": (
         "optim", "optim_args", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
@@ -69,6 +69,8 @@ def _plain(value: Any) -> Any:
     if is_dataclass(value):
         value = asdict(value)
     value = getattr(value, "value", value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]  # e.g. the teachers of an ensemble
     if isinstance(value, str) and is_local_path(value):
         absolute = os.path.abspath(os.path.expanduser(value))
         return f"{neutral_name(value)} (local, {hashlib.sha256(absolute.encode()).hexdigest()[:12]})"

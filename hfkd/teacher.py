@@ -10,7 +10,8 @@
 - `CachedTeacher`: outputs read from a teacher cache (`hfkd.teacher_cache`) by sample index and epoch; the model
   never runs.
 
-`build_teacher` picks the kind from the trainer's arguments.
+`hfkd.teachers.build_teacher` picks the kind from the trainer's arguments (`live_teacher` builds a live one); a teacher
+ensemble (`hfkd.ensemble.EnsembleTeacher`) combines several live ones.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import logging
 
 from .batch import SAMPLE_INDEX, STRONG_PIXEL_VALUES, teacher_pixels
+from .cache_store import TeacherCache
 from .convert import describe_provenance, teacher_provenance
 from .features import PreactivationRecorder, run_for_loss
 from .local_names import is_local_path, neutral_name
-from .losses import LossNeeds, get_loss_class, logits_of
+from .losses import LossNeeds, logits_of
 from .models import load_image_classifier, resolve_model_name
-from .teacher_cache import TeacherCache
 
 logger = logging.get_logger(__name__)
 
@@ -156,6 +157,10 @@ class Teacher:
         """The teacher's logits on the batch's view: evaluation."""
         raise NotImplementedError
 
+    def eval_logits(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """What evaluation scores, by metric-name infix: the teacher's logits (`""`); an ensemble adds its members'."""
+        return {"": self.logits(batch)}
+
     def check_dataset(self, dataset: Any) -> None:
         """Refuse a training set this teacher cannot serve (a cache of another size); nothing to check by default."""
 
@@ -184,6 +189,7 @@ class LiveTeacher(Teacher):
         autocast: the student's mixed-precision context (`accelerator.autocast`).
         name, revision: where it came from, for the record.
         origin: how its weights were made, when known (`teacher_origin`: a released checkpoint, trained with hfkd).
+        member: its place in a teacher ensemble (0 alone): it reads `teacher_pixel_values_<member>` when present.
     """
 
     def __init__(
@@ -195,28 +201,34 @@ class LiveTeacher(Teacher):
         name: str | None = None,
         revision: str | None = None,
         origin: str | None = None,
+        member: int = 0,
     ) -> None:
         self.model, self.needs, self.autocast = model, needs, autocast
         self.name, self.revision = teacher_id(model, name), revision
         self.recorder = PreactivationRecorder(model, "teacher") if needs.preactivations else None
-        self.origin = origin
+        self.origin, self.member = origin, member
+        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
     def _run(self, pixel_values: torch.Tensor, for_loss: bool) -> Any:
         # Eval mode again at every call: a user callback or `model.train()` on a container must not put the
         # teacher's BatchNorm/dropout into training mode.
         self.model.eval()
+        if self.dtype is not None and pixel_values.is_floating_point() and pixel_values.dtype != self.dtype:
+            pixel_values = pixel_values.to(self.dtype)  # a teacher kept in its own dtype (e.g. bf16 in fp32 training)
         with torch.no_grad(), self.autocast():
             if not for_loss:
                 return self.model(pixel_values=pixel_values)
             return run_for_loss(self.model, self.recorder, self.needs.hidden_states, pixel_values=pixel_values)
 
     def __call__(self, batch: dict[str, Any], epoch: float) -> TeacherOutputs:
-        main = self._run(teacher_pixels(batch), for_loss=True)
-        strong = self._run(teacher_pixels(batch, STRONG_PIXEL_VALUES), True) if self.needs.strong_view else None
+        main = self._run(teacher_pixels(batch, member=self.member), for_loss=True)
+        strong = None
+        if self.needs.strong_view:
+            strong = self._run(teacher_pixels(batch, STRONG_PIXEL_VALUES, self.member), for_loss=True)
         return TeacherOutputs(main, strong)
 
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
-        return logits_of(self._run(teacher_pixels(batch), for_loss=False))
+        return logits_of(self._run(teacher_pixels(batch, member=self.member), for_loss=False))
 
     def record(self) -> dict[str, Any]:
         local = bool(self.name) and is_local_path(self.name)
@@ -297,12 +309,15 @@ class CachedTeacher(Teacher):
 
     def record(self) -> dict[str, Any]:
         config = self.cache.config
-        return {
+        record = {
             "name_or_path": neutral_name(config.teacher),
             "cache": neutral_name(self.cache.path),
             "top_k": config.top_k,
             "num_labels": config.num_classes,
         }
+        if config.ensemble is not None:  # a cache of an ensemble's outputs: its members and how they combined
+            record.update(ensemble=config.ensemble, members=config.members)
+        return record
 
 
 def teacher_origin(model: nn.Module, name: str | None) -> str | None:
@@ -320,27 +335,20 @@ def teacher_origin(model: nn.Module, name: str | None) -> str | None:
     return f"trained with hfkd ({how}), not a released checkpoint"
 
 
-def build_teacher(source: Any, args: Any, accelerator: Any) -> Teacher | None:
-    """The `Teacher` for a trainer: `source` (a `Teacher`, a model, a checkpoint name, or `None` for
-    `args.teacher_model_name_or_path`), or the cache of `args.teacher_cache_dir`; `None` for `distill_loss="ce"`."""
-    if not args.uses_teacher:
-        if source is not None:
-            logger.warning("distill_loss='ce' trains on the labels alone; the teacher is ignored.")
-        return None
-    if isinstance(source, Teacher):
-        return source
-    if source is None and args.teacher_cache_dir is not None:
-        return CachedTeacher(args.teacher_cache_dir, args.device)
-    name = source if isinstance(source, str) else args.teacher_model_name_or_path
-    if isinstance(source, str) or source is None:
+def live_teacher(
+    source: Any, args: Any, accelerator: Any, needs: LossNeeds, *, name: str | None = None, member: int = 0
+) -> LiveTeacher:
+    """A `LiveTeacher` (a `DeepSpeedTeacher` under ZeRO-3) from a model or a checkpoint name, prepared as the
+    trainer's arguments ask (mixed-precision dtype, channels-last, compile). `name` is where a model came from, for
+    the record; `member` its place in an ensemble (which of the batch's teacher pixels it reads)."""
+    name = source if isinstance(source, str) else name
+    if isinstance(source, str):
         source = load_teacher(name, revision=args.teacher_model_revision, init_kwargs=args.teacher_model_init_kwargs)
-    needs = get_loss_class(args.distill_loss).needs
     revision = args.teacher_model_revision
     origin = teacher_origin(source, name)  # before the teacher is cast: the record checks its weights
+    common = {"autocast": accelerator.autocast, "name": name, "revision": revision, "origin": origin, "member": member}
     if deepspeed_zero_stage(accelerator) == 3:
-        return DeepSpeedTeacher(
-            source, needs, accelerator, autocast=accelerator.autocast, name=name, revision=revision, origin=origin
-        )
+        return DeepSpeedTeacher(source, needs, accelerator, **common)
     model = prepare_teacher(
         source,
         args.device,
@@ -348,4 +356,4 @@ def build_teacher(source: Any, args: Any, accelerator: Any) -> Teacher | None:
         channels_last=args.distill_channels_last,
         compile_backend=args.teacher_compile_backend if args.teacher_compile else None,
     )
-    return LiveTeacher(model, needs, autocast=accelerator.autocast, name=name, revision=revision, origin=origin)
+    return LiveTeacher(model, needs, **common)

@@ -2,59 +2,55 @@
 
     python -m hfkd.teacher_cache --teacher <model> --dataset <data> --output_dir cache/ --epochs 100 --top_k 10
     accelerate launch -m hfkd.teacher_cache ...          # the same, split over every process of every machine
+    python -m hfkd.teacher_cache --teacher A --teacher B --teacher_weights 0.7 0.3 ...   # an ensemble's outputs
 
 As in FKD (Shen & Xing, *A Fast Knowledge Distillation Framework for Visual Recognition*, ECCV 2022), each epoch's
 random crop and flip of every training image is drawn up front from a seed, the teacher sees exactly that view,
 and the cache stores the view's parameters with the teacher's top-k probabilities (or its full logits). Training
 with `--teacher_cache_dir cache/` replays the same crops for the student and never runs the teacher.
 
-The work is cut into shards of `--shard_size` samples per epoch (`hfkd.cache_store` describes the layout). Each
-process builds the shards i with i mod processes = rank, each written whole or not at all; a shard already on disk
-and valid is kept, so an interrupted build resumes where it stopped, and the cache is the same bytes whatever the
-number of processes that built it. The cache records what it was built from, and training checks it.
+The work is cut into shards of `--shard_size` samples per epoch (`hfkd.cache_store` describes the layout) and split
+over the processes of `accelerate launch` (on machines without GPUs add `--use_cpu`; the output folder must be on a
+filesystem every machine sees). Each shard is written whole or not at all, so an interrupted build resumes where
+it stopped when the same command runs again: the shards it verifies are kept, the others built again. The cache is
+the same bytes whatever the number of processes that built it (`hfkd.cache_build`). Several `--teacher` make an
+ensemble: each teacher preprocesses the shared crop its own way (size, mean, std), `hfkd.ensemble.ensemble_logits`
+combines their logits and the cache stores the combination. The cache records what it was built from, and training
+checks it.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
+import logging as std_logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torchvision.transforms.v2 import functional as TF
-from tqdm.auto import tqdm
-from transformers.utils import logging
 
+from .cache_build import CacheTeacher, build_teacher_cache, check_cache_teachers
 from .cache_store import (
     CACHE_CONFIG,
-    SELECTION_FILE,
     CacheConfig,
     TeacherCache,
     apply_view,
-    check_shard,
     content_sha256,
     crop_params,
     logits_from_topk,
     rows_sha256,
-    shard_path,
     view_params,
-    weights_sha256,
 )
+from .ensemble import ENSEMBLE_MODES, check_ensemble_arguments
 from .image_datasets import decode_image, detect_columns, load_image_dataset
 from .local_names import is_local_path, neutral_name
 from .models import load_image_classifier, load_image_processor, resolve_model_name
 from .transforms import image_config_for_model
 
-logger = logging.get_logger(__name__)
-
-BUILD_PLAN = "cache_build.json"
 __all__ = [
     "CacheConfig",
+    "CacheTeacher",
     "ReplayTransform",
     "TeacherCache",
     "apply_view",
@@ -66,148 +62,6 @@ __all__ = [
     "main",
     "view_params",
 ]
-
-
-def _write_atomically(path: str, write: Callable[[str], None]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: str, config: CacheConfig) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(config.to_json())
-
-    _write_atomically(path, write)
-
-
-def _shard_tensors(
-    teacher: torch.nn.Module, images: Any, plan: CacheConfig, epoch: int, shard: int, batch_size: int, device: Any
-) -> dict[str, torch.Tensor]:
-    """The teacher's outputs on one shard's views. Batches start at the shard's first row, so a sample's batch is
-    the same whoever builds the shard."""
-    start, end = plan.shard_rows(shard)
-    crops, flips, outputs = [], [], []
-    for first in range(start, end, batch_size):
-        batch = []
-        for index in range(first, min(first + batch_size, end)):
-            image = images[index]
-            box, flip = view_params(plan.seed, epoch, index, image.shape[-2], image.shape[-1])
-            batch.append(apply_view(image, box, flip, plan.size, plan.mean, plan.std))
-            crops.append(box)
-            flips.append(flip)
-        outputs.append(teacher(pixel_values=torch.stack(batch).to(device)).logits.float().cpu())
-    logits = torch.cat(outputs)
-    if logits.shape[-1] != plan.num_classes:
-        raise ValueError(f"The teacher gives {logits.shape[-1]} logits per image, its config {plan.num_classes}.")
-    tensors = {"crops": torch.tensor(crops, dtype=torch.int32), "flips": torch.tensor(flips, dtype=torch.uint8)}
-    if plan.top_k is None:
-        tensors["logits"] = logits.contiguous()
-    else:
-        probs, indices = logits.softmax(-1).topk(min(plan.top_k, plan.num_classes), dim=-1)
-        tensors["topk_indices"], tensors["topk_probs"] = indices.int().contiguous(), probs.contiguous()
-    return tensors
-
-
-def _check_plan(output_dir: str, plan: CacheConfig) -> None:
-    """Record the build's plan, or check that an interrupted build being resumed had the same one."""
-    path = os.path.join(output_dir, BUILD_PLAN)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            earlier = CacheConfig.from_dict(json.load(f))
-        differ = [k for k, v in asdict(plan).items() if asdict(earlier).get(k) != v]
-        if differ:
-            raise ValueError(
-                f"{output_dir!r} holds an interrupted cache build with other settings ({', '.join(differ)}). Re-run "
-                "it with the same arguments to finish it, or choose another --output_dir."
-            )
-        return
-    _write_json(path, plan)
-
-
-@torch.no_grad()
-def build_teacher_cache(
-    teacher: torch.nn.Module,
-    images: Sequence[torch.Tensor],
-    output_dir: str,
-    *,
-    teacher_name: str,
-    size: tuple[int, int],
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    epochs: int = 1,
-    top_k: int | None = 10,
-    seed: int = 0,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-    shard_size: int = 10_000,
-    num_channels: int = 3,
-    teacher_info: dict[str, Any] | None = None,
-    data: dict[str, Any] | None = None,
-    selection: dict[str, list[int]] | None = None,
-    process_index: int = 0,
-    num_processes: int = 1,
-    barrier: Callable[[], None] = lambda: None,
-) -> CacheConfig:
-    """Run `teacher` once per (epoch, sample) view of `images` (uint8 (C, H, W) tensors) and store the views with the
-    teacher's top-k probabilities (full logits with `top_k=None`), shard by shard (see the module docstring).
-
-    `teacher_info` and `data` describe what the cache was built from (`data` with `selection`, the rows of the
-    training set, so that training can use exactly them); with several processes, each call builds its share and
-    `barrier` waits for the others before process 0 writes `cache_config.json`.
-    """
-    if os.path.isfile(os.path.join(output_dir, CACHE_CONFIG)):
-        raise ValueError(f"{output_dir!r} already holds a teacher cache; choose another --output_dir.")
-    num_classes = getattr(getattr(teacher, "config", None), "num_labels", None)
-    if num_classes is None:
-        raise ValueError("The teacher has no `config.num_labels`; pass a transformers or TimmWrapper classifier.")
-    info = {**(teacher_info or {}), "weights_sha256": weights_sha256(teacher)}
-    plan = CacheConfig(
-        teacher=neutral_name(teacher_name),
-        num_classes=num_classes,
-        num_samples=len(images),
-        epochs=epochs,
-        top_k=top_k,
-        seed=seed,
-        size=tuple(size),
-        mean=tuple(mean),
-        std=tuple(std),
-        shard_size=shard_size,
-        num_channels=num_channels,
-        teacher_info=info,
-        data=dict(data or {}),
-    )
-    if process_index == 0:
-        os.makedirs(output_dir, exist_ok=True)
-        _check_plan(output_dir, plan)
-    barrier()
-    teacher = teacher.eval().to(device)
-    work = [(e, s) for e in range(epochs) for s in range(plan.num_shards)][process_index::num_processes]
-    kept = 0
-    for epoch, shard in tqdm(work, desc="Teacher cache shards", disable=not progress):
-        path = shard_path(output_dir, epoch, shard)
-        with contextlib.suppress(ValueError):
-            check_shard(path, plan, len(range(*plan.shard_rows(shard))))
-            kept += 1
-            continue
-        tensors = _shard_tensors(teacher, images, plan, epoch, shard, batch_size, device)
-        _write_atomically(path, lambda tmp, t=tensors: save_file(t, tmp, metadata={"format": "pt"}))
-    if kept:
-        logger.info(f"Kept {kept} shard(s) already built by an earlier run of this build.")
-    barrier()
-    if process_index == 0:
-        for epoch, shard in ((e, s) for e in range(epochs) for s in range(plan.num_shards)):
-            check_shard(shard_path(output_dir, epoch, shard), plan, len(range(*plan.shard_rows(shard))))
-        if selection is not None:
-            tensors = {name: torch.tensor(rows, dtype=torch.int64) for name, rows in selection.items()}
-            _write_atomically(os.path.join(output_dir, SELECTION_FILE), lambda tmp: save_file(tensors, tmp))
-        _write_json(os.path.join(output_dir, CACHE_CONFIG), plan)
-        os.remove(os.path.join(output_dir, BUILD_PLAN))
-    barrier()
-    return plan
 
 
 class ReplayTransform:
@@ -264,14 +118,23 @@ class _DecodedImages:
 
 
 def _parser() -> argparse.ArgumentParser:
+
     parser = argparse.ArgumentParser(
         prog="python -m hfkd.teacher_cache",
-        description="Run a teacher once over a training set's augmented views (FKD-style), for training without it. "
-        "Under `accelerate launch` every process builds its share of the shards.",
+        description="Run a teacher (or an ensemble) once over a training set's augmented views (FKD-style), for "
+        "training without it. Under `accelerate launch` every process builds its share of the shards.",
     )
     add = parser.add_argument
-    add("--teacher", required=True, help="teacher: Hub id, timm/... id, local folder, timm name or alias")
-    add("--teacher_revision", default="main", help="revision of the teacher checkpoint")
+    add("--teacher", required=True, action="extend", nargs="+", metavar="MODEL",
+        help="teacher: Hub id, timm/... id, local folder, timm name or alias; two or more (repeat the flag or list "
+        "them) make an ensemble")  # fmt: skip
+    add("--teacher_revision", default="main", help="revision of the teacher checkpoints")
+    add("--teacher_weights", type=float, nargs="+", default=None, metavar="W",
+        help="ensemble: one weight per --teacher (normalised to sum 1; equal by default)")  # fmt: skip
+    add("--teacher_ensemble", default="probs", choices=ENSEMBLE_MODES,
+        help="ensemble: 'probs' averages the teachers' softened distributions, 'logits' their logits")  # fmt: skip
+    add("--teacher_ensemble_temperature", type=float, default=1.0,
+        help="ensemble: temperature of the 'probs' average")  # fmt: skip
     add("--dataset", required=True, help="Hub dataset id, imagefolder path or demo data (fashion-mnist, digits)")
     add("--output_dir", required=True, help="the cache folder (an interrupted build here is resumed)")
     add("--dataset_config", default=None, help="dataset configuration name")
@@ -285,12 +148,32 @@ def _parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="seed of the views and of the data selection")
     add("--batch_size", type=int, default=64, help="teacher batch size")
     add("--shard_size", type=int, default=10_000, help="samples per shard file (the unit of work and of resuming)")
+    add("--use_cpu", action="store_true",
+        help="run on CPU even with a GPU; under `accelerate launch` on machines without GPUs, this makes the "
+        "processes one CPU (gloo) group that shares the work")  # fmt: skip
     return parser
+
+
+def _load_teacher(name: str, revision: str) -> CacheTeacher:
+    spec = resolve_model_name(name, revision=revision)
+    model = load_image_classifier(spec)
+    image_config = image_config_for_model(model, load_image_processor(spec))
+    local = is_local_path(name)
+    info = {
+        "name_or_path": neutral_name(name),
+        "local": local,
+        "revision": None if local else revision,
+        "commit": getattr(model.config, "_commit_hash", None),
+    }
+    return CacheTeacher(
+        model, name, image_config.size, image_config.mean, image_config.std, image_config.num_channels, info
+    )
 
 
 def main(argv: list[str] | None = None) -> CacheConfig:
     """`python -m hfkd.teacher_cache --teacher ... --dataset ... --output_dir ...`: build a teacher cache."""
     from accelerate import PartialState
+
 
     args = _parser().parse_args(argv)
     if os.path.exists(os.path.join(args.output_dir, CACHE_CONFIG)):
@@ -298,20 +181,30 @@ def main(argv: list[str] | None = None) -> CacheConfig:
     for name in ("epochs", "batch_size", "shard_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}.")
-    spec = resolve_model_name(args.teacher, revision=args.teacher_revision)
-    state = PartialState()
-    dataset = load_image_dataset(
-        args.dataset,
-        config_name=args.dataset_config,
-        train_split=args.train_split,
-        eval_split=args.eval_split,
-        max_train_samples=args.max_train_samples,
-        seed=args.seed,
+    check_ensemble_arguments(
+        args.teacher, args.teacher_weights, args.teacher_ensemble, args.teacher_ensemble_temperature, None
     )
+    state = PartialState(cpu=args.use_cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and state.num_processes != launched:
+        raise ValueError(
+            f"This build was launched as {launched} processes, but Accelerate runs {state.num_processes} (each would "
+            "build every shard). Without GPUs, add --use_cpu so that the processes share the work over CPU."
+        )
+    # Every teacher is loaded, and their label spaces compared, before any data is read or any teacher runs.
+    teachers = [_load_teacher(name, args.teacher_revision) for name in args.teacher]
+    check_cache_teachers(teachers)
+    with state.local_main_process_first():  # one process per machine fills the `datasets` cache
+        dataset = load_image_dataset(
+            args.dataset,
+            config_name=args.dataset_config,
+            train_split=args.train_split,
+            eval_split=args.eval_split,
+            max_train_samples=args.max_train_samples,
+            seed=args.seed,
+        )
     train = dataset["train"]
     image_column, label_column = detect_columns(train, args.image_column, args.label_column)
-    teacher = load_image_classifier(spec)
-    image_config = image_config_for_model(teacher, load_image_processor(spec))
     rows = dataset.rows
     data = {
         "dataset": neutral_name(args.dataset),
@@ -322,22 +215,11 @@ def main(argv: list[str] | None = None) -> CacheConfig:
         "rows_sha256": rows_sha256(rows["train"]),
         "content_sha256": content_sha256(train, image_column, label_column),
     }
-    local = is_local_path(args.teacher)
-    teacher_info = {
-        "name_or_path": neutral_name(args.teacher),
-        "local": local,
-        "revision": None if local else args.teacher_revision,
-        "commit": getattr(teacher.config, "_commit_hash", None),
-    }
-    images = _DecodedImages(train, image_column, "L" if image_config.num_channels == 1 else "RGB")
+    channels = max(teacher.num_channels for teacher in teachers)
     return build_teacher_cache(
-        teacher,
-        images,
+        teachers,
+        _DecodedImages(train, image_column, "L" if channels == 1 else "RGB"),
         args.output_dir,
-        teacher_name=args.teacher,
-        size=image_config.size,
-        mean=image_config.mean,
-        std=image_config.std,
         epochs=args.epochs,
         top_k=args.top_k or None,
         seed=args.seed,
@@ -345,13 +227,14 @@ def main(argv: list[str] | None = None) -> CacheConfig:
         device=state.device,
         progress=state.is_local_main_process,
         shard_size=args.shard_size,
-        num_channels=image_config.num_channels,
-        teacher_info=teacher_info,
         data=data,
         selection={"train_rows": rows["train"], "eval_rows": rows["eval"]},
         process_index=state.process_index,
         num_processes=state.num_processes,
         barrier=state.wait_for_everyone,
+        teacher_weights=args.teacher_weights,
+        ensemble=args.teacher_ensemble,
+        ensemble_temperature=args.teacher_ensemble_temperature,
     )
 
 
@@ -365,12 +248,17 @@ def check_cache_matches(
     train: Any,
     image_column: str,
     label_column: str | None,
-    teacher: str | None = None,
+    teacher: str | Sequence[str] | None = None,
     teacher_revision: str | None = None,
+    teacher_weights: Sequence[float] | None = None,
+    teacher_ensemble: str | None = None,
+    teacher_ensemble_temperature: float | None = None,
 ) -> None:
     """Refuse a training run whose data or teacher differ from what the cache was built from, naming the field.
 
     `train` is the run's training set, selected with the cache's rows; the cache's content hash must match it.
+    `teacher` is the run's teacher, or its list of teachers (an ensemble's, compared in order), or None (not
+    checked); for an ensemble cache, the ensemble settings the run gives (not None) must be the cache's.
     """
     data = config.data
     expected = {
@@ -381,10 +269,24 @@ def check_cache_matches(
         "number of training images": (config.num_samples, len(train)),
     }
     if teacher is not None:
-        local = is_local_path(teacher)
-        expected["teacher"] = (config.teacher_info.get("name_or_path", config.teacher), neutral_name(teacher))
-        if not local and config.teacher_info.get("revision") is not None:
-            expected["teacher_model_revision"] = (config.teacher_info["revision"], teacher_revision)
+        names = [teacher] if isinstance(teacher, str) else list(teacher)
+        cached = config.member_names
+        run = [neutral_name(name) for name in names]
+        expected["teacher"] = (cached if config.ensemble else cached[0], run if len(run) > 1 else run[0])
+        for name, member in zip(names, config.members):
+            if not is_local_path(name) and member.get("revision") is not None:
+                expected["teacher_model_revision"] = (member["revision"], teacher_revision)
+    ensemble = config.ensemble
+    if ensemble is not None and teacher_weights is not None:
+        total = sum(teacher_weights) or 1.0
+        expected["teacher_weights"] = (
+            [round(w, 6) for w in ensemble["weights"]],
+            [round(w / total, 6) for w in teacher_weights],
+        )
+    if ensemble is not None and teacher_ensemble is not None:
+        expected["teacher_ensemble"] = (ensemble["mode"], teacher_ensemble)
+    if ensemble is not None and teacher_ensemble_temperature is not None:
+        expected["teacher_ensemble_temperature"] = (ensemble["temperature"], float(teacher_ensemble_temperature))
     for field_name, (cached, run) in expected.items():
         if cached is not None and cached != run:
             raise ValueError(
@@ -403,8 +305,18 @@ def cache_summary(config: CacheConfig) -> str:
     """One line on what a cache holds, for logs."""
     what = "full logits" if config.top_k is None else f"top-{config.top_k} probabilities"
     views = f"{config.epochs} epoch(s) x {config.num_samples} views of {config.teacher}"
+    ensemble = config.ensemble
+    if ensemble is not None:
+        weights = "/".join(f"{w:.3g}" for w in ensemble["weights"])
+        rule = f"{ensemble['mode']} average, weights {weights}"
+        if ensemble["temperature"] is not None:
+            rule += f", temperature {ensemble['temperature']:g}"
+        views += f", an ensemble of {len(config.member_names)} teachers ({rule})"
     return f"{views} ({what}, {config.num_shards} shard(s) per epoch)"
 
 
 if __name__ == "__main__":
+    # The command says what it did (each process its share of the shards); main() called from Python leaves logging.
+    std_logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
+    std_logging.getLogger("hfkd").setLevel(std_logging.INFO)
     main()

@@ -7,6 +7,7 @@ loss in one module forward (`hfkd.wrapper.DistillationModule`) -> `distill_ce_we
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -23,27 +24,23 @@ from .arguments import DistillationArguments
 from .batch import IMAGE_KEYS, INDEX_KEYS, LABELS, PIXEL_VALUES, SAMPLE_INDEX, student_inputs
 from .checkpointing import CheckpointMixin
 from .data import DistillationCollator, fast_tensor_columns
-from .guards import (
-    STUDENT_TERM,
-    TEACHER_TERM,
-    EpochCallback,
-    NonFiniteGuard,
-    check_finite_weights,
-)
+from .guards import STUDENT_TERM, TEACHER_TERM, EpochCallback, NonFiniteGuard, check_finite_weights
 from .label_space import check_teacher_labels
 from .local_names import recipe_name
 from .losses import DistillBatch, logits_of
 from .metrics import compute_accuracy_metrics, top_k_indices
 from .model_card import ModelCardInfo, build_model_card
 from .optimization import OptimizationMixin
-from .teacher import Teacher, TeacherOutputs, build_teacher, is_convolutional
+from .streaming_trainer import StreamingMixin
+from .teacher import Teacher, TeacherOutputs, is_convolutional
+from .teachers import build_teacher
 from .wrapper import DistillationModule, build_loss
 
 logger = logging.get_logger(__name__)
 
 
 
-class DistillationTrainer(CheckpointMixin, OptimizationMixin, Trainer):
+class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Trainer):
     """A [`~transformers.Trainer`] that distils a frozen teacher into the student `model`.
 
     The loss is `args.distill_ce_weight · CE(student, labels) + args.distill_weight · L(student, teacher)`, where
@@ -151,11 +148,14 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, Trainer):
         return model.student if isinstance(model, DistillationModule) else model
 
     def _probe_batch(self) -> dict[str, torch.Tensor] | None:
-        """A collated batch of two training samples, for losses that size adapters from feature shapes."""
+        """A collated batch of two training samples, for losses that size adapters from feature shapes (a stream's
+        first two)."""
         dataset = self.train_dataset
-        if dataset is None or not hasattr(dataset, "__len__") or len(dataset) == 0:
+        if dataset is None:
             return None
-        return self.data_collator([dataset[i] for i in range(min(2, len(dataset)))])
+        examples = [dataset[i] for i in range(min(2, len(dataset)))] if hasattr(dataset, "__len__") else None
+        examples = examples if examples is not None else list(itertools.islice(iter(dataset), 2))
+        return self.data_collator(examples) if examples else None
 
     def _set_signature_columns_if_needed(self) -> None:
         # The trainer's model wraps the student with the loss: a batch holds the student's inputs and what the
@@ -305,21 +305,27 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, Trainer):
     @torch.no_grad()
     def evaluate_teacher(self, eval_dataset: Any = None, metric_key_prefix: str = "teacher_eval") -> dict[str, float]:
         """Top-1/top-5 accuracy of the teacher on the evaluation set (its own pixel tensor when it has one), under
-        keys of its own (`teacher_eval_accuracy`, ...), so that no metrics file can mistake them for the student's."""
+        keys of its own (`teacher_eval_accuracy`, ...), so that no metrics file can mistake them for the student's.
+        For a teacher ensemble these are the ensemble's, and each member's follow as `teacher_eval_member_<i>_...`.
+        """
         if self.teacher is None:
             raise ValueError("There is no teacher to evaluate (distill_loss='ce').")
         dataloader = self.get_eval_dataloader(eval_dataset)
-        predictions, references = [], []
+        predictions: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
+        references = []
         for inputs in tqdm(dataloader, desc="Teacher evaluation", disable=not self.is_local_process_zero()):
             inputs = self._prepare_inputs(inputs)
-            ranked = top_k_indices(self.teacher.logits(inputs))
+            ranked = {key: top_k_indices(value) for key, value in self.teacher.eval_logits(inputs).items()}
             ranked, labels = self.accelerator.gather_for_metrics((ranked, inputs[LABELS]))
-            predictions.append(ranked.cpu())
+            for key, value in ranked.items():
+                predictions[key].append(value.cpu())
             references.append(labels.cpu())
-        result = compute_accuracy_metrics(
-            EvalPrediction(predictions=torch.cat(predictions).numpy(), label_ids=torch.cat(references).numpy())
-        )
-        return {f"{metric_key_prefix}_{name}": value for name, value in result.items()}
+        label_ids = torch.cat(references).numpy()
+        metrics = {}
+        for key, ranks in predictions.items():
+            result = compute_accuracy_metrics(EvalPrediction(torch.cat(ranks).numpy(), label_ids))
+            metrics.update({f"{metric_key_prefix}_{key}{name}": value for name, value in result.items()})
+        return metrics
 
     def latest_eval_metrics(self) -> dict[str, float] | None:
         """The most recent logged evaluation metrics (`eval_accuracy`, ...), if any."""

@@ -331,7 +331,7 @@ def test_teacher_pixel_values_only_when_configs_differ():
     renormed = ImageConfig(size=(32, 32), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     fn = make_transform_fn(build_transforms(student, True), build_transforms(renormed, True), "image", "label")
     out = fn(batch)
-    assert fn.mode == "renorm"
+    assert fn.modes == ["renorm"]
     raw = out["pixel_values"][0] * 0.5 + 0.5  # same random view, only the normalisation differs
     expected = (raw - torch.tensor(renormed.mean)[:, None, None]) / torch.tensor(renormed.std)[:, None, None]
     torch.testing.assert_close(out["teacher_pixel_values"][0], expected, atol=1e-5, rtol=0)
@@ -378,7 +378,7 @@ def test_collator_and_dataloader_end_to_end():
     student = build_transforms(ImageConfig(size=(24, 24)), train=True)
     teacher = build_transforms(ImageConfig(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3), train=True)
     fn = make_transform_fn(student, teacher, "image", "label")
-    assert pickle.loads(pickle.dumps(fn)).mode == "replay"  # dataloader workers get a copy
+    assert pickle.loads(pickle.dumps(fn)).modes == ["replay"]  # dataloader workers get a copy
     dataset = set_image_transform(dataset, fn)
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=collate_fn)
     batch = next(iter(loader))

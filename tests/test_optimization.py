@@ -68,6 +68,19 @@ def test_no_decay_on_1d_parameters_exempts_batchnorm_weights_too(tmp_path):
         _args(tmp_path, distill_no_decay_1d=True, distill_decay_all_parameters=True)
 
 
+def test_milestones_in_steps_need_no_dataset_length(tmp_path):
+    trainer = _trainer(tmp_path, distill_lr_milestones=[2, 3], distill_lr_milestones_unit="steps", max_steps=5)
+    trainer.create_optimizer_and_scheduler(num_training_steps=5)
+    rates = []
+    for _ in range(5):
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert rates == pytest.approx([0.1, 0.1, 0.01, 0.001, 0.001])  # from step 2 on x0.1, from step 3 on x0.01
+    with pytest.raises(ValueError, match="'epochs' or 'steps'"):
+        _args(tmp_path, distill_lr_milestones=[2], distill_lr_milestones_unit="iterations")
+
+
 def test_a_timm_optimiser_by_name_with_its_kwargs_and_groups(tmp_path):
     trainer = _trainer(tmp_path, distill_timm_optimizer="RMSpropTF", distill_timm_optimizer_kwargs='{"alpha": 0.9}')
     trainer.create_optimizer()

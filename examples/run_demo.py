@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default=STUDENT["hidden_sizes"],
         help="channels of the student's ResNet stages (one basic block each)",
     )
-    parser.add_argument("--teacher_epochs", type=float, default=1)
+    parser.add_argument("--teacher_epochs", type=float, default=1.5)
     parser.add_argument("--student_epochs", type=int, default=4, help="epochs over the student's training images")
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir)

@@ -56,6 +56,8 @@ METAVARS = {
     "validation_dir": "DIR", "cache_dir": "DIR", "resume_from_checkpoint": "CHECKPOINT", "image_size": "PIXELS",
     "teacher_image_size": "PIXELS", "distill_loss_kwargs": "JSON", "teacher_model_init_kwargs": "JSON",
     "distill_timm_optimizer_kwargs": "JSON", "teacher_label_map": "JSON", "baseline_metrics": "JSON",
+    "teacher_weights": "WEIGHT", "teacher_ensemble_temperature": "T", "teacher_features_from": "TEACHER",
+    "shuffle_buffer_size": "ROWS",
 }  # fmt: skip
 # TrainingArguments flags whose upstream help does not say what this script does with them.
 HELP = {

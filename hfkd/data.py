@@ -37,13 +37,12 @@ from .image_datasets import (
     add_sample_index,
     check_labels,
     class_names,
-    decode_image,
     detect_columns,
-    filter_unreadable,
     keep_labelled_subset,
     load_demo_dataset,
     load_image_dataset,
 )
+from .image_decode import decode_image, filter_unreadable
 from .transforms import (
     ImageConfig,
     ImageTransform,

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
-from PIL import Image as PILImage
 from transformers.utils import logging
 
 from .batch import SAMPLE_INDEX
@@ -87,13 +86,8 @@ def load_image_dataset(
         the split each part comes from and the positions of its rows there, in order.
     """
     if data_dirs:
-        for folder in data_dirs.values():
-            if not os.path.isdir(folder):
-                raise ValueError(f"Image folder {folder!r} does not exist; pass a <dir>/<class>/<image> tree.")
-            check_imagefolder_layout(folder)
-        files = {split: os.path.join(folder, "**") for split, folder in data_dirs.items()}
+        files, source = imagefolder_files(data_dirs)
         raw = load_dataset("imagefolder", data_files=files, cache_dir=cache_dir, **kwargs)
-        source = "image folders " + " + ".join(f"{split}: {folder}" for split, folder in data_dirs.items())
     elif os.path.isdir(name_or_path):
         if any(os.path.isfile(os.path.join(name_or_path, f)) for f in ("dataset_dict.json", "state.json")):
             raw, source = load_from_disk(name_or_path), f"save_to_disk folder {name_or_path}"
@@ -138,6 +132,17 @@ def load_image_dataset(
     dataset.source, dataset.rows = source, selected
     logger.info(f"Image data from {source}: {len(dataset['train'])} train / {len(dataset['eval'])} eval rows.")
     return dataset
+
+
+def imagefolder_files(data_dirs: dict[str, str]) -> tuple[dict[str, str], str]:
+    """The `data_files` of one image folder per split (`--train_dir`, `--validation_dir`), each checked, and how to
+    name them."""
+    for folder in data_dirs.values():
+        if not os.path.isdir(folder):
+            raise ValueError(f"Image folder {folder!r} does not exist; pass a <dir>/<class>/<image> tree.")
+        check_imagefolder_layout(folder)
+    files = {split: os.path.join(folder, "**") for split, folder in data_dirs.items()}
+    return files, "image folders " + " + ".join(f"{split}: {folder}" for split, folder in data_dirs.items())
 
 
 def check_imagefolder_layout(folder: str) -> None:
@@ -324,61 +329,6 @@ def check_labels(dataset: Dataset | DatasetDict, label_column: str, num_labels: 
                 f"{split}: label {value} at index {index} of column {label_column!r} is outside [0, {num_labels - 1}] "
                 f"for num_labels={num_labels} ({bad.size} rows out of range). {fix}"
             )
-
-
-# ----------------------------------------------------------------------------------------------- decoding
-
-_DECODER = Image()
-
-
-def decode_image(value: Any) -> PILImage.Image:
-    """A PIL image from a decoded or undecoded (`{"bytes", "path"}`) `datasets.Image` value or an array."""
-    if isinstance(value, PILImage.Image):
-        return value
-    if isinstance(value, dict):  # undecoded datasets.Image: {"bytes": ..., "path": ...}
-        return _DECODER.decode_example(value)
-    array = np.asarray(value)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    return PILImage.fromarray(array if array.dtype == np.uint8 else array.clip(0, 255).astype(np.uint8))
-
-
-def _readable_flags(images: list[Any]) -> dict[str, list[bool]]:
-    flags = []
-    for image in images:
-        try:
-            decode_image(image).load()
-            flags.append(True)
-        except Exception:
-            flags.append(False)
-    return {"readable": flags}
-
-
-def filter_unreadable(dataset: Dataset, image_column: str, num_proc: int | None = None) -> tuple[Dataset, int]:
-    """Decode every image once (`num_proc` processes) and drop the ones that fail, logging their indices.
-
-    Returns `(dataset, n_dropped)`: the readable rows (same features) and how many were dropped.
-    """
-    feature = dataset.features.get(image_column)
-    raw = dataset.cast_column(image_column, Image(decode=False)) if isinstance(feature, Image) else dataset
-    flags = raw.map(
-        _readable_flags,
-        batched=True,
-        input_columns=[image_column],
-        remove_columns=raw.column_names,
-        num_proc=num_proc,
-        desc="Checking images",
-    )["readable"]
-    bad = np.flatnonzero(~np.asarray(flags, dtype=bool))
-    if bad.size == 0:
-        return dataset, 0
-    if bad.size == len(dataset):
-        raise ValueError(
-            f"The dataset has no readable image: all {bad.size} images failed to decode (e.g. index 0). Check the "
-            f"--image_column ({image_column!r}) and that the files are images."
-        )
-    logger.warning(f"Dropping {bad.size} unreadable images at indices {bad[:10].tolist()}{' ...' * (bad.size > 10)}.")
-    return dataset.select(np.flatnonzero(np.asarray(flags, dtype=bool))), int(bad.size)
 
 
 def keep_labelled_subset(

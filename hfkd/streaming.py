@@ -26,7 +26,13 @@ from transformers.utils import logging
 
 from .batch import SAMPLE_INDEX
 from .demo_data import DEMO_DATASETS
-from .image_datasets import EVAL_SPLIT_NAMES, HUB_DATASET_ALIASES, check_imagefolder_layout, detect_columns
+from .image_datasets import (
+    EVAL_SPLIT_NAMES,
+    HUB_DATASET_ALIASES,
+    check_imagefolder_layout,
+    detect_columns,
+    imagefolder_files,
+)
 from .losses import get_loss_class
 
 if TYPE_CHECKING:
@@ -117,13 +123,8 @@ def _open_streams(
     name: str, config: str | None, data_dirs: dict[str, str] | None, cache_dir: Any, kwargs: dict
 ) -> tuple[IterableDatasetDict, str]:
     if data_dirs:
-        for folder in data_dirs.values():
-            if not os.path.isdir(folder):
-                raise ValueError(f"Image folder {folder!r} does not exist; pass a <dir>/<class>/<image> tree.")
-            check_imagefolder_layout(folder)
-        files = {split: os.path.join(folder, "**") for split, folder in data_dirs.items()}
-        streams = load_dataset("imagefolder", data_files=files, streaming=True, cache_dir=cache_dir, **kwargs)
-        return streams, "image folders " + " + ".join(f"{split}: {folder}" for split, folder in data_dirs.items())
+        files, source = imagefolder_files(data_dirs)
+        return load_dataset("imagefolder", data_files=files, streaming=True, cache_dir=cache_dir, **kwargs), source
     if os.path.isdir(name):
         if any(os.path.isfile(os.path.join(name, f)) for f in ("dataset_dict.json", "state.json")):
             raise ValueError(f"{name} was saved with save_to_disk: load it map-style (drop --streaming).")

@@ -43,7 +43,8 @@ from .cache_store import (
     view_params,
 )
 from .ensemble import ENSEMBLE_MODES, check_ensemble_arguments
-from .image_datasets import decode_image, detect_columns, load_image_dataset
+from .image_datasets import detect_columns, load_image_dataset
+from .image_decode import decode_image
 from .local_names import is_local_path, neutral_name
 from .models import load_image_classifier, load_image_processor, resolve_model_name
 from .transforms import image_config_for_model

@@ -17,7 +17,7 @@ from PIL import Image as PILImage
 from torchvision.transforms import v2
 from transformers.utils import logging
 
-from .image_datasets import decode_image
+from .image_decode import decode_image
 
 logger = logging.get_logger(__name__)
 

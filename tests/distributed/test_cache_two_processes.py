@@ -2,33 +2,19 @@
 the folder equals a one-process build byte for byte. On CPU the processes form one group only with the command's
 `--use_cpu` (`accelerate launch --cpu` would start a single process)."""
 
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 from transformers import ViTImageProcessor
 
 from hfkd import teacher_cache
 
 from ..testing_utils import tiny_resnet
-
-LAUNCHER = Path(sys.executable).with_name("accelerate")
-HAS_LAUNCHER = shutil.which("accelerate") is not None or LAUNCHER.exists()
+from .launch import launch_two, needs_launcher
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(not HAS_LAUNCHER, reason="needs the accelerate launcher")
+@needs_launcher
 def test_two_processes_build_the_cache_one_process_builds(tmp_path):
     teacher = tiny_resnet(5, wide=True, seed=2)
     with torch.no_grad():
@@ -40,14 +26,7 @@ def test_two_processes_build_the_cache_one_process_builds(tmp_path):
     args = ["--teacher", str(tmp_path / "teacher"), "--dataset", "digits", "--max_train_samples", "10",
             "--shard_size", "4", "--epochs", "2", "--top_k", "3", "--batch_size", "3"]  # fmt: skip
 
-    command = [str(LAUNCHER) if LAUNCHER.exists() else "accelerate", "launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               str(_free_port()), "-m", "hfkd.teacher_cache", *args, "--use_cpu", "--output_dir",
-               str(tmp_path / "two")]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = launch_two("-m", "hfkd.teacher_cache", *args, "--use_cpu", "--output_dir", str(tmp_path / "two"))
     shares = re.findall(r"process (\d) of (\d): built (\d) of the (\d) shards", result.stderr)
     assert sorted(shares) == [("0", "2", "3", "6"), ("1", "2", "3", "6")], result.stderr[-3000:]
 

@@ -4,52 +4,25 @@ evaluation on the whole streamed eval split counts each image once. The same str
 handling loses half the data, which is why `hfkd.streaming_trainer.StreamingMixin` prepares each part itself."""
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from ..testing_utils import tiny_resnet
+from .launch import launch_two, needs_launcher
 from .streaming_data import write_parquet_dataset
 
 SCRIPT = Path(__file__).with_name("streaming_two_ranks.py")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(
-    shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
-    reason="needs the accelerate launcher",
-)
+@needs_launcher
 def test_two_processes_train_on_disjoint_parts_of_a_stream(tmp_path):
     data = write_parquet_dataset(tmp_path / "data")  # 4 files of 12 rows: 2 whole files per process
     tiny_resnet(3, wide=True, seed=2).save_pretrained(tmp_path / "teacher")
     student = tiny_resnet(3, seed=1)
     student.save_pretrained(tmp_path / "student")
 
-    launcher = Path(sys.executable).with_name("accelerate")
-    command = [str(launcher) if launcher.exists() else "accelerate", "launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(SCRIPT), str(tmp_path / "out"), str(data),
-               str(tmp_path / "teacher"), str(tmp_path / "student")]  # fmt: skip
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-    }
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    launch_two(str(SCRIPT), str(tmp_path / "out"), str(data), str(tmp_path / "teacher"), str(tmp_path / "student"))
     ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
 

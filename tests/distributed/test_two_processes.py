@@ -4,10 +4,6 @@ the form that starts two on CPU is `accelerate launch --multi_gpu --num_processe
 `--use_cpu` is the script's TrainingArguments flag (here set in two_ranks.py)."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,14 +13,12 @@ from transformers import AutoModelForImageClassification
 from hfkd import DistillationArguments, DistillationTrainer
 
 from ..testing_utils import tiny_resnet, tiny_vit
+from .launch import launch_two, needs_launcher
 
 SCRIPT = Path(__file__).with_name("two_ranks.py")
 
 
-@pytest.mark.skipif(
-    shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
-    reason="needs the accelerate launcher",
-)
+@needs_launcher
 def test_two_ranks_train_and_match_one_process(tmp_path):
     teacher = tiny_resnet(4, wide=True, seed=2)
     with torch.no_grad():
@@ -34,20 +28,7 @@ def test_two_ranks_train_and_match_one_process(tmp_path):
     student = tiny_vit(4, seed=1)  # LayerNorm only, no dropout: the per-sample loss decomposes over ranks
     student.save_pretrained(tmp_path / "student")
 
-    launcher = Path(sys.executable).with_name("accelerate")
-    command = [str(launcher) if launcher.exists() else "accelerate", "launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", "29517", str(SCRIPT), str(tmp_path / "out"), str(tmp_path / "teacher"),
-               str(tmp_path / "student")]  # fmt: skip
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-    }
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    launch_two(str(SCRIPT), str(tmp_path / "out"), str(tmp_path / "teacher"), str(tmp_path / "student"))
 
     ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)

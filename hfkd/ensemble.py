@@ -107,13 +107,13 @@ def ensemble_logits(
     w = normalized_weights(weights, len(logits))
     if len(logits) == 1:
         return logits[0].float()
-    stacked = torch.stack([t.float() for t in logits])  # (teachers, batch, classes)
-    shape = (-1,) + (1,) * (stacked.dim() - 1)
-    w = torch.tensor(w, dtype=stacked.dtype, device=stacked.device).view(shape)
+    # The weights stay Python floats: no weight tensor is copied to the device at every step.
     if mode == "logits":
-        return (w * stacked).sum(0)
+        return sum(weight * t.float() for weight, t in zip(w, logits))
     # log(sum_i w_i p_i) as a logsumexp over teachers, in log space: no probability underflows to 0.
-    return temperature * torch.logsumexp(w.log() + (stacked / temperature).log_softmax(-1), dim=0)
+    log_probs = [(t.float() / temperature).log_softmax(-1) + (math.log(weight) if weight > 0 else -math.inf)
+                 for weight, t in zip(w, logits)]  # fmt: skip
+    return temperature * torch.logsumexp(torch.stack(log_probs), dim=0)
 
 
 def _with_logits(output: Any, logits: torch.Tensor) -> Any:

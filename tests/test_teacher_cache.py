@@ -20,7 +20,7 @@ from hfkd.teacher_cache import (
     view_params,
 )
 
-from .testing_utils import tiny_resnet
+from .testing_utils import perturbed, tiny_resnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import run_image_distill  # noqa: E402
@@ -34,11 +34,7 @@ def _images(count: int = 6, seed: int = 0) -> list[torch.Tensor]:
 
 
 def _teacher():
-    teacher = tiny_resnet(5, wide=True, seed=2).eval()
-    with torch.no_grad():
-        for p in teacher.parameters():
-            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(7)) * 0.3)
-    return teacher
+    return perturbed(tiny_resnet(5, wide=True, seed=2).eval(), seed=7)
 
 
 def test_views_are_a_pure_function_of_seed_epoch_and_index():

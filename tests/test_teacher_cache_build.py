@@ -19,7 +19,7 @@ from hfkd.cache_build import CacheTeacher
 from hfkd.cache_store import weights_sha256
 from hfkd.teacher_cache import TeacherCache, build_teacher_cache, cache_summary, check_cache_matches
 
-from .testing_utils import tiny_resnet
+from .testing_utils import perturbed, tiny_resnet
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "tests" / "distributed" / "cache_fault_runner.py"
@@ -37,11 +37,7 @@ def one_thread():
 
 
 def _teacher(seed: int = 2, num_labels: int = 5):
-    teacher = tiny_resnet(num_labels, wide=True, seed=seed).eval()
-    with torch.no_grad():
-        for p in teacher.parameters():
-            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + 5)) * 0.3)
-    return teacher
+    return perturbed(tiny_resnet(num_labels, wide=True, seed=seed).eval(), seed=seed + 5)
 
 
 def _images(count: int = 6) -> list[torch.Tensor]:

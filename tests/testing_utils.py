@@ -35,6 +35,15 @@ def tiny_vit(num_labels: int = NUM_LABELS, *, seed: int = 0) -> ViTForImageClass
     return ViTForImageClassification(config)
 
 
+def perturbed(model: torch.nn.Module, seed: int, scale: float = 0.3) -> torch.nn.Module:
+    """`model` with seeded noise added to every parameter (each from a generator seeded `seed`), so that a tiny
+    random-init teacher gives confident, varied outputs."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * scale)
+    return model
+
+
 def synthetic_dataset(n: int = 16, *, seed: int = 0, num_labels: int = NUM_LABELS) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     pixels = torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)

@@ -10,16 +10,13 @@ from transformers import ViTImageProcessor
 
 from hfkd import teacher_cache
 
-from ..testing_utils import tiny_resnet
+from ..testing_utils import perturbed, tiny_resnet
 from .launch import launch_two, needs_launcher
 
 
 @needs_launcher
 def test_two_processes_build_the_cache_one_process_builds(tmp_path):
-    teacher = tiny_resnet(5, wide=True, seed=2)
-    with torch.no_grad():
-        for p in teacher.parameters():
-            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(7)) * 0.3)
+    teacher = perturbed(tiny_resnet(5, wide=True, seed=2), seed=7)
     teacher.save_pretrained(tmp_path / "teacher")
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "teacher")
     # 10 samples in shards of 4: 3 shards per epoch (the last one short), 6 in all.

@@ -12,7 +12,7 @@ from transformers import AutoModelForImageClassification
 
 from hfkd import DistillationArguments, DistillationTrainer
 
-from ..testing_utils import tiny_resnet, tiny_vit
+from ..testing_utils import perturbed, tiny_resnet, tiny_vit
 from .launch import launch_two, needs_launcher
 
 SCRIPT = Path(__file__).with_name("two_ranks.py")
@@ -20,10 +20,7 @@ SCRIPT = Path(__file__).with_name("two_ranks.py")
 
 @needs_launcher
 def test_two_ranks_train_and_match_one_process(tmp_path):
-    teacher = tiny_resnet(4, wide=True, seed=2)
-    with torch.no_grad():
-        for p in teacher.parameters():
-            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(5)) * 0.5)
+    teacher = perturbed(tiny_resnet(4, wide=True, seed=2), seed=5, scale=0.5)
     teacher.save_pretrained(tmp_path / "teacher")
     student = tiny_vit(4, seed=1)  # LayerNorm only, no dropout: the per-sample loss decomposes over ranks
     student.save_pretrained(tmp_path / "student")

@@ -156,17 +156,19 @@ def build_trainer(
         raise
 
 
-def run_phases(args: DistillationArguments, model_args: ModelArguments) -> tuple[bool, bool]:
-    """(train, evaluate): both by default; --do_train / --do_eval as transformers' examples read them. Evaluating
-    alone needs a trained student: the --student folder."""
-    if not args.do_train and not args.do_eval:
+def run_phases(run_args: RunArguments, model_args: ModelArguments) -> tuple[bool, bool]:
+    """(train, evaluate): both by default; --do_train / --do_eval, when given, as transformers' examples read them
+    (an --eval_strategy alone does not make a run evaluation-only). Evaluating alone needs a trained student: the
+    --student folder."""
+    do_train, do_eval = (bool(asked) for asked in run_args.phases)
+    if not do_train and not do_eval:
         return True, True
-    if args.do_eval and not args.do_train and not model_args.student_pretrained:
+    if do_eval and not do_train and not model_args.student_pretrained:
         raise ValueError(
             "--do_eval without --do_train evaluates a trained student: pass its folder with --student, without "
             "--student_pretrained false."
         )
-    return args.do_train, args.do_eval
+    return do_train, do_eval
 
 
 def train(trainer: DistillationTrainer, args: DistillationArguments) -> None:
@@ -230,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         resume=training_args.resume_from_checkpoint,
     )
     student_spec, teacher_specs = resolve_models(model_args, training_args)
+    do_train, do_eval = run_phases(run_args, model_args)
     baseline = load_json(run_args.baseline_metrics, "--baseline_metrics")
     cache = None
     if training_args.uses_teacher and training_args.teacher_cache_dir is not None:
@@ -249,7 +252,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     models = load_models(student_spec, teacher_specs, model_args, training_args, data.names)
     splits = prepare_splits(data, data_args, training_args, models, cache)
     trainer = build_trainer(training_args, models, splits, cache, recipe=recipe, data_info=data.info(data_args))
-    do_train, do_eval = run_phases(training_args, model_args)
     if do_train:
         if training_args.should_save:
             start_run(training_args.output_dir, settings, overwrite=run_args.overwrite_output_dir)

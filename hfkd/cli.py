@@ -157,6 +157,9 @@ class RunArguments:
     )
     smoke_image_size: int | None = field(default=None, metadata={"help": "Image size of the smoke data."})
     smoke_num_labels: int | None = field(default=None, metadata={"help": "Class count of the smoke data."})
+    # (--do_train, --do_eval) as given on the command line or in the recipe, None where not given. Not the
+    # TrainingArguments fields: transformers turns `do_eval` on by itself whenever `eval_strategy` is not "no".
+    phases: tuple[bool | None, bool | None] = field(default=(None, None), init=False)
 
 
 DESCRIPTION = """Distil an image classifier (the teacher) into a smaller one (the student) with hfkd.
@@ -200,6 +203,7 @@ def parse_args(argv: list[str] | None) -> tuple[Any, ...]:
     explicit = {a.dest for a in parser._actions if any(_given(option, argv) for option in a.option_strings)}
     explicit |= set(parser.read_recipe(recipe)) if recipe else set()
     scratch_learning_rate(model_args, training_args, explicit)
+    run_args.phases = tuple(getattr(training_args, f) if f in explicit else None for f in ("do_train", "do_eval"))
     if data_args.streaming:
         if run_args.smoke:
             raise ValueError("--smoke trains on small synthetic data, which is not streamed: drop --streaming.")

@@ -142,6 +142,17 @@ def test_image_sizes_and_feature_losses_across_sizes(folders, tmp_path, caplog):
     assert json.loads((tmp_path / "fit" / "distill_config.json").read_text())["distill_loss"] == "fitnet"
 
 
+def test_an_eval_strategy_alone_still_trains_and_evaluates(folders, tmp_path):
+    # transformers sets do_eval itself when eval_strategy is not "no": that must not make the run evaluation-only.
+    out = tmp_path / "steps"
+    metrics = run_image_distill.main(_argv(folders, out, "--student", folders["student"], "--teacher",
+                                           folders["teacher"], "--loss", "kd", "--eval_strategy", "steps",
+                                           "--eval_steps", "1"))  # fmt: skip
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+    assert metrics["eval_accuracy"] == json.loads((out / "eval_results.json").read_text())["eval_accuracy"]
+
+
 def test_do_eval_alone_evaluates_a_saved_student(folders, tmp_path):
     metrics = run_image_distill.main(_argv(folders, tmp_path / "eval", "--student", folders["student"], "--teacher",
                                            folders["teacher"], "--loss", "kd", "--do_eval"))  # fmt: skip

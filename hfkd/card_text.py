@@ -234,9 +234,13 @@ def repo_reference(hub_model_id: str | None, output_dir: str | None, model_name:
 
 
 def training_log_rows(log_history: list[dict[str, Any]] | None) -> list[dict[str, str]]:
-    """One row per evaluation of the run (as transformers' cards list them), with the last training loss before it."""
+    """One row per evaluation during training (as transformers' cards list them), with the last training loss before
+    it. The evaluations after training (the final one, on the same or the best checkpoint) are the Results table's:
+    they come after the `train_runtime` summary and are not repeated here."""
     rows, last_loss = [], None
     for entry in log_history or []:
+        if "train_runtime" in entry:
+            break
         if "loss" in entry:
             last_loss = entry["loss"]
         if "eval_accuracy" in entry:

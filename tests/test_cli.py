@@ -151,6 +151,15 @@ def test_an_eval_strategy_alone_still_trains_and_evaluates(folders, tmp_path):
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
     assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
     assert metrics["eval_accuracy"] == json.loads((out / "eval_results.json").read_text())["eval_accuracy"]
+    # The card's training-results table: one row per evaluation during training, with its own numbers.
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    end = next(i for i, e in enumerate(history) if "train_runtime" in e)
+    during = [e for e in history[:end] if "eval_accuracy" in e]
+    card = (out / "README.md").read_text()
+    table = card.split("### Training results", 1)[1].split("## Distillation", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[1] for row in rows] == [str(e["step"]) for e in during] == ["1", "2"]
+    assert [row.split(" | ")[4] for row in rows] == [f"{100 * e['eval_accuracy']:.2f}" for e in during]
 
 
 def test_do_eval_alone_evaluates_a_saved_student(folders, tmp_path):

@@ -117,13 +117,16 @@ def summarise(records: list[dict], teacher_metrics: dict, output_dir: Path) -> s
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     labels = [m.upper() for m in means]
-    ax.bar(labels, [m for m, _ in means.values()], yerr=[s for _, s in means.values()], capsize=4, color="#4c72b0")
-    ax.axhline(100 * teacher_metrics["eval_accuracy"], color="#c44e52", linestyle="--", label="teacher")
-    low = min(m - s for m, s in means.values())
-    ax.set_ylim(max(0, low - 5), 100 * teacher_metrics["eval_accuracy"] + 3)
+    bars = ax.bar(labels, [m for m, _ in means.values()], yerr=[s for _, s in means.values()], capsize=4,
+                  color="#4c72b0")  # fmt: skip
+    # The axis starts at 0, so bar heights compare honestly; the values are printed, so the differences read.
+    ax.bar_label(bars, labels=[f"{m:.2f}" for m, _ in means.values()], label_type="center", color="white")
+    teacher = 100 * teacher_metrics["eval_accuracy"]
+    ax.axhline(teacher, color="#c44e52", linestyle="--", label=f"teacher {teacher:.2f}")
+    ax.set_ylim(0, 100)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Student on a labelled subset: CE alone vs distillation")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(output_dir / "demo_results.png", dpi=120)
     return table

@@ -142,16 +142,6 @@ class TransformFn:
         self.modes = [_teacher_mode(student_transform, t) for t in self.teacher_transforms]
         self.strong: TransformFn | None = None
 
-    @property
-    def teacher_transform(self) -> Callable | None:
-        """The first teacher's transform."""
-        return self.teacher_transforms[0]
-
-    @property
-    def emits_teacher(self) -> bool:
-        """Whether the first teacher gets pixels of its own (`teacher_pixel_values`)."""
-        return self.modes[0] != "none"
-
     def _where(self, row: int, image: Any, indices: list | None) -> str:
         where = f"dataset index {indices[row]}" if indices is not None else f"row {row} of the batch"
         path = image.get("path") if isinstance(image, dict) else None

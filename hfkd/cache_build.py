@@ -37,7 +37,8 @@ from .cache_store import (
     view_params,
     weights_sha256,
 )
-from .ensemble import check_ensemble_arguments, check_same_label_space, ensemble_logits, normalized_weights
+from .ensemble import check_ensemble_arguments, ensemble_logits, normalized_weights
+from .label_space import check_same_label_space
 from .local_names import neutral_name
 
 logger = logging.get_logger(__name__)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from .label_space import check_same_label_space
 from .losses import logits_of
 from .teacher import Teacher, TeacherOutputs
 
@@ -123,32 +124,6 @@ def _with_logits(output: Any, logits: torch.Tensor) -> Any:
     combined = copy.copy(output)
     combined["logits"] = logits
     return combined
-
-
-def _informative(id2label: Mapping[int, str] | None) -> dict[int, str] | None:
-    """A model's class names, or None when they are transformers' placeholders (LABEL_0, ...)."""
-    if not id2label:
-        return None
-    names = {int(k): str(v) for k, v in id2label.items()}
-    return None if all(v == f"LABEL_{k}" for k, v in names.items()) else names
-
-
-def check_same_label_space(members: Sequence[Teacher], names: Sequence[str]) -> None:
-    """Refuse teachers that do not predict the same classes in the same order (`names`: how the user named them)."""
-    first = members[0]
-    for name, member in zip(names[1:], members[1:]):
-        if member.num_labels != first.num_labels:
-            raise ValueError(
-                f"Teacher {name!r} predicts {member.num_labels} classes and teacher {names[0]!r} "
-                f"{first.num_labels}: an ensemble's teachers must share one label space."
-            )
-        mine, theirs = _informative(member.id2label), _informative(first.id2label)
-        if mine is not None and theirs is not None and mine != theirs:
-            differ = next(k for k in sorted(theirs) if mine.get(k) != theirs[k])
-            raise ValueError(
-                f"Teachers {names[0]!r} and {name!r} name class {differ} differently ({theirs[differ]!r} vs "
-                f"{mine.get(differ)!r}): an ensemble's teachers must predict the same classes in the same order."
-            )
 
 
 class EnsembleTeacher(Teacher):

@@ -1,7 +1,8 @@
 """Label spaces: a teacher's classes against the student's and the dataset's, and mapping a teacher onto a subset.
 
 `check_label_space` refuses a teacher that predicts another number of classes before any step runs (the script calls it
-on the models' configs, the trainer on its `Teacher`); `map_teacher_labels` restricts and reorders a teacher trained on
+on the models' configs, the trainer on its `Teacher`); `check_same_label_space` refuses an ensemble whose teachers
+disagree on their classes; `map_teacher_labels` restricts and reorders a teacher trained on
 a superset of the dataset's classes (`--teacher_label_map`).
 """
 
@@ -108,13 +109,46 @@ def check_label_space(
         )
 
 
+def model_name(model: Any) -> str:
+    """How messages name a model object: where it was loaded from, else its class."""
+    return getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+
+
 def check_teacher_labels(teacher: Any, num_labels: int | None, id2label: Mapping[int, str] | None = None) -> None:
     """`check_label_space` for a teacher model (its config) or an `hfkd.teacher.Teacher` (which knows its labels)."""
     if isinstance(teacher, nn.Module):
         config = getattr(teacher, "config", None)
-        name = getattr(config, "_name_or_path", "") or type(teacher).__name__
+        name = model_name(teacher)
         labels, names = getattr(config, "num_labels", None), getattr(config, "id2label", None)
     else:
         name, labels, names = teacher.record().get("name_or_path"), teacher.num_labels, teacher.id2label
         name = name or type(getattr(teacher, "model", None) or teacher).__name__
     check_label_space(name, labels, num_labels, names, id2label)
+
+
+def _informative(id2label: Mapping[int, str] | None) -> dict[int, str] | None:
+    """A model's class names, or None when they are transformers' placeholders (LABEL_0, ...)."""
+    if not id2label:
+        return None
+    names = {int(k): str(v) for k, v in id2label.items()}
+    return None if all(v == f"LABEL_{k}" for k, v in names.items()) else names
+
+
+def check_same_label_space(members: Sequence[Any], names: Sequence[str]) -> None:
+    """Refuse teachers (anything with `num_labels` and `id2label`: an `hfkd.teacher.Teacher`, a config) that do not
+    predict the same classes in the same order, the ones of an ensemble (`names`: how the user named them). Stricter
+    than `check_label_space`: two teachers' informative class names must agree."""
+    first = members[0]
+    for name, member in zip(names[1:], members[1:]):
+        if member.num_labels != first.num_labels:
+            raise ValueError(
+                f"Teacher {name!r} predicts {member.num_labels} classes and teacher {names[0]!r} "
+                f"{first.num_labels}: an ensemble's teachers must share one label space."
+            )
+        mine, theirs = _informative(member.id2label), _informative(first.id2label)
+        if mine is not None and theirs is not None and mine != theirs:
+            differ = next(k for k in sorted(theirs) if mine.get(k) != theirs[k])
+            raise ValueError(
+                f"Teachers {names[0]!r} and {name!r} name class {differ} differently ({theirs[differ]!r} vs "
+                f"{mine.get(differ)!r}): an ensemble's teachers must predict the same classes in the same order."
+            )

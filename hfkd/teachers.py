@@ -12,6 +12,7 @@ from typing import Any
 from transformers.utils import logging
 
 from .ensemble import EnsembleTeacher
+from .label_space import model_name
 from .losses import LossNeeds, get_loss_class, resolve_loss_kwargs
 from .teacher import CachedTeacher, Teacher, live_teacher
 
@@ -26,12 +27,6 @@ def ensemble_temperature(args: Any) -> float:
     kwargs = resolve_loss_kwargs(args.distill_loss, args.distill_loss_kwargs)
     value = kwargs.get("temperature")
     return float(value) if isinstance(value, (int, float)) and value > 0 else 1.0
-
-
-def _name(source: Any) -> str:
-    return source if isinstance(source, str) else getattr(getattr(source, "config", None), "_name_or_path", "") or (
-        type(source).__name__
-    )
 
 
 def build_teacher(source: Any, args: Any, accelerator: Any) -> Teacher | None:
@@ -53,7 +48,7 @@ def build_teacher(source: Any, args: Any, accelerator: Any) -> Teacher | None:
         single = source[0] if isinstance(source, (list, tuple)) else source
         fallback = args.teacher_model_name_or_path if isinstance(args.teacher_model_name_or_path, str) else None
         return live_teacher(single, args, accelerator, needs, name=fallback)
-    names = [_name(member) for member in source]
+    names = [member if isinstance(member, str) else model_name(member) for member in source]
     feature_member = args.feature_teacher_index(names)
     # Only the feature teacher records feature maps; the others give logits (and the strong view's, if needed).
     logits_only = replace(LossNeeds(), strong_view=needs.strong_view)

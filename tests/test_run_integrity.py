@@ -106,7 +106,8 @@ def _accuracy(model_dir: str, setup: dict) -> float:
 
 def test_every_metrics_file_and_the_card_give_the_student_its_own_accuracy(tmp_path, setup):
     out = tmp_path / "run"
-    run_image_distill.main(_argv(setup, out, "--max_steps", "3", "--save_strategy", "no"))
+    run_image_distill.main(_argv(setup, out, "--max_steps", "3", "--save_strategy", "no", "--eval_strategy", "steps",
+                                 "--eval_steps", "2"))  # fmt: skip
     student, teacher = _accuracy(str(out), setup), _accuracy(setup["teacher"], setup)
     files = {name: json.loads((out / f"{name}_results.json").read_text()) for name in ("all", "eval", "teacher_eval")}
     assert files["eval"]["eval_accuracy"] == pytest.approx(student)
@@ -118,7 +119,10 @@ def test_every_metrics_file_and_the_card_give_the_student_its_own_accuracy(tmp_p
     student_row = next(line for line in card.splitlines() if line.startswith("| Student (this model)"))
     teacher_row = next(line for line in card.splitlines() if line.startswith("| Teacher"))
     assert f"| {100 * student:.2f} |" in student_row and f"| {100 * teacher:.2f} |" in teacher_row
-    assert "| Epoch | Step |" in card  # the per-evaluation table
+    # the per-evaluation table: the Trainer's evaluations (step 2 by --eval_steps, step 3 as training ends), without
+    # the script's final evaluation repeated as a third row
+    table = card.split("| Epoch | Step |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    assert [row.split("|")[2].strip() for row in table] == ["2", "3"]
 
 
 # -------------------------------------------------------------------------------------------- 2. non-finite

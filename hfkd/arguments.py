@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 from .ensemble import check_ensemble_arguments, feature_member_index
 from .hub import check_reporting
 from .losses import get_loss_class, validate_loss_kwargs
+from .schedulers import check_schedule_arguments
 from .teacher import CachedTeacher
 
 CE_ONLY = "ce"
@@ -79,9 +80,15 @@ class DistillationArguments(TrainingArguments):
         these epochs (mdistiller's rule, exact per optimizer step, no warm-up); replaces `lr_scheduler_type`.
     distill_lr_gamma (`float`, *optional*, defaults to `0.1`):
         Decay factor at each milestone.
+    distill_lr_decay_epochs (`float`, *optional*, defaults to `None`), distill_lr_warmup_epochs (`float`, defaults
+    to `0`), distill_lr_warmup_lr (`float`, defaults to `0`):
+        DIST's `step` schedule (its `--sched step --decay-epochs --warmup-epochs --warmup-lr`, stepped per iteration;
+        timm's own `step` counts differently): a warm-up in whole-epoch stairs from `distill_lr_warmup_lr` to
+        `learning_rate`, then the lr times `distill_lr_gamma` every `distill_lr_decay_epochs`, counted per optimiser
+        step from the end of the warm-up; replaces `lr_scheduler_type` and `warmup_steps`.
     distill_lr_milestones_unit (`str`, *optional*, defaults to `"epochs"`):
-        `"steps"`: the milestones are optimiser steps (the lr decays from step m on), for streamed data whose epochs
-        have no known length.
+        `"steps"`: the milestones (and the `step` schedule's lengths) are optimiser steps (the lr decays from step m
+        on), for streamed data whose epochs have no known length.
     distill_channels_last (`bool`, *optional*, defaults to `False`):
         Channels-last memory format for convolutional students and teachers (`--channels_last`).
 
@@ -161,16 +168,33 @@ class DistillationArguments(TrainingArguments):
     distill_lr_milestones: list[float] | None = field(
         default=None,
         metadata={
-            "help": "Epochs after which the learning rate is multiplied by distill_lr_gamma (the references' "
-            "multi-step decay, e.g. 150 180 210); replaces lr_scheduler_type when set."
+            "help": "Epochs after which the lr is multiplied by distill_lr_gamma (the references' multi-step "
+            "decay, e.g. 150 180 210); replaces lr_scheduler_type."
         },
     )
     distill_lr_gamma: float = field(
-        default=0.1, metadata={"help": "Factor applied to the learning rate at each of distill_lr_milestones."}
+        default=0.1,
+        metadata={"help": "Factor of each lr decay (the milestones', or the step schedule's)."},
+    )
+    distill_lr_decay_epochs: float | None = field(
+        default=None,
+        metadata={
+            "help": "DIST's step schedule: lr x distill_lr_gamma every this many epochs, per step; "
+            "replaces lr_scheduler_type."
+        },
+    )
+    distill_lr_warmup_epochs: float = field(
+        default=0.0,
+        metadata={
+            "help": "Stair warm-up (one per epoch) of the step schedule; replaces warmup_steps."
+        },
+    )
+    distill_lr_warmup_lr: float = field(
+        default=0.0, metadata={"help": "The lr the step schedule's warm-up starts from (1e-6 in DIST)."}
     )
     distill_lr_milestones_unit: str = field(
         default="epochs",
-        metadata={"help": "Unit of distill_lr_milestones: epochs, or steps (optimiser steps, for streamed data)."},
+        metadata={"help": "Unit of the milestones and step schedule: epochs, or steps (for streamed data)."},
     )
     distill_channels_last: bool = field(
         default=False,
@@ -298,22 +322,7 @@ class DistillationArguments(TrainingArguments):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
-        if self.distill_lr_milestones is not None:
-            milestones = list(self.distill_lr_milestones)
-            if not milestones or any(not (isinstance(m, (int, float)) and m >= 0) for m in milestones):
-                raise ValueError(
-                    f"`distill_lr_milestones` must be numbers >= 0, e.g. [150, 180, 210]; got {milestones}."
-                )
-            if self.distill_lr_milestones_unit not in ("epochs", "steps"):
-                raise ValueError(
-                    "`distill_lr_milestones_unit` must be 'epochs' or 'steps', got "
-                    f"{self.distill_lr_milestones_unit!r}."
-                )
-            if milestones != sorted(milestones):
-                raise ValueError(f"`distill_lr_milestones` must be in increasing order, got {milestones}.")
-            if not self.distill_lr_gamma > 0:
-                raise ValueError(f"`distill_lr_gamma` must be > 0 (0.1 decays tenfold), got {self.distill_lr_gamma}.")
-            self.distill_lr_milestones = [float(m) for m in milestones]
+        check_schedule_arguments(self)
         if self.distill_loss == CE_ONLY:
             if self.distill_loss_kwargs:
                 raise ValueError(

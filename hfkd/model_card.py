@@ -269,7 +269,7 @@ def training_hyperparameters(args: Any) -> dict[str, Any]:
         "no_weight_decay_on_1d_parameters": getattr(args, "distill_no_decay_1d", False) or None,
         "max_grad_norm": args.max_grad_norm,
         "ema_decay": args.distill_ema_decay if getattr(args, "distill_ema", False) else None,
-        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "lr_scheduler_type": _schedule(args),
         "warmup_steps": args.warmup_steps or None,
         "weight_decay": args.weight_decay,
         "label_smoothing_factor": args.label_smoothing_factor or None,
@@ -277,3 +277,21 @@ def training_hyperparameters(args: Any) -> dict[str, Any]:
         "seed": args.seed,
         "num_processes": args.world_size,
     }
+
+
+def _schedule(args: Any) -> str:
+    """The learning-rate schedule the run used: hfkd's own (`distill_lr_milestones`, `distill_lr_decay_epochs`)
+    replace the Trainer's `lr_scheduler_type`, which the card must then not name."""
+    unit = getattr(args, "distill_lr_milestones_unit", "epochs")
+    milestones = getattr(args, "distill_lr_milestones", None)
+    decay_every = getattr(args, "distill_lr_decay_epochs", None)
+    if milestones is not None:
+        marks = ", ".join(f"{m:g}" for m in milestones)
+        return f"multi-step: x{args.distill_lr_gamma:g} after {unit} {marks}"
+    if decay_every is not None:
+        text = f"step: x{args.distill_lr_gamma:g} every {decay_every:g} {unit}"
+        if args.distill_lr_warmup_epochs:
+            warmup, start = args.distill_lr_warmup_epochs, args.distill_lr_warmup_lr
+            text += f", after a warm-up of {warmup:g} {unit} in stairs from {start:g}"
+        return text
+    return str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))

@@ -5,7 +5,8 @@ A mixin of `hfkd.trainer.DistillationTrainer`:
 - weight decay on every parameter (`distill_decay_all_parameters`), as mdistiller's and RepDistiller's optimisers,
   or on no 1-D parameter (`distill_no_decay_1d`), as DIST's and timm's;
 - a timm optimiser by name (`distill_timm_optimizer`: RMSpropTF, LAMB, ...), over the same parameter groups;
-- the references' multi-step learning-rate decay, exact per optimiser step (`distill_lr_milestones`);
+- the references' multi-step learning-rate decay, exact per optimiser step (`distill_lr_milestones`), and DIST's
+  step schedule with its stair warm-up (`distill_lr_decay_epochs`);
 - an EMA of the student's weights (`distill_ema`, `hfkd.ema`), which evaluation uses.
 """
 
@@ -16,9 +17,10 @@ from typing import Any
 import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from .ema import StudentEMA
-from .schedulers import get_multistep_schedule, optimizer_steps_per_epoch
+from .schedulers import get_multistep_schedule, optimizer_steps_per_epoch, step_decay_lambda
 
 
 class OptimizationMixin:
@@ -56,29 +58,46 @@ class OptimizationMixin:
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
-        """The references' multi-step decay when `distill_lr_milestones` is set, else the Trainer's schedule."""
-        if self.args.distill_lr_milestones is None or self.lr_scheduler is not None:
+        """The references' multi-step decay (`distill_lr_milestones`) or DIST's step schedule
+        (`distill_lr_decay_epochs`) when one is set, else the Trainer's schedule."""
+        args = self.args
+        own_schedule = args.distill_lr_milestones is not None or args.distill_lr_decay_epochs is not None
+        if self.lr_scheduler is not None or not own_schedule:
             return super().create_scheduler(num_training_steps, optimizer)
-        if self.args.distill_lr_milestones_unit == "steps":
-            steps_per_epoch = 1.0  # a milestone m decays the lr from optimiser step m on
-        elif not hasattr(self.train_dataset, "__len__"):
-            raise ValueError(
-                "`distill_lr_milestones` counts epochs, which needs a training dataset with a length; with streamed "
-                "data give them in optimiser steps (`distill_lr_milestones_unit='steps'`)."
+        optimizer = optimizer or self.optimizer
+        steps_per_epoch = self._schedule_steps_per_epoch()
+        if args.distill_lr_milestones is not None:
+            self.lr_scheduler = get_multistep_schedule(
+                optimizer, args.distill_lr_milestones, args.distill_lr_gamma, steps_per_epoch
             )
         else:
-            steps_per_epoch = optimizer_steps_per_epoch(
-                len(self.train_dataset),
-                self.args.per_device_train_batch_size,
-                self.args.world_size,
-                self.args.gradient_accumulation_steps,
-                self.args.dataloader_drop_last,
+            factor = step_decay_lambda(
+                args.distill_lr_decay_epochs,
+                args.distill_lr_gamma,
+                steps_per_epoch,
+                args.distill_lr_warmup_epochs,
+                args.distill_lr_warmup_lr / args.learning_rate if args.learning_rate else 1.0,
             )
-        self.lr_scheduler = get_multistep_schedule(
-            optimizer or self.optimizer, self.args.distill_lr_milestones, self.args.distill_lr_gamma, steps_per_epoch
-        )
+            self.lr_scheduler = LambdaLR(optimizer, factor)
         self._created_lr_scheduler = True
         return self.lr_scheduler
+
+    def _schedule_steps_per_epoch(self) -> float:
+        """Optimiser steps per epoch, as the references count them (1 when the schedule is given in steps)."""
+        if self.args.distill_lr_milestones_unit == "steps":
+            return 1.0  # a milestone m decays the lr from optimiser step m on
+        if not hasattr(self.train_dataset, "__len__"):
+            raise ValueError(
+                "`distill_lr_milestones` / `distill_lr_decay_epochs` count epochs, which needs a training dataset "
+                "with a length; for streamed data give them in steps (`distill_lr_milestones_unit='steps'`)."
+            )
+        return optimizer_steps_per_epoch(
+            len(self.train_dataset),
+            self.args.per_device_train_batch_size,
+            self.args.world_size,
+            self.args.gradient_accumulation_steps,
+            self.args.dataloader_drop_last,
+        )
 
     def _build_ema(self) -> StudentEMA | None:
         """The student's weight average when `distill_ema` asks for one (before the student is wrapped)."""

@@ -37,7 +37,8 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "labelled_samples", "skip_unreadable", "streaming", "shuffle_buffer_size",
     )),
     ("recipe and optimisation", "A recipe file, and what the papers' training code does beyond the Trainer.", (
-        "config", "distill_lr_milestones", "distill_lr_gamma", "distill_lr_milestones_unit",
+        "config", "distill_lr_milestones", "distill_lr_gamma", "distill_lr_decay_epochs", "distill_lr_warmup_epochs",
+        "distill_lr_warmup_lr", "distill_lr_milestones_unit",
         "distill_decay_all_parameters", "distill_no_decay_1d",
         "distill_timm_optimizer", "distill_timm_optimizer_kwargs", "distill_ema", "distill_ema_decay",
         "distill_ema_warmup", "distill_nonfinite", "distill_max_skipped_steps", "distill_channels_last",

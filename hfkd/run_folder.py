@@ -55,7 +55,8 @@ SETTINGS_FIELDS = {
     ),
     "schedule": (
         "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "num_train_epochs", "max_steps",
-        "distill_lr_milestones", "distill_lr_gamma", "distill_lr_milestones_unit",
+        "distill_lr_milestones", "distill_lr_gamma", "distill_lr_milestones_unit", "distill_lr_decay_epochs",
+        "distill_lr_warmup_epochs", "distill_lr_warmup_lr",
     ),
     "batch": ("per_device_train_batch_size", "gradient_accumulation_steps", "world_size"),
     "seed": ("seed", "data_seed"),

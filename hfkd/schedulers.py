@@ -5,12 +5,18 @@ DIST: the lr is multiplied by `gamma` once for every milestone already passed, w
 epochs from 1 and decays when `epoch > milestone`, so with milestones [150, 180, 210] the 151st epoch (0-based
 epoch 150) is the first at 0.1× the base lr. The trainer's epochs are 0-based, hence the factor for 0-based epoch e
 is gamma ** #{m : m < e + 1} = gamma ** #{m : m <= e}.
+
+`step_decay_lambda` is the `step` schedule of DIST's training code (hunto/image_classification_sota,
+`lib/utils/scheduler.py`: `GradualWarmupScheduler` around `StepLR`, stepped with the iteration count): a warm-up in
+whole-epoch stairs from `warmup_lr` to the base lr, then the lr times `gamma` every `decay_epochs`, counted per
+iteration from the first one after the warm-up.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -91,6 +97,58 @@ def get_multistep_schedule(
     return LambdaLR(optimizer, multistep_lambda(milestones, gamma, steps_per_epoch), last_epoch=last_epoch)
 
 
+def _check_number(name: str, value: Any, positive: bool = False) -> None:
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    if bad or (value <= 0 if positive else value < 0):
+        raise ValueError(f"`{name}` must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}.")
+
+
+def step_decay_lambda(
+    decay_epochs: float,
+    gamma: float,
+    steps_per_epoch: float,
+    warmup_epochs: float = 0.0,
+    warmup_factor: float = 1.0,
+) -> Callable[[int], float]:
+    """
+    DIST's `step` schedule (GradualWarmupScheduler + StepLR) as an lr factor of the optimizer step, for `LambdaLR`.
+
+    With W = warmup_epochs · steps_per_epoch warm-up steps and D = decay_epochs · steps_per_epoch, step `s` (0-based)
+    trains at the factor
+
+    - `warmup_factor + (1 − warmup_factor) · ⌊s / spe⌋ · spe / W` while s ≤ W (stairs, one per epoch: the reference
+      scales the base lr by the completed epochs only; step W itself is at the full lr);
+    - `gamma ** ⌊(s − W − 1) / D⌋` after it: the reference hands StepLR the count s − W − 1, so the first decayed
+      step is W + 1 + ⌈D⌉. Without a warm-up (W = 0) the count is s.
+
+    Args:
+        decay_epochs (`float`): Epochs between two decays (2.4 in DIST's B2 strategy, 30 in its CIFAR one).
+        gamma (`float`): Multiplicative decay (0.97 in B2, 0.1 on CIFAR).
+        steps_per_epoch (`float`): Optimizer steps per epoch (1 when the schedule is given in steps).
+        warmup_epochs (`float`, *optional*, defaults to 0): Warm-up length in epochs.
+        warmup_factor (`float`, *optional*, defaults to 1): The warm-up's starting lr over the base lr
+            (`warmup_lr / lr`: 1e-6 / 0.048 in B2; 1 on CIFAR, a constant lr for 120 epochs).
+
+    Returns:
+        `Callable[[int], float]`: step -> lr factor.
+    """
+    _check([], gamma, steps_per_epoch)
+    _check_number("decay_epochs", decay_epochs, positive=True)
+    _check_number("warmup_epochs", warmup_epochs)
+    _check_number("warmup_factor (the warm-up's starting lr over the base lr)", warmup_factor)
+    warmup = warmup_epochs * steps_per_epoch
+    decay_steps = decay_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if warmup > 0 and step <= warmup:
+            # the reference's own arithmetic (floor divisions, no tolerance), so that boundaries fall where its do
+            return warmup_factor + (1.0 - warmup_factor) * (step // steps_per_epoch * steps_per_epoch) / warmup
+        since = step - warmup - 1 if warmup > 0 else step
+        return float(gamma) ** (since // decay_steps)
+
+    return factor
+
+
 def optimizer_steps_per_epoch(
     num_samples: int, per_device_batch_size: int, world_size: int, accumulation_steps: int, drop_last: bool = False
 ) -> int:
@@ -98,3 +156,50 @@ def optimizer_steps_per_epoch(
     global_batch = per_device_batch_size * max(world_size, 1)
     batches = num_samples // global_batch if drop_last else math.ceil(num_samples / global_batch)
     return max(math.ceil(batches / accumulation_steps), 1)
+
+
+def check_schedule_arguments(args: Any) -> None:
+    """
+    Check `DistillationArguments`' schedule fields (milestones, or DIST's `step` schedule) before anything runs;
+    normalises the milestones to floats. Raises `ValueError` naming the value and the fix.
+    """
+    milestones, decay_epochs = args.distill_lr_milestones, args.distill_lr_decay_epochs
+    if args.distill_lr_milestones_unit not in ("epochs", "steps"):
+        raise ValueError(
+            f"`distill_lr_milestones_unit` must be 'epochs' or 'steps', got {args.distill_lr_milestones_unit!r}."
+        )
+    if milestones is not None and decay_epochs is not None:
+        raise ValueError(
+            f"`distill_lr_milestones` ({list(milestones)}) and `distill_lr_decay_epochs` ({decay_epochs}) are two "
+            "schedules: set one of them."
+        )
+    if milestones is None and decay_epochs is None:
+        if args.distill_lr_warmup_epochs or args.distill_lr_warmup_lr:
+            raise ValueError(
+                "`distill_lr_warmup_epochs` / `distill_lr_warmup_lr` warm up the step schedule, which needs "
+                "`distill_lr_decay_epochs`; for the Trainer's schedules use `warmup_steps`."
+            )
+        return
+    if not args.distill_lr_gamma > 0:
+        raise ValueError(f"`distill_lr_gamma` must be > 0 (0.1 decays tenfold), got {args.distill_lr_gamma}.")
+    if args.warmup_steps:
+        which, fix = (
+            ("distill_lr_milestones", "(the references' multi-step decay has no warm-up)")
+            if milestones is not None
+            else ("distill_lr_decay_epochs", "or warm up with `distill_lr_warmup_epochs`")
+        )
+        raise ValueError(
+            f"`warmup_steps={args.warmup_steps}` is the Trainer's warm-up, which `{which}` replaces and would "
+            f"ignore: drop it {fix}."
+        )
+    if milestones is not None:
+        values = list(milestones)
+        if not values or any(isinstance(m, bool) or not (isinstance(m, (int, float)) and m >= 0) for m in values):
+            raise ValueError(f"`distill_lr_milestones` must be numbers >= 0, e.g. [150, 180, 210]; got {values}.")
+        if values != sorted(values):
+            raise ValueError(f"`distill_lr_milestones` must be in increasing order, got {values}.")
+        args.distill_lr_milestones = [float(m) for m in values]
+        return
+    _check_number("distill_lr_decay_epochs", decay_epochs, positive=True)
+    _check_number("distill_lr_warmup_epochs", args.distill_lr_warmup_epochs)
+    _check_number("distill_lr_warmup_lr", args.distill_lr_warmup_lr)

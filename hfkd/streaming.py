@@ -323,6 +323,9 @@ def check_streaming_arguments(args: DistillationArguments, data_args: Any = None
         (args.distill_lr_milestones is not None and args.distill_lr_milestones_unit != "steps",
          "--distill_lr_milestones counts epochs, whose length a stream does not know. Give them in optimiser steps "
          "with --distill_lr_milestones_unit steps."),
+        (args.distill_lr_decay_epochs is not None and args.distill_lr_milestones_unit != "steps",
+         "--distill_lr_decay_epochs (and --distill_lr_warmup_epochs) count epochs, whose length a stream does not "
+         "know. Give them in optimiser steps with --distill_lr_milestones_unit steps."),
         (args.uses_teacher and get_loss_class(args.distill_loss).needs.sample_index, f"--distill_loss "
          f"{args.distill_loss} needs dataset indices and the dataset size (a memory bank), which a stream has not. "
          "Choose another loss or drop --streaming."),

@@ -117,14 +117,19 @@ class DISTCifarSolver:
 
 
 @dataclass(frozen=True)
-class B2Solver:
-    """`configs/strategies/distill/dist_b2.yaml` (@ eda69bd) as `lib/utils/optim.py` builds its optimiser."""
+class B2Solver(DISTCifarSolver):
+    """`configs/strategies/distill/dist_b2.yaml` (@ eda69bd) as `lib/utils/optim.py` builds its optimiser and
+    `lib/utils/scheduler.py` its `step` schedule (3 warm-up epochs from 1e-6, then x0.97 every 2.4 epochs)."""
 
     lr: float = 0.048
     weight_decay: float = 1e-5
     momentum: float = 0.9
     alpha: float = 0.9
     eps: float = 1e-3
+    warmup_epochs: int = 3
+    warmup_lr: float = 1e-6
+    decay_epochs: float = 2.4
+    decay_rate: float = 0.97
 
     def rmsproptf_step(self, param, grad, square_avg, buffer, weight_decay):
         """One `RMSpropTF` update (`lib/utils/optim.py:117-181`, not centered, L2 decay, lr in the momentum buffer);

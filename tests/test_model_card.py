@@ -207,3 +207,29 @@ def test_rejects_non_fraction_accuracy(bad):
 def test_rejects_empty_model_name():
     with pytest.raises(ValueError, match="model_name"):
         build_model_card(_info(model_name=""))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ({"lr_scheduler_type": "cosine"}, "cosine"),
+        (
+            {"lr_scheduler_type": "constant", "distill_lr_milestones": [150, 180, 210]},
+            "multi-step: x0.1 after epochs 150, 180, 210",
+        ),
+        (
+            {"distill_lr_decay_epochs": 2.4, "distill_lr_gamma": 0.97, "distill_lr_warmup_epochs": 3,
+             "distill_lr_warmup_lr": 1e-6},
+            "step: x0.97 every 2.4 epochs, after a warm-up of 3 epochs in stairs from 1e-06",
+        ),
+    ],
+    ids=["trainer", "milestones", "dist-step"],
+)
+def test_the_card_names_the_schedule_that_ran(tmp_path, schedule, expected):
+    """hfkd's schedules replace the Trainer's `lr_scheduler_type` (the recipes set it to constant): the card names
+    the one the run used, not the Trainer's setting that it ignored."""
+    from hfkd import DistillationArguments
+    from hfkd.model_card import training_hyperparameters
+
+    args = DistillationArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **schedule)
+    assert training_hyperparameters(args)["lr_scheduler_type"] == expected

@@ -81,6 +81,43 @@ def test_milestones_in_steps_need_no_dataset_length(tmp_path):
         _args(tmp_path, distill_lr_milestones=[2], distill_lr_milestones_unit="iterations")
 
 
+def test_dists_step_schedule_sets_the_lr_of_every_training_step(tmp_path):
+    """16 samples at batch 4: 4 steps per epoch. A 1-epoch stair warm-up from 0.025 (steps 0-3), the full 0.1 from
+    step 4 (= W), then x0.5 every epoch counted from step W + 1: steps 5-8 at 0.1, steps 9-11 at 0.05."""
+    trainer = _trainer(
+        tmp_path, max_steps=-1, num_train_epochs=3, distill_lr_decay_epochs=1, distill_lr_gamma=0.5,
+        distill_lr_warmup_epochs=1, distill_lr_warmup_lr=0.025, lr_scheduler_type="linear",
+    )  # fmt: skip
+    used = []
+    original = trainer.compute_loss
+
+    def spy(*args, **kwargs):
+        used.append(trainer.optimizer.param_groups[0]["lr"])
+        return original(*args, **kwargs)
+
+    trainer.compute_loss = spy
+    trainer.train()
+    assert used == pytest.approx([0.025] * 4 + [0.1] * 5 + [0.05] * 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"distill_lr_decay_epochs": 2.4, "distill_lr_milestones": [30]}, "two schedules: set one of them"),
+        ({"distill_lr_warmup_epochs": 3}, "warm up the step schedule, which needs `distill_lr_decay_epochs`"),
+        ({"distill_lr_warmup_lr": 1e-6}, "needs `distill_lr_decay_epochs`"),
+        ({"distill_lr_decay_epochs": 2.4, "warmup_steps": 100}, "warmup_steps=100.*distill_lr_warmup_epochs"),
+        ({"distill_lr_milestones": [30], "warmup_steps": 0.1}, "warmup_steps=0.1.*has no warm-up"),
+        ({"distill_lr_decay_epochs": 0}, "distill_lr_decay_epochs` must be a finite number > 0, got 0"),
+        ({"distill_lr_decay_epochs": 2.4, "distill_lr_warmup_epochs": -1}, "distill_lr_warmup_epochs` must be"),
+        ({"distill_lr_decay_epochs": 2.4, "distill_lr_gamma": 0}, "distill_lr_gamma` must be > 0"),
+    ],
+)
+def test_bad_schedule_settings_are_refused_with_the_fix(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _args(tmp_path, **kwargs)
+
+
 def test_a_timm_optimiser_by_name_with_its_kwargs_and_groups(tmp_path):
     trainer = _trainer(tmp_path, distill_timm_optimizer="RMSpropTF", distill_timm_optimizer_kwargs='{"alpha": 0.9}')
     trainer.create_optimizer()

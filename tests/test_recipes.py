@@ -89,6 +89,9 @@ def test_keys_and_values(recipe):
         milestones = data["distill_lr_milestones"]
         assert milestones == sorted(milestones) and 0 < milestones[-1] < data["num_train_epochs"]
         assert data["distill_lr_gamma"] == 0.1
+    if "distill_lr_decay_epochs" in data:  # DIST's step schedule: its warm-up replaces the Trainer's
+        assert "lr_scheduler_type" not in data and "warmup_steps" not in data and "distill_lr_milestones" not in data
+        assert data["distill_lr_warmup_epochs"] + data["distill_lr_decay_epochs"] < data["num_train_epochs"]
     if recipe.startswith("recipes/cifar100/"):
         assert data["dataset"] == "uoft-cs/cifar100" and data["label_column"] == "fine_label"
         assert data["train_augment"] == "crop_flip" and data["student_pretrained"] is False

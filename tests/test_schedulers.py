@@ -1,12 +1,15 @@
-"""hfkd.schedulers: mdistiller's multi-step lr decay, checked against an independent loop over 1-based epochs."""
+"""hfkd.schedulers: mdistiller's multi-step lr decay, checked against an independent loop over 1-based epochs, and
+DIST's step schedule, checked against torch's StepLR driven as DIST's training loop drives it."""
 
+import math
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
+from torch.optim.lr_scheduler import StepLR
 
-from hfkd.schedulers import get_multistep_schedule, multistep_lambda
+from hfkd.schedulers import get_multistep_schedule, multistep_lambda, step_decay_lambda
 
 STAGES = [150, 180, 210]
 
@@ -106,3 +109,77 @@ def test_resume_from_state_dict_continues_the_schedule():
 def test_bad_values_are_rejected(milestones, gamma, steps_per_epoch):
     with pytest.raises(ValueError):
         multistep_lambda(milestones, gamma, steps_per_epoch)
+
+
+def dist_step_schedule_reference(base_lr, warmup_lr, warmup_epochs, decay_epochs, gamma, steps_per_epoch, steps):
+    """The lr of each iteration under DIST's `tools/train.py` (image_classification_sota @ d9662f7): after iteration
+    k (1-based) it calls `scheduler.step(k)`; `GradualWarmupScheduler` (`lib/utils/scheduler.py`, multiplier 1)
+    holds the per-epoch stairs up to W warm-up iterations and then hands torch's `StepLR` (step size D iterations)
+    the count k - W - 1, or k itself without a warm-up. Here torch's own StepLR does that part."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=base_lr)
+    step_lr = StepLR(optimizer, decay_epochs * steps_per_epoch, gamma=gamma)
+    warmup = warmup_epochs * steps_per_epoch
+    lrs = []
+    for k in range(steps):  # iteration k + 1 trains at the lr set by scheduler.step(k) (k = 0: as built)
+        if warmup and k <= warmup:
+            stairs = (k // steps_per_epoch) * steps_per_epoch / warmup
+            lrs.append(warmup_lr + (base_lr - warmup_lr) * stairs)
+        else:
+            optimizer.step()  # (no gradient: nothing moves) as the reference steps its optimiser first
+            with pytest.warns(UserWarning, match="epoch parameter"):  # the deprecated call the reference makes
+                step_lr.step(k - warmup - 1 if warmup else k)
+            lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+@pytest.mark.parametrize(
+    ("base_lr", "warmup_lr", "warmup_epochs", "decay_epochs", "gamma", "steps_per_epoch"),
+    [
+        (0.048, 1e-6, 3, 2.4, 0.97, 7),  # DIST's B2 strategy (dist_b2.yaml) at 7 iterations per epoch
+        (0.05, 0.05, 12, 3, 0.1, 5),  # dist_cifar.yaml's shape: a flat warm-up at the full lr, then x0.1 stairs
+        (0.01, 0.05, 2, 1, 0.5, 4),  # a warm-up lr above the lr: the stairs go down
+        (0.1, 0.0, 0, 2.4, 0.97, 6),  # no warm-up: StepLR gets the iteration count itself
+    ],
+    ids=["b2", "cifar", "downward-warmup", "no-warmup"],
+)
+def test_step_schedule_is_dists(base_lr, warmup_lr, warmup_epochs, decay_epochs, gamma, steps_per_epoch):
+    steps = 40 * steps_per_epoch
+    expected = dist_step_schedule_reference(
+        base_lr, warmup_lr, warmup_epochs, decay_epochs, gamma, steps_per_epoch, steps
+    )
+    factor = step_decay_lambda(decay_epochs, gamma, steps_per_epoch, warmup_epochs, warmup_lr / base_lr)
+    np.testing.assert_allclose([base_lr * factor(k) for k in range(steps)], expected, rtol=1e-12)
+    if warmup_epochs:  # stairs: one lr per epoch, the full lr at the last warm-up step, the first decay ⌈D⌉ + 1 later
+        warmup, decay = warmup_epochs * steps_per_epoch, math.ceil(decay_epochs * steps_per_epoch)
+        assert len({factor(k) for k in range(steps_per_epoch)}) == 1 and factor(warmup) == pytest.approx(1.0)
+        assert factor(warmup + decay) == pytest.approx(1.0) and factor(warmup + decay + 1) == pytest.approx(gamma)
+
+
+def test_step_schedule_as_a_lambdalr_on_an_optimiser():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, step_decay_lambda(1, 0.5, 2, 1, 0.25))
+    rates = []
+    for _ in range(8):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # stairs 0.05, 0.05, then the full 0.2 at step 2 (= W) and step 3; x0.5 from step W + D + 1 = 5 on
+    assert rates == pytest.approx([0.05, 0.05, 0.2, 0.2, 0.2, 0.1, 0.1, 0.05])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"decay_epochs": 0}, "decay_epochs` must be a finite number > 0"),
+        ({"decay_epochs": float("inf")}, "decay_epochs"),
+        ({"warmup_epochs": -1}, "warmup_epochs` must be a finite number >= 0"),
+        ({"warmup_factor": -0.5}, "warm-up's starting lr"),
+        ({"gamma": 0}, "gamma"),
+        ({"steps_per_epoch": 0}, "steps_per_epoch"),
+    ],
+)
+def test_step_schedule_bad_values(kwargs, match):
+    values = {"decay_epochs": 2.4, "gamma": 0.97, "steps_per_epoch": 10, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        step_decay_lambda(**values)

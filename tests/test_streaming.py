@@ -285,6 +285,7 @@ def test_the_trainer_refuses_what_a_stream_cannot_serve(parquet_dir, tmp_path):
         ({"max_steps": -1}, {}, "--max_steps is not set.*Set --max_steps"),
         ({"teacher_cache_dir": "cache"}, {}, "--teacher_cache_dir.*drop --teacher_cache_dir"),
         ({"distill_lr_milestones": [100, 200]}, {}, "--distill_lr_milestones counts epochs.*_unit steps"),
+        ({"distill_lr_decay_epochs": 2.4}, {}, "--distill_lr_decay_epochs .* count epochs.*_unit steps"),
         ({"distill_loss": "crd"}, {}, "--distill_loss crd needs dataset indices.*Choose another loss"),
         ({"eval_strategy": "epoch"}, {}, "--eval_strategy epoch.*--eval_strategy steps with --eval_steps"),
         ({"save_strategy": "epoch"}, {}, "--save_strategy epoch.*--save_strategy steps with --save_steps"),

@@ -17,6 +17,7 @@ from .arguments import DistillationArguments
 from .parser import HfkdParser
 from .smoke import smoke_argv
 from .streaming import check_streaming_arguments
+from .transforms import check_rand_augment
 
 logger = logging.get_logger(__name__)
 
@@ -108,9 +109,15 @@ class DataArguments:
     train_augment: str = field(
         default="auto",
         metadata={
-            "help": "Training augmentation: rrc (random resized crop + flip), crop_flip (pad-4 crop + flip, "
-            "CIFAR), none, or auto (rrc, crop_flip for images of 64 px or less)."
+            "help": "rrc, crop_flip (CIFAR), none, or auto (crop_flip up to 64 px, else rrc)."
         },
+    )
+    rand_augment: str | None = field(
+        default=None,
+        metadata={"help": "timm's RandAugment after the crop, e.g. rand-m9-mstd0.5 (DIST's B2, timm's --aa)."},
+    )
+    random_erasing: float = field(
+        default=0.0, metadata={"help": "Probability of timm's random erasing, pixel mode (timm's --reprob)."}
     )
     labelled_samples: int | None = field(
         default=None,
@@ -132,6 +139,12 @@ class DataArguments:
     shuffle_buffer_size: int = field(
         default=1000, metadata={"help": "With --streaming: rows in the shuffle buffer (per process)."}
     )
+
+    def __post_init__(self) -> None:
+        check_rand_augment(self.rand_augment)
+        erasing = self.random_erasing
+        if isinstance(erasing, bool) or not isinstance(erasing, (int, float)) or not 0.0 <= erasing <= 1.0:
+            raise ValueError(f"--random_erasing must be a probability in [0, 1] (DIST's B2: 0.2), got {erasing!r}.")
 
 
 @dataclass
@@ -204,6 +217,11 @@ def parse_args(argv: list[str] | None) -> tuple[Any, ...]:
     explicit |= set(parser.read_recipe(recipe)) if recipe else set()
     scratch_learning_rate(model_args, training_args, explicit)
     run_args.phases = tuple(getattr(training_args, f) if f in explicit else None for f in ("do_train", "do_eval"))
+    if training_args.teacher_cache_dir is not None and (data_args.rand_augment or data_args.random_erasing):
+        raise ValueError(
+            "--rand_augment / --random_erasing: a teacher cache (--teacher_cache_dir) replays the crops and flips its "
+            "teacher saw, without them. Drop them, or train with the live teacher (drop --teacher_cache_dir)."
+        )
     if data_args.streaming:
         if run_args.smoke:
             raise ValueError("--smoke trains on small synthetic data, which is not streamed: drop --streaming.")

@@ -11,6 +11,7 @@ from its batch and counts it in `num_skipped`, a per-process counter.
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -54,6 +55,8 @@ from .transforms import (
 )
 
 logger = logging.get_logger(__name__)
+# Random erasing's draws: the row's seed with these bits flipped, one draw shared by the student's and teachers' views.
+_ERASING_STREAM = 0x5EED_E2A5E
 
 __all__ = [
     "DistillationCollator",
@@ -82,22 +85,29 @@ __all__ = [
 
 
 @contextlib.contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
+def _seeded(seed: int | None, host: bool = False) -> Iterator[None]:
     """Run the block on the global CPU RNG seeded with `seed`, restored afterwards; `seed=None` leaves it alone.
 
     The CPU generator is seeded directly: `torch.manual_seed` also walks every device and costs ~35 times more,
-    twice per image.
+    twice per image. `host` also seeds (and restores) Python's and NumPy's generators, which timm's RandAugment and
+    RandomErasing draw from; that costs about 40 times the torch part, so only transforms that use them ask for it.
     """
     if seed is None:
         yield
         return
     generator = torch.default_generator
-    state = generator.get_state()
+    states = generator.get_state(), random.getstate() if host else None, np.random.get_state() if host else None
     generator.manual_seed(seed)
+    if host:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
     try:
         yield
     finally:
-        generator.set_state(state)
+        generator.set_state(states[0])
+        if host:
+            random.setstate(states[1])
+            np.random.set_state(states[2])
 
 
 def _teacher_mode(student: Callable, teacher: Callable | None) -> str:
@@ -140,6 +150,10 @@ class TransformFn:
         self.seed, self.stream, self.epoch = seed, stream, 0
         self.num_skipped = 0
         self.modes = [_teacher_mode(student_transform, t) for t in self.teacher_transforms]
+        own = [t for t in (student_transform, *self.teacher_transforms) if isinstance(t, ImageTransform)]
+        # timm's RandAugment and RandomErasing draw from Python's and NumPy's generators: seed those too.
+        self.host_rng = any(t.rand_augment or t.random_erasing for t in own)
+        self.erasing = any(t.random_erasing for t in own)
         self.strong: TransformFn | None = None
 
     def _where(self, row: int, image: Any, indices: list | None) -> str:
@@ -159,8 +173,7 @@ class TransformFn:
     def random(self) -> bool:
         """Whether the transforms draw anything (evaluation transforms do not: nothing to seed)."""
         transforms = [t for t in (self.student_transform, *self.teacher_transforms) if t is not None]
-        fixed = [isinstance(t, ImageTransform) and t.train_augment == "none" and not t.strong for t in transforms]
-        return not all(fixed)
+        return not all(isinstance(t, ImageTransform) and not t.random for t in transforms)
 
     def _row_seed(self, index: Any) -> int | None:
         if self.seed is None or index is None or not self.random:
@@ -168,27 +181,43 @@ class TransformFn:
         return sample_seed(self.seed, self.epoch, int(index), self.stream)
 
     def _views(self, image: PILImage.Image, seed: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """The student's view and each teacher's own view of it (None where a teacher takes the student's)."""
+        """The student's view and each teacher's own view of it (None where a teacher takes the student's).
+
+        Random erasing comes last, on each normalised view, from one draw that every view shares (the same box on
+        views of one size), as DIST's teacher sees the student's erased tensor."""
         student = self.student_transform
+        host = self.host_rng
         if all(mode == "none" for mode in self.modes):
-            with _seeded(seed):
+            with _seeded(seed, host):
                 return student(image), [None] * len(self.modes)
         if self.random and seed is None and "replay" in self.modes:
             seed = int(torch.randint(0, 2**62, (1,)))  # the same draws for every pipeline that replays them
-        with _seeded(seed):
+        own = isinstance(student, ImageTransform)
+        with _seeded(seed, host):
             geometric = student.geometry(student.to_mode(image)) if "renorm" in self.modes else None
-            student_view = student.normalize(geometric) if geometric is not None else student(image)
+            if geometric is not None:
+                student_view = student.normalize(geometric)
+            else:
+                student_view = student.view(image) if own else student(image)
         views: list[torch.Tensor | None] = []
         for mode, teacher in zip(self.modes, self.teacher_transforms):
             if mode == "none":
                 views.append(None)
             elif mode == "renorm":  # only mean/std differ: the student's geometric view, normalised its way
                 views.append(teacher.normalize(geometric))
-            elif not self.random:
-                views.append(teacher(image))
             else:  # the student's random draws replayed: the same crop box and flip, its own size and pipeline
-                with _seeded(seed):
-                    views.append(teacher(image))
+                with _seeded(seed if self.random else None, host):
+                    views.append(teacher.view(image) if isinstance(teacher, ImageTransform) else teacher(image))
+        if not self.erasing:
+            return student_view, views
+        erase_seed = seed ^ _ERASING_STREAM if seed is not None else int(torch.randint(0, 2**62, (1,)))
+        if own:
+            with _seeded(erase_seed, host=True):
+                student_view = student.erase(student_view)
+        for i, (view, teacher) in enumerate(zip(views, self.teacher_transforms)):
+            if view is not None and isinstance(teacher, ImageTransform):
+                with _seeded(erase_seed, host=True):
+                    views[i] = teacher.erase(view)
         return student_view, views
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:

@@ -34,6 +34,7 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("data", "What to train and evaluate on, and how images are prepared.", (
         "dataset", "dataset_config", "train_dir", "validation_dir", "train_split", "eval_split", "image_column",
         "label_column", "image_size", "teacher_image_size", "max_train_samples", "max_eval_samples", "train_augment",
+        "rand_augment", "random_erasing",
         "labelled_samples", "skip_unreadable", "streaming", "shuffle_buffer_size",
     )),
     ("recipe and optimisation", "A recipe file, and what the papers' training code does beyond the Trainer.", (

@@ -180,7 +180,11 @@ def prepare_splits(
     strong_view = bool(teachers) and get_loss_class(args.distill_loss).needs.strong_view
 
     def transforms(train: bool, strong: bool = False) -> tuple[Any, Any]:
-        build = lambda config: build_transforms(config, train=train, train_augment=augment, strong=strong)  # noqa: E731
+        def build(config: Any) -> Any:
+            return build_transforms(
+                config, train=train, train_augment=augment, strong=strong,
+                rand_augment=data_args.rand_augment, random_erasing=data_args.random_erasing,
+            )  # fmt: skip
         return build(student_config), [build(config) for config in teacher_configs] or None
 
     splits = {}

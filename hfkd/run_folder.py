@@ -45,7 +45,8 @@ SETTINGS_FIELDS = {
     "loss": ("distill_loss", "distill_loss_kwargs", "distill_ce_weight", "distill_weight"),
     "data": (
         "dataset", "dataset_config", "train_split", "eval_split", "image_column", "label_column", "max_train_samples",
-        "max_eval_samples", "labelled_samples", "train_augment", "skip_unreadable", "streaming", "shuffle_buffer_size",
+        "max_eval_samples", "labelled_samples", "train_augment", "rand_augment", "random_erasing", "skip_unreadable",
+        "streaming", "shuffle_buffer_size",
     ),
     "optimiser": (
         "optim", "optim_args", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",

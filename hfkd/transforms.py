@@ -8,12 +8,15 @@ an `ImageTransform` for training (random augmentation) or evaluation.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 from PIL import Image as PILImage
+from timm.data.auto_augment import rand_augment_transform
+from timm.data.random_erasing import RandomErasing
 from torchvision.transforms import v2
 from transformers.utils import logging
 
@@ -27,6 +30,7 @@ TRAIN_AUGMENTS = ("auto", "rrc", "crop_flip", "none")
 # PIL resampling ids (what image processors store as `resample`) -> torchvision interpolation names.
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 _INTERPOLATIONS = {mode.value for mode in v2.InterpolationMode}
+_PIL_FROM_NAME = {name: PILImage.Resampling(number) for number, name in _PIL_RESAMPLE.items()}
 
 
 # ----------------------------------------------------------------------------------------------- transforms
@@ -226,12 +230,57 @@ def image_config_for_model(model: Any, processor: Any = None) -> ImageConfig:
     return image_config
 
 
-class ImageTransform:
-    """One model's preprocessing: image -> `to_mode` -> `geometry` (uint8 tensor) -> `normalize` (float tensor)."""
+def check_rand_augment(config_str: str | None) -> None:
+    """Refuse what timm's `rand_augment_transform` would reject or silently ignore (a section without a number)."""
+    if config_str is None:
+        return
+    sections = str(config_str).split("-")
+    if sections[0] != "rand" or not all(re.fullmatch(r"[a-z]+\d[\d.]*", part) for part in sections[1:]):
+        raise ValueError(
+            f"rand_augment={config_str!r} is not a timm RandAugment config: write 'rand' and then sections such as "
+            "-m9 (magnitude), -n2 (ops per image), -mstd0.5 (magnitude std), e.g. 'rand-m9-mstd0.5' (DIST's B2)."
+        )
+    try:
+        rand_augment_transform(config_str, {})
+    except (AssertionError, ValueError, KeyError) as err:
+        raise ValueError(
+            f"rand_augment={config_str!r} is not a timm RandAugment config ({err or 'unknown section'}): use e.g. "
+            "'rand-m9-mstd0.5'."
+        ) from None
 
-    def __init__(self, config: ImageConfig, train: bool, train_augment: str = "auto", strong: bool = False) -> None:
+
+def _rand_augment(config: ImageConfig, config_str: str) -> Any:
+    """timm's RandAugment as DIST's and timm's training code build it: translations up to 45 % of the image side,
+    fill with the mean colour, the model's resampling."""
+    mean = tuple(round(255 * m) for m in config.mean)
+    hparams = {
+        "translate_const": int(min(config.size) * 0.45),
+        "img_mean": mean[0] if config.num_channels == 1 else mean,
+        "interpolation": _PIL_FROM_NAME.get(config.interpolation, PILImage.BILINEAR),
+    }
+    return rand_augment_transform(config_str, hparams)
+
+
+class ImageTransform:
+    """One model's preprocessing: image -> `to_mode` -> `geometry` (uint8 tensor) -> `normalize` (float tensor)
+    -> `erase` (training with `random_erasing`: timm's RandomErasing in pixel mode on the normalised view)."""
+
+    def __init__(
+        self,
+        config: ImageConfig,
+        train: bool,
+        train_augment: str = "auto",
+        strong: bool = False,
+        rand_augment: str | None = None,
+        random_erasing: float = 0.0,
+    ) -> None:
         if train_augment not in TRAIN_AUGMENTS:
             raise ValueError(f"Unknown train_augment {train_augment!r}. Use one of {TRAIN_AUGMENTS}.")
+        check_rand_augment(rand_augment)
+        if isinstance(random_erasing, bool) or not isinstance(random_erasing, (int, float)):
+            raise ValueError(f"random_erasing must be a probability in [0, 1], got {random_erasing!r}.")
+        if not 0.0 <= random_erasing <= 1.0:
+            raise ValueError(f"random_erasing must be a probability in [0, 1] (DIST's B2: 0.2), got {random_erasing}.")
         tiny = max(config.size) <= TINY_IMAGE_SIZE
         if train_augment == "auto":
             train_augment = "crop_flip" if tiny else "rrc"
@@ -250,11 +299,30 @@ class ImageTransform:
             steps.append(v2.RandomCrop(config.size, padding=4))
         if self.train_augment != "none":
             steps.append(v2.RandomHorizontalFlip())
+        self.rand_augment = rand_augment if train else None
+        if self.rand_augment:  # timm's RandAugment on the cropped, flipped image (DIST's B2, timm's --aa)
+            steps.append(_rand_augment(config, self.rand_augment))
         self.strong = strong
         if strong:  # MLKD's strong view: the weak augmentation followed by RandAugment(2, 10)
             steps.append(v2.RandAugment(num_ops=2, magnitude=10))
         self.geometry = v2.Compose([*steps, v2.ToImage()])
         self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)])
+        self.random_erasing = float(random_erasing) if train else 0.0
+        self._eraser = (
+            RandomErasing(self.random_erasing, mode="pixel", max_count=1, num_splits=0, device="cpu")
+            if self.random_erasing > 0
+            else None
+        )
+
+    @property
+    def random(self) -> bool:
+        """Whether this transform draws anything (evaluation transforms do not)."""
+        return self.train_augment != "none" or self.strong or bool(self.rand_augment) or self._eraser is not None
+
+    def erase(self, view: torch.Tensor) -> torch.Tensor:
+        """timm's RandomErasing (pixel mode: normal noise in the normalised space, one box) with probability
+        `random_erasing`, on a copy; the view itself without it."""
+        return self._eraser(view.clone()) if self._eraser is not None else view
 
     def to_mode(self, image: Any) -> PILImage.Image:
         """The image (PIL, array, or undecoded `datasets.Image`) as grayscale ("L") for 1-channel models, else RGB."""
@@ -266,17 +334,28 @@ class ImageTransform:
         config = asdict(self.config)
         if geometry_only:
             del config["mean"], config["std"]
-        return (self.train_augment, self.strong, *sorted(config.items()))
+        return (self.train_augment, self.strong, self.rand_augment, self.random_erasing, *sorted(config.items()))
 
-    def __call__(self, image: PILImage.Image) -> torch.Tensor:
+    def view(self, image: PILImage.Image) -> torch.Tensor:
+        """The normalised view before random erasing (what `hfkd.data` erases with a draw shared by every view)."""
         return self.normalize(self.geometry(self.to_mode(image)))
 
+    def __call__(self, image: PILImage.Image) -> torch.Tensor:
+        return self.erase(self.view(image))
+
     def __repr__(self) -> str:
-        return f"ImageTransform(train_augment={self.train_augment!r}, config={self.config},\n{self.geometry})"
+        erasing = f", random_erasing={self.random_erasing}" if self._eraser is not None else ""
+        return f"ImageTransform(train_augment={self.train_augment!r}{erasing}, config={self.config},\n{self.geometry})"
 
 
 def build_transforms(
-    preprocess_config: ImageConfig, train: bool, *, train_augment: str = "auto", strong: bool = False
+    preprocess_config: ImageConfig,
+    train: bool,
+    *,
+    train_augment: str = "auto",
+    strong: bool = False,
+    rand_augment: str | None = None,
+    random_erasing: float = 0.0,
 ) -> ImageTransform:
     """`torchvision.transforms.v2` preprocessing for one model.
 
@@ -292,11 +371,17 @@ def build_transforms(
             resized to `size`.
         strong (`bool`, *optional*, defaults to `False`):
             Append `RandAugment(num_ops=2, magnitude=10)` to the geometry: the strong view of MLKD.
+        rand_augment (`str`, *optional*):
+            Training only: timm's RandAugment config (`"rand-m9-mstd0.5"`, DIST's B2 and timm's `--aa`), applied
+            after the crop and flip, translating up to 45 % of the side and filling with the mean colour.
+        random_erasing (`float`, *optional*, defaults to 0):
+            Training only: the probability of timm's RandomErasing (pixel mode, one box) on the normalised view
+            (DIST's B2: 0.2, timm's `--reprob`).
 
     Returns:
         `ImageTransform`: PIL image -> normalised `float32` tensor `(num_channels, height, width)`.
     """
-    return ImageTransform(preprocess_config, train, train_augment, strong)
+    return ImageTransform(preprocess_config, train, train_augment, strong, rand_augment, random_erasing)
 
 
 def sample_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:

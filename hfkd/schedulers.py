@@ -143,7 +143,9 @@ def step_decay_lambda(
         if warmup > 0 and step <= warmup:
             # the reference's own arithmetic (floor divisions, no tolerance), so that boundaries fall where its do
             return warmup_factor + (1.0 - warmup_factor) * (step // steps_per_epoch * steps_per_epoch) / warmup
-        since = step - warmup - 1 if warmup > 0 else step
+        # A warm-up that ends between two steps (a fraction of an epoch) must not hand StepLR a negative count,
+        # which its closed form would turn into a factor 1 / gamma.
+        since = max(step - warmup - 1, 0) if warmup > 0 else step
         return float(gamma) ** (since // decay_steps)
 
     return factor

@@ -183,3 +183,11 @@ def test_step_schedule_bad_values(kwargs, match):
     values = {"decay_epochs": 2.4, "gamma": 0.97, "steps_per_epoch": 10, **kwargs}
     with pytest.raises(ValueError, match=match):
         step_decay_lambda(**values)
+
+
+def test_a_warmup_that_ends_between_steps_never_raises_the_lr_above_the_base():
+    """W = 0.25 · 13 = 3.25 steps: step 4 is the first after the warm-up (count 4 − 3.25 − 1 < 0 → 0, not −1)."""
+    factor = step_decay_lambda(0.5, 0.5, 13, 0.25, 0.02)
+    rates = [factor(k) for k in range(40)]
+    assert max(rates) == 1.0 and rates[:4] == [0.02] * 4 and rates[4] == 1.0
+    assert rates.index(0.5) == 11  # (11 − 3.25 − 1) // 6.5 = 1, (10 − 3.25 − 1) // 6.5 = 0

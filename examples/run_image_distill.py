@@ -113,7 +113,12 @@ def load_models(
             )
     common = {"trust_remote_code": model_args.trust_remote_code, "cache_dir": model_args.cache_dir}
     student = load_image_classifier(
-        student_spec, num_labels=len(names), id2label=id2label, pretrained=model_args.student_pretrained, **common
+        student_spec,
+        num_labels=len(names),
+        id2label=id2label,
+        pretrained=model_args.student_pretrained,
+        drop_path_rate=model_args.drop_path_rate,
+        **common,
     )
     student_processor = load_image_processor(student_spec, trust_remote_code=model_args.trust_remote_code)
     # A random-init teacher gets the dataset's head; a real teacher's head is never touched.

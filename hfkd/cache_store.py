@@ -139,9 +139,12 @@ def apply_view(
     size: tuple[int, int],
     mean: tuple[float, ...],
     std: tuple[float, ...],
+    interpolation: str = "bilinear",
 ) -> torch.Tensor:
-    """uint8 (C, H, W) image -> normalised float view: crop `box`, resize to `size`, flip, normalise."""
-    view = TF.resized_crop(image, *box, size=list(size), antialias=True)
+    """uint8 (C, H, W) image -> normalised float view: crop `box`, resize to `size` (`interpolation`, a torchvision
+    mode name), flip, normalise."""
+    mode = TF.InterpolationMode(interpolation)
+    view = TF.resized_crop(image, *box, size=list(size), interpolation=mode, antialias=True)
     if flip:
         view = TF.horizontal_flip(view)
     return TF.normalize(view.float() / 255.0, list(mean), list(std))

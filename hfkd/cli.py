@@ -17,7 +17,7 @@ from .arguments import DistillationArguments
 from .parser import HfkdParser
 from .smoke import smoke_argv
 from .streaming import check_streaming_arguments
-from .transforms import check_rand_augment
+from .transforms import INTERPOLATIONS, check_rand_augment
 
 logger = logging.get_logger(__name__)
 
@@ -43,6 +43,14 @@ class ModelArguments:
             "(as transformers' examples do with this flag; on by default here). A teacher's head is never replaced."
         },
     )
+    drop_path_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "The student's stochastic depth rate (timm's --drop-path; config.drop_path_rate of Swin, "
+            "ConvNeXt, ...; default: the model's own).",
+            "aliases": ["--drop_path"],
+        },
+    )
     teacher_pretrained: bool = field(
         default=True,
         metadata={
@@ -61,6 +69,14 @@ class ModelArguments:
         default=False, metadata={"help": "Allow custom modelling code from the Hub (off by default)."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Cache folder for models and datasets."})
+
+    def __post_init__(self) -> None:
+        rate = self.drop_path_rate
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1):
+            raise ValueError(f"--drop_path_rate must be in [0, 1) (Swin-T's recipe: 0.2), got {rate!r}.")
+
+
+TEACHER_INPUTS = ("own", "student")
 
 
 @dataclass
@@ -104,6 +120,31 @@ class DataArguments:
     teacher_image_size: int | None = field(
         default=None, metadata={"help": "The teacher's image side (default: its own config's); the crop is shared."}
     )
+    interpolation: str | None = field(
+        default=None,
+        metadata={
+            "help": "The student's resampling: bilinear, bicubic or nearest (timm's --interpolation; default: its "
+            "config's), for resize, crop and RandAugment."
+        },
+    )
+    image_mean: list[float] | None = field(
+        default=None,
+        metadata={"help": "The student's normalisation mean, 1 or 3 values (timm's --mean; default: its config's).",
+                  "aliases": ["--mean"]},
+    )
+    image_std: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "The student's normalisation std (timm's --std; default: its config's).", "aliases": ["--std"]
+        },
+    )
+    teacher_input: str = field(
+        default="own",
+        metadata={
+            "help": "The teacher's training pixels: 'own' (its preprocessing of the student's crop) or 'student' "
+            "(the student's tensor, as DIST's and mdistiller's code feed it)."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use a seeded subset of the training set."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use a seeded subset of the eval set."})
     train_augment: str = field(
@@ -141,6 +182,22 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"--interpolation must be one of {', '.join(INTERPOLATIONS)} (DIST: bilinear), got "
+                f"{self.interpolation!r}."
+            )
+        for name in ("image_mean", "image_std"):
+            values = getattr(self, name)
+            if values is not None and (len(values) not in (1, 3) or (name == "image_std" and 0 in values)):
+                raise ValueError(f"--{name} takes 1 or 3 values (std: none of them 0), got {values!r}.")
+        if self.teacher_input not in TEACHER_INPUTS:
+            raise ValueError(f"--teacher_input must be 'own' or 'student', got {self.teacher_input!r}.")
+        if self.teacher_input == "student" and self.teacher_image_size is not None:
+            raise ValueError(
+                f"--teacher_input student feeds the teacher the student's tensor, so --teacher_image_size "
+                f"{self.teacher_image_size} cannot apply. Drop one of the two."
+            )
         check_rand_augment(self.rand_augment)
         erasing = self.random_erasing
         if isinstance(erasing, bool) or not isinstance(erasing, (int, float)) or not 0.0 <= erasing <= 1.0:
@@ -221,6 +278,11 @@ def parse_args(argv: list[str] | None) -> tuple[Any, ...]:
         raise ValueError(
             "--rand_augment / --random_erasing: a teacher cache (--teacher_cache_dir) replays the crops and flips its "
             "teacher saw, without them. Drop them, or train with the live teacher (drop --teacher_cache_dir)."
+        )
+    if training_args.teacher_cache_dir is not None and data_args.teacher_input == "student":
+        raise ValueError(
+            "--teacher_input student: a teacher cache (--teacher_cache_dir) holds the outputs of the teacher's own "
+            "views. Drop --teacher_input, or train with the live teacher (drop --teacher_cache_dir)."
         )
     if data_args.streaming:
         if run_args.smoke:

@@ -147,7 +147,7 @@ class ModelCardInfo:
             distill_weight=distill_config["distill_weight"] if uses_teacher else 0.0,
             dataset_name=dataset if isinstance(dataset, str) else (dataset[0] if dataset else None),
             dataset_config=dataset_args if isinstance(dataset_args, str) else None,
-            hyperparameters=training_hyperparameters(args),
+            hyperparameters={**training_hyperparameters(args), "drop_path_rate": _drop_path_rate(student_config)},
             is_timm=getattr(student_config, "model_type", None) == "timm_wrapper" if is_timm is None else is_timm,
             hub_model_id=args.hub_model_id if args.push_to_hub else None,
             license=license,
@@ -277,6 +277,12 @@ def training_hyperparameters(args: Any) -> dict[str, Any]:
         "seed": args.seed,
         "num_processes": args.world_size,
     }
+
+
+def _drop_path_rate(config: Any) -> float | None:
+    """The student's stochastic depth rate, where it has one that is not 0 (timm's model argument, or the config's)."""
+    rate = (getattr(config, "model_args", None) or {}).get("drop_path_rate", getattr(config, "drop_path_rate", None))
+    return rate or None
 
 
 def _schedule(args: Any) -> str:

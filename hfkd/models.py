@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 from timm.models import PretrainedCfg, get_pretrained_cfg
 from transformers import (
     AutoConfig,
@@ -216,6 +217,35 @@ def _with_timm_init(model: TimmWrapperForImageClassification) -> TimmWrapperForI
     return model
 
 
+def _check_timm_drop_path(name: str, architecture: str, model_args: dict[str, Any]) -> None:
+    """Build `architecture` on the meta device (no memory, no weights) to see that timm takes its drop-path rate."""
+    try:
+        with torch.device("meta"):
+            timm.create_model(architecture, pretrained=False, **model_args)
+    except TypeError as err:
+        raise ValueError(
+            f"{name!r} (timm {architecture!r}) takes no drop_path_rate ({err}): it has no stochastic depth to set. "
+            "Drop --drop_path_rate for this student."
+        ) from None
+
+
+def _drop_path_kwargs(spec: ModelSpec, config: Any, rate: float | None) -> dict[str, Any]:
+    """The config change that sets a student's stochastic depth: timm's `drop_path_rate` model argument (for a timm
+    model), or `config.drop_path_rate` (transformers' Swin, ConvNeXt, BEiT, ...); refused for a model with neither."""
+    if rate is None:
+        return {}
+    if isinstance(config, TimmWrapperConfig):
+        model_args = {**(config.model_args or {}), "drop_path_rate": rate}
+        _check_timm_drop_path(spec.name, config.architecture, model_args)
+        return {"model_args": model_args}
+    if not hasattr(config, "drop_path_rate"):
+        raise ValueError(
+            f"{spec.name!r} ({type(config).__name__}) has no drop_path_rate in its config: it has no stochastic depth "
+            "to set. Drop --drop_path_rate, or pick a student with one (timm models, Swin, ConvNeXt, BEiT, ...)."
+        )
+    return {"drop_path_rate": rate}
+
+
 def load_image_classifier(
     spec_or_name: ModelSpec | str,
     *,
@@ -224,6 +254,7 @@ def load_image_classifier(
     pretrained: bool = True,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    drop_path_rate: float | None = None,
     **init_kwargs: Any,
 ) -> PreTrainedModel:
     """
@@ -243,6 +274,8 @@ def load_image_classifier(
             random weights from its config.
         trust_remote_code (`bool`, *optional*, defaults to `False`): Passed to `from_pretrained`.
         revision (`str`, *optional*): Hub revision; overrides the spec's.
+        drop_path_rate (`float`, *optional*): Stochastic depth rate (timm's `drop_path_rate` model argument, or
+            `config.drop_path_rate`); a model without one is refused before any weight loads.
         init_kwargs: Passed to `from_pretrained` / `from_config` (e.g. `dtype`), or to `TimmWrapperConfig`
             (e.g. `model_args`) for a random-init timm architecture.
 
@@ -261,6 +294,8 @@ def load_image_classifier(
             **(labels or {"num_labels": 1000}),
             **init_kwargs,
         )
+        for key, value in _drop_path_kwargs(spec, config, drop_path_rate).items():
+            setattr(config, key, value)
         logger.info(f"Building timm {spec.source!r} ({config.num_labels} classes) with random weights.")
         return _with_timm_init(TimmWrapperForImageClassification(config))
     if spec.kind == "timm_arch":
@@ -274,14 +309,17 @@ def load_image_classifier(
 
     local = {"local_files_only": True} if spec.local_files_only else {}
     config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code, **local)
+    drop_path = _drop_path_kwargs(spec, config, drop_path_rate)
     if not pretrained:
-        for key, value in labels.items():
+        for key, value in {**labels, **drop_path}.items():
             setattr(config, key, value)
         logger.info(f"Building {source!r} ({config.num_labels} classes) with random weights.")
         model = AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code, **init_kwargs)
         return _with_timm_init(model) if getattr(model, "timm_model", None) is not None else model
 
-    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code, **local, **init_kwargs}
+    kwargs: dict[str, Any] = {
+        "revision": revision, "trust_remote_code": trust_remote_code, **local, **drop_path, **init_kwargs
+    }
     if labels.get("num_labels", config.num_labels) != config.num_labels:
         logger.warning(
             f"Replacing the classification head of {spec.name!r}: {config.num_labels} -> "

@@ -24,6 +24,7 @@ from transformers import HfArgumentParser, TrainingArguments
 GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("models", "The student and the teacher.", (
         "student_model_name_or_path", "student_revision", "student_pretrained", "ignore_mismatched_sizes",
+        "drop_path_rate",
         "teacher_model_name_or_path", "teacher_model_revision", "teacher_pretrained", "teacher_model_init_kwargs",
         "teacher_label_map", "teacher_cache_dir", "teacher_weights", "teacher_ensemble",
         "teacher_ensemble_temperature", "teacher_features_from", "trust_remote_code", "cache_dir",
@@ -33,7 +34,9 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     )),
     ("data", "What to train and evaluate on, and how images are prepared.", (
         "dataset", "dataset_config", "train_dir", "validation_dir", "train_split", "eval_split", "image_column",
-        "label_column", "image_size", "teacher_image_size", "max_train_samples", "max_eval_samples", "train_augment",
+        "label_column", "image_size", "teacher_image_size", "teacher_input", "interpolation", "image_mean",
+        "image_std",
+        "max_train_samples", "max_eval_samples", "train_augment",
         "rand_augment", "random_erasing",
         "labelled_samples", "skip_unreadable", "streaming", "shuffle_buffer_size",
     )),
@@ -69,6 +72,21 @@ HELP = {
     "resume_from_checkpoint": "A checkpoint folder, or 'latest' (or True): the newest complete checkpoint of "
     "--output_dir. Re-running the same command into a folder with an unfinished run resumes on its own.",
     "output_dir": "Where the student, its card, metrics and checkpoints are written.",
+    # Shorter than upstream's, to keep --help a page.
+    "max_steps": "Total optimiser steps; overrides num_train_epochs (needed with --streaming).",
+    "lr_scheduler_type": "The Trainer's lr schedule (linear, cosine, constant, ...; see SchedulerType).",
+    "weight_decay": "Weight decay; the Trainer exempts biases and LayerNorm weights (see --distill_no_decay_1d).",
+    "optim_args": "Extra arguments of some optimisers (AnyPrecisionAdamW, AdEMAMix, GaLore).",
+    "gradient_accumulation_steps": "Batches per optimiser step (total batch = per-device batch x devices x this).",
+    "bf16": "bfloat16 mixed precision (preferred over fp16 where the hardware has it).",
+    "fp16": "float16 mixed precision.",
+    "logging_steps": "Log every this many steps (a float below 1: a share of the run).",
+    "report_to": "Where logs go: tensorboard, wandb, ..., 'all' or 'none'.",
+    "save_steps": "Save a checkpoint every this many steps (a float below 1: a share of the run).",
+    "save_total_limit": "Checkpoints to keep (older ones are deleted; the best is kept with load_best_model_at_end).",
+    "data_seed": "Seed of the data sampler and augmentation (default: --seed).",
+    "use_cpu": "Run on the CPU even when an accelerator is available.",
+    "dataloader_num_workers": "Data-loading processes (0: in the main process).",
 }
 # Flags of timm's train.py and of other tools, and what they are called here.
 KNOWN_ELSEWHERE = {
@@ -91,6 +109,9 @@ KNOWN_ELSEWHERE = {
     "--model-ema-decay": "--distill_ema_decay",
     "--amp": "--bf16 (or --fp16)",
     "--img-size": "--image_size",
+    "--aa": "--rand_augment",
+    "--reprob": "--random_erasing",
+    "--drop-path": "--drop_path_rate (or --drop_path)",
     "--pretrained": "--student_pretrained",
     "--workers": "--dataloader_num_workers",
     "-j": "--dataloader_num_workers",

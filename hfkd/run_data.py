@@ -28,6 +28,7 @@ from .data import (
     keep_labelled_subset,
     load_image_dataset,
     make_transform_fn,
+    record_image_config,
     set_image_transform,
 )
 from .demo_data import card_dataset_name
@@ -156,6 +157,19 @@ def sized(config: ImageConfig, side: int | None, model: Any) -> ImageConfig:
     return dataclasses.replace(config, size=(side, side), resize_size=None)
 
 
+def check_teachers_take(teachers: list[Any], config: ImageConfig) -> None:
+    """With `--teacher_input student`, a teacher whose config fixes its input size (ViT, Swin) must match the
+    student's."""
+    for teacher in teachers:
+        fixed = getattr(getattr(teacher, "config", None), "image_size", None)
+        if fixed is not None and tuple(fixed if isinstance(fixed, (list, tuple)) else (fixed, fixed)) != config.size:
+            raise ValueError(
+                f"--teacher_input student: {type(teacher).__name__} takes {fixed} px images (config.image_size) and "
+                f"the student's tensor is {config.size[0]}x{config.size[1]}. Drop --teacher_input, or set "
+                f"--image_size {fixed}."
+            )
+
+
 def prepare_splits(
     data: RunData,
     data_args: DataArguments,
@@ -167,6 +181,11 @@ def prepare_splits(
     random augmentation comes from (seed, epoch, its index), so that resumed runs and any number of workers agree."""
     student, student_processor, teachers, teacher_processors = models
     student_config = sized(image_config_for_model(student, student_processor), data_args.image_size, student)
+    overrides = {"interpolation": data_args.interpolation, "mean": data_args.image_mean, "std": data_args.image_std}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    if overrides:  # --interpolation, --image_mean, --image_std
+        student_config = dataclasses.replace(student_config, **overrides)
+    record_image_config(student, student_processor, student_config)  # what is saved says how it was trained
     # Each teacher (of an ensemble: each member) gets its own preprocessing of the shared crop.
     teacher_configs = [
         sized(image_config_for_model(teacher, processor), data_args.teacher_image_size, teacher)
@@ -174,7 +193,14 @@ def prepare_splits(
     ]
     sizes = f"student {student_config.size[0]}x{student_config.size[1]}"
     sizes += "".join(f", teacher {c.size[0]}x{c.size[1]}" for c in teacher_configs)
-    logger.info(f"Input sizes: {sizes} (--image_size / --teacher_image_size set them).")
+    shared = teacher_configs and data_args.teacher_input == "student"
+    if shared:
+        check_teachers_take(teachers, student_config)
+    logger.info(
+        f"Input sizes: {sizes} (--image_size / --teacher_image_size set them); student resampling "
+        f"{student_config.interpolation}, mean {student_config.mean}, std {student_config.std}."
+        + (" In training the teachers take the student's tensor (--teacher_input student)." if shared else "")
+    )
     augment = data_args.train_augment
     # Losses such as MLKD learn from a second, strongly augmented (RandAugment) view of each training image.
     strong_view = bool(teachers) and get_loss_class(args.distill_loss).needs.strong_view
@@ -185,6 +211,8 @@ def prepare_splits(
                 config, train=train, train_augment=augment, strong=strong,
                 rand_augment=data_args.rand_augment, random_erasing=data_args.random_erasing,
             )  # fmt: skip
+        if train and data_args.teacher_input == "student":
+            return build(student_config), None  # the teachers read the student's tensor (`pixel_values`)
         return build(student_config), [build(config) for config in teacher_configs] or None
 
     splits = {}
@@ -222,6 +250,7 @@ def prepare_splits(
                 data.image_column,
                 data.label_column,
                 student_config.num_channels,
+                student_config.interpolation,
             )
         splits[split] = set_image_transform(part, transform)
     return splits

@@ -39,14 +39,15 @@ RUN_OUTPUTS = (
 
 SETTINGS_FIELDS = {
     "models": (
-        "student_model_name_or_path", "student_revision", "student_pretrained", "teacher_model_name_or_path",
-        "teacher_model_revision", "teacher_pretrained", "teacher_label_map", "teacher_cache_dir",
+        "student_model_name_or_path", "student_revision", "student_pretrained", "drop_path_rate",
+        "teacher_model_name_or_path", "teacher_model_revision", "teacher_pretrained", "teacher_label_map",
+        "teacher_cache_dir",
     ),
     "loss": ("distill_loss", "distill_loss_kwargs", "distill_ce_weight", "distill_weight"),
     "data": (
         "dataset", "dataset_config", "train_split", "eval_split", "image_column", "label_column", "max_train_samples",
-        "max_eval_samples", "labelled_samples", "train_augment", "rand_augment", "random_erasing", "skip_unreadable",
-        "streaming", "shuffle_buffer_size",
+        "max_eval_samples", "labelled_samples", "train_augment", "interpolation", "image_mean", "image_std",
+        "teacher_input", "rand_augment", "random_erasing", "skip_unreadable", "streaming", "shuffle_buffer_size",
     ),
     "optimiser": (
         "optim", "optim_args", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
@@ -89,8 +90,19 @@ def run_settings(*arg_groups: Any) -> dict[str, Any]:
     return values
 
 
+# Settings added after a version that already wrote run folders, with the value those runs had: a folder written
+# before a setting existed ran with its default, and is the same run as one that keeps it.
+ADDED_SETTINGS = {
+    "rand_augment": None, "random_erasing": 0.0, "distill_lr_decay_epochs": None, "distill_lr_warmup_epochs": 0.0,
+    "distill_lr_warmup_lr": 0.0, "drop_path_rate": None, "interpolation": None, "image_mean": None, "image_std": None,
+    "teacher_input": "own",
+}  # fmt: skip
+
+
 def differing_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """`name: saved -> current` for every setting that differs."""
+    """`name: saved -> current` for every setting that differs (a setting the saved run predates counts as its
+    default, `ADDED_SETTINGS`)."""
+    saved = {**{n: v for n, v in ADDED_SETTINGS.items() if n in current}, **saved}
     names = sorted(set(saved) | set(current))
     return [f"{n}: {saved.get(n)!r} -> {current.get(n)!r}" for n in names if saved.get(n) != current.get(n)]
 

@@ -69,7 +69,8 @@ class ReplayTransform:
     """`Dataset.set_transform` function that gives the student the cached view of each image in the current epoch.
 
     The batch needs a `sample_index` column (`hfkd.data.add_sample_index`); the trainer calls `set_epoch` at the start
-    of every epoch. The student's own size and normalisation apply to the same crop box and flip the teacher saw.
+    of every epoch. The student's own size, resampling and normalisation apply to the same crop box and flip the
+    teacher saw.
     """
 
     def __init__(
@@ -81,8 +82,10 @@ class ReplayTransform:
         image_column: str,
         label_column: str | None,
         num_channels: int = 3,
+        interpolation: str = "bilinear",
     ) -> None:
         self.cache, self.image_column, self.label_column = cache, image_column, label_column
+        self.interpolation = interpolation
         self.size, self.mean, self.std = tuple(size), tuple(mean), tuple(std)
         self.mode = "L" if num_channels == 1 else "RGB"
         self.epoch = 0
@@ -98,7 +101,8 @@ class ReplayTransform:
             image = decode_image(image)
             tensor = TF.pil_to_tensor(image if image.mode == self.mode else image.convert(self.mode))
             box, flip = self.cache.view(self.epoch, int(index))
-            out["pixel_values"].append(apply_view(tensor, box, flip, self.size, self.mean, self.std))
+            view = apply_view(tensor, box, flip, self.size, self.mean, self.std, self.interpolation)
+            out["pixel_values"].append(view)
         if self.label_column is not None:
             out["labels"] = list(batch[self.label_column])
         return out

@@ -1,6 +1,7 @@
 """A new user's first hour with examples/run_image_distill.py: help that helps, the flags they know, failures that
 are fast and one line long, defaults that train."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -8,13 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image as PILImage
 from transformers import ViTImageProcessor
 
 from hfkd import DistillationArguments
 from hfkd.cli import build_parser, parse_args
+from hfkd.run_data import check_teachers_take, load_data, prepare_splits
+from hfkd.transforms import ImageConfig
 
-from .testing_utils import tiny_resnet
+from .testing_utils import tiny_resnet, tiny_vit
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "run_image_distill.py"
@@ -172,3 +176,57 @@ def test_do_eval_alone_evaluates_a_saved_student(folders, tmp_path):
     with pytest.raises(ValueError, match="--do_eval without --do_train evaluates a trained student"):
         run_image_distill.main(_argv(folders, tmp_path / "e2", "--student", "resnet10t", "--student_pretrained",
                                      "false", "--loss", "ce", "--do_eval"))  # fmt: skip
+
+
+def test_drop_path_and_interpolation_flags_reach_the_saved_student(folders, tmp_path):
+    out = tmp_path / "dp"
+    run_image_distill.main(_argv(folders, out, "--student", "resnet10t", "--student_pretrained", "false", "--teacher",
+                                 folders["teacher"], "--loss", "kd", "--image_size", "24", "--interpolation",
+                                 "nearest", "--drop_path", "0.1", "--mean", "0.5", "--std", "0.25"))  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_args"] == {"drop_path_rate": 0.1}
+    saved = {key: config["pretrained_cfg"][key] for key in ("input_size", "interpolation", "mean", "std")}
+    assert saved == {"input_size": [3, 24, 24], "interpolation": "nearest", "mean": [0.5] * 3, "std": [0.25] * 3}
+    assert "- drop_path_rate: 0.1" in (out / "README.md").read_text()
+    # A student with no stochastic depth is refused before anything is written; bad values when parsed.
+    with pytest.raises(ValueError, match="has no drop_path_rate"):
+        run_image_distill.main(_argv(folders, tmp_path / "no", "--student", folders["student"], "--loss", "ce",
+                                     "--drop_path_rate", "0.1"))  # fmt: skip
+    assert not (tmp_path / "no").exists()
+    for flag, value, needle in (("--drop_path_rate", "1.5", "must be in [0, 1)"),
+                                ("--interpolation", "lanczos", "must be one of bilinear, bicubic, nearest"),
+                                ("--std", "0", "takes 1 or 3 values (std: none of them 0)")):  # fmt: skip
+        failed = _run("--student", "resnet10t", "--output_dir", str(tmp_path / "bad"), flag, value)
+        assert failed.returncode == 1 and needle in failed.stderr and not (tmp_path / "bad").exists()
+
+
+def test_teacher_input_student_feeds_the_teachers_the_students_tensor(folders, tmp_path):
+    argv = _argv(folders, tmp_path / "ti", "--student", folders["student"], "--teacher", folders["teacher"], "--loss",
+                 "kd", "--image_size", "24", "--teacher_input", "student")  # fmt: skip
+    model_args, data_args, run_args, args, _ = parse_args(argv)
+    student_spec, teacher_specs = run_image_distill.resolve_models(model_args, args)
+    data = load_data(data_args, run_args, args, distilling=True)
+    models = run_image_distill.load_models(student_spec, teacher_specs, model_args, args, data.names)
+    batches = {}
+    for teacher_input in ("own", "student"):
+        data_args.teacher_input = teacher_input
+        splits = prepare_splits(data, data_args, args, models, None)
+        batches[teacher_input] = {split: splits[split][:2] for split in ("train", "eval")}
+    own, student = batches["own"], batches["student"]
+    # Its own preprocessing: 16 px (its processor's) beside the student's 24 px, in training and in evaluation.
+    assert own["train"]["pixel_values"][0].shape == (3, 24, 24)
+    assert own["train"]["teacher_pixel_values"][0].shape == (3, 16, 16)
+    # The student's tensor in training (the batch carries no pixels of the teacher's); its own view to evaluate it.
+    assert "teacher_pixel_values" not in student["train"]
+    torch.testing.assert_close(student["train"]["pixel_values"][0], own["train"]["pixel_values"][0])
+    torch.testing.assert_close(student["eval"]["teacher_pixel_values"][0], own["eval"]["teacher_pixel_values"][0])
+    metrics = run_image_distill.main(argv)
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    # A teacher with a fixed input size must match the student's tensor; a cache holds its own views.
+    with pytest.raises(ValueError, match=r"takes 32 px images.*--image_size 32"):
+        check_teachers_take([tiny_vit()], dataclasses.replace(ImageConfig(), size=(24, 24)))
+    check_teachers_take([tiny_vit()], ImageConfig(size=32))
+    for extra, needle in ((("--teacher_cache_dir", "c"), "holds the outputs of the teacher's own views"),
+                          (("--teacher_image_size", "32"), "cannot apply")):  # fmt: skip
+        with pytest.raises(ValueError, match=needle):
+            parse_args([*argv, *extra])

@@ -2,6 +2,7 @@
 the numbers are the student's, a non-finite run writes nothing, a killed run resumes exactly, a teacher cache is used
 only with its own data, no secret or local path leaves the machine, bad data fails early."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,7 +16,10 @@ from PIL import Image as PILImage
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, ViTImageProcessor
 
+from hfkd import DistillationArguments
+from hfkd.cli import DataArguments, ModelArguments, parse_args
 from hfkd.guards import CHECKPOINT_MARKER, NonFiniteError
+from hfkd.run_folder import ADDED_SETTINGS, differing_settings, run_settings
 
 from .testing_utils import tiny_resnet
 
@@ -247,6 +251,20 @@ def test_resume_flags_and_overwrite(tmp_path, setup):
     assert not any(name.startswith("checkpoint-") for name in names)
     assert "distill_adapters.safetensors" not in names and "teacher_eval_results.json" not in names
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+
+
+def test_a_run_folder_written_before_a_setting_existed_resumes_as_the_same_run():
+    """A folder's recorded settings lack the settings added since it was written: they count as their defaults (so
+    the same command resumes it), and a value other than the default is still reported."""
+    defaults = {f.name: f.default for cls in (ModelArguments, DataArguments, DistillationArguments)
+                for f in dataclasses.fields(cls) if f.name in ADDED_SETTINGS}  # fmt: skip
+    assert defaults == ADDED_SETTINGS  # the table says what the dataclasses default to
+    current = run_settings(*parse_args(["--student", "s", "--teacher", "t", "--loss", "kd", "--output_dir", "o"])[:4])
+    old = {name: value for name, value in current.items() if name not in ADDED_SETTINGS}
+    assert differing_settings(old, current) == []
+    current["random_erasing"] = 0.2
+    assert differing_settings(old, current) == ["random_erasing: 0.0 -> 0.2"]
+    assert differing_settings({**old, "random_erasing": 0.2}, current) == []
 
 
 # -------------------------------------------------------------------------------------------- 4. the teacher cache

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image as PILImage
+from torchvision.transforms.v2 import functional as TF
 from transformers import ViTImageProcessor
 
 from hfkd import DistillationArguments, DistillationTrainer
 from hfkd.losses import kd_loss
 from hfkd.teacher_cache import (
+    ReplayTransform,
     TeacherCache,
     apply_view,
     build_teacher_cache,
@@ -120,6 +122,26 @@ def test_trainer_from_cache_equals_trainer_with_live_teacher(tmp_path):
         assert (trainer.teacher_model is None) == (not kwargs)
         losses.append(trainer.compute_loss(trainer.model, dict(inputs)))
     torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_replayed_views_resample_as_the_student_does(tmp_path):
+    """The student's replayed view of a cached crop uses its own resampling (`--interpolation`), as torchvision's
+    resized_crop of the same box and flip gives it; the default stays bilinear."""
+    images = _images(2)
+    build_teacher_cache(_teacher(), images, str(tmp_path / "c"), teacher_name="t", size=SIZE, mean=MEAN, std=STD,
+                        top_k=None, seed=0, progress=False)  # fmt: skip
+    cache = TeacherCache(str(tmp_path / "c"))
+    rows = {"img": [PILImage.fromarray(img.permute(1, 2, 0).numpy()) for img in images], "sample_index": [0, 1]}
+    for mode in ("nearest", "bicubic", "bilinear"):
+        replay = ReplayTransform(cache, SIZE, MEAN, STD, "img", None, interpolation=mode)
+        for index, (image, got) in enumerate(zip(images, replay(rows)["pixel_values"])):
+            (top, left, height, width), flip = cache.view(0, index)
+            resample = TF.InterpolationMode(mode)
+            view = TF.resized_crop(image, top, left, height, width, list(SIZE), resample, antialias=True)
+            view = TF.horizontal_flip(view) if flip else view
+            torch.testing.assert_close(got, TF.normalize(view.float() / 255, list(MEAN), list(STD)), rtol=0, atol=0)
+    default = ReplayTransform(cache, SIZE, MEAN, STD, "img", None)(rows)["pixel_values"]
+    torch.testing.assert_close(default, replay(rows)["pixel_values"], rtol=0, atol=0)
 
 
 def test_feature_losses_refuse_the_cache(tmp_path):

@@ -91,6 +91,11 @@ class DistillationArguments(TrainingArguments):
         on), for streamed data whose epochs have no known length.
     distill_channels_last (`bool`, *optional*, defaults to `False`):
         Channels-last memory format for convolutional students and teachers (`--channels_last`).
+    distill_mixup (`float`, *optional*, defaults to `0`), distill_cutmix (`float`, *optional*, defaults to `0`):
+        Mixup and CutMix alphas of the training batches (`--mixup`, `--cutmix`; timm's, in its "batch" mode:
+        with both, each batch takes one of them at even odds), seen by student and teacher alike; the CE then
+        takes soft targets with the label smoothing folded in (`hfkd.mixing`). Losses that read the labels
+        (DKD, ...) or a second view, a teacher cache and unlabelled samples are refused with them.
 
     > Optimisation (what the references' training code does and the Trainer does not)
 
@@ -203,6 +208,16 @@ class DistillationArguments(TrainingArguments):
             "convolutions on GPUs with tensor cores.",
             "aliases": ["--channels_last"],
         },
+    )
+    distill_mixup: float = field(
+        default=0.0,
+        metadata={"help": "Mixup alpha (timm's --mixup; Swin: 0.8); teacher and student see the same mix.",
+                  "aliases": ["--mixup"]},
+    )
+    distill_cutmix: float = field(
+        default=0.0,
+        metadata={"help": "CutMix alpha (timm's --cutmix); with --mixup, each batch takes one at even odds.",
+                  "aliases": ["--cutmix"]},
     )
     teacher_cache_dir: str | None = field(
         default=None,
@@ -323,6 +338,7 @@ class DistillationArguments(TrainingArguments):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
         check_schedule_arguments(self)
+        self._validate_mixing()
         if self.distill_loss == CE_ONLY:
             if self.distill_loss_kwargs:
                 raise ValueError(
@@ -346,6 +362,39 @@ class DistillationArguments(TrainingArguments):
             validate_loss_kwargs(self.distill_loss, self.distill_loss_kwargs)
         except (TypeError, ValueError) as err:
             raise ValueError(f"`distill_loss_kwargs`: {err}") from None
+
+    @property
+    def mixes_batches(self) -> bool:
+        return bool(self.distill_mixup or self.distill_cutmix)
+
+    def _validate_mixing(self) -> None:
+        for name in ("distill_mixup", "distill_cutmix"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf):
+                raise ValueError(
+                    f"`{name}` is a Beta alpha >= 0 (0: off; Swin's: mixup 0.8, cutmix 1.0), got {value!r}."
+                )
+        if not self.mixes_batches or self.distill_loss == CE_ONLY:
+            return
+        if self.teacher_cache_dir is not None:
+            raise ValueError(
+                "Mixup/CutMix mix the images the teacher sees, and a teacher cache (`teacher_cache_dir`) holds its "
+                "outputs on unmixed views: drop --mixup/--cutmix, or run the teacher live."
+            )
+        try:
+            needs = get_loss_class(self.distill_loss).needs
+        except KeyError:
+            return  # the unknown loss is reported below
+        if needs.labels or needs.strong_view or needs.sample_index:
+            what = (
+                "the class labels" if needs.labels
+                else "a second, strongly augmented view" if needs.strong_view
+                else "each sample's index (a memory of per-sample features)"
+            )
+            raise ValueError(
+                f"Loss {self.distill_loss!r} reads {what}, which Mixup/CutMix blend away: drop --mixup/--cutmix, or "
+                "use a loss that compares outputs only (kd, dist, ...)."
+            )
 
     @property
     def uses_teacher(self) -> bool:

@@ -54,8 +54,7 @@ class ModelArguments:
     teacher_pretrained: bool = field(
         default=True,
         metadata={
-            "help": "Load the teacher's weights (False: a random-init teacher with the dataset's head, for smoke "
-            "tests and debugging)."
+            "help": "Load the teacher's weights (False: random init, the dataset's head; for debugging)."
         },
     )
     teacher_label_map: str | None = field(
@@ -216,7 +215,7 @@ class RunArguments:
     )
     baseline_metrics: str | None = field(
         default=None,
-        metadata={"help": "eval_results.json of a CE-only student run, shown in the model card next to this run."},
+        metadata={"help": "eval_results.json of a CE-only student run, for the model card's comparison."},
     )
     smoke: bool = field(
         default=False,
@@ -278,6 +277,11 @@ def parse_args(argv: list[str] | None) -> tuple[Any, ...]:
         raise ValueError(
             "--rand_augment / --random_erasing: a teacher cache (--teacher_cache_dir) replays the crops and flips its "
             "teacher saw, without them. Drop them, or train with the live teacher (drop --teacher_cache_dir)."
+        )
+    if training_args.mixes_batches and data_args.labelled_samples is not None:
+        raise ValueError(
+            "--mixup/--cutmix blend each sample's label with another's, and --labelled_samples leaves samples "
+            "without one: drop one of the two."
         )
     if training_args.teacher_cache_dir is not None and data_args.teacher_input == "student":
         raise ValueError(

@@ -273,6 +273,8 @@ def training_hyperparameters(args: Any) -> dict[str, Any]:
         "warmup_steps": args.warmup_steps or None,
         "weight_decay": args.weight_decay,
         "label_smoothing_factor": args.label_smoothing_factor or None,
+        "mixup_alpha": getattr(args, "distill_mixup", 0.0) or None,
+        "cutmix_alpha": getattr(args, "distill_cutmix", 0.0) or None,
         "mixed_precision": precision,
         "seed": args.seed,
         "num_processes": args.world_size,

@@ -37,7 +37,7 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "label_column", "image_size", "teacher_image_size", "teacher_input", "interpolation", "image_mean",
         "image_std",
         "max_train_samples", "max_eval_samples", "train_augment",
-        "rand_augment", "random_erasing",
+        "rand_augment", "random_erasing", "distill_mixup", "distill_cutmix",
         "labelled_samples", "skip_unreadable", "streaming", "shuffle_buffer_size",
     )),
     ("recipe and optimisation", "A recipe file, and what the papers' training code does beyond the Trainer.", (
@@ -87,6 +87,7 @@ HELP = {
     "data_seed": "Seed of the data sampler and augmentation (default: --seed).",
     "use_cpu": "Run on the CPU even when an accelerator is available.",
     "dataloader_num_workers": "Data-loading processes (0: in the main process).",
+    "hub_token": "Token for --push_to_hub (default: the one `hf auth login` saved).",
 }
 # Flags of timm's train.py and of other tools, and what they are called here.
 KNOWN_ELSEWHERE = {

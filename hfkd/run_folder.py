@@ -47,7 +47,8 @@ SETTINGS_FIELDS = {
     "data": (
         "dataset", "dataset_config", "train_split", "eval_split", "image_column", "label_column", "max_train_samples",
         "max_eval_samples", "labelled_samples", "train_augment", "interpolation", "image_mean", "image_std",
-        "teacher_input", "rand_augment", "random_erasing", "skip_unreadable", "streaming", "shuffle_buffer_size",
+        "teacher_input", "rand_augment", "random_erasing", "distill_mixup", "distill_cutmix", "skip_unreadable",
+        "streaming", "shuffle_buffer_size",
     ),
     "optimiser": (
         "optim", "optim_args", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
@@ -95,7 +96,7 @@ def run_settings(*arg_groups: Any) -> dict[str, Any]:
 ADDED_SETTINGS = {
     "rand_augment": None, "random_erasing": 0.0, "distill_lr_decay_epochs": None, "distill_lr_warmup_epochs": 0.0,
     "distill_lr_warmup_lr": 0.0, "drop_path_rate": None, "interpolation": None, "image_mean": None, "image_std": None,
-    "teacher_input": "own",
+    "teacher_input": "own", "distill_mixup": 0.0, "distill_cutmix": 0.0,
 }  # fmt: skip
 
 

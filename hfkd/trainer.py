@@ -29,6 +29,7 @@ from .label_space import check_teacher_labels
 from .local_names import recipe_name
 from .losses import DistillBatch, logits_of
 from .metrics import compute_accuracy_metrics, top_k_indices
+from .mixing import BatchMixer
 from .model_card import ModelCardInfo, build_model_card
 from .optimization import OptimizationMixin
 from .streaming_trainer import StreamingMixin
@@ -117,6 +118,7 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
         self._guard = NonFiniteGuard(args.distill_nonfinite, args.distill_max_skipped_steps, self.accelerator)
         self.add_callback(self._guard)
         self.ema = self._build_ema()
+        self._mixer = self._build_mixer()
         self._follow_epochs(self.train_dataset)
         self.teacher = build_teacher(teacher_model, self.args, self.accelerator)
         self.distill_loss = None
@@ -156,6 +158,22 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
         examples = [dataset[i] for i in range(min(2, len(dataset)))] if hasattr(dataset, "__len__") else None
         examples = examples if examples is not None else list(itertools.islice(iter(dataset), 2))
         return self.data_collator(examples) if examples else None
+
+    def _build_mixer(self) -> BatchMixer | None:
+        """Mixup/CutMix of the training batches (`distill_mixup`, `distill_cutmix`), or None."""
+        if not self.args.mixes_batches:
+            return None
+        num_classes = getattr(getattr(self.model, "config", None), "num_labels", None)
+        if not num_classes:
+            raise ValueError("Mixup/CutMix make soft targets over the student's classes: no config.num_labels.")
+        return BatchMixer(
+            self.args.distill_mixup,
+            self.args.distill_cutmix,
+            num_classes,
+            self.args.label_smoothing_factor,
+            seed=self.args.seed,
+            process_index=self.args.process_index,
+        )
 
     def _set_signature_columns_if_needed(self) -> None:
         # The trainer's model wraps the student with the loss: a batch holds the student's inputs and what the
@@ -202,6 +220,8 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if model.training and self._mixer is not None:
+            inputs = self._mixer(inputs, self.state.global_step)  # soft labels from here on
         labels = inputs.get(LABELS)
         if self.teacher is None or not model.training:
             # Evaluation (and CE-only training) runs the student alone: eval_loss is the student's CE.
@@ -248,8 +268,11 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
 
         A negative label (the `datasets` convention for a missing label) marks an unlabelled sample: it adds no CE,
         only the distillation loss, so the teacher supervises what nobody labelled. A micro-batch without labels
-        has CE 0. Label smoothing follows `args.label_smoothing_factor`, as the Trainer would apply it.
+        has CE 0. Label smoothing follows `args.label_smoothing_factor`, as the Trainer would apply it. Soft targets
+        (B, C) (Mixup/CutMix, smoothing folded in) give timm's `SoftTargetCrossEntropy`.
         """
+        if labels.is_floating_point() and labels.ndim == 2:
+            return -(labels * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
         labels = labels.long()
         labelled = labels >= 0
         ce_sum = F.cross_entropy(

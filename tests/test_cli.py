@@ -230,3 +230,17 @@ def test_teacher_input_student_feeds_the_teachers_the_students_tensor(folders, t
                           (("--teacher_image_size", "32"), "cannot apply")):  # fmt: skip
         with pytest.raises(ValueError, match=needle):
             parse_args([*argv, *extra])
+
+
+def test_mixup_and_cutmix_from_the_command_line(folders, tmp_path):
+    out = tmp_path / "mix"
+    run_image_distill.main(_argv(folders, out, "--student", folders["student"], "--teacher", folders["teacher"],
+                                 "--loss", "dist", "--mixup", "0.8", "--cutmix", "1.0"))  # fmt: skip
+    card = (out / "README.md").read_text()
+    assert "- mixup_alpha: 0.8" in card and "- cutmix_alpha: 1.0" in card
+    with pytest.raises(ValueError, match="--labelled_samples leaves samples without one"):
+        parse_args(_argv(folders, tmp_path / "m2", "--student", "s", "--teacher", "t", "--loss", "kd", "--mixup",
+                         "0.8", "--labelled_samples", "4"))  # fmt: skip
+    failed = _run(*_argv(folders, tmp_path / "m3", "--student", "s", "--teacher", "t", "--loss", "dkd", "--cutmix",
+                         "1"))  # fmt: skip
+    assert failed.returncode == 1 and "reads the class labels" in failed.stderr and not (tmp_path / "m3").exists()

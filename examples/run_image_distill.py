@@ -143,6 +143,9 @@ def build_trainer(
     """The trainer (it builds the loss for the two models, so a loss that cannot serve them fails here); an output
     folder that the attempt created is removed again when it fails."""
     student, student_processor, teachers, _ = models
+    # A timm student's preprocessing lives in its config.json; its processor's save_pretrained only warns.
+    if type(student_processor).__name__ == "TimmWrapperImageProcessor":
+        student_processor = None
     existed = os.path.exists(args.output_dir)
     try:
         return DistillationTrainer(

@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 from .ensemble import check_ensemble_arguments, feature_member_index
 from .hub import check_reporting
 from .losses import get_loss_class, validate_loss_kwargs
+from .mixing import check_mixing_arguments
 from .schedulers import check_schedule_arguments
 from .teacher import CachedTeacher
 
@@ -338,7 +339,7 @@ class DistillationArguments(TrainingArguments):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
         check_schedule_arguments(self)
-        self._validate_mixing()
+        check_mixing_arguments(self)
         if self.distill_loss == CE_ONLY:
             if self.distill_loss_kwargs:
                 raise ValueError(
@@ -366,35 +367,6 @@ class DistillationArguments(TrainingArguments):
     @property
     def mixes_batches(self) -> bool:
         return bool(self.distill_mixup or self.distill_cutmix)
-
-    def _validate_mixing(self) -> None:
-        for name in ("distill_mixup", "distill_cutmix"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf):
-                raise ValueError(
-                    f"`{name}` is a Beta alpha >= 0 (0: off; Swin's: mixup 0.8, cutmix 1.0), got {value!r}."
-                )
-        if not self.mixes_batches or self.distill_loss == CE_ONLY:
-            return
-        if self.teacher_cache_dir is not None:
-            raise ValueError(
-                "Mixup/CutMix mix the images the teacher sees, and a teacher cache (`teacher_cache_dir`) holds its "
-                "outputs on unmixed views: drop --mixup/--cutmix, or run the teacher live."
-            )
-        try:
-            needs = get_loss_class(self.distill_loss).needs
-        except KeyError:
-            return  # the unknown loss is reported below
-        if needs.labels or needs.strong_view or needs.sample_index:
-            what = (
-                "the class labels" if needs.labels
-                else "a second, strongly augmented view" if needs.strong_view
-                else "each sample's index (a memory of per-sample features)"
-            )
-            raise ValueError(
-                f"Loss {self.distill_loss!r} reads {what}, which Mixup/CutMix blend away: drop --mixup/--cutmix, or "
-                "use a loss that compares outputs only (kd, dist, ...)."
-            )
 
     @property
     def uses_teacher(self) -> bool:

@@ -181,6 +181,8 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
+        if self.interpolation is not None:
+            self.interpolation = str(self.interpolation).lower()
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"--interpolation must be one of {', '.join(INTERPOLATIONS)} (DIST: bilinear), got "
@@ -189,7 +191,8 @@ class DataArguments:
         for name in ("image_mean", "image_std"):
             values = getattr(self, name)
             if values is not None and (len(values) not in (1, 3) or (name == "image_std" and 0 in values)):
-                raise ValueError(f"--{name} takes 1 or 3 values (std: none of them 0), got {values!r}.")
+                what = "1 or 3 non-zero values" if name == "image_std" else "1 or 3 values"
+                raise ValueError(f"--{name} takes {what} (one per channel, or one for all), got {values!r}.")
         if self.teacher_input not in TEACHER_INPUTS:
             raise ValueError(f"--teacher_input must be 'own' or 'student', got {self.teacher_input!r}.")
         if self.teacher_input == "student" and self.teacher_image_size is not None:

@@ -51,7 +51,6 @@ from .transforms import (
     image_config_for_model,
     image_config_from_processor,
     image_config_from_timm,
-    record_image_config,
     sample_seed,
 )
 
@@ -73,7 +72,6 @@ __all__ = [
     "detect_columns",
     "filter_unreadable",
     "image_config_for_model",
-    "record_image_config",
     "image_config_from_processor",
     "image_config_from_timm",
     "keep_labelled_subset",

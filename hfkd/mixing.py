@@ -18,6 +18,37 @@ import numpy as np
 import torch
 
 from .batch import LABELS, is_image_key
+from .losses import get_loss_class
+
+
+def check_mixing_arguments(args: Any) -> None:
+    """Refuse, when the arguments are read, what Mixup/CutMix cannot serve: a negative alpha, a teacher cache (its
+    outputs are of unmixed views), and losses that read the labels, a second view or sample indices."""
+    for name in ("distill_mixup", "distill_cutmix"):
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ValueError(f"`{name}` is a Beta alpha >= 0 (0: off; Swin's: mixup 0.8, cutmix 1.0), got {value!r}.")
+    if not (args.distill_mixup or args.distill_cutmix) or not args.uses_teacher:
+        return
+    if args.teacher_cache_dir is not None:
+        raise ValueError(
+            "Mixup/CutMix mix the images the teacher sees, and a teacher cache (`teacher_cache_dir`) holds its "
+            "outputs on unmixed views: drop --mixup/--cutmix, or run the teacher live."
+        )
+    try:
+        needs = get_loss_class(args.distill_loss).needs
+    except KeyError:
+        return  # an unknown loss is reported with the loss's own checks
+    if needs.labels or needs.strong_view or needs.sample_index:
+        what = (
+            "the class labels" if needs.labels
+            else "a second, strongly augmented view" if needs.strong_view
+            else "each sample's index (a memory of per-sample features)"
+        )  # fmt: skip
+        raise ValueError(
+            f"Loss {args.distill_loss!r} reads {what}, which Mixup/CutMix blend away: drop --mixup/--cutmix, or use "
+            "a loss that compares outputs only (kd, dist, ...)."
+        )
 
 
 def draw_mix(
@@ -87,6 +118,23 @@ class BatchMixer:
         self.mixup_alpha, self.cutmix_alpha, self.prob, self.switch_prob = mixup_alpha, cutmix_alpha, prob, switch_prob
         self.num_classes, self.smoothing, self.seed, self.process_index = num_classes, smoothing, seed, process_index
         self._step, self._micro = -1, 0
+
+    @classmethod
+    def for_run(cls, args: Any, model: Any) -> BatchMixer | None:
+        """The mixer of a run's arguments (`distill_mixup`, `distill_cutmix`) over `model`'s classes, or None."""
+        if not (args.distill_mixup or args.distill_cutmix):
+            return None
+        num_classes = getattr(getattr(model, "config", None), "num_labels", None)
+        if not num_classes:
+            raise ValueError("Mixup/CutMix make soft targets over the student's classes: no config.num_labels.")
+        return cls(
+            args.distill_mixup,
+            args.distill_cutmix,
+            num_classes,
+            args.label_smoothing_factor,
+            seed=args.seed,
+            process_index=args.process_index,
+        )
 
     def __call__(self, inputs: dict[str, Any], step: int) -> dict[str, Any]:
         self._micro = self._micro + 1 if step == self._step else 0

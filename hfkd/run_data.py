@@ -28,12 +28,12 @@ from .data import (
     keep_labelled_subset,
     load_image_dataset,
     make_transform_fn,
-    record_image_config,
     set_image_transform,
 )
 from .demo_data import card_dataset_name
 from .local_names import neutral_name, neutral_text
 from .losses import get_loss_class
+from .saved_preprocessing import record_image_config
 from .smoke import synthetic_dataset
 from .streaming import load_streaming_dataset, set_stream_transform
 from .teacher import CachedTeacher

@@ -118,7 +118,7 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
         self._guard = NonFiniteGuard(args.distill_nonfinite, args.distill_max_skipped_steps, self.accelerator)
         self.add_callback(self._guard)
         self.ema = self._build_ema()
-        self._mixer = self._build_mixer()
+        self._mixer = BatchMixer.for_run(self.args, self.model)  # Mixup/CutMix, or None
         self._follow_epochs(self.train_dataset)
         self.teacher = build_teacher(teacher_model, self.args, self.accelerator)
         self.distill_loss = None
@@ -158,22 +158,6 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
         examples = [dataset[i] for i in range(min(2, len(dataset)))] if hasattr(dataset, "__len__") else None
         examples = examples if examples is not None else list(itertools.islice(iter(dataset), 2))
         return self.data_collator(examples) if examples else None
-
-    def _build_mixer(self) -> BatchMixer | None:
-        """Mixup/CutMix of the training batches (`distill_mixup`, `distill_cutmix`), or None."""
-        if not self.args.mixes_batches:
-            return None
-        num_classes = getattr(getattr(self.model, "config", None), "num_labels", None)
-        if not num_classes:
-            raise ValueError("Mixup/CutMix make soft targets over the student's classes: no config.num_labels.")
-        return BatchMixer(
-            self.args.distill_mixup,
-            self.args.distill_cutmix,
-            num_classes,
-            self.args.label_smoothing_factor,
-            seed=self.args.seed,
-            process_index=self.args.process_index,
-        )
 
     def _set_signature_columns_if_needed(self) -> None:
         # The trainer's model wraps the student with the loss: a batch holds the student's inputs and what the

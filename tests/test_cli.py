@@ -195,7 +195,7 @@ def test_drop_path_and_interpolation_flags_reach_the_saved_student(folders, tmp_
     assert not (tmp_path / "no").exists()
     for flag, value, needle in (("--drop_path_rate", "1.5", "must be in [0, 1)"),
                                 ("--interpolation", "lanczos", "must be one of bilinear, bicubic, nearest"),
-                                ("--std", "0", "takes 1 or 3 values (std: none of them 0)")):  # fmt: skip
+                                ("--std", "0", "--image_std takes 1 or 3 non-zero values")):  # fmt: skip
         failed = _run("--student", "resnet10t", "--output_dir", str(tmp_path / "bad"), flag, value)
         assert failed.returncode == 1 and needle in failed.stderr and not (tmp_path / "bad").exists()
 

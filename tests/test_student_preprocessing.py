@@ -19,8 +19,9 @@ from transformers import (
 
 from hfkd.models import load_image_classifier, load_image_processor
 from hfkd.run_data import sized
+from hfkd.saved_preprocessing import record_image_config
 from hfkd.timm_export import save_student
-from hfkd.transforms import build_transforms, image_config_for_model, record_image_config
+from hfkd.transforms import build_transforms, image_config_for_model
 
 from .testing_utils import tiny_resnet
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -30,19 +29,17 @@ from typing import Any
 
 import timm
 import torch
-from safetensors.torch import load_file
-from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from . import __version__
 from .cache_store import weights_sha256
 from .models import ModelSpec, load_image_classifier
+from .provenance import PROVENANCE_KEY, describe_provenance, teacher_provenance
 from .timm_export import save_student
 
 logger = logging.get_logger(__name__)
 
-PROVENANCE_KEY = "hfkd_provenance"
 RELEASE_NAME = "cifar_teachers.tar"
 
 # The released teachers: RepDistiller / mdistiller model-dict name -> hfkd's timm architecture.
@@ -277,51 +274,6 @@ def convert_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
     logger.info(f"Converted {source.name} ({reference}) into {str(output)!r}.")
     return output
-
-
-def teacher_provenance(model_or_folder: Any) -> dict[str, Any] | None:
-    """Where a teacher's weights came from, as `convert_checkpoint` recorded it; `None` when nothing is recorded.
-
-    The record is only returned while the weights are still the converted ones (`weights_sha256`): a folder or model
-    fine-tuned (or cast to another dtype) since then gets `None` and a warning, so a retrained network never passes
-    for the released teacher. A bare config is taken at its word.
-
-    Args:
-        model_or_folder: A local folder, a loaded model (anything with a `config`, before it is cast), or its config;
-            a name that is not a local folder (a Hub id, a timm name) gives `None`.
-
-    Returns:
-        `dict` or `None`: `kind` (`"released_checkpoint"`), `release`, `reference_arch`, `architecture`,
-        `source_file`, `source_sha256`, `checkpoint_epoch` / `checkpoint_top1` (the test top-1 in percent) when the
-        file had them, `converted_on`, `converted_with` and `weights_sha256`.
-    """
-    weights: Any = model_or_folder if isinstance(model_or_folder, nn.Module) else None
-    if isinstance(model_or_folder, (str, os.PathLike)):
-        folder = Path(model_or_folder)
-        if not (folder / "config.json").is_file():
-            return None
-        found = json.loads((folder / "config.json").read_text(encoding="utf-8")).get(PROVENANCE_KEY)
-        weights = folder / "model.safetensors"
-    else:
-        found = getattr(getattr(model_or_folder, "config", model_or_folder), PROVENANCE_KEY, None)
-    if not isinstance(found, dict) or "kind" not in found:
-        return None
-    if isinstance(weights, Path):
-        weights = load_file(weights) if weights.is_file() else {}
-    if weights is not None and weights_sha256(weights) != found.get("weights_sha256"):
-        logger.warning(
-            f"The weights differ from the {found.get('reference_arch')} checkpoint they were converted from "
-            "(trained or cast since?); not reporting them as the released teacher."
-        )
-        return None
-    return dict(found)
-
-
-def describe_provenance(provenance: dict[str, Any] | None) -> str | None:
-    """One phrase for a model card or report: `"released teacher (cifar_teachers.tar resnet32x4)"`, else `None`."""
-    if not provenance or provenance.get("kind") != "released_checkpoint":
-        return None
-    return f"released teacher ({provenance.get('release')} {provenance.get('reference_arch')})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,11 +33,11 @@ from transformers.utils import logging
 
 from .batch import SAMPLE_INDEX, STRONG_PIXEL_VALUES, teacher_pixels
 from .cache_store import TeacherCache
-from .convert import describe_provenance, teacher_provenance
 from .features import PreactivationRecorder, run_for_loss
 from .local_names import is_local_path, neutral_name
 from .losses import LossNeeds, logits_of
 from .models import load_image_classifier, resolve_model_name
+from .provenance import describe_provenance, teacher_provenance
 
 logger = logging.get_logger(__name__)
 

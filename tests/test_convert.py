@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -358,3 +360,11 @@ def test_a_run_from_the_converted_teacher_says_it_is_the_released_one(tmp_path: 
     assert trainer.distill_config()["teacher"]["provenance"] == (
         "trained with hfkd (recipe recipes/x.yaml), not a released checkpoint"
     )
+
+
+def test_the_module_runs_as_its_own_entry_point():
+    """`import hfkd` does not import the converter, so `python -m hfkd.convert` runs without runpy's warning that
+    the module was already imported (it was, through the teacher's provenance check)."""
+    run = subprocess.run([sys.executable, "-m", "hfkd.convert", "--help"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "usage: python -m hfkd.convert" in run.stdout
+    assert "RuntimeWarning" not in run.stderr, run.stderr

@@ -183,11 +183,11 @@ class DataArguments:
     def __post_init__(self) -> None:
         if self.interpolation is not None:
             self.interpolation = str(self.interpolation).lower()
-        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
-            raise ValueError(
-                f"--interpolation must be one of {', '.join(INTERPOLATIONS)} (DIST: bilinear), got "
-                f"{self.interpolation!r}."
-            )
+            if self.interpolation not in INTERPOLATIONS:
+                raise ValueError(
+                    f"--interpolation must be one of {', '.join(INTERPOLATIONS)} (DIST: bilinear), got "
+                    f"{self.interpolation!r}."
+                )
         for name in ("image_mean", "image_std"):
             values = getattr(self, name)
             if values is not None and (len(values) not in (1, 3) or (name == "image_std" and 0 in values)):

@@ -28,7 +28,7 @@ def check_mixing_arguments(args: Any) -> None:
         value = getattr(args, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
             raise ValueError(f"`{name}` is a Beta alpha >= 0 (0: off; Swin's: mixup 0.8, cutmix 1.0), got {value!r}.")
-    if not (args.distill_mixup or args.distill_cutmix) or not args.uses_teacher:
+    if not args.mixes_batches or not args.uses_teacher:
         return
     if args.teacher_cache_dir is not None:
         raise ValueError(
@@ -122,7 +122,7 @@ class BatchMixer:
     @classmethod
     def for_run(cls, args: Any, model: Any) -> BatchMixer | None:
         """The mixer of a run's arguments (`distill_mixup`, `distill_cutmix`) over `model`'s classes, or None."""
-        if not (args.distill_mixup or args.distill_cutmix):
+        if not args.mixes_batches:
             return None
         num_classes = getattr(getattr(model, "config", None), "num_labels", None)
         if not num_classes:

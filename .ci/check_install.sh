@@ -26,7 +26,7 @@ import os
 import hfkd
 from hfkd import DistillationArguments, DistillationTrainer, list_losses  # noqa: F401
 assert "site-packages" in hfkd.__file__, hfkd.__file__
-template = os.path.join(os.path.dirname(hfkd.__file__), "templates", "model_card.md")
+template = os.path.join(os.path.dirname(hfkd.__file__), "hub", "templates", "model_card.md")
 assert os.path.isfile(template), f"{template} was not installed"
 from hfkd.metrics import METRIC_DIR, _load_metric
 assert (METRIC_DIR / "top_k_accuracy.py").is_file(), f"{METRIC_DIR} was not installed"

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workdir", default="runs/bench/datasets_path")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from hfkd.data import DistillationCollator
+    from hfkd.data.collator import DistillationCollator
 
     guide = guide_dataset(args.images, args.image_size)
     pixels = torch.tensor(np.asarray(guide.with_format("numpy")["pixel_values"]), dtype=torch.float32)

@@ -155,7 +155,7 @@ def measure_speed(args: argparse.Namespace) -> dict:
         name: build_trainer(name, student, teacher, args, f"{args.workdir}/{name}") for name in ("kd", "dkd", "dist")
     }
     # A teacher cache with the batch's teacher logits (full logits): the trainer's offline path, no teacher forward.
-    from hfkd.teacher_cache import build_teacher_cache
+    from hfkd.teachers.cache.build import build_teacher_cache
 
     g = torch.Generator().manual_seed(1)
     images = [
@@ -272,7 +272,7 @@ def measure_pipeline(args: argparse.Namespace) -> float:
     import numpy as np
     from PIL import Image
 
-    from hfkd.data import ImageConfig, build_transforms
+    from hfkd.data.transforms import ImageConfig, build_transforms
 
     rng = np.random.default_rng(0)
     encoded = []

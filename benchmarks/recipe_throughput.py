@@ -37,7 +37,7 @@ TRAIN_SIZES = {
 
 
 def parse_recipe(config: str, output_dir: str, use_cpu: bool):
-    from hfkd.cli import build_parser
+    from hfkd.commands.arguments import build_parser
 
     flags = ["--config", config, "--output_dir", output_dir, "--report_to", "none", "--save_strategy", "no"]
     flags += ["--eval_strategy", "no", "--disable_tqdm", "true"]
@@ -49,8 +49,8 @@ def parse_recipe(config: str, output_dir: str, use_cpu: bool):
 
 def build_model(name: str, num_labels: int, image_size: int):
     """A random-init model of `name`'s architecture (timm names, CIFAR zoo aliases, expected teacher folders)."""
-    from hfkd.models import load_image_classifier, resolve_model_name
-    from hfkd.smoke import smoke_model_name
+    from hfkd.commands.smoke import smoke_model_name
+    from hfkd.models.loading import load_image_classifier, resolve_model_name
 
     target, _ = smoke_model_name(name, num_labels, image_size)
     if Path(target).is_dir() and not Path(name).is_dir():
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     from distill_overhead import trainer_step
 
     from hfkd import DistillationTrainer
-    from hfkd.smoke import SMOKE_DATASETS
+    from hfkd.commands.smoke import SMOKE_DATASETS
 
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as scratch:

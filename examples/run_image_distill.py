@@ -30,18 +30,16 @@ import transformers
 from transformers import set_seed
 
 from hfkd import DistillationArguments, DistillationTrainer
-from hfkd.cli import DataArguments, ModelArguments, RunArguments, parse_args
-from hfkd.data import (
-    DistillationCollator,
-)
-from hfkd.demo_data import card_dataset_name
-from hfkd.hub import check_available, config_num_labels
-from hfkd.label_space import check_label_space, check_teacher_labels, map_teacher_labels
-from hfkd.models import ModelSpec, load_image_classifier, load_image_processor, resolve_model_name
-from hfkd.run_data import RunData, cache_rows, check_cache, load_data, prepare_splits
-from hfkd.run_folder import prepare_output_dir, run_settings, start_run
-from hfkd.smoke import apply_smoke
-from hfkd.teacher import CachedTeacher
+from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments, parse_args
+from hfkd.commands.data import RunData, cache_rows, check_cache, load_data, prepare_splits
+from hfkd.commands.run_folder import prepare_output_dir, run_settings, start_run
+from hfkd.commands.smoke import apply_smoke
+from hfkd.data.collator import DistillationCollator
+from hfkd.data.demo import card_dataset_name
+from hfkd.models.availability import check_available, config_num_labels
+from hfkd.models.label_space import check_label_space, check_teacher_labels, map_teacher_labels
+from hfkd.models.loading import ModelSpec, load_image_classifier, load_image_processor, resolve_model_name
+from hfkd.teachers.cached import CachedTeacher
 
 logger = logging.getLogger("hfkd.run_image_distill")
 

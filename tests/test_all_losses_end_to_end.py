@@ -11,7 +11,7 @@ from PIL import Image as PILImage
 from transformers import ViTImageProcessor
 
 from hfkd.losses import get_loss_class, list_losses
-from hfkd.models import load_image_classifier
+from hfkd.models.loading import load_image_classifier
 
 from .testing_utils import tiny_resnet, tiny_vit
 

@@ -1,4 +1,4 @@
-"""The CIFAR architectures of the distillation tables, registered as timm models (hfkd.cifar_models).
+"""The CIFAR architectures of the distillation tables, registered as timm models (hfkd.models.cifar).
 
 Parameter counts are pinned exactly. The three required by the issue (resnet8x4, resnet32x4, wrn_40_2) come from
 mdistiller's own tables; the others were computed with a transcription of mdistiller's model files
@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification, TimmWrapperModel
 
-import hfkd.cifar_models as cifar_models
-from hfkd.cifar_models import CIFAR_ALIASES, CIFAR_MODELS, CifarClassifier
-from hfkd.cifar_models._base import register_cifar_model
+import hfkd.models.cifar as cifar_models
+from hfkd.models.cifar import CIFAR_ALIASES, CIFAR_MODELS, CifarClassifier
+from hfkd.models.cifar._base import register_cifar_model
 
 PARAMS_AT_100_CLASSES = {
     "cifar_resnet8": 83_892,

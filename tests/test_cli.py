@@ -14,9 +14,9 @@ from PIL import Image as PILImage
 from transformers import ViTImageProcessor
 
 from hfkd import DistillationArguments
-from hfkd.cli import build_parser, parse_args
-from hfkd.run_data import check_teachers_take, load_data, prepare_splits
-from hfkd.transforms import ImageConfig
+from hfkd.commands.arguments import build_parser, parse_args
+from hfkd.commands.data import check_teachers_take, load_data, prepare_splits
+from hfkd.data.transforms import ImageConfig
 
 from .testing_utils import tiny_resnet, tiny_vit
 

@@ -19,22 +19,14 @@ import timm
 import torch
 from transformers import AutoModelForImageClassification
 
-from hfkd.cache_store import weights_sha256
-from hfkd.convert import (
-    CIFAR100_FINE_LABELS,
-    PROVENANCE_KEY,
-    TEACHER_ARCHS,
-    convert_checkpoint,
-    describe_provenance,
-    main,
-    read_checkpoint,
-    resolve_arch,
-    teacher_provenance,
-)
-from hfkd.label_space import map_teacher_labels
-from hfkd.models import load_image_classifier
-from hfkd.teacher import load_teacher
-from hfkd.timm_export import save_student
+from hfkd.commands.convert import main
+from hfkd.models.convert import CIFAR100_FINE_LABELS, TEACHER_ARCHS, convert_checkpoint, read_checkpoint, resolve_arch
+from hfkd.models.export import save_student
+from hfkd.models.label_space import map_teacher_labels
+from hfkd.models.loading import load_image_classifier
+from hfkd.models.provenance import PROVENANCE_KEY, describe_provenance, teacher_provenance
+from hfkd.teachers.live import load_teacher
+from hfkd.utils.hashing import weights_sha256
 
 # reference name -> (number of state-dict keys, a few exact keys with their shapes), from the reference code.
 REFERENCE_KEYS: dict[str, tuple[int, dict[str, tuple[int, ...]]]] = {
@@ -257,7 +249,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.
         Path(output_dir, "config.json").write_text("{}")
         raise OSError("disk full")
 
-    monkeypatch.setattr("hfkd.convert.save_student", save_then_fail)
+    monkeypatch.setattr("hfkd.models.convert.save_student", save_then_fail)
     checkpoint = save_released(tmp_path / "ckpt_epoch_240.pth", reference_state_dict("resnet56"))
     with pytest.raises(OSError, match="disk full"):
         convert_checkpoint(checkpoint, "resnet56", tmp_path / "teacher")
@@ -343,7 +335,7 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_run_from_the_converted_teacher_says_it_is_the_released_one(tmp_path: Path, converted: Path) -> None:
     """distill_config.json and the card name the teacher's origin; a teacher trained by hfkd is named as such."""
     from hfkd import DistillationArguments, DistillationTrainer
-    from hfkd.model_card import ModelCardInfo, build_model_card
+    from hfkd.hub.model_card import ModelCardInfo, build_model_card
 
     args = DistillationArguments(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True)
     student = load_image_classifier("cifar_resnet8", pretrained=False, num_labels=100)

@@ -13,25 +13,18 @@ from datasets import ClassLabel, Dataset, Features, Image, Value
 from PIL import Image as PILImage
 from transformers import ConvNextImageProcessor, ViTImageProcessor
 
-from hfkd.data import (
-    DistillationCollator,
+from hfkd.data.batch_transform import make_transform_fn, set_image_transform
+from hfkd.data.collator import DistillationCollator, collate_fn
+from hfkd.data.datasets import add_sample_index, check_labels, class_names, detect_columns, load_image_dataset
+from hfkd.data.decode import filter_unreadable
+from hfkd.data.demo import FASHION_MNIST_DIR, FASHION_MNIST_ENV, FASHION_MNIST_LABELS, load_demo_dataset, read_idx
+from hfkd.data.transforms import (
     ImageConfig,
-    add_sample_index,
     build_transforms,
-    check_labels,
-    class_names,
-    collate_fn,
-    detect_columns,
-    filter_unreadable,
     image_config_for_model,
     image_config_from_processor,
     image_config_from_timm,
-    load_demo_dataset,
-    load_image_dataset,
-    make_transform_fn,
-    set_image_transform,
 )
-from hfkd.demo_data import FASHION_MNIST_DIR, FASHION_MNIST_ENV, FASHION_MNIST_LABELS, read_idx
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -396,7 +389,7 @@ def test_collator_and_dataloader_end_to_end():
 def test_short_dataset_names_load_their_hub_ids(monkeypatch):
     from datasets import Dataset, DatasetDict
 
-    import hfkd.image_datasets as image_datasets
+    import hfkd.data.datasets as image_datasets
 
     seen = []
 

@@ -6,7 +6,7 @@ import types
 
 import torch
 
-from hfkd.teacher import deepspeed_zero_stage, prepare_deepspeed_teacher
+from hfkd.teachers.deepspeed import deepspeed_zero_stage, prepare_deepspeed_teacher
 
 from .testing_utils import tiny_resnet
 

@@ -14,8 +14,9 @@ from PIL import Image as PILImage
 from transformers import ViTImageProcessor
 
 from hfkd import DistillationArguments, DistillationTrainer
-from hfkd.cli import parse_args
-from hfkd.ensemble import EnsembleTeacher, ensemble_logits
+from hfkd.commands.arguments import parse_args
+from hfkd.teachers.combine import ensemble_logits
+from hfkd.teachers.ensemble import EnsembleTeacher
 
 from .testing_utils import collate, synthetic_dataset, tiny_resnet
 

@@ -13,7 +13,7 @@ from PIL import Image as PILImage
 from transformers import ViTImageProcessor
 
 from hfkd import DistillationArguments, DistillationTrainer
-from hfkd.data import DistillationCollator, fast_tensor_columns
+from hfkd.data.collator import DistillationCollator, fast_tensor_columns
 
 from .testing_utils import tiny_resnet
 

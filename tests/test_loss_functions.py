@@ -16,7 +16,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hfkd.features import classifier_head, probe_feature_shapes
 from hfkd.losses import (
     DistillBatch,
     LossContext,
@@ -43,6 +42,7 @@ from hfkd.losses import (
 )
 from hfkd.losses._feature_functional import pool_to_common_size
 from hfkd.losses.sdd import region_logits, sdd_dkd_loss
+from hfkd.models.features import classifier_head, probe_feature_shapes
 
 from .testing_utils import tiny_resnet
 

@@ -8,7 +8,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
 from hfkd import DistillationArguments, DistillationTrainer
-from hfkd.mixing import BatchMixer
+from hfkd.data.mixing import BatchMixer
 
 from .testing_utils import perturbed, tiny_resnet
 

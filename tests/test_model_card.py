@@ -5,8 +5,8 @@ from importlib import resources
 import pytest
 from huggingface_hub import ModelCard
 
+from hfkd.hub.model_card import ModelCardInfo, build_model_card
 from hfkd.losses.base import PaperRef
-from hfkd.model_card import ModelCardInfo, build_model_card
 
 PAPER = PaperRef(
     title="Distilling the Knowledge in a Neural Network",
@@ -57,7 +57,7 @@ def _metrics_by_name(card_dict: dict) -> dict[str, float]:
 
 
 def test_template_is_package_data():
-    assert resources.files("hfkd").joinpath("templates/model_card.md").is_file()
+    assert resources.files("hfkd.hub").joinpath("templates/model_card.md").is_file()
 
 
 def test_card_written_and_round_trips(tmp_path):
@@ -229,7 +229,7 @@ def test_the_card_names_the_schedule_that_ran(tmp_path, schedule, expected):
     """hfkd's schedules replace the Trainer's `lr_scheduler_type` (the recipes set it to constant): the card names
     the one the run used, not the Trainer's setting that it ignored."""
     from hfkd import DistillationArguments
-    from hfkd.model_card import training_hyperparameters
+    from hfkd.hub.model_card import training_hyperparameters
 
     args = DistillationArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **schedule)
     assert training_hyperparameters(args)["lr_scheduler_type"] == expected

@@ -20,14 +20,14 @@ from transformers import (  # noqa: E402
     pipeline,
 )
 
-from hfkd.models import (  # noqa: E402
+from hfkd.models.export import make_timm_loadable, save_student
+from hfkd.models.loading import (
     MODEL_ALIASES,
     ModelSpec,
     load_image_classifier,
     load_image_processor,
     resolve_model_name,
 )
-from hfkd.timm_export import make_timm_loadable, save_student  # noqa: E402
 
 REQUIRED_ALIASES = {
     "resnet-18": "microsoft/resnet-18",
@@ -153,7 +153,7 @@ def test_local_folder(resnet_dir, tmp_path):
 def test_student_head_replacement(resnet_dir, caplog):
     saved = load_file(resnet_dir / "model.safetensors")
     id2label = {0: "a", 1: "b", 2: "c"}
-    with caplog.at_level(logging.WARNING, logger="hfkd.models"):
+    with caplog.at_level(logging.WARNING, logger="hfkd.models.loading"):
         model = load_image_classifier(str(resnet_dir), num_labels=3, id2label=id2label)
     assert model.classifier[-1].out_features == 3
     assert model.config.id2label == id2label and model.config.label2id == {"a": 0, "b": 1, "c": 2}
@@ -164,7 +164,7 @@ def test_student_head_replacement(resnet_dir, caplog):
     # same size: names are set, no head replaced
     caplog.clear()
     names = {i: f"class_{i}" for i in range(5)}
-    with caplog.at_level(logging.WARNING, logger="hfkd.models"):
+    with caplog.at_level(logging.WARNING, logger="hfkd.models.loading"):
         model = load_image_classifier(str(resnet_dir), num_labels=5, id2label=names)
     assert model.config.id2label == names and not caplog.records
     torch.testing.assert_close(model.state_dict()["classifier.1.weight"], saved["classifier.1.weight"])
@@ -179,14 +179,14 @@ def test_student_head_replacement(resnet_dir, caplog):
 
 
 def test_teacher_head_untouched_and_mismatch_rejected(resnet_dir, caplog):
-    from hfkd.label_space import check_teacher_labels
+    from hfkd.models.label_space import check_teacher_labels
 
     teacher = load_image_classifier(str(resnet_dir))  # no label space given: the checkpoint's head is kept
     assert teacher.config.num_labels == 5
     with pytest.raises(ValueError, match="--loss ce"):
         check_teacher_labels(teacher, num_labels=3)
     check_teacher_labels(teacher, num_labels=5)
-    with caplog.at_level(logging.WARNING, logger="hfkd.label_space"):
+    with caplog.at_level(logging.WARNING, logger="hfkd.models.label_space"):
         check_teacher_labels(teacher, num_labels=5, id2label={i: f"dataset_{i}" for i in range(5)})
     assert any("class names differ" in record.getMessage() for record in caplog.records)
 

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from timm.optim import RMSpropTF
 
 from hfkd import DistillationArguments, DistillationTrainer
-from hfkd.ema import EMA_NAME
+from hfkd.training.ema import EMA_NAME
 
 from .testing_utils import collate, synthetic_dataset, tiny_resnet
 

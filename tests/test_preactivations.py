@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForImageClassification, TimmWrapperConfig, TimmWrapperForImageClassification
 
-import hfkd.cifar_models  # noqa: F401  (registers the CIFAR architectures with timm)
 from hfkd import DistillationTrainer
-from hfkd.features import PreactivationRecorder, bn_before_relu_stats, supports_preactivations
+from hfkd.models.features import PreactivationRecorder, bn_before_relu_stats, supports_preactivations
 
 from .test_trainer import _args, _perturb, _state
 from .testing_utils import collate, synthetic_dataset, tiny_resnet, tiny_vit
@@ -159,7 +158,7 @@ def test_cifar_wrn_and_vgg_preacts_and_bn_stats_follow_mdistiller(architecture):
 
 
 def test_cifar_vgg_without_bn_has_no_bn_before_relu():
-    from hfkd.cifar_models.vgg import CifarVGG
+    from hfkd.models.cifar.vgg import CifarVGG
 
     with pytest.raises(NotImplementedError, match="batch_norm=False"):
         CifarVGG("S", batch_norm=False, num_classes=5).get_bn_before_relu()

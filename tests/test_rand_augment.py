@@ -11,9 +11,9 @@ from PIL import Image
 from timm.data.auto_augment import rand_augment_transform
 from torchvision.transforms import v2
 
-from hfkd.cli import parse_args
-from hfkd.data import make_transform_fn
-from hfkd.transforms import ImageConfig, build_transforms
+from hfkd.commands.arguments import parse_args
+from hfkd.data.batch_transform import make_transform_fn
+from hfkd.data.transforms import ImageConfig, build_transforms
 
 CONFIG = ImageConfig(size=32, mean=(0.5, 0.4, 0.3), std=(0.25, 0.25, 0.25), interpolation="bicubic")
 

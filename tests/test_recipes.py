@@ -8,11 +8,11 @@ import torch
 import yaml
 
 from hfkd import DistillationTrainer
-from hfkd.cli import build_parser
+from hfkd.commands.arguments import build_parser
+from hfkd.commands.parser import HfkdParser
 from hfkd.losses import get_loss_class, resolve_loss_kwargs
-from hfkd.models import resolve_model_name
-from hfkd.parser import HfkdParser
-from hfkd.report import read_published_top1
+from hfkd.models.loading import resolve_model_name
+from hfkd.results.runs import read_published_top1
 
 from .testing_utils import tiny_resnet
 

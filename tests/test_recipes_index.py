@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from hfkd import recipes_index
-from hfkd.report import read_published_top1
+from hfkd.commands import recipes_index as recipes_index_command
+from hfkd.results import recipes_index
+from hfkd.results.runs import read_published_top1
 
 from .test_report import make_run
 
@@ -61,7 +62,7 @@ def test_runs_fill_the_measured_column_and_other_rows_keep_theirs(copy_of_recipe
     make_run(root / "runs" / "s0", [0.70, 0.7601, 0.7588], 0.7588, recipe=dkd)
     make_run(root / "runs" / "s1", [0.70, 0.7580, 0.7622], 0.7622, recipe=str(root / dkd))  # absolute spelling
 
-    assert recipes_index.main(["--readme", str(readme), "--runs", str(root / "runs")]) == 0
+    assert recipes_index_command.main(["--readme", str(readme), "--runs", str(root / "runs")]) == 0
     rows = table_rows(readme.read_text(encoding="utf-8"))
     best = [76.01, 76.22]
     mean, std = sum(best) / 2, (((best[0] - best[1]) ** 2) / 2) ** 0.5
@@ -69,7 +70,7 @@ def test_runs_fill_the_measured_column_and_other_rows_keep_theirs(copy_of_recipe
     assert rows[kd]["meas"] == "73.10 ± 0.20 (3 seeds)"
     untouched = [r for r in rows if r not in (kd, dkd.removeprefix("recipes/"))]
     assert all(rows[r]["meas"] == "—" for r in untouched)
-    assert recipes_index.main(["--readme", str(readme), "--check"]) == 0
+    assert recipes_index_command.main(["--readme", str(readme), "--check"]) == 0
 
 
 def test_check_reports_a_stale_readme_and_a_missing_marker_is_an_error(copy_of_recipes, capsys):
@@ -77,10 +78,10 @@ def test_check_reports_a_stale_readme_and_a_missing_marker_is_an_error(copy_of_r
     new_recipe = copy_of_recipes / "recipes" / "cifar100" / "kd" / "resnet20_from_resnet110.yaml"
     new_recipe.write_text("# Reproduces: a new cell.\n# published_top1: 70.10\ndistill_loss: kd\n")
     before = readme.read_text(encoding="utf-8")
-    assert recipes_index.main(["--readme", str(readme), "--check"]) == 1
+    assert recipes_index_command.main(["--readme", str(readme), "--check"]) == 1
     assert "out of date" in capsys.readouterr().out
     assert readme.read_text(encoding="utf-8") == before  # --check never writes
-    assert recipes_index.main(["--readme", str(readme)]) == 0
+    assert recipes_index_command.main(["--readme", str(readme)]) == 0
     assert table_rows(readme.read_text(encoding="utf-8"))["cifar100/kd/resnet20_from_resnet110.yaml"]["pub"] == "70.10"
     readme.write_text(before.replace(recipes_index.START, ""))
     with pytest.raises(ValueError, match="markers"):

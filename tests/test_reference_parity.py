@@ -33,11 +33,10 @@ import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from transformers import TrainerCallback
 
-import hfkd.cifar_models  # noqa: F401  (registers the CIFAR networks with timm)
 from hfkd import DistillationTrainer
-from hfkd.cli import build_parser
-from hfkd.convert import CIFAR100_FINE_LABELS, convert_checkpoint
-from hfkd.schedulers import multistep_lambda, optimizer_steps_per_epoch, step_decay_lambda
+from hfkd.commands.arguments import build_parser
+from hfkd.models.convert import CIFAR100_FINE_LABELS, convert_checkpoint
+from hfkd.training.schedulers import multistep_lambda, optimizer_steps_per_epoch, step_decay_lambda
 
 from .parity_references import (
     B2Solver,

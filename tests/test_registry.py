@@ -78,7 +78,7 @@ def test_misspelled_kwarg_names_the_loss_and_the_key():
 @pytest.fixture(scope="module")
 def model_outputs():
     """Real outputs of a tiny student/teacher pair (stem + 2 stages), and the context the trainer would build."""
-    from hfkd.features import classifier_head, probe_feature_shapes
+    from hfkd.models.features import classifier_head, probe_feature_shapes
 
     from .testing_utils import tiny_resnet
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hfkd import report, report_plot
+from hfkd.commands import report as report_command
+from hfkd.results import plot as report_plot
+from hfkd.results import runs as report
 
 RECIPE = "recipes/cifar100/dkd/resnet8x4_from_resnet32x4.yaml"
 KD_RECIPE = "recipes/cifar100/kd/resnet8x4_from_resnet32x4.yaml"
@@ -155,7 +157,7 @@ def test_published_line_parsing(tmp_path):
 
 
 def test_cli_writes_markdown_json_and_png(with_baselines, capsys):
-    code = report.main(["runs", "--json", "out.json", "--markdown", "out.md", "--png", "out.png"])
+    code = report_command.main(["runs", "--json", "out.json", "--markdown", "out.md", "--png", "out.png"])
     assert code == 0
     markdown = (with_baselines / "out.md").read_text()
     assert capsys.readouterr().out == markdown
@@ -194,7 +196,8 @@ def test_no_local_path_reaches_the_table_json_or_chart(tmp_path, monkeypatch):
     make_run(runs / "d", [0.72], 0.72, recipe=None, loss="ce")
     monkeypatch.chdir(tmp_path.parent)
     out = tmp_path / "out"
-    assert report.main([str(runs), "--json", f"{out}.json", "--markdown", f"{out}.md", "--png", f"{out}.png"]) == 0
+    argv = [str(runs), "--json", f"{out}.json", "--markdown", f"{out}.md", "--png", f"{out}.png"]
+    assert report_command.main(argv) == 0
     tmp = str(tmp_path.resolve())
     texts = {"markdown": Path(f"{out}.md").read_text(), "json": Path(f"{out}.json").read_text()}
     texts["png"] = Path(f"{out}.png").read_bytes().decode("latin-1")  # its text chunks (metadata) are plain
@@ -257,15 +260,15 @@ def test_chart_prints_values_and_reference_numbers(with_baselines):
 
 def test_png_without_matplotlib_says_how_to_install_it_before_reading_runs(workspace, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
-    assert report.main(["runs", "--json", "out.json", "--png", "out.png"]) == 2
+    assert report_command.main(["runs", "--json", "out.json", "--png", "out.png"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
     assert "matplotlib" in captured.err and 'pip install "hfkd[plots]"' in captured.err
     assert not (workspace / "out.json").exists() and not (workspace / "out.png").exists()
     (workspace / "empty").mkdir()
-    assert report.main(["empty", "--png", "out.png"]) == 2  # said before any run is looked for
+    assert report_command.main(["empty", "--png", "out.png"]) == 2  # said before any run is looked for
     assert "No finished runs" not in capsys.readouterr().err
-    assert report.main(["runs", "--json", "out.json"]) == 0  # the table needs no matplotlib
+    assert report_command.main(["runs", "--json", "out.json"]) == 0  # the table needs no matplotlib
 
 
 def test_recipes_folder_locates_a_moved_recipe(workspace):
@@ -279,7 +282,7 @@ def test_recipes_folder_locates_a_moved_recipe(workspace):
 
 def test_no_finished_runs_says_so(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert report.main([str(tmp_path / "empty"), "--json", str(tmp_path / "out.json")]) == 1
+    assert report_command.main([str(tmp_path / "empty"), "--json", str(tmp_path / "out.json")]) == 1
     err = capsys.readouterr().err
     assert "No finished runs" in err and "eval_results.json" in err
     assert not (tmp_path / "out.json").exists()

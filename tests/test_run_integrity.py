@@ -17,9 +17,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, ViTImageProcessor
 
 from hfkd import DistillationArguments
-from hfkd.cli import DataArguments, ModelArguments, parse_args
-from hfkd.guards import CHECKPOINT_MARKER, NonFiniteError
-from hfkd.run_folder import ADDED_SETTINGS, differing_settings, run_settings
+from hfkd.commands.arguments import DataArguments, ModelArguments, parse_args
+from hfkd.commands.run_folder import ADDED_SETTINGS, differing_settings, run_settings
+from hfkd.training.callbacks import NonFiniteError
+from hfkd.training.checkpoints import CHECKPOINT_MARKER
 
 from .testing_utils import tiny_resnet
 
@@ -271,7 +272,7 @@ def test_a_run_folder_written_before_a_setting_existed_resumes_as_the_same_run()
 
 
 def test_a_cache_serves_only_its_own_data_and_teacher(tmp_path, setup):
-    from hfkd import teacher_cache
+    from hfkd.commands import cache as teacher_cache
 
     cache = tmp_path / "cache"
     teacher_cache.main(["--teacher", setup["teacher"], "--dataset", setup["data"], "--output_dir", str(cache),

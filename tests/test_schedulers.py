@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import StepLR
 
-from hfkd.schedulers import get_multistep_schedule, multistep_lambda, step_decay_lambda
+from hfkd.training.schedulers import get_multistep_schedule, multistep_lambda, step_decay_lambda
 
 STAGES = [150, 180, 210]
 

@@ -14,16 +14,13 @@ from datasets import load_dataset
 from transformers import ViTImageProcessor
 
 from hfkd import DistillationArguments, DistillationTrainer
-from hfkd.cli import DataArguments, parse_args
-from hfkd.data import ImageConfig, add_sample_index, build_transforms, make_transform_fn, set_image_transform
+from hfkd.commands.arguments import DataArguments, parse_args
+from hfkd.data.batch_transform import make_transform_fn, set_image_transform
+from hfkd.data.datasets import add_sample_index
+from hfkd.data.streaming import check_streaming_arguments, load_streaming_dataset, set_stream_transform, stream_mark
+from hfkd.data.transforms import ImageConfig, build_transforms
 from hfkd.metrics import compute_accuracy_metrics, top_k_indices
-from hfkd.streaming import (
-    check_streaming_arguments,
-    load_streaming_dataset,
-    set_stream_transform,
-    stream_mark,
-)
-from hfkd.streaming_trainer import StreamLoader
+from hfkd.training.streaming import StreamLoader
 
 from .distributed.streaming_data import (
     CLASSES,

@@ -17,11 +17,11 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from hfkd.models import load_image_classifier, load_image_processor
-from hfkd.run_data import sized
-from hfkd.saved_preprocessing import record_image_config
-from hfkd.timm_export import save_student
-from hfkd.transforms import build_transforms, image_config_for_model
+from hfkd.commands.data import sized
+from hfkd.data.saved_preprocessing import record_image_config
+from hfkd.data.transforms import build_transforms, image_config_for_model
+from hfkd.models.export import save_student
+from hfkd.models.loading import load_image_classifier, load_image_processor
 
 from .testing_utils import tiny_resnet
 

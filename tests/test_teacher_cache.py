@@ -13,14 +13,9 @@ from transformers import ViTImageProcessor
 
 from hfkd import DistillationArguments, DistillationTrainer
 from hfkd.losses import kd_loss
-from hfkd.teacher_cache import (
-    ReplayTransform,
-    TeacherCache,
-    apply_view,
-    build_teacher_cache,
-    logits_from_topk,
-    view_params,
-)
+from hfkd.teachers.cache.build import build_teacher_cache
+from hfkd.teachers.cache.replay import ReplayTransform
+from hfkd.teachers.cache.store import TeacherCache, apply_view, logits_from_topk, view_params
 
 from .testing_utils import perturbed, tiny_resnet
 
@@ -150,7 +145,7 @@ def test_feature_losses_refuse_the_cache(tmp_path):
 
 
 def test_cache_command_then_training_without_the_teacher(tmp_path, monkeypatch):
-    from hfkd import teacher_cache
+    from hfkd.commands import cache as teacher_cache
 
     rng = np.random.default_rng(0)
     for split, per_class in (("train", 4), ("validation", 2)):
@@ -174,7 +169,7 @@ def test_cache_command_then_training_without_the_teacher(tmp_path, monkeypatch):
                             "--output_dir", str(tmp_path / "cache")])  # fmt: skip
 
     calls = []
-    monkeypatch.setattr("hfkd.teacher.load_teacher", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr("hfkd.teachers.live.load_teacher", lambda *a, **k: calls.append(a))
     metrics = run_image_distill.main([
         "--dataset", str(tmp_path / "data"), "--student", str(tmp_path / "student"), "--loss", "kd",
         "--teacher_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "run"), "--max_steps", "6",

@@ -14,10 +14,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import ViTImageProcessor
 
-from hfkd import cache_build, teacher_cache
-from hfkd.cache_build import CacheTeacher
-from hfkd.cache_store import weights_sha256
-from hfkd.teacher_cache import TeacherCache, build_teacher_cache, cache_summary, check_cache_matches
+from hfkd.commands import cache as teacher_cache
+from hfkd.teachers.cache import build as cache_build
+from hfkd.teachers.cache.build import CacheTeacher, build_teacher_cache
+from hfkd.teachers.cache.check import cache_summary, check_cache_matches
+from hfkd.teachers.cache.store import TeacherCache, logits_from_topk
+from hfkd.utils.hashing import weights_sha256
 
 from .testing_utils import perturbed, tiny_resnet
 
@@ -171,7 +173,7 @@ def test_teacher_logits_read_only_the_rows_asked_for(tmp_path, monkeypatch):
     for index in indices.tolist():
         shard = load_file(folder / "epoch_0001" / f"shard_0000{index // 4}.safetensors")
         top_indices, top_probs = shard["topk_indices"][index % 4], shard["topk_probs"][index % 4]
-        expected.append(teacher_cache.logits_from_topk(top_indices, top_probs, 5))
+        expected.append(logits_from_topk(top_indices, top_probs, 5))
     torch.testing.assert_close(logits, torch.stack(expected), rtol=0, atol=0)
     # Each wanted row once, of the two tensors the logits need, from epoch 1 only; nothing else.
     rows = _rows_read(cache, reads)

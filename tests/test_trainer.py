@@ -322,7 +322,7 @@ def adapter_loss(monkeypatch):
             self.projector = torch.nn.Linear(channels, context.teacher_feature_shapes[-1][0])
 
         def forward(self, student, teacher, batch):
-            from hfkd.features import pooled_features
+            from hfkd.losses._feature_maps import pooled_features
 
             projected = self.projector(pooled_features(student))
             loss = (projected - pooled_features(teacher)).pow(2).mean() + 0 * logits_of(student).sum()
@@ -334,7 +334,7 @@ def adapter_loss(monkeypatch):
 def test_trainable_loss_parameters_train_save_beside_and_resume(tmp_path, adapter_loss, train_dataset):
     from safetensors.torch import load_file as load_safetensors
 
-    from hfkd.wrapper import ADAPTERS_NAME, DistillationModule
+    from hfkd.training.student_module import ADAPTERS_NAME, DistillationModule
 
     teacher = tiny_resnet(wide=True, seed=2)
 

@@ -1,7 +1,7 @@
 """Distillation losses. Importing this package registers every built-in loss."""
 
 # Importing a loss module registers its loss.
-from . import (  # noqa: F401
+from hfkd.losses import (  # noqa: F401
     at,
     clkd,
     crd,
@@ -22,21 +22,21 @@ from . import (  # noqa: F401
     sp,
     vid,
 )
-from ._functional import LOGIT_STANDARDIZATION_PAPER, standardize_logits
-from .at import at_loss
-from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, logits_of
-from .clkd import clkd_loss
-from .crd import crd_loss, crd_nce_loss
-from .dist import dist_loss
-from .dkd import dkd_loss
-from .fitnet import fitnet_loss
-from .kd import kd_loss
-from .kdsvd import kdsvd_loss
-from .mlkd import mlkd_loss
-from .nst import nst_loss
-from .ofd import ofd_loss, ofd_margin
-from .pkt import pkt_loss
-from .registry import (
+from hfkd.losses._functional import LOGIT_STANDARDIZATION_PAPER, standardize_logits
+from hfkd.losses.at import at_loss
+from hfkd.losses.base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, logits_of
+from hfkd.losses.clkd import clkd_loss
+from hfkd.losses.crd import crd_loss, crd_nce_loss
+from hfkd.losses.dist import dist_loss
+from hfkd.losses.dkd import dkd_loss
+from hfkd.losses.fitnet import fitnet_loss
+from hfkd.losses.kd import kd_loss
+from hfkd.losses.kdsvd import kdsvd_loss
+from hfkd.losses.mlkd import mlkd_loss
+from hfkd.losses.nst import nst_loss
+from hfkd.losses.ofd import ofd_loss, ofd_margin
+from hfkd.losses.pkt import pkt_loss
+from hfkd.losses.registry import (
     create_loss,
     get_loss_class,
     list_losses,
@@ -44,12 +44,12 @@ from .registry import (
     resolve_loss_kwargs,
     validate_loss_kwargs,
 )
-from .reviewkd import hcl_loss
-from .rkd import rkd_loss
-from .sdd import sdd_kd_loss
-from .skd import skd_loss, skd_total_loss
-from .sp import sp_loss
-from .vid import vid_loss
+from hfkd.losses.reviewkd import hcl_loss
+from hfkd.losses.rkd import rkd_loss
+from hfkd.losses.sdd import sdd_kd_loss
+from hfkd.losses.skd import skd_loss, skd_total_loss
+from hfkd.losses.sp import sp_loss
+from hfkd.losses.vid import vid_loss
 
 __all__ = [
     "LOGIT_STANDARDIZATION_PAPER",

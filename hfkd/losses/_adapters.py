@@ -15,8 +15,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import StageSpec, as_feature_map, resolve_stages
-from .base import LossContext
+from hfkd.losses._feature_maps import StageSpec, as_feature_map, resolve_stages
+from hfkd.losses.base import LossContext
 
 Shape = tuple[int, ...]
 

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 
-from ._functional import as_loss_dtype
+from hfkd.losses._functional import as_loss_dtype
 
 LossFunction = TypeVar("LossFunction", bound=Callable[..., Any])
 

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import PaperRef, loss_dtype
+from hfkd.losses.base import PaperRef, loss_dtype
 
 
 def as_loss_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -10,11 +10,19 @@ from typing import Any
 
 import torch
 
-from ..features import pooled_features
-from ._adapters import ContrastMemory, EmbedHead, require_feature_shapes
-from ._functional import as_loss_dtype
-from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative, check_positive
-from .registry import register_loss
+from hfkd.losses._adapters import ContrastMemory, EmbedHead, require_feature_shapes
+from hfkd.losses._feature_maps import pooled_features
+from hfkd.losses._functional import as_loss_dtype
+from hfkd.losses.base import (
+    DistillationLoss,
+    DistillBatch,
+    LossContext,
+    LossNeeds,
+    PaperRef,
+    check_non_negative,
+    check_positive,
+)
+from hfkd.losses.registry import register_loss
 
 
 def contrast_scores(anchor: torch.Tensor, memory_rows: torch.Tensor, *, temperature: float = 0.07) -> torch.Tensor:

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import DistillationLoss, DistillBatch, PaperRef, check_non_negative, check_positive, logits_of
-from .kd import kd_loss
-from .registry import register_loss
+from hfkd.losses.base import DistillationLoss, DistillBatch, PaperRef, check_non_negative, check_positive, logits_of
+from hfkd.losses.kd import kd_loss
+from hfkd.losses.registry import register_loss
 
 
 class _ScaleGradient(torch.autograd.Function):

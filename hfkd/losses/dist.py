@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from ._functional import as_loss_dtype
-from .base import DistillationLoss, DistillBatch, PaperRef, check_non_negative, check_positive, logits_of
-from .registry import register_loss
+from hfkd.losses._functional import as_loss_dtype
+from hfkd.losses.base import DistillationLoss, DistillBatch, PaperRef, check_non_negative, check_positive, logits_of
+from hfkd.losses.registry import register_loss
 
 
 def _row_pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

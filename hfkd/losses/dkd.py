@@ -9,9 +9,17 @@ from typing import Any
 
 import torch
 
-from ._functional import as_loss_dtype, standardize_logits, target_mask, warmup_factor
-from .base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative, check_positive, logits_of
-from .registry import register_loss
+from hfkd.losses._functional import as_loss_dtype, standardize_logits, target_mask, warmup_factor
+from hfkd.losses.base import (
+    DistillationLoss,
+    DistillBatch,
+    LossNeeds,
+    PaperRef,
+    check_non_negative,
+    check_positive,
+    logits_of,
+)
+from hfkd.losses.registry import register_loss
 
 
 def _binary_kl(log_p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torch.Tensor:

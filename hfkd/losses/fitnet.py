@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..features import StageSpec, feature_maps
-from ._adapters import ConvReg, pick_maps, require_feature_shapes, resolve_stage_pairs
-from ._feature_functional import check_stages, feature_pairs
-from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative
-from .registry import register_loss
+from hfkd.losses._adapters import ConvReg, pick_maps, require_feature_shapes, resolve_stage_pairs
+from hfkd.losses._feature_functional import check_stages, feature_pairs
+from hfkd.losses._feature_maps import StageSpec, feature_maps
+from hfkd.losses.base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative
+from hfkd.losses.registry import register_loss
 
 
 def fitnet_loss(

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._functional import as_loss_dtype, kl_div_batchmean, standardize_logits
-from .base import DistillationLoss, DistillBatch, PaperRef, check_positive, logits_of
-from .registry import register_loss
+from hfkd.losses._functional import as_loss_dtype, kl_div_batchmean, standardize_logits
+from hfkd.losses.base import DistillationLoss, DistillBatch, PaperRef, check_positive, logits_of
+from hfkd.losses.registry import register_loss
 
 
 def kd_loss(

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from ._functional import as_loss_dtype, median_confidence_masks
-from .base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_positive, logits_of
-from .kd import kd_loss
-from .registry import register_loss
+from hfkd.losses._functional import as_loss_dtype, median_confidence_masks
+from hfkd.losses.base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_positive, logits_of
+from hfkd.losses.kd import kd_loss
+from hfkd.losses.registry import register_loss
 
 
 def correlation_losses(

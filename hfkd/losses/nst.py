@@ -8,10 +8,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..features import StageSpec, select_features
-from ._feature_functional import check_stages, feature_pairs, pool_to_common_size, without_autocast
-from .base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative
-from .registry import register_loss
+from hfkd.losses._feature_functional import check_stages, feature_pairs, pool_to_common_size, without_autocast
+from hfkd.losses._feature_maps import StageSpec, select_features
+from hfkd.losses.base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative
+from hfkd.losses.registry import register_loss
 
 
 def _mean_poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import StageSpec
-from ._adapters import conv_bn_connector, pick_maps, preact_feature_maps, require_feature_shapes, resolve_stage_pairs
-from ._feature_functional import check_stages, feature_pairs
-from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative
-from .registry import register_loss
+from hfkd.losses._adapters import (
+    conv_bn_connector,
+    pick_maps,
+    preact_feature_maps,
+    require_feature_shapes,
+    resolve_stage_pairs,
+)
+from hfkd.losses._feature_functional import check_stages, feature_pairs
+from hfkd.losses._feature_maps import StageSpec
+from hfkd.losses.base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative
+from hfkd.losses.registry import register_loss
 
 _NEEDS = (
     "ofd needs pre-activation features (`preact_hidden_states` on both model outputs) and the teacher's BN "

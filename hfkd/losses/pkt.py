@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from ..features import pooled_features
-from ._feature_functional import feature_pairs, without_autocast
-from .base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative
-from .registry import register_loss
+from hfkd.losses._feature_functional import feature_pairs, without_autocast
+from hfkd.losses._feature_maps import pooled_features
+from hfkd.losses.base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative
+from hfkd.losses.registry import register_loss
 
 _EPS = 1e-7
 

@@ -10,7 +10,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .base import DistillationLoss, LossContext
+from hfkd.losses.base import DistillationLoss, LossContext
 
 _LOSSES: dict[str, type[DistillationLoss]] = {}
 

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import StageSpec, feature_maps, pooled_features
-from ._adapters import ABF, pick_maps, preact_feature_maps, require_feature_shapes, resolve_stage_pairs
-from ._feature_functional import check_stages, feature_pairs
-from ._functional import warmup_factor
-from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative
-from .registry import register_loss
+from hfkd.losses._adapters import ABF, pick_maps, preact_feature_maps, require_feature_shapes, resolve_stage_pairs
+from hfkd.losses._feature_functional import check_stages, feature_pairs
+from hfkd.losses._feature_maps import StageSpec, feature_maps, pooled_features
+from hfkd.losses._functional import warmup_factor
+from hfkd.losses.base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative
+from hfkd.losses.registry import register_loss
 
 
 def hcl_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -11,11 +11,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..features import select_features
-from ._functional import as_loss_dtype, warmup_factor
-from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative, check_positive
-from .dkd import dkd_terms_per_sample
-from .registry import register_loss
+from hfkd.losses._feature_maps import select_features
+from hfkd.losses._functional import as_loss_dtype, warmup_factor
+from hfkd.losses.base import (
+    DistillationLoss,
+    DistillBatch,
+    LossContext,
+    LossNeeds,
+    PaperRef,
+    check_non_negative,
+    check_positive,
+)
+from hfkd.losses.dkd import dkd_terms_per_sample
+from hfkd.losses.registry import register_loss
 
 
 def region_logits(feature_map: torch.Tensor, head: Callable, grids: Sequence[int] = (1, 2, 4)) -> torch.Tensor:

@@ -10,11 +10,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import StageSpec, feature_maps
-from ._adapters import pick_maps, require_feature_shapes, resolve_stage_pairs, vid_regressor
-from ._feature_functional import check_stages, feature_pairs, pool_to_common_size
-from .base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative, check_positive
-from .registry import register_loss
+from hfkd.losses._adapters import pick_maps, require_feature_shapes, resolve_stage_pairs, vid_regressor
+from hfkd.losses._feature_functional import check_stages, feature_pairs, pool_to_common_size
+from hfkd.losses._feature_maps import StageSpec, feature_maps
+from hfkd.losses.base import (
+    DistillationLoss,
+    DistillBatch,
+    LossContext,
+    LossNeeds,
+    PaperRef,
+    check_non_negative,
+    check_positive,
+)
+from hfkd.losses.registry import register_loss
 
 
 def vid_loss(

@@ -6,8 +6,8 @@ import os
 import signal
 import sys
 
-from hfkd import cache_build
-from hfkd.teacher_cache import main
+from hfkd.commands.cache import main
+from hfkd.teachers.cache import build as cache_build
 
 if "HFKD_TEST_KILL_AT_SHARD" in os.environ:
     finished = int(os.environ["HFKD_TEST_KILL_AT_SHARD"])

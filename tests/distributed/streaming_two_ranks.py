@@ -15,9 +15,11 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForImageClassification, Trainer
 
 from hfkd import DistillationArguments, DistillationTrainer
-from hfkd.data import DistillationCollator, ImageConfig, build_transforms, make_transform_fn
+from hfkd.data.batch_transform import make_transform_fn
+from hfkd.data.collator import DistillationCollator
+from hfkd.data.streaming import load_streaming_dataset, set_stream_transform
+from hfkd.data.transforms import ImageConfig, build_transforms
 from hfkd.metrics import compute_accuracy_metrics, top_k_indices
-from hfkd.streaming import load_streaming_dataset, set_stream_transform
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0  # see tests/test_streaming.py
 

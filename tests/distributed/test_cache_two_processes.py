@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import ViTImageProcessor
 
-from hfkd import teacher_cache
+from hfkd.commands import cache as teacher_cache
 
 from ..testing_utils import perturbed, tiny_resnet
 from .launch import launch_two, needs_launcher

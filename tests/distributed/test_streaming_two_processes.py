@@ -1,7 +1,7 @@
 """Two CPU processes through Accelerate (gloo) on a streamed parquet dataset (streaming_two_ranks.py): each process
 trains on its own part (`split_dataset_by_node`, whole shards), the parts are disjoint and cover the data, and
 evaluation on the whole streamed eval split counts each image once. The same stream through Accelerate's own
-handling loses half the data, which is why `hfkd.streaming_trainer.StreamingMixin` prepares each part itself."""
+handling loses half the data, which is why `hfkd.training.streaming.StreamingMixin` prepares each part itself."""
 
 import json
 from pathlib import Path

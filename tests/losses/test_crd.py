@@ -4,9 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hfkd.features import pooled_features, probe_feature_shapes
 from hfkd.losses import DistillBatch, LossContext, crd_loss, crd_nce_loss, create_loss
+from hfkd.losses._feature_maps import pooled_features
 from hfkd.losses.crd import contrast_scores
+from hfkd.models.features import probe_feature_shapes
 
 from ..testing_utils import collate, slow, synthetic_dataset, tiny_resnet
 from .trainable_reference import crd as reference_crd
@@ -171,7 +172,7 @@ def test_trains_end_to_end_with_the_trainer(tmp_path):
     from safetensors.torch import load_file
 
     from hfkd import DistillationArguments, DistillationTrainer
-    from hfkd.wrapper import ADAPTERS_NAME
+    from hfkd.training.student_module import ADAPTERS_NAME
 
     dataset = synthetic_dataset(16)
     dataset = dataset.add_column("sample_index", list(range(16))).with_format("torch")
@@ -254,7 +255,7 @@ def test_memory_updates_and_z_are_shared_across_processes(tmp_path):
 
 
 def test_memory_banks_are_not_rebroadcast_by_ddp():
-    from hfkd.wrapper import DistillationModule
+    from hfkd.training.student_module import DistillationModule
 
     student, _, context, *_ = _tiny_pair()
     wrapper = DistillationModule(student, create_loss("crd", context=context, nce_k=8))

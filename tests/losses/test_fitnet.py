@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hfkd.features import probe_feature_shapes
 from hfkd.losses import DistillBatch, LossContext, create_loss, fitnet_loss
+from hfkd.models.features import probe_feature_shapes
 
 from ..testing_utils import collate, synthetic_dataset, tiny_resnet
 from .trainable_reference import fitnet as reference_fitnet

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from hfkd.features import probe_feature_shapes
 from hfkd.losses import DistillBatch, LossContext, create_loss, ofd_loss, ofd_margin
+from hfkd.models.features import probe_feature_shapes
 
 from ..testing_utils import tiny_resnet
 from .trainable_reference import ofd as reference_ofd

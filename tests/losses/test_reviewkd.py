@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from hfkd.features import probe_feature_shapes
 from hfkd.losses import DistillBatch, LossContext, create_loss, hcl_loss
+from hfkd.models.features import probe_feature_shapes
 
 from ..testing_utils import tiny_resnet
 from .trainable_reference import hcl as reference_hcl

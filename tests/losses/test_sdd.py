@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from hfkd.features import classifier_head, select_features
 from hfkd.losses import DistillBatch, LossContext, create_loss, kd_loss
+from hfkd.losses._feature_maps import select_features
 from hfkd.losses.sdd import region_logits, sdd_dkd_loss, sdd_kd_loss
+from hfkd.models.features import classifier_head
 
 from ..testing_utils import tiny_resnet
 from .reference import dkd, kl, softmax

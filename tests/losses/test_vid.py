@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hfkd.features import probe_feature_shapes
 from hfkd.losses import DistillBatch, LossContext, create_loss, vid_loss
+from hfkd.models.features import probe_feature_shapes
 
 from ..testing_utils import tiny_resnet
 from .trainable_reference import vid as reference_vid

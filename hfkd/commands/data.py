@@ -1,0 +1,289 @@
+"""The data steps of `hfkd distill`: which rows, from where, prepared how.
+
+`load_data` loads the train and eval splits (a teacher cache's recorded rows when there is one, synthetic images in
+smoke mode) and `prepare_splits` gives each its batch transform: the student's and the teacher's preprocessing on
+one shared random crop per sample (from (seed, epoch, index)), or the cached views of a teacher cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+from transformers.utils import logging
+
+from hfkd.commands.arguments import DataArguments, RunArguments
+from hfkd.commands.smoke import synthetic_dataset
+from hfkd.data.batch_transform import make_transform_fn, set_image_transform
+from hfkd.data.datasets import (
+    add_sample_index,
+    check_labels,
+    class_names,
+    detect_columns,
+    keep_labelled_subset,
+    load_image_dataset,
+)
+from hfkd.data.decode import filter_unreadable
+from hfkd.data.demo import card_dataset_name
+from hfkd.data.saved_preprocessing import record_image_config
+from hfkd.data.streaming import load_streaming_dataset, set_stream_transform
+from hfkd.data.transforms import ImageConfig, build_transforms, image_config_for_model
+from hfkd.losses import get_loss_class
+from hfkd.teachers.cache.check import cache_summary, check_cache_matches
+from hfkd.teachers.cache.replay import ReplayTransform
+from hfkd.teachers.cached import CachedTeacher
+from hfkd.training.arguments import DistillationArguments
+from hfkd.utils.local_names import neutral_name, neutral_text
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class RunData:
+    """The loaded data of a run: splits (still raw images), columns, class names and where it came from."""
+
+    splits: datasets.DatasetDict
+    image_column: str
+    label_column: str
+    names: list[str]
+    source: str
+
+    def info(self, data_args: DataArguments) -> dict[str, Any]:
+        """What `distill_config.json` records about the data."""
+        return {
+            "dataset": neutral_name(card_dataset_name(data_args.dataset, self.source)),
+            "config": data_args.dataset_config,
+            "source": neutral_text(self.source, data_args.dataset),
+            # A stream's length is not known (`None`).
+            "train_images": len(self.splits["train"]) if hasattr(self.splits["train"], "__len__") else None,
+            "eval_images": len(self.splits["eval"]) if hasattr(self.splits["eval"], "__len__") else None,
+            "streamed": data_args.streaming or None,
+            "labelled_images": data_args.labelled_samples,
+            "image_column": self.image_column,
+            "label_column": self.label_column,
+        }
+
+
+def data_dirs(data_args: DataArguments) -> dict[str, str] | None:
+    """transformers' `--train_dir` / `--validation_dir`: one image folder per split."""
+    if data_args.train_dir is None and data_args.validation_dir is None:
+        return None
+    if data_args.train_dir is None:
+        raise ValueError("--validation_dir needs --train_dir (the training images' folder).")
+    folders = {"train": data_args.train_dir}
+    if data_args.validation_dir is not None:
+        folders["validation"] = data_args.validation_dir
+    return folders
+
+
+def load_data(
+    data_args: DataArguments,
+    run_args: RunArguments,
+    args: DistillationArguments,
+    *,
+    distilling: bool,
+    cache_dir: str | None = None,
+    rows: dict[str, Any] | None = None,
+) -> RunData:
+    """The train and eval splits with their columns and class names (synthetic data in smoke mode); `rows`, a
+    teacher cache's selection, replaces the seeded one."""
+    if data_args.streaming:
+        streamed = load_streaming_dataset(
+            data_args.dataset,
+            config_name=data_args.dataset_config,
+            train_split=data_args.train_split,
+            eval_split=data_args.eval_split,
+            data_dirs=data_dirs(data_args),
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            rank=args.process_index,
+            world_size=args.world_size,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            shuffle_buffer_size=data_args.shuffle_buffer_size,
+            drop_unlabelled=not distilling,
+            cache_dir=cache_dir,
+        )
+        return RunData(streamed.splits, streamed.image_column, streamed.label_column, streamed.names, streamed.source)
+    if run_args.smoke:
+        dataset = synthetic_dataset(
+            data_args.dataset,
+            data_args.label_column,
+            image_size=run_args.smoke_image_size,
+            num_labels=run_args.smoke_num_labels,
+        )
+    else:
+        dataset = load_image_dataset(
+            data_args.dataset,
+            config_name=data_args.dataset_config,
+            train_split=data_args.train_split,
+            eval_split=data_args.eval_split,
+            seed=args.seed,
+            cache_dir=cache_dir,
+            max_train_samples=data_args.max_train_samples,
+            max_eval_samples=data_args.max_eval_samples,
+            rows=rows,
+            data_dirs=data_dirs(data_args),
+        )
+    image_column, label_column = detect_columns(dataset["train"], data_args.image_column, data_args.label_column)
+    names = class_names(dataset["train"], label_column)
+    check_labels(dataset, label_column, len(names))
+    source = getattr(dataset, "source", data_args.dataset)
+    logger.info(
+        f"Data: {source}; {len(names)} classes; {len(dataset['train'])} train / {len(dataset['eval'])} eval images"
+    )
+    if data_args.labelled_samples is not None:
+        dataset["train"] = keep_labelled_subset(
+            dataset["train"], label_column, data_args.labelled_samples, seed=args.seed, drop_unlabelled=not distilling
+        )
+        rest = "; the teacher supervises the rest" if distilling else "; the rest are dropped (no teacher)"
+        logger.info(f"Labels kept for {data_args.labelled_samples} of the training images{rest}")
+    return RunData(dataset, image_column, label_column, names, source)
+
+
+def sized(config: ImageConfig, side: int | None, model: Any) -> ImageConfig:
+    """`config` at `side` x `side` pixels when asked (a model whose config fixes its input size keeps it)."""
+    if side is None or config.size == (side, side):
+        return config
+    fixed = getattr(getattr(model, "config", None), "image_size", None)
+    if fixed is not None and fixed != side:
+        raise ValueError(
+            f"{type(model).__name__} takes {fixed} px images (config.image_size); --image_size {side} cannot change "
+            "that. Drop the flag for this model, or use one without a fixed input size."
+        )
+    return dataclasses.replace(config, size=(side, side), resize_size=None)
+
+
+def check_teachers_take(teachers: list[Any], config: ImageConfig) -> None:
+    """With `--teacher_input student`, a teacher whose config fixes its input size (ViT, Swin) must match the
+    student's."""
+    for teacher in teachers:
+        fixed = getattr(getattr(teacher, "config", None), "image_size", None)
+        if fixed is not None and tuple(fixed if isinstance(fixed, (list, tuple)) else (fixed, fixed)) != config.size:
+            raise ValueError(
+                f"--teacher_input student: {type(teacher).__name__} takes {fixed} px images (config.image_size) and "
+                f"the student's tensor is {config.size[0]}x{config.size[1]}. Drop --teacher_input, or set "
+                f"--image_size {fixed}."
+            )
+
+
+def prepare_splits(
+    data: RunData,
+    data_args: DataArguments,
+    args: DistillationArguments,
+    models: tuple[Any, Any, list[Any], list[Any]],
+    cache: CachedTeacher | None,
+) -> dict[str, Any]:
+    """Both splits with their batch transforms (and, for a teacher cache, the replayed cached views). Each sample's
+    random augmentation comes from (seed, epoch, its index), so that resumed runs and any number of workers agree."""
+    student, student_processor, teachers, teacher_processors = models
+    student_config = sized(image_config_for_model(student, student_processor), data_args.image_size, student)
+    overrides = {"interpolation": data_args.interpolation, "mean": data_args.image_mean, "std": data_args.image_std}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    if overrides:  # --interpolation, --image_mean, --image_std
+        student_config = dataclasses.replace(student_config, **overrides)
+    record_image_config(student, student_processor, student_config)  # what is saved says how it was trained
+    # Each teacher (of an ensemble: each member) gets its own preprocessing of the shared crop.
+    teacher_configs = [
+        sized(image_config_for_model(teacher, processor), data_args.teacher_image_size, teacher)
+        for teacher, processor in zip(teachers, teacher_processors)
+    ]
+    sizes = f"student {student_config.size[0]}x{student_config.size[1]}"
+    sizes += "".join(f", teacher {c.size[0]}x{c.size[1]}" for c in teacher_configs)
+    shared = teacher_configs and data_args.teacher_input == "student"
+    if shared:
+        check_teachers_take(teachers, student_config)
+    logger.info(
+        f"Input sizes: {sizes} (--image_size / --teacher_image_size set them); student resampling "
+        f"{student_config.interpolation}, mean {student_config.mean}, std {student_config.std}."
+        + (" In training the teachers take the student's tensor (--teacher_input student)." if shared else "")
+    )
+    augment = data_args.train_augment
+    # Losses such as MLKD learn from a second, strongly augmented (RandAugment) view of each training image.
+    strong_view = bool(teachers) and get_loss_class(args.distill_loss).needs.strong_view
+
+    def transforms(train: bool, strong: bool = False) -> tuple[Any, Any]:
+        def build(config: Any) -> Any:
+            return build_transforms(
+                config, train=train, train_augment=augment, strong=strong,
+                rand_augment=data_args.rand_augment, random_erasing=data_args.random_erasing,
+            )  # fmt: skip
+        if train and data_args.teacher_input == "student":
+            return build(student_config), None  # the teachers read the student's tensor (`pixel_values`)
+        return build(student_config), [build(config) for config in teacher_configs] or None
+
+    splits = {}
+    for split, train in (("train", True), ("eval", False)):
+        part = data.splits[split]
+        if data_args.streaming:  # the same transform, applied to the stream as it is read
+            transform = make_transform_fn(
+                *transforms(train),
+                data.image_column,
+                data.label_column,
+                skip_unreadable=data_args.skip_unreadable,
+                strong_transforms=transforms(train, strong=True) if train and strong_view else None,
+                seed=args.data_seed if args.data_seed is not None else args.seed,
+            )
+            splits[split] = set_stream_transform(part, transform, num_labels=len(data.names), train=train)
+            continue
+        if data_args.skip_unreadable:
+            part, skipped = filter_unreadable(part, data.image_column)
+            logger.info(f"{split}: skipped {skipped} unreadable images")
+        part = add_sample_index(part)
+        transform = make_transform_fn(
+            *transforms(train),
+            data.image_column,
+            data.label_column,
+            strong_transforms=transforms(train, strong=True) if train and strong_view else None,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+        )
+        if train and cache is not None:
+            # Offline distillation: the student sees exactly the crops the teacher saw when the cache was built.
+            transform = ReplayTransform(
+                cache.cache,
+                student_config.size,
+                student_config.mean,
+                student_config.std,
+                data.image_column,
+                data.label_column,
+                student_config.num_channels,
+                student_config.interpolation,
+            )
+        splits[split] = set_image_transform(part, transform)
+    return splits
+
+
+def cache_rows(cache: CachedTeacher | None) -> dict[str, Any] | None:
+    """A teacher cache's selection of the training rows, as `load_image_dataset(rows=...)` takes it."""
+    selection = cache.cache.selection() if cache is not None else None
+    if selection is None:
+        return None
+    data = cache.cache.config.data
+    return {
+        "train_split": data["train_split"],
+        "train": selection["train_rows"],
+        "eval_split": data["eval_split"],
+        "eval": selection["eval_rows"],
+    }
+
+
+def check_cache(cache: CachedTeacher, data: RunData, data_args: DataArguments, args: DistillationArguments) -> None:
+    """The cache must have been built from this run's data (and from its --teacher, when one is named)."""
+    check_cache_matches(
+        cache.cache.config,
+        dataset=data_args.dataset,
+        dataset_config=data_args.dataset_config,
+        train_split=data_args.train_split,
+        max_train_samples=data_args.max_train_samples,
+        train=data.splits["train"],
+        image_column=data.image_column,
+        label_column=data.label_column,
+        teacher=args.teacher_model_name_or_path,
+        teacher_revision=args.teacher_model_revision,
+        # An ensemble's combination, where this run names one (the temperature only when given: caches default to 1).
+        teacher_weights=args.teacher_weights,
+        teacher_ensemble=args.teacher_ensemble if len(args.teacher_names) > 1 else None,
+        teacher_ensemble_temperature=args.teacher_ensemble_temperature,
+    )
+    logger.info(f"Teacher cache: {cache_summary(cache.cache.config)}; it matches this run's data.")

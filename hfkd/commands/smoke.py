@@ -1,0 +1,181 @@
+"""Smoke mode: run any recipe for two steps on synthetic data of its shape and class count, offline.
+
+`examples/run_image_distill.py --config <recipe> --smoke` exercises a recipe's whole path (parsing, models, loss,
+transforms, trainer, saving, model card) without its dataset or downloaded weights:
+
+- the data are random images of the dataset's resolution and class count (`SMOKE_DATASETS`, or
+  `--smoke_image_size` / `--smoke_num_labels` for other datasets);
+- a timm model (`timm/resnet18.tv_in1k`, an alias to one, a timm name) is built from timm's own config with random
+  weights; a teacher folder that a recipe expects from an earlier run (`runs/cifar100/teachers/resnet32x4`) is
+  replaced by a random-init model named by the folder; a transformers Hub model is replaced by a tiny random model
+  of the same family, since its config cannot be fetched offline. Every substitution is logged.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+from PIL import Image as PILImage
+from transformers.utils import logging
+
+from hfkd.models.loading import MODEL_ALIASES
+
+logger = logging.get_logger(__name__)
+
+
+# dataset -> (image size, number of classes)
+SMOKE_DATASETS: dict[str, tuple[int, int]] = {
+    "uoft-cs/cifar100": (32, 100),
+    "cifar100": (32, 100),
+    "uoft-cs/cifar10": (32, 10),
+    "cifar10": (32, 10),
+    "ILSVRC/imagenet-1k": (224, 1000),
+    "imagenet-1k": (224, 1000),
+    "fashion-mnist": (28, 10),
+    "zalando-datasets/fashion_mnist": (28, 10),
+    "digits": (8, 10),
+}
+
+
+SMOKE_FLAGS = [
+    "--max_steps", "2", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2",
+    "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0",
+    "--logging_steps", "1", "--evaluate_teacher", "false", "--gradient_accumulation_steps", "1",
+]  # fmt: skip
+
+
+def smoke_argv(argv: list[str], use_cpu: bool | None = None) -> list[str]:
+    """Command-line overrides for a smoke run: they come last, so they win over the recipe and earlier flags.
+
+    Without a GPU (`use_cpu` defaults to that), the run is moved to the CPU in float32.
+    """
+    extra = list(SMOKE_FLAGS)
+    if use_cpu if use_cpu is not None else not torch.cuda.is_available():
+        extra += ["--use_cpu", "true", "--bf16", "false", "--fp16", "false"]
+    return [*argv, *extra]
+
+
+def apply_smoke(model_args: Any, data_args: Any, run_args: Any, training_args: Any) -> None:
+    """Swap a run's models for random-init stand-ins of the smoke data's class count (see `smoke_model_name`),
+    and fit the loss kwargs to the 8 synthetic images. The data themselves come from `synthetic_dataset`."""
+    known_size, known_labels = SMOKE_DATASETS.get(data_args.dataset, (None, None))
+    image_size = run_args.smoke_image_size or known_size or 32
+    num_labels = run_args.smoke_num_labels or known_labels or 10
+    model_args.student_model_name_or_path, model_args.student_pretrained = smoke_model_name(
+        model_args.student_model_name_or_path, num_labels, image_size
+    )
+    if training_args.teacher_model_name_or_path is not None:
+        training_args.teacher_model_name_or_path, model_args.teacher_pretrained = smoke_model_name(
+            training_args.teacher_model_name_or_path, num_labels, image_size
+        )
+    args = training_args
+    args.distill_loss_kwargs = smoke_loss_kwargs(args.distill_loss, args.distill_loss_kwargs)
+
+
+def synthetic_dataset(
+    dataset: str, label_column: str | None, *, image_size: int | None = None, num_labels: int | None = None
+) -> DatasetDict:
+    """8 training and 4 evaluation random RGB images of the dataset's size, labels cycling over its classes."""
+    known = SMOKE_DATASETS.get(dataset)
+    size = image_size or (known[0] if known else None)
+    classes = num_labels or (known[1] if known else None)
+    if size is None or classes is None:
+        raise ValueError(
+            f"Smoke mode does not know the image size and class count of {dataset!r} (it knows "
+            f"{', '.join(sorted(SMOKE_DATASETS))}). Pass --smoke_image_size and --smoke_num_labels."
+        )
+    rng = np.random.default_rng(0)
+    column = label_column or "label"
+    features = Features({"image": Image(), column: ClassLabel(names=[f"class_{i}" for i in range(classes)])})
+    splits = {}
+    for split, count in (("train", 8), ("eval", 4)):
+        images = [PILImage.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
+        labels = [int(i) % classes for i in rng.integers(0, classes, count)]
+        splits[split] = Dataset.from_dict({"image": images, column: labels}, features=features)
+    result = DatasetDict(splits)
+    result.source = f"synthetic smoke data ({count} eval images of {size}x{size}, {classes} classes)"
+    return result
+
+
+def _tiny_transformers_model(model_type: str, num_labels: int, image_size: int) -> Any:
+    from transformers import (
+        ConvNextConfig,
+        ConvNextForImageClassification,
+        ResNetConfig,
+        ResNetForImageClassification,
+        SwinConfig,
+        SwinForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+    )
+
+    if model_type == "swin":
+        config = SwinConfig(
+            image_size=image_size,
+            patch_size=4,
+            embed_dim=16,
+            depths=[1, 1],
+            num_heads=[2, 2],
+            window_size=7,
+            num_labels=num_labels,
+        )
+        return SwinForImageClassification(config)
+    if model_type in ("vit", "deit", "beit"):
+        config = ViTConfig(
+            image_size=image_size,
+            patch_size=16,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=num_labels,
+        )
+        return ViTForImageClassification(config)
+    if model_type == "convnext":
+        return ConvNextForImageClassification(
+            ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=num_labels)
+        )
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=num_labels)
+    return ResNetForImageClassification(config)
+
+
+def smoke_model_name(name: str, num_labels: int, image_size: int) -> tuple[str, bool]:
+    """What to load instead of `name` in smoke mode, and whether to load its weights (False: random init)."""
+    if os.path.isdir(name):
+        return name, True
+    target = MODEL_ALIASES.get(name.lower(), name)
+    if target.startswith("timm/"):
+        arch = target[len("timm/") :].split(".")[0]
+        logger.warning(f"Smoke mode: {name!r} -> timm {arch!r} with random weights.")
+        return arch, False
+    if "/" not in target:  # a timm name or a CIFAR zoo alias
+        return target, False
+    base = os.path.basename(os.path.normpath(name)).lower()
+    # A run folder a recipe expects (runs/cifar100/teachers/vgg13) is named after its CIFAR zoo model.
+    zoo = MODEL_ALIASES.get(base) if "/" not in MODEL_ALIASES.get(base, "/") else None
+    zoo = zoo or (f"cifar_{base}" if timm.is_model(f"cifar_{base}") else None)
+    if not os.path.exists(name) and zoo is not None:
+        logger.warning(f"Smoke mode: the folder {name!r} does not exist; using a random-init {zoo!r}.")
+        return zoo, False
+    family = next((f for f in ("swin", "deit", "beit", "vit", "convnext") if f in target.lower()), "resnet")
+    folder = tempfile.mkdtemp(prefix="hfkd-smoke-")
+    _tiny_transformers_model(family, num_labels, image_size).save_pretrained(folder)
+    from transformers import ViTImageProcessor
+
+    ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    logger.warning(f"Smoke mode: {name!r} -> a tiny random {family} ({folder}); its config needs the Hub.")
+    return folder, True
+
+
+def smoke_loss_kwargs(loss: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Loss kwargs that fit the 8 smoke images: CRD's negatives per sample must be fewer than the samples."""
+    if loss == "crd":
+        logger.warning("Smoke mode: crd with nce_k=4 (8 synthetic images).")
+        return {**kwargs, "nce_k": 4}
+    return kwargs

@@ -1,0 +1,308 @@
+"""Model cards for distilled students: Hub metadata, results table, distillation setup, usage and citations."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+from transformers.utils import logging
+
+from hfkd.hub import card_text as text
+from hfkd.hub.card_text import CE_ONLY
+from hfkd.losses.base import PaperRef
+from hfkd.utils.local_names import is_local_path
+
+logger = logging.get_logger(__name__)
+
+
+_TEMPLATE = "templates/model_card.md"
+
+
+_TASK = "image-classification"
+
+
+@dataclass
+class ModelCardInfo:
+    r"""
+    Everything the model card of a distilled student says, in one record (`DistillationTrainer.create_model_card`
+    fills it from `distill_config()` and the run's metrics).
+
+    Args:
+        model_name (`str`):
+            Name of the distilled model: the card's title and the `model-index` name.
+        student_name (`str`):
+            The student's starting checkpoint (Hub id, `hf-hub:` timm id, timm architecture or local folder; a local
+            folder is named by its folder name). It becomes `base_model` only when it is a `namespace/name` Hub id.
+        loss_key (`str`):
+            Registered loss key (`"kd"`, `"dkd"`, ...) or `"ce"` for a cross-entropy-only run without teacher.
+        teacher_name (`str`, *optional*):
+            Teacher checkpoint, shown in the summary, the results table and the distillation section.
+        teacher_revision (`str`, *optional*):
+            Revision of the teacher checkpoint.
+        loss_kwargs (`dict`, *optional*):
+            The loss's resolved hyperparameters.
+        paper (`PaperRef`, *optional*):
+            The loss's paper; its BibTeX goes into the citation section.
+        ce_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the cross-entropy term.
+        distill_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the distillation term.
+        dataset_name (`str`, *optional*):
+            Training dataset (Hub id, builder name such as `imagefolder`, or local path). Listed under
+            `datasets` only when it is a Hub id.
+        dataset_config (`str`, *optional*):
+            Dataset configuration name.
+        student_metrics (`dict[str, float]`, *optional*):
+            Evaluation metrics of the student, e.g. `{"eval_accuracy": 0.76, "eval_top5_accuracy": 0.93}`. Keys
+            `accuracy` / `top1_accuracy` and `top5_accuracy` are looked up with an `eval_`, `test_` or no prefix.
+        teacher_metrics (`dict[str, float]`, *optional*):
+            Same keys, for the teacher.
+        baseline_metrics (`dict[str, float]`, *optional*):
+            Same keys, for the same student trained with cross-entropy only.
+        hyperparameters (`dict[str, Any]`, *optional*):
+            Training hyperparameters to list (learning rate, epochs, batch size, ...). `None` values are skipped.
+        is_timm (`bool`, *optional*, defaults to `False`):
+            Whether the student is a timm model: sets `library_name: timm` and adds a timm usage snippet.
+        hub_model_id (`str`, *optional*):
+            Repo id the model is pushed to; used in the usage snippets (else the output folder, else `model_name`).
+        license (`str`, *optional*):
+            License identifier for the metadata (e.g. `"apache-2.0"`).
+        extra_tags (`list[str]`, *optional*):
+            More tags for the metadata.
+        student_from_scratch (`bool`, *optional*, defaults to `False`):
+            The student started from random weights: the card says "trained from scratch" with its architecture.
+        student_architecture (`str`, *optional*):
+            The student's architecture (timm name or transformers class), for a student trained from scratch.
+        teacher_local (`bool`, *optional*):
+            The teacher is a local checkpoint named by its folder name (`None`: judged from `teacher_name`).
+        teacher_note (`str`, *optional*):
+            Where the teacher's weights come from (e.g. a released reference checkpoint), shown with the teacher.
+        teacher_ensemble (`dict`, *optional*):
+            A teacher ensemble's record (`mode`, `weights`, `temperature`, `feature_teacher`, `members`): the card
+            names every teacher with its accuracy (`teacher_eval_member_<i>_*`) and the ensemble's.
+        log_history (`list[dict]`, *optional*):
+            `TrainerState.log_history`: every evaluation of the run becomes a row of the training-results table.
+    """
+
+    model_name: str
+    student_name: str
+    loss_key: str
+    teacher_name: str | None = None
+    teacher_revision: str | None = None
+    loss_kwargs: dict[str, Any] | None = None
+    paper: PaperRef | None = None
+    ce_weight: float = 1.0
+    distill_weight: float = 1.0
+    dataset_name: str | None = None
+    dataset_config: str | None = None
+    student_metrics: dict[str, float] | None = None
+    teacher_metrics: dict[str, float] | None = None
+    baseline_metrics: dict[str, float] | None = None
+    hyperparameters: dict[str, Any] | None = None
+    is_timm: bool = False
+    hub_model_id: str | None = None
+    license: str | None = None
+    extra_tags: list[str] | None = None
+    student_from_scratch: bool = False
+    student_architecture: str | None = None
+    teacher_local: bool | None = None
+    teacher_note: str | None = None
+    log_history: list[dict[str, Any]] | None = None
+    teacher_ensemble: dict[str, Any] | None = None
+
+    @classmethod
+    def for_run(
+        cls,
+        distill_config: dict[str, Any],
+        args: Any,
+        student_config: Any,
+        *,
+        paper: PaperRef | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        tags: str | list[str] | None = None,
+        license: str | None = None,
+        is_timm: bool | None = None,
+        student_from_scratch: bool = False,
+        log_history: list[dict[str, Any]] | None = None,
+        **metrics: dict[str, float] | None,
+    ) -> ModelCardInfo:
+        """The card of a `DistillationTrainer` run: its `distill_config()`, arguments and student config, plus the
+        `Trainer.create_model_card` arguments (`finetuned_from`, `dataset`, ...) and the `*_metrics`."""
+        teacher = distill_config["teacher"] or {}
+        extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
+        uses_teacher = distill_config["distill_loss"] != CE_ONLY
+        return cls(
+            model_name=model_name or os.path.basename(os.path.normpath(args.output_dir)),
+            student_name=finetuned_from or getattr(student_config, "_name_or_path", None) or "student",
+            loss_key=distill_config["distill_loss"],
+            teacher_name=teacher.get("name_or_path"),
+            teacher_revision=teacher.get("revision"),
+            loss_kwargs=distill_config["distill_loss_kwargs"],
+            paper=paper,
+            ce_weight=distill_config["distill_ce_weight"],
+            distill_weight=distill_config["distill_weight"] if uses_teacher else 0.0,
+            dataset_name=dataset if isinstance(dataset, str) else (dataset[0] if dataset else None),
+            dataset_config=dataset_args if isinstance(dataset_args, str) else None,
+            hyperparameters={**training_hyperparameters(args), "drop_path_rate": _drop_path_rate(student_config)},
+            is_timm=getattr(student_config, "model_type", None) == "timm_wrapper" if is_timm is None else is_timm,
+            hub_model_id=args.hub_model_id if args.push_to_hub else None,
+            license=license,
+            extra_tags=[t for t in extra_tags if t not in ("hfkd", "knowledge-distillation")],
+            student_from_scratch=student_from_scratch,
+            student_architecture=_architecture(student_config),
+            teacher_local=teacher.get("local"),
+            teacher_note=teacher.get("provenance"),
+            log_history=log_history,
+            teacher_ensemble={**teacher["ensemble"], "members": teacher["members"]} if "ensemble" in teacher else None,
+            **metrics,
+        )
+
+
+def _architecture(config: Any) -> str | None:
+    architectures = getattr(config, "architectures", None) or [None]
+    return getattr(config, "architecture", None) or architectures[0] or getattr(config, "model_type", None)
+
+
+def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> ModelCard:
+    r"""
+    Builds the model card of a distilled student from `info` and, when `output_dir` is given, writes it to
+    `output_dir/README.md` (creating the folder).
+
+    The YAML metadata carries `library_name`, the tags (`hfkd`, `knowledge-distillation`, `distill-<loss_key>`,
+    `image-classification`), `base_model` and `datasets` (Hub ids only, never local paths), `metrics` and a
+    `model-index` holding the student's top-1 and top-5 accuracy as **fractions in [0, 1]**, exactly as passed.
+    The body (template `hfkd/templates/model_card.md`) shows them as percentages.
+
+    Returns:
+        [`huggingface_hub.ModelCard`]: the rendered card.
+    """
+    model_name, student_name, loss_key = info.model_name, info.student_name, info.loss_key
+    teacher_name, dataset_name, dataset_config = info.teacher_name, info.dataset_name, info.dataset_config
+    for name, value in (("model_name", model_name), ("student_name", student_name), ("loss_key", loss_key)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"`{name}` must be a non-empty string, got {value!r}. Pass the {name.replace('_', ' ')}.")
+    if info.extra_tags is not None and not all(isinstance(tag, str) and tag for tag in info.extra_tags):
+        raise ValueError(f"`extra_tags` must be a list of non-empty strings, got {info.extra_tags!r}.")
+
+    student_acc = text.accuracies(info.student_metrics, "student_metrics")
+    teacher_acc = text.accuracies(info.teacher_metrics, "teacher_metrics")
+    baseline_acc = text.accuracies(info.baseline_metrics, "baseline_metrics")
+    hub_dataset = text.hub_dataset_id(dataset_name)
+    eval_results = text.eval_results(*student_acc, dataset_name, dataset_config)
+
+    tags = ["hfkd", "knowledge-distillation", f"distill-{loss_key}", _TASK] + (["timm"] if info.is_timm else [])
+    card_data = ModelCardData(
+        library_name="timm" if info.is_timm else "transformers",
+        license=info.license,
+        tags=tags + list(info.extra_tags or []),
+        base_model=None if info.student_from_scratch else text.hub_id(student_name, require_namespace=True),
+        datasets=[hub_dataset] if hub_dataset else None,
+        metrics=["accuracy"],
+        pipeline_tag=_TASK,
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results,
+    )
+
+    student = text.student_text(student_name, info.student_from_scratch, info.student_architecture)
+    teacher_local = info.teacher_local if info.teacher_local is not None else is_local_path(teacher_name or "")
+    teacher = text.model_link(teacher_name, teacher_local) if teacher_name else None
+    members = None
+    if info.teacher_ensemble is not None:  # several teachers: each by name and accuracy, then the ensemble
+        records = info.teacher_ensemble["members"]
+        teacher = text.ensemble_text(info.teacher_ensemble, records)
+        members = [(m["name_or_path"], text.member_accuracies(info.teacher_metrics, i)) for i, m in enumerate(records)]
+    dataset_text = text.dataset_link(dataset_name, dataset_config) if dataset_name else None
+    loss_kwargs = sorted((info.loss_kwargs or {}).items())
+    hyperparameters = [(k, text.value_text(v)) for k, v in (info.hyperparameters or {}).items() if v is not None]
+    card = ModelCard.from_template(
+        card_data,
+        template_str=resources.files(__package__).joinpath(_TEMPLATE).read_text(encoding="utf-8"),
+        hfkd_title=model_name,
+        hfkd_summary=text.summary(student, teacher, loss_key, info.paper, dataset_text),
+        hfkd_results=text.results_rows(student_acc, teacher_acc, baseline_acc, teacher_name, members),
+        hfkd_has_metrics=text.known(student_acc + teacher_acc + baseline_acc),
+        hfkd_training_log=text.training_log_rows(info.log_history),
+        hfkd_ce_only=loss_key == CE_ONLY,
+        hfkd_student=student,
+        hfkd_student_from_scratch=info.student_from_scratch,
+        hfkd_teacher=teacher,
+        hfkd_teacher_local=bool(teacher_name) and (teacher_local or members is not None),
+        hfkd_teacher_revision=info.teacher_revision,
+        hfkd_teacher_note=info.teacher_note,
+        hfkd_loss_key=loss_key,
+        hfkd_loss_name=loss_key.upper(),
+        hfkd_loss_kwargs=[(text.cell(str(k)), text.cell(text.value_text(v))) for k, v in loss_kwargs],
+        hfkd_ce_weight=text.value_text(float(info.ce_weight)),
+        hfkd_distill_weight=text.value_text(float(info.distill_weight)),
+        hfkd_paper=info.paper,
+        hfkd_hyperparameters=hyperparameters,
+        hfkd_repo_literal=json.dumps(text.repo_reference(info.hub_model_id, output_dir, model_name)),
+        hfkd_timm_refs=text.timm_refs(info.hub_model_id, output_dir, model_name) if info.is_timm else [],
+    )
+    if output_dir is not None:
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, "README.md")
+        card.save(path)
+        logger.info(f"Model card written to {path}")
+    return card
+
+
+def training_hyperparameters(args: Any) -> dict[str, Any]:
+    """The `TrainingArguments` a reader needs to reproduce a run, for the card's hyperparameter list."""
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    return {
+        "learning_rate": args.learning_rate,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "total_train_batch_size": args.per_device_train_batch_size
+        * args.gradient_accumulation_steps
+        * max(args.world_size, 1),
+        "num_train_epochs": args.num_train_epochs if args.max_steps <= 0 else None,
+        "max_steps": args.max_steps if args.max_steps > 0 else None,
+        "optimizer": getattr(args, "distill_timm_optimizer", None) or str(getattr(args.optim, "value", args.optim)),
+        "optimizer_kwargs": getattr(args, "distill_timm_optimizer_kwargs", None) or None,
+        "weight_decay_on_all_parameters": getattr(args, "distill_decay_all_parameters", False) or None,
+        "no_weight_decay_on_1d_parameters": getattr(args, "distill_no_decay_1d", False) or None,
+        "max_grad_norm": args.max_grad_norm,
+        "ema_decay": args.distill_ema_decay if getattr(args, "distill_ema", False) else None,
+        "lr_scheduler_type": _schedule(args),
+        "warmup_steps": args.warmup_steps or None,
+        "weight_decay": args.weight_decay,
+        "label_smoothing_factor": args.label_smoothing_factor or None,
+        "mixup_alpha": getattr(args, "distill_mixup", 0.0) or None,
+        "cutmix_alpha": getattr(args, "distill_cutmix", 0.0) or None,
+        "mixed_precision": precision,
+        "seed": args.seed,
+        "num_processes": args.world_size,
+    }
+
+
+def _drop_path_rate(config: Any) -> float | None:
+    """The student's stochastic depth rate, where it has one that is not 0 (timm's model argument, or the config's)."""
+    rate = (getattr(config, "model_args", None) or {}).get("drop_path_rate", getattr(config, "drop_path_rate", None))
+    return rate or None
+
+
+def _schedule(args: Any) -> str:
+    """The learning-rate schedule the run used: hfkd's own (`distill_lr_milestones`, `distill_lr_decay_epochs`)
+    replace the Trainer's `lr_scheduler_type`, which the card must then not name."""
+    unit = getattr(args, "distill_lr_milestones_unit", "epochs")
+    milestones = getattr(args, "distill_lr_milestones", None)
+    decay_every = getattr(args, "distill_lr_decay_epochs", None)
+    if milestones is not None:
+        marks = ", ".join(f"{m:g}" for m in milestones)
+        return f"multi-step: x{args.distill_lr_gamma:g} after {unit} {marks}"
+    if decay_every is not None:
+        text = f"step: x{args.distill_lr_gamma:g} every {decay_every:g} {unit}"
+        if args.distill_lr_warmup_epochs:
+            warmup, start = args.distill_lr_warmup_epochs, args.distill_lr_warmup_lr
+            text += f", after a warm-up of {warmup:g} {unit} in stairs from {start:g}"
+        return text
+    return str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))

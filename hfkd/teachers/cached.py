@@ -1,0 +1,82 @@
+"""A cached teacher: outputs read from a teacher cache (`hfkd.teachers.cache`) by sample index and epoch; the model
+never runs. A cache stores logits, so it serves logit losses only (`LossNeeds.beyond_logits`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from hfkd.data.batch import SAMPLE_INDEX
+from hfkd.losses import LossNeeds
+from hfkd.teachers.base import Teacher, TeacherOutputs
+from hfkd.teachers.cache.store import TeacherCache
+from hfkd.utils.local_names import neutral_name
+
+
+class CachedTeacher(Teacher):
+    """Teacher logits read from a cache built by `python -m hfkd.teacher_cache`: the teacher never runs.
+
+    The batch must carry `sample_index`; the student's pixels must be the cached views of those samples in the
+    current epoch (`hfkd.teacher_cache.ReplayTransform`). A cache stores logits only.
+    """
+
+    def __init__(self, cache: TeacherCache | str, device: torch.device | str = "cpu") -> None:
+        self.cache = cache if isinstance(cache, TeacherCache) else TeacherCache(cache)
+        self.device = device
+
+    @classmethod
+    def unsupported(cls, needs: LossNeeds) -> list[str]:
+        wanted = (
+            ("feature maps", needs.hidden_states),
+            ("a strong view", needs.strong_view),
+            ("the teacher's classifier head", needs.classifier_heads),
+        )
+        return [what for what, flag in wanted if flag]
+
+    def __call__(self, batch: dict[str, Any], epoch: float) -> TeacherOutputs:
+        index = batch.get(SAMPLE_INDEX)
+        if index is None:
+            raise ValueError("Training from a teacher cache needs `sample_index` in each batch (add_sample_index).")
+        logits = self.cache.teacher_logits(math.floor(epoch), index.cpu())
+        return TeacherOutputs(ImageClassifierOutput(logits=logits.to(self.device, non_blocking=True)))
+
+    def check_dataset(self, dataset: Any) -> None:
+        size = self.cache.config.num_samples
+        if dataset is not None and hasattr(dataset, "__len__") and len(dataset) != size:
+            raise ValueError(
+                f"The teacher cache {neutral_name(self.cache.path)!r} holds views of {size} training images, the "
+                f"training set has {len(dataset)}: a cache serves only the training set it was built on."
+            )
+
+    def logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        raise ValueError(
+            f"The teacher cache {self.cache.path!r} holds the teacher's outputs on training views only; evaluating "
+            "the teacher needs the teacher itself (pass --teacher, or --evaluate_teacher false)."
+        )
+
+    @property
+    def config(self) -> Any:
+        return None
+
+    @property
+    def num_labels(self) -> int:
+        return self.cache.config.num_classes
+
+    @property
+    def id2label(self) -> None:
+        return None
+
+    def record(self) -> dict[str, Any]:
+        config = self.cache.config
+        record = {
+            "name_or_path": neutral_name(config.teacher),
+            "cache": neutral_name(self.cache.path),
+            "top_k": config.top_k,
+            "num_labels": config.num_classes,
+        }
+        if config.ensemble is not None:  # a cache of an ensemble's outputs: its members and how they combined
+            record.update(ensemble=config.ensemble, members=config.members)
+        return record

@@ -1,0 +1,405 @@
+"""DistillationArguments: TrainingArguments plus the teacher and the distillation loss."""
+
+import difflib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from timm.optim import list_optimizers
+from transformers import TrainingArguments
+
+from hfkd.data.mixing import check_mixing_arguments
+from hfkd.losses import get_loss_class, validate_loss_kwargs
+from hfkd.teachers.cached import CachedTeacher
+from hfkd.teachers.combine import check_ensemble_arguments, feature_member_index
+from hfkd.training.reporting import check_reporting
+from hfkd.training.schedulers import check_schedule_arguments
+
+CE_ONLY = "ce"
+"""`distill_loss="ce"`: no teacher, plain cross-entropy (teacher fine-tuning and the CE baseline)."""
+
+
+def _parse_json_mapping(name: str, value: Any) -> dict[str, Any]:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"`{name}` must be a JSON object such as '{{\"temperature\": 4.0}}', got {value!r} ({err.msg})."
+            ) from None
+    if not isinstance(value, dict):
+        raise ValueError(f"`{name}` must be a mapping (JSON object on the command line), got {value!r}.")
+    return dict(value)
+
+
+@dataclass
+class DistillationArguments(TrainingArguments):
+    r"""
+    [`~transformers.TrainingArguments`] for knowledge distillation with [`DistillationTrainer`].
+
+    Every field below carries a `teacher_` or `distill_` prefix so that it never collides with a
+    `TrainingArguments` field. Validation runs at construction, before any weights load.
+
+    > Teacher
+
+    teacher_model_name_or_path (`str`, `list[str]` or `None`, *optional*, defaults to `None`):
+        Teacher checkpoint (Hub id or local folder) loaded when no `teacher_model` object is given to the
+        trainer; a list of them (`--teacher A --teacher B`) is a teacher ensemble.
+    teacher_weights (`list[float]`, *optional*, defaults to `None`), teacher_ensemble (`str`, defaults to
+    `"probs"`), teacher_ensemble_temperature (`float`, *optional*), teacher_features_from (`str`, *optional*):
+        How an ensemble's logits combine (`hfkd.ensemble`): one weight per teacher (normalised; equal by default);
+        `"probs"` averages the teachers' distributions softened at `teacher_ensemble_temperature` (default: the
+        loss's `temperature`), `"logits"` averages the logits. Feature losses take the features of the teacher
+        `teacher_features_from` names (its name as given, or its 0-based position; default the first).
+    teacher_model_revision (`str`, *optional*, defaults to `"main"`):
+        Revision (branch, tag or commit) of the teacher checkpoint.
+    teacher_model_init_kwargs (`dict` or `str`, *optional*, defaults to `None`):
+        Keyword arguments for `from_pretrained` of the teacher (a JSON string on the command line).
+        `trust_remote_code` stays `False` unless set here.
+    teacher_cache_dir (`str`, *optional*, defaults to `None`):
+        A teacher cache (`python -m hfkd.teacher_cache`): train from its stored outputs and views, never running
+        the teacher. Logit losses only.
+    teacher_compile (`bool`, *optional*, defaults to `False`):
+        `torch.compile` the teacher (`teacher_compile_backend`, defaults to `"inductor"`).
+
+    > Loss
+
+    distill_loss (`str`, *optional*, defaults to `"kd"`):
+        Registered loss key (see `hfkd.list_losses()`), or `"ce"` for cross-entropy only, without a teacher.
+    distill_loss_kwargs (`dict` or `str`, *optional*, defaults to `None`):
+        Hyperparameters of the loss, bound against its constructor (a JSON string on the command line).
+        Unset keys take the paper's defaults.
+    distill_ce_weight (`float`, *optional*, defaults to `1.0`):
+        Weight of the student's cross-entropy with the labels.
+    distill_weight (`float`, *optional*, defaults to `1.0`):
+        Weight of the distillation loss.
+    distill_lr_milestones (`list[float]`, *optional*, defaults to `None`):
+        Multi-step learning-rate decay of the references: the lr is multiplied by `distill_lr_gamma` after each of
+        these epochs (mdistiller's rule, exact per optimizer step, no warm-up); replaces `lr_scheduler_type`.
+    distill_lr_gamma (`float`, *optional*, defaults to `0.1`):
+        Decay factor at each milestone.
+    distill_lr_decay_epochs (`float`, *optional*, defaults to `None`), distill_lr_warmup_epochs (`float`, defaults
+    to `0`), distill_lr_warmup_lr (`float`, defaults to `0`):
+        DIST's `step` schedule (its `--sched step --decay-epochs --warmup-epochs --warmup-lr`, stepped per iteration;
+        timm's own `step` counts differently): a warm-up in whole-epoch stairs from `distill_lr_warmup_lr` to
+        `learning_rate`, then the lr times `distill_lr_gamma` every `distill_lr_decay_epochs`, counted per optimiser
+        step from the end of the warm-up; replaces `lr_scheduler_type` and `warmup_steps`.
+    distill_lr_milestones_unit (`str`, *optional*, defaults to `"epochs"`):
+        `"steps"`: the milestones (and the `step` schedule's lengths) are optimiser steps (the lr decays from step m
+        on), for streamed data whose epochs have no known length.
+    distill_channels_last (`bool`, *optional*, defaults to `False`):
+        Channels-last memory format for convolutional students and teachers (`--channels_last`).
+    distill_mixup (`float`, *optional*, defaults to `0`), distill_cutmix (`float`, *optional*, defaults to `0`):
+        Mixup and CutMix alphas of the training batches (`--mixup`, `--cutmix`; timm's, in its "batch" mode:
+        with both, each batch takes one of them at even odds), seen by student and teacher alike; the CE then
+        takes soft targets with the label smoothing folded in (`hfkd.mixing`). Losses that read the labels
+        (DKD, ...) or a second view, a teacher cache and unlabelled samples are refused with them.
+
+    > Optimisation (what the references' training code does and the Trainer does not)
+
+    distill_decay_all_parameters (`bool`, *optional*, defaults to `False`):
+        Weight decay on every parameter (mdistiller's and RepDistiller's optimiser groups), not only on weights.
+    distill_no_decay_1d (`bool`, *optional*, defaults to `False`):
+        No weight decay on any 1-D parameter: biases and every norm weight, BatchNorm's included (DIST's and timm's
+        optimiser groups, `filter_bias_and_bn`); the Trainer's default decays BatchNorm weights.
+    distill_timm_optimizer (`str`, *optional*, defaults to `None`), distill_timm_optimizer_kwargs (`dict`):
+        A timm optimiser (`rmsproptf`, `lamb`, ...) built by `timm.optim.create_optimizer_v2`, replacing `optim`.
+    distill_ema (`bool`, *optional*, defaults to `False`), distill_ema_decay (`float`, defaults to `0.9998`),
+    distill_ema_warmup (`bool`, defaults to `False`):
+        An exponential moving average of the student (timm's `ModelEmaV3`), evaluated, saved and pushed as the
+        result, checkpointed and restored on resume.
+    distill_nonfinite (`str`, *optional*, defaults to `"error"`), distill_max_skipped_steps (`int`, defaults to 10):
+        A non-finite loss stops the run (`"error"`) or drops that update (`"skip"`, at most this many times).
+    """
+
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher checkpoint (Hub id or local folder), used when no teacher object is passed; repeat "
+            "--teacher for an ensemble of teachers.",
+            "aliases": ["--teacher"],
+        },
+    )
+    teacher_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Teacher ensemble: one weight per --teacher (normalised to sum 1; equal by default)."},
+    )
+    teacher_ensemble: str = field(
+        default="probs",
+        metadata={
+            "help": "Teacher ensemble: 'probs' averages the teachers' softened distributions, 'logits' their logits.",
+            "choices": ["probs", "logits"],
+        },
+    )
+    teacher_ensemble_temperature: float | None = field(
+        default=None,
+        metadata={"help": "Teacher ensemble: temperature of the 'probs' average (default: the loss's temperature)."},
+    )
+    teacher_features_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher ensemble: the teacher whose feature maps feature losses use (its name as given to "
+            "--teacher, or its 0-based position; default the first)."
+        },
+    )
+    teacher_model_revision: str = field(
+        default="main", metadata={"help": "Revision (branch, tag or commit) of the teacher checkpoint."}
+    )
+    teacher_model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "JSON keyword arguments for the teacher's from_pretrained (remote code is off unless set)."},
+    )
+    distill_loss: str = field(
+        default="kd",
+        metadata={
+            "help": "Distillation loss key (kd, dkd, dist, ...; see hfkd.list_losses()), or 'ce' for CE only.",
+            "aliases": ["--loss"],
+        },
+    )
+    distill_loss_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON hyperparameters of the loss, e.g. '{\"temperature\": 4.0}'. Unset keys keep "
+            "the paper defaults.",
+            "aliases": ["--loss_kwargs"],
+        },
+    )
+    distill_ce_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the student's cross-entropy with the labels."}
+    )
+    distill_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation loss."})
+    distill_lr_milestones: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Epochs after which the lr is multiplied by distill_lr_gamma (the references' multi-step "
+            "decay, e.g. 150 180 210); replaces lr_scheduler_type."
+        },
+    )
+    distill_lr_gamma: float = field(
+        default=0.1,
+        metadata={"help": "Factor of each lr decay (the milestones', or the step schedule's)."},
+    )
+    distill_lr_decay_epochs: float | None = field(
+        default=None,
+        metadata={
+            "help": "DIST's step schedule: lr x distill_lr_gamma every this many epochs, per step; "
+            "replaces lr_scheduler_type."
+        },
+    )
+    distill_lr_warmup_epochs: float = field(
+        default=0.0,
+        metadata={
+            "help": "Stair warm-up (one per epoch) of the step schedule; replaces warmup_steps."
+        },
+    )
+    distill_lr_warmup_lr: float = field(
+        default=0.0, metadata={"help": "The lr the step schedule's warm-up starts from (1e-6 in DIST)."}
+    )
+    distill_lr_milestones_unit: str = field(
+        default="epochs",
+        metadata={"help": "Unit of the milestones and step schedule: epochs, or steps (for streamed data)."},
+    )
+    distill_channels_last: bool = field(
+        default=False,
+        metadata={
+            "help": "Channels-last memory format for convolutional student and teacher (and their inputs): faster "
+            "convolutions on GPUs with tensor cores.",
+            "aliases": ["--channels_last"],
+        },
+    )
+    distill_mixup: float = field(
+        default=0.0,
+        metadata={"help": "Mixup alpha (timm's --mixup; Swin: 0.8); teacher and student see the same mix.",
+                  "aliases": ["--mixup"]},
+    )
+    distill_cutmix: float = field(
+        default=0.0,
+        metadata={"help": "CutMix alpha (timm's --cutmix); with --mixup, each batch takes one at even odds.",
+                  "aliases": ["--cutmix"]},
+    )
+    teacher_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train from a teacher cache written by `python -m hfkd.teacher_cache` instead of running "
+            "the teacher (logit losses only)."
+        },
+    )
+    teacher_compile: bool = field(
+        default=False, metadata={"help": "torch.compile the teacher's forward (the student: --torch_compile)."}
+    )
+    teacher_compile_backend: str = field(
+        default="inductor", metadata={"help": "torch.compile backend for the teacher (inductor, eager, ...)."}
+    )
+    distill_decay_all_parameters: bool = field(
+        default=False,
+        metadata={
+            "help": "Weight decay on every parameter, biases and norm weights included, as the references' optimisers "
+            "(mdistiller, RepDistiller) do; the Trainer's default exempts biases and norm weights."
+        },
+    )
+    distill_no_decay_1d: bool = field(
+        default=False,
+        metadata={
+            "help": "No weight decay on any 1-D parameter (biases and every norm weight, BatchNorm's too), as DIST's "
+            "and timm's optimisers; the Trainer's default decays BatchNorm weights."
+        },
+    )
+    distill_timm_optimizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "A timm optimiser by name (rmsproptf, lamb, adamw, sgd, ...; timm.optim.list_optimizers()), "
+            "built by timm.optim.create_optimizer_v2 with learning_rate and weight_decay; replaces --optim."
+        },
+    )
+    distill_timm_optimizer_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "JSON keyword arguments of the timm optimiser, e.g. '{\"alpha\": 0.9, \"eps\": 0.001}'."},
+    )
+    distill_ema: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep an exponential moving average of the student's weights (timm's ModelEmaV3): it is what "
+            "is evaluated, saved and pushed; checkpointed and restored on resume."
+        },
+    )
+    distill_ema_decay: float = field(default=0.9998, metadata={"help": "Decay of the student's weight average."})
+    distill_ema_warmup: bool = field(
+        default=False,
+        metadata={"help": "Ramp the EMA decay up over the first steps (timm's warm-up: 1 - (1 + step)^-2/3)."},
+    )
+    distill_nonfinite: str = field(
+        default="error",
+        metadata={
+            "help": "What a non-finite loss does: 'error' stops the run at the next logging step or save, naming "
+            "the steps and the loss term (nothing non-finite is saved); 'skip' drops that step's update and counts it."
+        },
+    )
+    distill_max_skipped_steps: int = field(
+        default=10, metadata={"help": "With distill_nonfinite='skip', stop after more skipped updates than this."}
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "Transformers' filter that logs a NaN/inf loss as the running average, reading the loss back "
+            "every step; off, since hfkd stops on (or skips) non-finite losses itself."
+        },
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep dataset columns the model's forward does not name (the collator needs them)."},
+    )
+
+    def __post_init__(self) -> None:
+        self.validate_distillation()
+        super().__post_init__()
+        check_reporting(self.report_to)
+
+    def validate_distillation(self) -> None:
+        """Check the distillation fields; parse JSON strings into dicts. Raises `ValueError`/`KeyError`."""
+        if isinstance(self.distill_loss, str):
+            self.distill_loss = self.distill_loss.strip().lower()  # --loss DKD means dkd
+        self._validate_teachers()
+        if self.distill_decay_all_parameters and self.distill_no_decay_1d:
+            raise ValueError(
+                "`distill_decay_all_parameters` (decay every parameter) and `distill_no_decay_1d` (decay none of the "
+                "1-D ones) contradict each other: set one of them."
+            )
+        self.teacher_model_init_kwargs = _parse_json_mapping(
+            "teacher_model_init_kwargs", self.teacher_model_init_kwargs
+        )
+        self.distill_loss_kwargs = _parse_json_mapping("distill_loss_kwargs", self.distill_loss_kwargs)
+        self.distill_timm_optimizer_kwargs = _parse_json_mapping(
+            "distill_timm_optimizer_kwargs", self.distill_timm_optimizer_kwargs
+        )
+        if self.distill_timm_optimizer is not None:
+            self.distill_timm_optimizer = self.distill_timm_optimizer.lower()
+            known = list_optimizers(with_description=False)
+            if self.distill_timm_optimizer not in known:
+                close = difflib.get_close_matches(self.distill_timm_optimizer, known, n=3)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                raise ValueError(
+                    f"`distill_timm_optimizer={self.distill_timm_optimizer!r}` is not a timm optimiser.{hint} "
+                    "See timm.optim.list_optimizers()."
+                )
+        elif self.distill_timm_optimizer_kwargs:
+            raise ValueError("`distill_timm_optimizer_kwargs` needs `distill_timm_optimizer` (a timm optimiser name).")
+        if not 0.0 < self.distill_ema_decay < 1.0:
+            raise ValueError(f"`distill_ema_decay` must be in (0, 1), e.g. 0.9998; got {self.distill_ema_decay!r}.")
+        if self.distill_nonfinite not in ("error", "skip"):
+            raise ValueError(f"`distill_nonfinite` must be 'error' or 'skip', got {self.distill_nonfinite!r}.")
+        if not (isinstance(self.distill_max_skipped_steps, int) and self.distill_max_skipped_steps >= 0):
+            raise ValueError(
+                f"`distill_max_skipped_steps` must be an int >= 0, got {self.distill_max_skipped_steps!r}."
+            )
+        for name in ("distill_ce_weight", "distill_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+        check_schedule_arguments(self)
+        check_mixing_arguments(self)
+        if self.distill_loss == CE_ONLY:
+            if self.distill_loss_kwargs:
+                raise ValueError(
+                    f"`distill_loss='ce'` takes no loss kwargs, got {self.distill_loss_kwargs}. "
+                    "Drop `distill_loss_kwargs` or choose a distillation loss."
+                )
+            return
+        try:
+            loss_cls = get_loss_class(self.distill_loss)  # KeyError with close matches
+        except KeyError as err:
+            raise KeyError(f"{err.args[0]} Or {CE_ONLY!r}: cross-entropy only, without a teacher.") from None
+        if self.teacher_cache_dir is not None:
+            missing = CachedTeacher.unsupported(loss_cls.needs)
+            if missing:
+                raise ValueError(
+                    f"Loss {self.distill_loss!r} needs {' and '.join(missing)} of the teacher, but a teacher cache "
+                    "(`teacher_cache_dir`) stores logits only. Use a logit loss (kd, dkd, dist, ...) with the cache, "
+                    "or run the teacher live."
+                )
+        try:
+            validate_loss_kwargs(self.distill_loss, self.distill_loss_kwargs)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"`distill_loss_kwargs`: {err}") from None
+
+    @property
+    def mixes_batches(self) -> bool:
+        return bool(self.distill_mixup or self.distill_cutmix)
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.distill_loss != CE_ONLY
+
+    @property
+    def teacher_names(self) -> list[str]:
+        """The teacher checkpoints named in the arguments: none, one, or the members of an ensemble."""
+        names = self.teacher_model_name_or_path
+        return [] if names is None else [names] if isinstance(names, str) else list(names)
+
+    def feature_teacher_index(self, names: list[str]) -> int:
+        """The position in `names` of the ensemble member named by `teacher_features_from` (default 0)."""
+        return feature_member_index(self.teacher_features_from, names)
+
+    def _validate_teachers(self) -> None:
+        names = self.teacher_model_name_or_path
+        if isinstance(names, (list, tuple)):
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise ValueError(f"`teacher_model_name_or_path` must be a name or a list of names, got {names!r}.")
+            self.teacher_model_name_or_path = names[0] if len(names) == 1 else list(names)
+        check_ensemble_arguments(
+            self.teacher_names, self.teacher_weights, self.teacher_ensemble, self.teacher_ensemble_temperature,
+            self.teacher_features_from,
+        )  # fmt: skip
+
+    def check_teacher_given(self, teacher_model: Any = None) -> None:
+        """Refuse a distillation loss without a teacher: no `teacher_model`, checkpoint name or teacher cache."""
+        if not self.uses_teacher or teacher_model is not None:
+            return
+        if self.teacher_model_name_or_path is None and self.teacher_cache_dir is None:
+            raise ValueError(
+                f"distill_loss={self.distill_loss!r} needs a teacher: pass `--teacher <model>` on the command line, "
+                "`teacher_model=` to the trainer or `teacher_model_name_or_path`, or use `--loss ce` "
+                "(`distill_loss='ce'`) to train on the labels alone."
+            )

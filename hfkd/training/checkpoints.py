@@ -1,0 +1,283 @@
+"""Checkpoints and saving: what lands on disk is complete, finite and free of secrets.
+
+- A checkpoint is complete once `CHECKPOINT_MARKER` is written into it, after everything else, by the main process;
+  `latest_complete_checkpoint` skips (and names) the others, and old ones are rotated out only once a new one is
+  complete, so a kill leaves a complete checkpoint or a recognisably incomplete one. `resume_from_checkpoint` may be
+  `True` or `"latest"`, which take the newest complete one (`resolve_checkpoint`).
+- Before any checkpoint, final model or card is written, no step since the last check was non-finite and every
+  weight is finite (`hfkd.training.callbacks`).
+- The student is saved bare (loadable with `AutoModelForImageClassification`), a loss's trainable parameters beside
+  it in `distill_adapters.safetensors`, restored on resume and when the best model is loaded; with `distill_ema`,
+  the final model is the student's weight average, and each checkpoint holds it too.
+- `training_args.bin` never holds the Hub token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import re
+import shutil
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.utils import logging
+
+from hfkd.models.export import make_timm_loadable
+from hfkd.training.callbacks import check_finite_weights
+from hfkd.training.student_module import ADAPTERS_NAME, DistillationModule
+from hfkd.utils.local_names import neutral_name
+
+logger = logging.get_logger(__name__)
+
+
+DISTILL_CONFIG_NAME = "distill_config.json"
+
+
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+def save_training_args(args: Any, path: str) -> None:
+    """`torch.save` of the arguments with every token field emptied and every absolute path reduced to its folder
+    name (`hfkd.local_names`): the file is uploaded with the model."""
+    args = copy.copy(args)
+    for name, value in vars(args).items():
+        if name.endswith("token") and isinstance(value, str):
+            setattr(args, name, None)
+        elif isinstance(value, str) and os.path.isabs(os.path.expanduser(value)):
+            setattr(args, name, neutral_name(value))
+    torch.save(args, path)
+
+
+def share_like_other_files(folder: str) -> None:
+    """Give files in `folder` that were written private (0600: transformers saves weights through a temporary file)
+    the permissions the user's umask gives any new file, as the rest of the folder has."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for entry in os.scandir(folder):
+        if entry.is_file() and not entry.stat().st_mode & 0o077:
+            os.chmod(entry.path, 0o666 & ~mask)
+
+
+class CheckpointMixin:
+    """The saving and resuming overrides of `DistillationTrainer` (see the module docstring)."""
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        """`Trainer.train`, where `resume_from_checkpoint` may also be `True`, `"true"` or `"latest"`: the newest
+        complete checkpoint of `output_dir` (incomplete ones, left by a killed run, are named and skipped)."""
+        resume = resolve_checkpoint(self.args.output_dir, resume_from_checkpoint)
+        try:
+            return super().train(resume_from_checkpoint=resume, **kwargs)
+        except Exception as err:
+            latest = latest_complete_checkpoint(self.args.output_dir)
+            where = f"resume from {latest}" if latest else "no checkpoint was written yet"
+            note = (
+                f"Training stopped at step {self.state.global_step} of {self.state.max_steps}; {where} (the same "
+                "command resumes from it, or pass --resume_from_checkpoint latest)."
+            )
+            logger.error(note)
+            if hasattr(err, "add_note"):  # Python 3.11+: the note is printed with the traceback
+                err.add_note(note)
+            raise
+
+    def _check_writable(self, what: str) -> None:
+        """Before anything is written: no non-finite step since the last check, and finite weights."""
+        self._guard.check(self.state.global_step)
+        check_finite_weights(self.accelerator.unwrap_model(self.model), what)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        self._check_writable(f"checkpoint-{self.state.global_step}")
+        # Old checkpoints are rotated out only once the new one is complete: a kill while it is written must leave
+        # a complete one behind.
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        self._saving_checkpoint = True  # a checkpoint holds the live weights (to resume from), and the EMA beside
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit, self._saving_checkpoint = limit, False
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
+        if self.ema is not None and self.args.should_save:
+            self.ema.save(folder)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            mark_checkpoint_complete(folder)
+            rotate_complete_checkpoints(run_dir, limit, keep=self.state.best_model_checkpoint)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        wrapper = self.accelerator.unwrap_model(self.model)
+        if isinstance(wrapper, DistillationModule):
+            # The bare student, loadable with AutoModelForImageClassification; adapters beside it.
+            if self.args.should_save:
+                os.makedirs(output_dir, exist_ok=True)
+                student_state = None
+                if state_dict is not None:
+                    student_state = {
+                        k[len("student.") :]: v for k, v in state_dict.items() if k.startswith("student.")
+                    }
+                wrapper.student.save_pretrained(output_dir, state_dict=student_state)
+                adapters = wrapper.adapter_state_dict()
+                if adapters:
+                    save_file(adapters, os.path.join(output_dir, ADAPTERS_NAME), metadata={"format": "pt"})
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(output_dir)
+        else:
+            super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save:
+            save_training_args(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+            share_like_other_files(output_dir)
+            with open(os.path.join(output_dir, DISTILL_CONFIG_NAME), "w", encoding="utf-8") as f:
+                json.dump(self.distill_config(), f, indent=2, sort_keys=True)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        if self.ema is not None:
+            self.ema.load(resume_from_checkpoint)
+        wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if not isinstance(wrapper, DistillationModule):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, wrapper.student)
+        if not wrapper.adapter_state_dict():
+            return
+        path = os.path.join(resume_from_checkpoint, ADAPTERS_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"Checkpoint {resume_from_checkpoint!r} has no {ADAPTERS_NAME}, which loss "
+                f"{self.args.distill_loss!r} needs to resume. Resume from a checkpoint of a run with this loss."
+            )
+        wrapper.distill_loss.load_state_dict(load_file(path, device=str(self.args.device)))
+
+    def _load_best_model(self) -> None:
+        # The Trainer loads the best checkpoint's weights into `self.model` non-strictly, which for the wrapper
+        # (keys prefixed `student.`) would load nothing; load the student and the adapters as resume does.
+        if isinstance(self.accelerator.unwrap_model(self.model), DistillationModule) and not self.is_deepspeed_enabled:
+            best = self.state.best_model_checkpoint
+            logger.info(f"Loading best model from {best} (score: {self.state.best_metric}).")
+            self._load_from_checkpoint(best)
+            return
+        super()._load_best_model()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the student; a timm student's final folder also loads with `timm.create_model("local-dir:...")`."""
+        # Also for internal calls: `push_to_hub` saves through here before it uploads.
+        self._check_writable(f"the model in {output_dir or self.args.output_dir}")
+        # The run's result is the student's weight average when there is one; a checkpoint keeps the live weights.
+        use_ema = self.ema is not None and not getattr(self, "_saving_checkpoint", False)
+        with self.ema.swapped_in() if use_ema else contextlib.nullcontext():
+            super().save_model(output_dir, _internal_call=_internal_call)
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        # Only the final folder: resume loads checkpoints non-strictly, so their keys keep transformers' layout
+        # (timm's unprefixed names would load nothing into the wrapper).
+        timm_student = getattr(self.student.config, "model_type", None) == "timm_wrapper"
+        if self.args.should_save and timm_student and not getattr(self, "_saving_checkpoint", False):
+            make_timm_loadable(folder)
+            share_like_other_files(folder)
+
+
+CHECKPOINT_MARKER = "hfkd_checkpoint_complete.json"
+
+
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+
+
+def mark_checkpoint_complete(folder: str) -> None:
+    """Write the marker that makes `folder` a complete checkpoint: the files it holds and their sizes."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if name != CHECKPOINT_MARKER:
+                path = os.path.join(root, name)
+                files[os.path.relpath(path, folder)] = os.path.getsize(path)
+    tmp = os.path.join(folder, CHECKPOINT_MARKER + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"files": files}, f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(folder, CHECKPOINT_MARKER))
+
+
+def checkpoint_is_complete(folder: str) -> bool:
+    """Whether `folder` has its marker and every file the marker lists, with the recorded size."""
+    marker = os.path.join(folder, CHECKPOINT_MARKER)
+    try:
+        with open(marker, encoding="utf-8") as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return all(
+        os.path.isfile(os.path.join(folder, name)) and os.path.getsize(os.path.join(folder, name)) == size
+        for name, size in files.items()
+    )
+
+
+def checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """The `checkpoint-N` folders of `output_dir`, as (N, path) sorted by N."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        match = _CHECKPOINT_DIR.match(name)
+        if match and os.path.isdir(os.path.join(output_dir, name)):
+            found.append((int(match.group(1)), os.path.join(output_dir, name)))
+    return sorted(found)
+
+
+def latest_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest complete checkpoint of `output_dir`; newer incomplete ones are named in a warning and skipped."""
+    for _, path in reversed(checkpoints(output_dir)):
+        if checkpoint_is_complete(path):
+            return path
+        logger.warning(
+            f"Skipping {path}: an incomplete checkpoint (no {CHECKPOINT_MARKER}; the run was likely stopped while "
+            "writing it). Resuming from an older complete one."
+        )
+    return None
+
+
+def rotate_complete_checkpoints(output_dir: str, limit: int | None, keep: str | None = None) -> None:
+    """Keep the newest `limit` complete checkpoints (and `keep`, the best one); delete the older ones, and incomplete
+    ones older than the newest complete checkpoint (left by a killed run, never resumable)."""
+    if not limit or limit <= 0:
+        return
+    found = checkpoints(output_dir)
+    complete = [path for _, path in found if checkpoint_is_complete(path)]
+    if not complete:
+        return
+    newest = max(step for step, path in found if path in complete)
+    protected = set(complete[-limit:]) | ({os.path.normpath(keep)} if keep else set())
+    for step, path in found:
+        stale_incomplete = path not in complete and step < newest
+        if os.path.normpath(path) not in protected and (path in complete or stale_incomplete):
+            logger.info(f"Deleting older checkpoint {path} (save_total_limit={limit}).")
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve_checkpoint(output_dir: str, resume: str | bool | None) -> str | None:
+    """What `resume_from_checkpoint` means: `None`/`False` nothing; `True`, `"true"` or `"latest"` the newest complete
+    checkpoint of `output_dir`; a path that folder, refused when it is an incomplete checkpoint."""
+    if resume is None or resume is False or str(resume).lower() in ("false", "none", ""):
+        return None
+    if resume is True or str(resume).lower() in ("true", "latest", "last"):
+        found = latest_complete_checkpoint(output_dir)
+        if found is None:
+            raise ValueError(
+                f"resume_from_checkpoint={resume!r}: {output_dir!r} holds no complete checkpoint. Start without "
+                "--resume_from_checkpoint, or pass the path of a checkpoint folder."
+            )
+        logger.warning(f"Resuming from {found}.")
+        return found
+    resume = str(resume)
+    if not os.path.isdir(resume):
+        raise ValueError(f"resume_from_checkpoint={resume!r} is not a folder. Pass a checkpoint-N folder or 'latest'.")
+    if not checkpoint_is_complete(resume):
+        missing = [n for n in ("trainer_state.json", "config.json") if not os.path.isfile(os.path.join(resume, n))]
+        if missing:
+            raise ValueError(
+                f"{resume!r} is an incomplete checkpoint (no {', '.join(missing)}): the run was stopped while writing "
+                "it. Pass an older checkpoint, or --resume_from_checkpoint latest."
+            )
+        logger.warning(f"{resume!r} has no completeness marker (not written by hfkd); resuming from it as it is.")
+    return resume

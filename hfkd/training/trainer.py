@@ -1,0 +1,404 @@
+"""DistillationTrainer: a transformers Trainer whose loss combines CE with a distillation loss.
+
+One step reads: the teacher's outputs on the batch (`hfkd.teacher.Teacher`, live or cached) -> the student and the
+loss in one module forward (`hfkd.wrapper.DistillationModule`) -> `distill_ce_weight · CE + distill_weight · loss`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import EvalPrediction, PreTrainedModel, Trainer
+
+from hfkd.data.batch import IMAGE_KEYS, INDEX_KEYS, LABELS, PIXEL_VALUES, SAMPLE_INDEX, student_inputs
+from hfkd.data.collator import DistillationCollator, fast_tensor_columns
+from hfkd.data.mixing import BatchMixer
+from hfkd.hub.model_card import ModelCardInfo, build_model_card
+from hfkd.losses import DistillBatch, logits_of
+from hfkd.metrics import compute_accuracy_metrics, top_k_indices
+from hfkd.models.features import is_convolutional
+from hfkd.models.label_space import check_teacher_labels
+from hfkd.teachers.base import Teacher, TeacherOutputs
+from hfkd.teachers.build import build_teacher
+from hfkd.training.arguments import DistillationArguments
+from hfkd.training.callbacks import STUDENT_TERM, TEACHER_TERM, EpochCallback, NonFiniteGuard, check_finite_weights
+from hfkd.training.checkpoints import CheckpointMixin
+from hfkd.training.optimization import OptimizationMixin
+from hfkd.training.streaming import StreamingMixin
+from hfkd.training.student_module import DistillationModule, build_loss
+from hfkd.utils.local_names import recipe_name
+from hfkd.version import __version__
+
+
+class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Trainer):
+    """A [`~transformers.Trainer`] that distils a frozen teacher into the student `model`.
+
+    The loss is `args.distill_ce_weight · CE(student, labels) + args.distill_weight · L(student, teacher)`, where
+    L is the registered loss `args.distill_loss`. The teacher runs in eval mode under `torch.no_grad()` and the
+    same autocast as the student; it is never optimised, wrapped in DDP, or saved. Evaluation runs the student
+    only and reports `eval_accuracy` and `eval_top5_accuracy`.
+
+    Args:
+        model: the student.
+        args (`DistillationArguments`): training and distillation arguments.
+        teacher_model (`PreTrainedModel`, `str` or `hfkd.teacher.Teacher`, *optional*): the teacher, a checkpoint to
+            load, or a ready `Teacher` (e.g. a `CachedTeacher`); defaults to `args.teacher_model_name_or_path`, or
+            the cache of `args.teacher_cache_dir`. Not needed with `distill_loss="ce"`.
+        recipe (`str`, *optional*): the recipe the run came from, recorded in `distill_config.json`.
+        data_info (`dict`, *optional*): what the run trained on (dataset, split sizes, columns), recorded likewise.
+        Other arguments are those of [`~transformers.Trainer`]. `compute_metrics` defaults to top-1/top-5
+        accuracy, and `preprocess_logits_for_metrics` to keeping the top-5 indices.
+    """
+
+    _tag_names = ["hfkd", "knowledge-distillation"]
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | None = None,
+        args: DistillationArguments | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        model_init: Callable | None = None,
+        compute_loss_func: Callable | None = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        optimizer_cls_and_kwargs: tuple | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
+        *,
+        teacher_model: PreTrainedModel | nn.Module | Teacher | str | None = None,
+        recipe: str | None = None,
+        data_info: dict[str, Any] | None = None,
+    ) -> None:
+        _check_args(args, compute_loss_func)
+        args.check_teacher_given(teacher_model)
+        if data_collator is None or isinstance(data_collator, DistillationCollator):
+            # The default batches only what a step reads, from fixed-shape tensors when a dataset holds lists.
+            data_collator = data_collator or DistillationCollator()
+            train_dataset = fast_tensor_columns(train_dataset)
+            eval_dataset = _map_datasets(fast_tensor_columns, eval_dataset)
+        if compute_metrics is None:
+            compute_metrics = compute_accuracy_metrics
+            preprocess_logits_for_metrics = preprocess_logits_for_metrics or top_k_indices
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            model_init=model_init,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        # The Trainer sets this flag in __init__; our losses are per-micro-batch means, so the Trainer must
+        # divide by the accumulation steps itself (exact gradient accumulation).
+        self.model_accepts_loss_kwargs = False
+        self.label_names = self.args.label_names or [LABELS]
+        if args.distill_channels_last and is_convolutional(self.model):
+            self.model.to(memory_format=torch.channels_last)
+        self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.recipe, self.data_info = recipe, data_info
+        self._guard = NonFiniteGuard(args.distill_nonfinite, args.distill_max_skipped_steps, self.accelerator)
+        self.add_callback(self._guard)
+        self.ema = self._build_ema()
+        self._mixer = BatchMixer.for_run(self.args, self.model)  # Mixup/CutMix, or None
+        self._follow_epochs(self.train_dataset)
+        self.teacher = build_teacher(teacher_model, self.args, self.accelerator)
+        self.distill_loss = None
+        if self.teacher is None:
+            return
+        check_teacher_labels(self.teacher, getattr(self.model.config, "num_labels", None))
+        self.teacher.check_dataset(self.train_dataset)
+        self.distill_loss = build_loss(
+            args.distill_loss,
+            args.distill_loss_kwargs,
+            self.model,
+            self.teacher.model,
+            self._probe_batch,
+            dataset_size=len(train_dataset) if hasattr(train_dataset, "__len__") else None,
+            device=self.args.device,
+            autocast=self.accelerator.autocast,
+        ).to(self.args.device)
+        self.model = self.model_wrapped = DistillationModule(self.model, self.distill_loss).to(self.args.device)
+
+    @property
+    def teacher_model(self) -> nn.Module | None:
+        """The live teacher module (`None` for CE-only runs and for a teacher cache)."""
+        return None if self.teacher is None else self.teacher.model
+
+    @property
+    def student(self) -> nn.Module:
+        """The bare student, whether or not the trainer's model wraps it with the loss."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.student if isinstance(model, DistillationModule) else model
+
+    def _probe_batch(self) -> dict[str, torch.Tensor] | None:
+        """A collated batch of two training samples, for losses that size adapters from feature shapes (a stream's
+        first two)."""
+        dataset = self.train_dataset
+        if dataset is None:
+            return None
+        examples = [dataset[i] for i in range(min(2, len(dataset)))] if hasattr(dataset, "__len__") else None
+        examples = examples if examples is not None else list(itertools.islice(iter(dataset), 2))
+        return self.data_collator(examples) if examples else None
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # The trainer's model wraps the student with the loss: a batch holds the student's inputs and what the
+        # teacher and the loss read (teacher pixels, strong view, labels, sample indices).
+        if self._signature_columns is None:
+            student_inputs = list(inspect.signature(self.student.forward).parameters)
+            self._signature_columns = [*student_inputs, *IMAGE_KEYS, *INDEX_KEYS, "label", "label_ids"]
+
+    def _remove_unused_columns(self, dataset: Any, description: str | None = None) -> Any:
+        # A dataset with a batch transform (`set_transform`) builds its tensors from raw columns no forward names
+        # (the image, the label): the transform decides what a batch holds, and the collator keeps what a step reads.
+        if ((getattr(dataset, "format", None) or {}).get("type")) == "custom":
+            return dataset
+        return super()._remove_unused_columns(dataset, description)
+
+    def _follow_epochs(self, dataset: Any) -> None:
+        """A dataset transform whose random draws depend on the epoch (`set_epoch`) is told each epoch's number."""
+        transform = (getattr(dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
+        if not hasattr(transform, "set_epoch"):
+            return
+        if self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0:
+            raise ValueError(
+                "The training transform draws each sample's augmentation from (seed, epoch, index), and persistent "
+                "dataloader workers would keep the first epoch's copy of it: every epoch would see the same crops. "
+                "Drop --dataloader_persistent_workers (workers are then restarted, with the new epoch, each epoch)."
+            )
+        self.add_callback(EpochCallback(transform))
+
+    # ------------------------------------------------------------------------------------------- the step
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        inputs = super()._prepare_inputs(inputs)
+        if self.args.distill_channels_last:
+            inputs = {
+                k: v.contiguous(memory_format=torch.channels_last) if k.endswith(PIXEL_VALUES) and v.ndim == 4 else v
+                for k, v in inputs.items()
+            }
+        return inputs
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if model.training and self._mixer is not None:
+            inputs = self._mixer(inputs, self.state.global_step)  # soft labels from here on
+        labels = inputs.get(LABELS)
+        if self.teacher is None or not model.training:
+            # Evaluation (and CE-only training) runs the student alone: eval_loss is the student's CE.
+            if labels is None:
+                raise ValueError("The batch has no `labels`; the CE-only loss and evaluation need them.")
+            logits = logits_of(model(**student_inputs(inputs)))
+            loss = self._cross_entropy(logits, labels)
+            if model.training:
+                self._guard.observe({"loss": loss, STUDENT_TERM: logits})
+            return (loss, {"logits": logits}) if return_outputs else loss
+
+        teacher_outputs = self.teacher(inputs, epoch=self.state.epoch or 0.0)
+        batch = self._distill_batch(inputs, teacher_outputs)
+        student_outputs, loss_dict = model(**student_inputs(inputs), distill=(teacher_outputs, batch))
+        logits = logits_of(student_outputs)
+        loss, method_ce = self.args.distill_weight * loss_dict["loss"], loss_dict.pop("ce", None)
+        ce = None
+        if labels is not None:
+            ce = self._cross_entropy(logits, labels) + (0.0 if method_ce is None else method_ce)
+            loss = loss + self.args.distill_ce_weight * ce
+        self._record_metrics(ce, loss_dict)
+        terms = {f"distill/{name}": value for name, value in loss_dict.items()}
+        terms.update({"loss": loss, "distill/ce": ce, STUDENT_TERM: logits})
+        self._guard.observe({**terms, TEACHER_TERM: logits_of(teacher_outputs.main)})
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _distill_batch(self, inputs: dict[str, Any], teacher_outputs: TeacherOutputs) -> DistillBatch:
+        """What the loss gets besides both outputs; unlabelled samples (label < 0) take the teacher's top class for
+        losses that split on the target class."""
+        labels = inputs.get(LABELS)
+        loss_labels = labels
+        if labels is not None and self.distill_loss.needs.labels:
+            loss_labels = torch.where(labels >= 0, labels, logits_of(teacher_outputs.main).argmax(-1))
+        return DistillBatch(
+            labels=loss_labels,
+            epoch=float(self.state.epoch or 0.0),
+            sample_index=inputs.get(SAMPLE_INDEX),
+            teacher_strong=teacher_outputs.strong,
+            cross_entropy=None if labels is None else lambda logits: self._cross_entropy(logits, labels),
+        )
+
+    def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean CE over the labelled samples, in float32 whatever the autocast dtype.
+
+        A negative label (the `datasets` convention for a missing label) marks an unlabelled sample: it adds no CE,
+        only the distillation loss, so the teacher supervises what nobody labelled. A micro-batch without labels
+        has CE 0. Label smoothing follows `args.label_smoothing_factor`, as the Trainer would apply it. Soft targets
+        (B, C) (Mixup/CutMix, smoothing folded in) give timm's `SoftTargetCrossEntropy`.
+        """
+        if labels.is_floating_point() and labels.ndim == 2:
+            return -(labels * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+        labels = labels.long()
+        labelled = labels >= 0
+        ce_sum = F.cross_entropy(
+            logits.float(),
+            labels.masked_fill(~labelled, -100),
+            ignore_index=-100,
+            reduction="sum",
+            label_smoothing=self.args.label_smoothing_factor,
+        )
+        return ce_sum / labelled.sum().clamp_min(1)
+
+    def _record_metrics(self, ce: torch.Tensor | None, loss_dict: dict[str, torch.Tensor]) -> None:
+        # Detached tensors, no .item(): reading a value here would synchronise the device every step.
+        if ce is not None:
+            self._metrics["ce"].append(ce.detach())
+        for name, value in loss_dict.items():
+            self._metrics[name].append(value.detach().float())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        is_train_log = not any(key.startswith("eval_") for key in logs)
+        if is_train_log:
+            # Every process logs at the same steps: the check's collective is safe here.
+            self._guard.check(self.state.global_step)
+            if self._guard.mode == "skip":
+                logs["distill/skipped_steps"] = self._guard.skipped
+        if is_train_log and self._metrics:
+            names = sorted(self._metrics)
+            means = torch.stack([torch.stack(self._metrics[name]).mean() for name in names])
+            # Every process calls log() at the same step, so the mean across processes is a collective.
+            means = self.accelerator.reduce(means, reduction="mean")
+            logs.update({f"distill/{name}": value for name, value in zip(names, means.tolist())})
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------------------------------- saving
+
+    def distill_config(self) -> dict[str, Any]:
+        """What `distill_config.json` records: the loss, its resolved kwargs, the weights, the teacher and data."""
+        args = self.args
+        return {
+            "hfkd_version": __version__,
+            "distill_loss": args.distill_loss,
+            "distill_loss_kwargs": self.distill_loss.hparams() if self.distill_loss is not None else {},
+            "distill_ce_weight": args.distill_ce_weight,
+            "distill_weight": args.distill_weight,
+            "teacher": self.teacher.record() if self.teacher is not None else None,
+            "recipe": recipe_name(self.recipe),
+            "data": self.data_info,
+        }
+
+    # ------------------------------------------------------------------------------------------- results
+
+    @torch.no_grad()
+    def evaluate_teacher(self, eval_dataset: Any = None, metric_key_prefix: str = "teacher_eval") -> dict[str, float]:
+        """Top-1/top-5 accuracy of the teacher on the evaluation set (its own pixel tensor when it has one), under
+        keys of its own (`teacher_eval_accuracy`, ...), so that no metrics file can mistake them for the student's.
+        For a teacher ensemble these are the ensemble's, and each member's follow as `teacher_eval_member_<i>_...`.
+        """
+        if self.teacher is None:
+            raise ValueError("There is no teacher to evaluate (distill_loss='ce').")
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        predictions: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
+        references = []
+        for inputs in tqdm(dataloader, desc="Teacher evaluation", disable=not self.is_local_process_zero()):
+            inputs = self._prepare_inputs(inputs)
+            ranked = {key: top_k_indices(value) for key, value in self.teacher.eval_logits(inputs).items()}
+            ranked, labels = self.accelerator.gather_for_metrics((ranked, inputs[LABELS]))
+            for key, value in ranked.items():
+                predictions[key].append(value.cpu())
+            references.append(labels.cpu())
+        label_ids = torch.cat(references).numpy()
+        metrics = {}
+        for key, ranks in predictions.items():
+            result = compute_accuracy_metrics(EvalPrediction(torch.cat(ranks).numpy(), label_ids))
+            metrics.update({f"{metric_key_prefix}_{key}{name}": value for name, value in result.items()})
+        return metrics
+
+    def latest_eval_metrics(self) -> dict[str, float] | None:
+        """The most recent logged evaluation metrics (`eval_accuracy`, ...), if any."""
+        for entry in reversed(self.state.log_history):
+            if "eval_accuracy" in entry:
+                return entry
+        return None
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        *,
+        student_metrics: dict[str, float] | None = None,
+        teacher_metrics: dict[str, float] | None = None,
+        baseline_metrics: dict[str, float] | None = None,
+        is_timm: bool | None = None,
+        student_from_scratch: bool = False,
+    ) -> None:
+        """Write `output_dir/README.md`: metadata, results next to the teacher's, loss, kwargs and citation.
+
+        Runs on the main process only. `student_metrics` defaults to the latest evaluation; `teacher_metrics`
+        and `baseline_metrics` (the CE-only student) are shown when given.
+        """
+        if not self.is_world_process_zero():
+            return
+        check_finite_weights(self.accelerator.unwrap_model(self.model), "a model card")
+        info = ModelCardInfo.for_run(
+            self.distill_config(),
+            self.args,
+            self.student.config,
+            paper=getattr(self.distill_loss, "paper", None),
+            model_name=model_name,
+            finetuned_from=finetuned_from,
+            dataset=dataset,
+            dataset_args=dataset_args,
+            tags=tags,
+            license=license,
+            student_metrics=student_metrics if student_metrics is not None else self.latest_eval_metrics(),
+            teacher_metrics=teacher_metrics,
+            baseline_metrics=baseline_metrics,
+            is_timm=is_timm,
+            student_from_scratch=student_from_scratch,
+            log_history=self.state.log_history,
+        )
+        build_model_card(info, output_dir=self.args.output_dir)
+
+
+def _map_datasets(function: Callable, datasets: Any) -> Any:
+    """`function` over one dataset or a dict of named evaluation datasets."""
+    if isinstance(datasets, dict):
+        return {name: function(dataset) for name, dataset in datasets.items()}
+    return function(datasets)
+
+
+def _check_args(args: Any, compute_loss_func: Callable | None) -> None:
+    if args is None:
+        raise ValueError("DistillationTrainer needs `args=DistillationArguments(output_dir=..., ...)`.")
+    if not isinstance(args, DistillationArguments):
+        raise TypeError(
+            f"`args` must be a DistillationArguments, got {type(args).__name__}. Build it with "
+            "`hfkd.DistillationArguments(...)`, which takes every TrainingArguments field."
+        )
+    if compute_loss_func is not None:
+        raise ValueError("DistillationTrainer computes its own loss; drop `compute_loss_func`.")

@@ -1,0 +1,2 @@
+"""Utilities every layer may use: local names that never leave the machine, lazy exports, usage errors, and the one
+module that touches private members of the libraries hfkd builds on."""

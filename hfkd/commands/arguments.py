@@ -18,6 +18,7 @@ from hfkd.commands.smoke import smoke_argv
 from hfkd.data.streaming import check_streaming_arguments
 from hfkd.data.transforms import INTERPOLATIONS, check_rand_augment
 from hfkd.training.arguments import DistillationArguments
+from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
@@ -72,7 +73,7 @@ class ModelArguments:
     def __post_init__(self) -> None:
         rate = self.drop_path_rate
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1):
-            raise ValueError(f"--drop_path_rate must be in [0, 1) (Swin-T's recipe: 0.2), got {rate!r}.")
+            raise UsageError(f"--drop_path_rate must be in [0, 1) (Swin-T's recipe: 0.2), got {rate!r}.")
 
 
 TEACHER_INPUTS = ("own", "student")
@@ -184,7 +185,7 @@ class DataArguments:
         if self.interpolation is not None:
             self.interpolation = str(self.interpolation).lower()
             if self.interpolation not in INTERPOLATIONS:
-                raise ValueError(
+                raise UsageError(
                     f"--interpolation must be one of {', '.join(INTERPOLATIONS)} (DIST: bilinear), got "
                     f"{self.interpolation!r}."
                 )
@@ -192,18 +193,18 @@ class DataArguments:
             values = getattr(self, name)
             if values is not None and (len(values) not in (1, 3) or (name == "image_std" and 0 in values)):
                 what = "1 or 3 non-zero values" if name == "image_std" else "1 or 3 values"
-                raise ValueError(f"--{name} takes {what} (one per channel, or one for all), got {values!r}.")
+                raise UsageError(f"--{name} takes {what} (one per channel, or one for all), got {values!r}.")
         if self.teacher_input not in TEACHER_INPUTS:
-            raise ValueError(f"--teacher_input must be 'own' or 'student', got {self.teacher_input!r}.")
+            raise UsageError(f"--teacher_input must be 'own' or 'student', got {self.teacher_input!r}.")
         if self.teacher_input == "student" and self.teacher_image_size is not None:
-            raise ValueError(
+            raise UsageError(
                 f"--teacher_input student feeds the teacher the student's tensor, so --teacher_image_size "
                 f"{self.teacher_image_size} cannot apply. Drop one of the two."
             )
         check_rand_augment(self.rand_augment)
         erasing = self.random_erasing
         if isinstance(erasing, bool) or not isinstance(erasing, (int, float)) or not 0.0 <= erasing <= 1.0:
-            raise ValueError(f"--random_erasing must be a probability in [0, 1] (DIST's B2: 0.2), got {erasing!r}.")
+            raise UsageError(f"--random_erasing must be a probability in [0, 1] (DIST's B2: 0.2), got {erasing!r}.")
 
 
 @dataclass
@@ -279,23 +280,23 @@ def parse_args(argv: list[str] | None) -> tuple[Any, ...]:
     scratch_learning_rate(model_args, training_args, explicit)
     run_args.phases = tuple(getattr(training_args, f) if f in explicit else None for f in ("do_train", "do_eval"))
     if training_args.teacher_cache_dir is not None and (data_args.rand_augment or data_args.random_erasing):
-        raise ValueError(
+        raise UsageError(
             "--rand_augment / --random_erasing: a teacher cache (--teacher_cache_dir) replays the crops and flips its "
             "teacher saw, without them. Drop them, or train with the live teacher (drop --teacher_cache_dir)."
         )
     if training_args.mixes_batches and data_args.labelled_samples is not None:
-        raise ValueError(
+        raise UsageError(
             "--mixup/--cutmix blend each sample's label with another's, and --labelled_samples leaves samples "
             "without one: drop one of the two."
         )
     if training_args.teacher_cache_dir is not None and data_args.teacher_input == "student":
-        raise ValueError(
+        raise UsageError(
             "--teacher_input student: a teacher cache (--teacher_cache_dir) holds the outputs of the teacher's own "
             "views. Drop --teacher_input, or train with the live teacher (drop --teacher_cache_dir)."
         )
     if data_args.streaming:
         if run_args.smoke:
-            raise ValueError("--smoke trains on small synthetic data, which is not streamed: drop --streaming.")
+            raise UsageError("--smoke trains on small synthetic data, which is not streamed: drop --streaming.")
         check_streaming_arguments(training_args, data_args)
     return model_args, data_args, run_args, training_args, recipe
 

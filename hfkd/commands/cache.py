@@ -36,6 +36,7 @@ from hfkd.teachers.cache.store import (
     rows_sha256,
 )
 from hfkd.teachers.combine import ENSEMBLE_MODES, check_ensemble_arguments
+from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import is_local_path, neutral_name
 
 
@@ -99,17 +100,17 @@ def main(argv: list[str] | None = None) -> CacheConfig:
 
     args = _parser().parse_args(argv)
     if os.path.exists(os.path.join(args.output_dir, CACHE_CONFIG)):
-        raise ValueError(f"{args.output_dir!r} already holds a teacher cache; choose another --output_dir.")
+        raise UsageError(f"{args.output_dir!r} already holds a teacher cache; choose another --output_dir.")
     for name in ("epochs", "batch_size", "shard_size"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}.")
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}.")
     check_ensemble_arguments(
         args.teacher, args.teacher_weights, args.teacher_ensemble, args.teacher_ensemble_temperature, None
     )
     state = PartialState(cpu=args.use_cpu)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and state.num_processes != launched:
-        raise ValueError(
+        raise UsageError(
             f"This build was launched as {launched} processes, but Accelerate runs {state.num_processes} (each would "
             "build every shard). Without GPUs, add --use_cpu so that the processes share the work over CPU."
         )

@@ -35,6 +35,7 @@ from hfkd.teachers.cache.check import cache_summary, check_cache_matches
 from hfkd.teachers.cache.replay import ReplayTransform
 from hfkd.teachers.cached import CachedTeacher
 from hfkd.training.arguments import DistillationArguments
+from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import neutral_name, neutral_text
 
 logger = logging.get_logger(__name__)
@@ -71,7 +72,7 @@ def data_dirs(data_args: DataArguments) -> dict[str, str] | None:
     if data_args.train_dir is None and data_args.validation_dir is None:
         return None
     if data_args.train_dir is None:
-        raise ValueError("--validation_dir needs --train_dir (the training images' folder).")
+        raise UsageError("--validation_dir needs --train_dir (the training images' folder).")
     folders = {"train": data_args.train_dir}
     if data_args.validation_dir is not None:
         folders["validation"] = data_args.validation_dir
@@ -148,7 +149,7 @@ def sized(config: ImageConfig, side: int | None, model: Any) -> ImageConfig:
         return config
     fixed = getattr(getattr(model, "config", None), "image_size", None)
     if fixed is not None and fixed != side:
-        raise ValueError(
+        raise UsageError(
             f"{type(model).__name__} takes {fixed} px images (config.image_size); --image_size {side} cannot change "
             "that. Drop the flag for this model, or use one without a fixed input size."
         )
@@ -161,7 +162,7 @@ def check_teachers_take(teachers: list[Any], config: ImageConfig) -> None:
     for teacher in teachers:
         fixed = getattr(getattr(teacher, "config", None), "image_size", None)
         if fixed is not None and tuple(fixed if isinstance(fixed, (list, tuple)) else (fixed, fixed)) != config.size:
-            raise ValueError(
+            raise UsageError(
                 f"--teacher_input student: {type(teacher).__name__} takes {fixed} px images (config.image_size) and "
                 f"the student's tensor is {config.size[0]}x{config.size[1]}. Drop --teacher_input, or set "
                 f"--image_size {fixed}."

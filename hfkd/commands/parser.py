@@ -20,6 +20,8 @@ from typing import Any, NoReturn, get_type_hints
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from hfkd.utils.errors import UsageError
+
 # (title, description, field names): hfkd's own groups, in the order --help shows them.
 GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("models", "The student and the teacher.", (
@@ -179,7 +181,7 @@ def _split_config_flag(argv: Sequence[str]) -> tuple[str | None, list[str]]:
         if token == "--config":
             config = next(it, None)
             if config is None:
-                raise ValueError("`--config` needs a path to a recipe YAML file, e.g. `--config recipes/x.yaml`.")
+                raise UsageError("`--config` needs a path to a recipe YAML file, e.g. `--config recipes/x.yaml`.")
         elif token.startswith("--config="):
             config = token.split("=", 1)[1]
         else:
@@ -270,11 +272,11 @@ class HfkdParser(HfArgumentParser):
     def read_recipe(self, path: str | Path) -> dict[str, Any]:
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"Recipe {str(path)!r} does not exist. Pass the path of a YAML file to `--config`.")
+            raise UsageError(f"Recipe {str(path)!r} does not exist. Pass the path of a YAML file to `--config`.")
         with path.open(encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"Recipe {str(path)!r} must be a flat YAML mapping of argument names to values.")
+            raise UsageError(f"Recipe {str(path)!r} must be a flat YAML mapping of argument names to values.")
         known = self.field_names()
         unknown = sorted(set(data) - known)
         if unknown:
@@ -282,7 +284,7 @@ class HfkdParser(HfArgumentParser):
             for key in unknown:
                 close = difflib.get_close_matches(str(key), sorted(known), n=2, cutoff=0.6)
                 hints.append(f"{key!r}" + (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""))
-            raise ValueError(
+            raise UsageError(
                 f"Recipe {str(path)!r} has unknown key(s): {', '.join(hints)}. Keys are argument names "
                 "as on the command line, without the leading dashes."
             )

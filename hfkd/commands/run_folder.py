@@ -22,6 +22,7 @@ from typing import Any
 from transformers.utils import logging
 
 from hfkd.training.checkpoints import checkpoints, latest_complete_checkpoint
+from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import is_local_path, neutral_name
 
 logger = logging.get_logger(__name__)
@@ -139,12 +140,12 @@ def prepare_output_dir(folder: str, settings: dict[str, Any], *, overwrite: bool
     """
     explicit = resume not in (None, False) and str(resume).lower() not in ("false", "none", "")
     if overwrite and explicit:
-        raise ValueError("--overwrite_output_dir starts over, --resume_from_checkpoint continues: pass one of them.")
+        raise UsageError("--overwrite_output_dir starts over, --resume_from_checkpoint continues: pass one of them.")
     if overwrite or not os.path.isdir(folder):
         return None
     found, saved = _finished_files(folder), _read_settings(folder)
     if found and not explicit:
-        raise ValueError(
+        raise UsageError(
             f"Output folder {folder!r} already holds a finished run ({', '.join(found)}). Pass another "
             "`--output_dir`, `--overwrite_output_dir` to write over it, or `--resume_from_checkpoint` to continue."
         )
@@ -156,13 +157,13 @@ def prepare_output_dir(folder: str, settings: dict[str, Any], *, overwrite: bool
     if not checkpoints(folder):
         return None  # nothing to resume, and nothing of the earlier attempt worth keeping
     if saved is None:
-        raise ValueError(
+        raise UsageError(
             f"Output folder {folder!r} holds checkpoints but no {RUN_SETTINGS_NAME}, so whether they belong to this "
             "run is unknown. Pass another --output_dir, --overwrite_output_dir to start over there, or "
             "--resume_from_checkpoint <checkpoint> to continue from one of them."
         )
     if differ:
-        raise ValueError(
+        raise UsageError(
             f"Output folder {folder!r} holds an unfinished run with other settings ({'; '.join(differ)}). Pass "
             "another --output_dir for this run, or --overwrite_output_dir to discard that run and start over."
         )

@@ -25,6 +25,7 @@ from PIL import Image as PILImage
 from transformers.utils import logging
 
 from hfkd.models.loading import MODEL_ALIASES
+from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
@@ -86,7 +87,7 @@ def synthetic_dataset(
     size = image_size or (known[0] if known else None)
     classes = num_labels or (known[1] if known else None)
     if size is None or classes is None:
-        raise ValueError(
+        raise UsageError(
             f"Smoke mode does not know the image size and class count of {dataset!r} (it knows "
             f"{', '.join(sorted(SMOKE_DATASETS))}). Pass --smoke_image_size and --smoke_num_labels."
         )

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from hfkd.utils.errors import UsageError
+
 PIXEL_VALUES = "pixel_values"
 
 
@@ -76,12 +78,12 @@ def require_view(batch: dict[str, Any], view: str) -> Any:
     if value is not None:
         return value
     if view == STRONG_PIXEL_VALUES:
-        raise ValueError(
+        raise UsageError(
             "This loss needs a strongly augmented view of each batch (`strong_pixel_values`). "
             "examples/run_image_distill.py adds it for such losses; with your own data, build the batch transform "
             "with hfkd.data.make_transform_fn(..., strong_transforms=(...)) and collate with DistillationCollator."
         )
-    raise ValueError(f"The batch has no {view!r} (keys: {sorted(batch)}).")
+    raise UsageError(f"The batch has no {view!r} (keys: {sorted(batch)}).")
 
 
 def teacher_pixels(batch: dict[str, Any], view: str = PIXEL_VALUES, member: int = 0) -> Any:

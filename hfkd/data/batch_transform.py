@@ -36,6 +36,7 @@ from hfkd.data.transforms import (
     ImageTransform,
     sample_seed,
 )
+from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
@@ -183,7 +184,7 @@ class TransformFn:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         for column, flag in ((self.image_column, "--image_column"), (self.label_column, "--label_column")):
             if column is not None and column not in batch:
-                raise ValueError(f"No column {column!r} in the batch (columns: {list(batch)}). Set {flag}.")
+                raise UsageError(f"No column {column!r} in the batch (columns: {list(batch)}). Set {flag}.")
         indices = batch.get(self.index_column)
         teacher_keys = [member_key(TEACHER_PIXEL_VALUES, i) for i in range(len(self.modes))]
         strong_keys = [member_key(TEACHER_STRONG_PIXEL_VALUES, i) for i in range(len(self.modes))]
@@ -194,7 +195,7 @@ class TransformFn:
             except Exception as err:
                 where = self._where(row, image, indices)
                 if not self.skip_unreadable:
-                    raise ValueError(
+                    raise UsageError(
                         f"Unreadable image at {where}: {type(err).__name__}: {err}. Fix or remove the file, drop such "
                         "rows with hfkd.data.filter_unreadable(), or set skip_unreadable=True."
                     ) from err

@@ -19,6 +19,7 @@ from hfkd.data.batch import (
     SAMPLE_INDEX,
     is_image_key,
 )
+from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
@@ -27,7 +28,7 @@ def _stack(examples: list[dict[str, Any]], key: str) -> torch.Tensor:
     tensors = [torch.as_tensor(example[key]) for example in examples]
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
-        raise ValueError(f"{key} come in shapes {sorted(shapes)}; transforms must output one size (ImageConfig.size).")
+        raise UsageError(f"{key} come in shapes {sorted(shapes)}; transforms must output one size (ImageConfig.size).")
     return torch.stack(tensors)
 
 
@@ -38,7 +39,7 @@ class DistillationCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not examples:
-            raise ValueError("Empty batch: all its images were skipped as unreadable. Run filter_unreadable() first.")
+            raise UsageError("Empty batch: all its images were skipped as unreadable. Run filter_unreadable() first.")
         batch = {}
         for key in examples[0]:
             if is_image_key(key):

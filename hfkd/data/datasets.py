@@ -15,6 +15,7 @@ from transformers.utils import logging
 
 from hfkd.data.batch import SAMPLE_INDEX
 from hfkd.data.demo import DEMO_DATASETS, load_demo_dataset
+from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
@@ -129,7 +130,7 @@ def load_image_dataset(
     for split, limit in (("train", max_train_samples), ("eval", max_eval_samples)):
         if limit is not None and rows is None:
             if limit < 1:
-                raise ValueError(f"max_{split}_samples must be >= 1, got {limit}. Leave it unset to use all rows.")
+                raise UsageError(f"max_{split}_samples must be >= 1, got {limit}. Leave it unset to use all rows.")
             if limit < len(dataset[split]):
                 dataset[split] = dataset[split].shuffle(seed=seed).select(range(limit))
     selected = {"train_split": train_split, "eval_split": eval_from}
@@ -145,7 +146,7 @@ def imagefolder_files(data_dirs: dict[str, str]) -> tuple[dict[str, str], str]:
     name them."""
     for folder in data_dirs.values():
         if not os.path.isdir(folder):
-            raise ValueError(f"Image folder {folder!r} does not exist; pass a <dir>/<class>/<image> tree.")
+            raise UsageError(f"Image folder {folder!r} does not exist; pass a <dir>/<class>/<image> tree.")
         check_imagefolder_layout(folder)
     files = {split: os.path.join(folder, "**") for split, folder in data_dirs.items()}
     return files, "image folders " + " + ".join(f"{split}: {folder}" for split, folder in data_dirs.items())
@@ -155,7 +156,7 @@ def check_imagefolder_layout(folder: str) -> None:
     """An imagefolder names its classes by subfolder: `<folder>/<class>/<image>` or `<folder>/<split>/<class>/...`."""
     subfolders = [entry for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith(".")]
     if not subfolders:
-        raise ValueError(
+        raise UsageError(
             f"The image folder {folder!r} has no class subfolders (its images would get no labels): put each class's "
             f"images in {os.path.join(folder, '<class>')}/, or {os.path.join(folder, '<split>', '<class>')}/ with "
             "splits such as train and validation."
@@ -163,7 +164,7 @@ def check_imagefolder_layout(folder: str) -> None:
     split_names = {"train", "training", *EVAL_SPLIT_NAMES}
     for entry in subfolders:
         if entry.name.lower() in split_names and not any(sub.is_dir() for sub in os.scandir(entry.path)):
-            raise ValueError(
+            raise UsageError(
                 f"The split folder {entry.path!r} has no class subfolders: put each class's images in "
                 f"{os.path.join(entry.path, '<class>')}/."
             )
@@ -173,12 +174,12 @@ def _pick_splits(
     raw: DatasetDict, name: str, train_split: str, eval_split: str | None, eval_fraction: float, seed: int
 ) -> tuple[Dataset, Dataset, str]:
     if train_split not in raw:
-        raise ValueError(
+        raise UsageError(
             f"{name} has no split {train_split!r}; its splits are {list(raw)}. Set --train_split to one of them."
         )
     if eval_split is not None:
         if eval_split not in raw:
-            raise ValueError(
+            raise UsageError(
                 f"{name} has no split {eval_split!r}; its splits are {list(raw)}. Set --eval_split to one of them, "
                 "or leave it unset to hold out --eval_fraction of the train split."
             )
@@ -188,7 +189,7 @@ def _pick_splits(
         logger.info(f"Evaluating on the {found!r} split of {name}.")
         return raw[train_split], raw[found], found
     if not 0.0 < eval_fraction < 1.0:
-        raise ValueError(
+        raise UsageError(
             f"{name} has no evaluation split (splits: {list(raw)}) and eval_fraction={eval_fraction} cannot split one "
             "off. Pass an eval_fraction in (0, 1) or set --eval_split."
         )
@@ -210,10 +211,10 @@ def _select_rows(raw: DatasetDict, name: str, rows: dict[str, Any]) -> tuple[Dat
     for part in ("train", "eval"):
         split = rows[f"{part}_split"]
         if split not in raw:
-            raise ValueError(f"{name} has no split {split!r} (its splits: {list(raw)}), which the selection names.")
+            raise UsageError(f"{name} has no split {split!r} (its splits: {list(raw)}), which the selection names.")
         positions = rows[part]
         if positions and max(positions) >= len(raw[split]):
-            raise ValueError(
+            raise UsageError(
                 f"The selection names row {max(positions)} of {name}'s {split!r} split, which has {len(raw[split])} "
                 "rows: it was made on other data."
             )
@@ -282,10 +283,10 @@ def detect_columns(
             columns = ", ".join(f"{name} ({type(f).__name__})" for name, f in features.items())
             what = "image" if kind is Image else "label"
             problem = f"has no column {given!r}" if given else f"has no single obvious {what} column"
-            raise ValueError(f"The dataset {problem}; its columns are: {columns}. Set {flag} to one of them.")
+            raise UsageError(f"The dataset {problem}; its columns are: {columns}. Set {flag} to one of them.")
         found.append(column)
     if found[0] == found[1]:
-        raise ValueError(f"Image and label column are both {found[0]!r}. Set --image_column and --label_column.")
+        raise UsageError(f"Image and label column are both {found[0]!r}. Set --image_column and --label_column.")
     return found[0], found[1]
 
 
@@ -295,7 +296,7 @@ def class_names(dataset: Dataset | DatasetDict, label_column: str) -> list[str]:
         dataset = dataset["train"] if "train" in dataset else next(iter(dataset.values()))
     feature = dataset.features.get(label_column)
     if feature is None:
-        raise ValueError(f"No column {label_column!r}; columns are {dataset.column_names}. Set --label_column.")
+        raise UsageError(f"No column {label_column!r}; columns are {dataset.column_names}. Set --label_column.")
     if isinstance(feature, ClassLabel):
         return list(feature.names)
     return [str(value) for value in sorted(v for v in dataset.unique(label_column) if v is not None)]
@@ -309,14 +310,14 @@ def check_labels(dataset: Dataset | DatasetDict, label_column: str, num_labels: 
     splits = dataset.items() if isinstance(dataset, DatasetDict) else [(dataset.split or "dataset", dataset)]
     for split, part in splits:
         if label_column not in part.column_names:
-            raise ValueError(f"{split} has no column {label_column!r}; columns are {part.column_names}.")
+            raise UsageError(f"{split} has no column {label_column!r}; columns are {part.column_names}.")
         column = part.with_format("arrow")[label_column]
         if column.null_count:
             index = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-            raise ValueError(f"{split}: label at index {index} is missing. Drop unlabelled rows before training.")
+            raise UsageError(f"{split}: label at index {index} is missing. Drop unlabelled rows before training.")
         values = column.to_numpy()
         if not np.issubdtype(values.dtype, np.integer):
-            raise ValueError(
+            raise UsageError(
                 f"{split}: column {label_column!r} holds {values.dtype} values, not class ids. Encode it first: "
                 f"dataset = dataset.class_encode_column({label_column!r})."
             )
@@ -328,7 +329,7 @@ def check_labels(dataset: Dataset | DatasetDict, label_column: str, num_labels: 
                 if value < 0
                 else f"Give the model at least {int(values.max()) + 1} labels (num_labels / id2label) or fix the data."
             )
-            raise ValueError(
+            raise UsageError(
                 f"{split}: label {value} at index {index} of column {label_column!r} is outside [0, {num_labels - 1}] "
                 f"for num_labels={num_labels} ({bad.size} rows out of range). {fix}"
             )
@@ -343,7 +344,7 @@ def keep_labelled_subset(
     labelled. With `drop_unlabelled=True` (CE-only runs, which have no teacher) the unlabelled rows are removed.
     """
     if not 0 < num_labelled <= len(dataset):
-        raise ValueError(
+        raise UsageError(
             f"--labelled_samples must be between 1 and the {len(dataset)} training images, got {num_labelled}."
         )
     keep = np.sort(np.random.default_rng(seed).choice(len(dataset), size=num_labelled, replace=False))

@@ -10,6 +10,8 @@ from datasets import Dataset, Image
 from PIL import Image as PILImage
 from transformers.utils import logging
 
+from hfkd.utils.errors import UsageError
+
 logger = logging.get_logger(__name__)
 
 
@@ -58,7 +60,7 @@ def filter_unreadable(dataset: Dataset, image_column: str, num_proc: int | None 
     if bad.size == 0:
         return dataset, 0
     if bad.size == len(dataset):
-        raise ValueError(
+        raise UsageError(
             f"The dataset has no readable image: all {bad.size} images failed to decode (e.g. index 0). Check the "
             f"--image_column ({image_column!r}) and that the files are images."
         )

@@ -15,6 +15,8 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Image, load_dataset
 from transformers.utils import logging
 
+from hfkd.utils.errors import UsageError
+
 logger = logging.get_logger(__name__)
 
 
@@ -65,7 +67,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(
+        raise UsageError(
             f"{path} is not an idx file (magic bytes {raw[:4]!r}). Point {FASHION_MNIST_ENV} at a folder with the "
             "original idx files (optionally gzipped)."
         )
@@ -75,7 +77,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - offset != expected:
-        raise ValueError(
+        raise UsageError(
             f"{path}: header shape {shape} needs {expected} bytes of data, found {len(raw) - offset}. "
             "The file is truncated or corrupt; reinstall it (apt-get install --reinstall dataset-fashion-mnist)."
         )
@@ -125,7 +127,7 @@ def load_fashion_mnist_idx(folder: str | os.PathLike | None = None) -> tuple[Dat
         images = read_idx(files[split, "images-idx3-ubyte"])
         labels = read_idx(files[split, "labels-idx1-ubyte"])
         if images.ndim != 3 or len(images) != len(labels) or labels.min() < 0 or labels.max() > 9:
-            raise ValueError(
+            raise UsageError(
                 f"Fashion-MNIST {split} files in {folder} do not match: images {images.shape}, labels "
                 f"{labels.shape} with values {labels.min()}..{labels.max()}. Reinstall dataset-fashion-mnist or "
                 f"point {FASHION_MNIST_ENV} at intact files."
@@ -143,7 +145,7 @@ def load_digits_dataset(*, eval_fraction: float = 0.2, seed: int = 42, split: bo
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
-        raise ValueError(
+        raise UsageError(
             "The 'digits' demo data needs scikit-learn: `pip install scikit-learn` (or `pip install hfkd[vision]`)."
         ) from err
     digits = load_digits()
@@ -192,7 +194,7 @@ def load_demo_dataset(
     """
     canonical = DEMO_DATASETS.get(name.lower())
     if canonical is None:
-        raise ValueError(f"Unknown demo dataset {name!r}. Use one of {sorted(DEMO_DATASETS)}.")
+        raise UsageError(f"Unknown demo dataset {name!r}. Use one of {sorted(DEMO_DATASETS)}.")
     if canonical == "fashion-mnist":
         local = load_fashion_mnist_idx()
         if local is not None:

@@ -19,6 +19,7 @@ import torch
 
 from hfkd.data.batch import LABELS, is_image_key
 from hfkd.losses import get_loss_class
+from hfkd.utils.errors import UsageError
 
 
 def check_mixing_arguments(args: Any) -> None:
@@ -27,11 +28,11 @@ def check_mixing_arguments(args: Any) -> None:
     for name in ("distill_mixup", "distill_cutmix"):
         value = getattr(args, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-            raise ValueError(f"`{name}` is a Beta alpha >= 0 (0: off; Swin's: mixup 0.8, cutmix 1.0), got {value!r}.")
+            raise UsageError(f"`{name}` is a Beta alpha >= 0 (0: off; Swin's: mixup 0.8, cutmix 1.0), got {value!r}.")
     if not args.mixes_batches or not args.uses_teacher:
         return
     if args.teacher_cache_dir is not None:
-        raise ValueError(
+        raise UsageError(
             "Mixup/CutMix mix the images the teacher sees, and a teacher cache (`teacher_cache_dir`) holds its "
             "outputs on unmixed views: drop --mixup/--cutmix, or run the teacher live."
         )
@@ -45,7 +46,7 @@ def check_mixing_arguments(args: Any) -> None:
             else "a second, strongly augmented view" if needs.strong_view
             else "each sample's index (a memory of per-sample features)"
         )  # fmt: skip
-        raise ValueError(
+        raise UsageError(
             f"Loss {args.distill_loss!r} reads {what}, which Mixup/CutMix blend away: drop --mixup/--cutmix, or use "
             "a loss that compares outputs only (kd, dist, ...)."
         )
@@ -126,7 +127,7 @@ class BatchMixer:
             return None
         num_classes = getattr(getattr(model, "config", None), "num_labels", None)
         if not num_classes:
-            raise ValueError("Mixup/CutMix make soft targets over the student's classes: no config.num_labels.")
+            raise UsageError("Mixup/CutMix make soft targets over the student's classes: no config.num_labels.")
         return cls(
             args.distill_mixup,
             args.distill_cutmix,

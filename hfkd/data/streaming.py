@@ -34,6 +34,7 @@ from hfkd.data.datasets import (
 )
 from hfkd.data.demo import DEMO_DATASETS
 from hfkd.losses import get_loss_class
+from hfkd.utils.errors import UsageError
 
 if TYPE_CHECKING:
     from hfkd.data.batch_transform import TransformFn
@@ -100,13 +101,13 @@ def load_streaming_dataset(
         cache_dir (`str`, *optional*), kwargs: forwarded to `datasets.load_dataset` (`revision`, `token`, ...).
     """
     if shuffle_buffer_size < 1:
-        raise ValueError(f"shuffle_buffer_size must be >= 1, got {shuffle_buffer_size}; 1000 is a usual value.")
+        raise UsageError(f"shuffle_buffer_size must be >= 1, got {shuffle_buffer_size}; 1000 is a usual value.")
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not a process of world_size {world_size}.")
+        raise UsageError(f"rank {rank} is not a process of world_size {world_size}.")
     raw, source = _open_streams(name_or_path, config_name, data_dirs, cache_dir, kwargs)
     train, evaluation = _pick_splits(raw, source, train_split, eval_split)
     if train.features is None:
-        raise ValueError(
+        raise UsageError(
             f"{source} declares no features, so its image and label columns cannot be found before reading it. "
             "Stream data whose features are known (parquet, an image folder, a Hub dataset with dataset_info)."
         )
@@ -129,13 +130,13 @@ def _open_streams(
         return load_dataset("imagefolder", data_files=files, streaming=True, cache_dir=cache_dir, **kwargs), source
     if os.path.isdir(name):
         if any(os.path.isfile(os.path.join(name, f)) for f in ("dataset_dict.json", "state.json")):
-            raise ValueError(f"{name} was saved with save_to_disk: load it map-style (drop --streaming).")
+            raise UsageError(f"{name} was saved with save_to_disk: load it map-style (drop --streaming).")
         streams = load_dataset(name, config, streaming=True, cache_dir=cache_dir, **kwargs)
         if any(getattr(part.info, "builder_name", None) == "imagefolder" for part in streams.values()):
             check_imagefolder_layout(name)
         return streams, f"local folder {name}"
     if name.lower() in DEMO_DATASETS:
-        raise ValueError(f"The demo data {name!r} is small and embedded, not streamed: drop --streaming.")
+        raise UsageError(f"The demo data {name!r} is small and embedded, not streamed: drop --streaming.")
     hub_id = HUB_DATASET_ALIASES.get(name.lower(), name)
     streams = load_dataset(hub_id, config, streaming=True, cache_dir=cache_dir, **kwargs)
     return streams, f"Hub {name}" + (f" ({config})" if config else "")
@@ -145,17 +146,17 @@ def _pick_splits(
     raw: IterableDatasetDict, source: str, train_split: str, eval_split: str | None
 ) -> tuple[IterableDataset, IterableDataset]:
     if train_split not in raw:
-        raise ValueError(f"{source} has no split {train_split!r}; its splits are {list(raw)}. Set --train_split.")
+        raise UsageError(f"{source} has no split {train_split!r}; its splits are {list(raw)}. Set --train_split.")
     if eval_split is None:
         eval_split = next((split for split in EVAL_SPLIT_NAMES if split in raw and split != train_split), None)
         if eval_split is None:
-            raise ValueError(
+            raise UsageError(
                 f"{source} has no evaluation split (its splits: {list(raw)}), and a stream cannot hold out part of "
                 "its training split (that needs its length). Set --eval_split to one of its splits, or pass "
                 "--validation_dir."
             )
     elif eval_split not in raw:
-        raise ValueError(f"{source} has no split {eval_split!r}; its splits are {list(raw)}. Set --eval_split.")
+        raise UsageError(f"{source} has no split {eval_split!r}; its splits are {list(raw)}. Set --eval_split.")
     return raw[train_split], raw[eval_split]
 
 
@@ -165,7 +166,7 @@ def _class_names(train: IterableDataset, evaluation: IterableDataset, label_colu
     if isinstance(feature, ClassLabel):
         return list(feature.names)
     if not str(getattr(feature, "dtype", "")).startswith(("int", "uint")):
-        raise ValueError(
+        raise UsageError(
             f"The label column {label_column!r} holds {feature} values, not class ids, and a stream cannot be scanned "
             "for its classes. Store it as a ClassLabel (dataset.class_encode_column(...) before saving or pushing), "
             "or drop --streaming."
@@ -214,7 +215,7 @@ def sample_key(image: Any) -> int:
     else:
         data = image.tobytes() if isinstance(image, PILImage.Image) else np.ascontiguousarray(image).tobytes()
     if not data:
-        raise ValueError("An image with neither bytes nor a path has no key to seed its augmentation with.")
+        raise UsageError("An image with neither bytes nor a path has no key to seed its augmentation with.")
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 2
 
 
@@ -236,8 +237,8 @@ class _StreamBatch:
             if label is None or label < 0:
                 fix = "mark unlabelled training images -1 (the teacher supervises them)" if self.train else (
                     "evaluate on a labelled split (--eval_split)")  # fmt: skip
-                raise ValueError(f"{split}: {where} is unlabelled (label {label}); {fix}.")
-            raise ValueError(
+                raise UsageError(f"{split}: {where} is unlabelled (label {label}); {fix}.")
+            raise UsageError(
                 f"{split}: label {label} of {where} is outside [0, {self.num_labels - 1}] for the {self.num_labels} "
                 "classes of the data. Give the model more labels (num_labels / id2label) or fix the data."
             )
@@ -281,7 +282,7 @@ def set_stream_transform(
     dataset = _undecoded(dataset, transform_fn.image_column)
     columns = dataset.column_names
     if key_column is not None and key_column not in (columns or []):
-        raise ValueError(f"key_column {key_column!r} is not a column of the stream (columns: {columns}).")
+        raise UsageError(f"key_column {key_column!r} is not a column of the stream (columns: {columns}).")
     stream = dataset.map(
         _StreamBatch(transform_fn, num_labels, train, key_column),
         batched=True,
@@ -343,9 +344,9 @@ def check_streaming_arguments(args: DistillationArguments, data_args: Any = None
     if data_args is not None:
         problems += _data_problems(data_args)
     if len(problems) == 1:
-        raise ValueError(f"--streaming: {problems[0]}")
+        raise UsageError(f"--streaming: {problems[0]}")
     if problems:
-        raise ValueError("--streaming does not combine with:\n" + "\n".join(f"- {p}" for p in problems))
+        raise UsageError("--streaming does not combine with:\n" + "\n".join(f"- {p}" for p in problems))
 
 
 def _data_problems(data_args: Any) -> list[str]:

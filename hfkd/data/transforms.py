@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 from transformers.utils import logging
 
 from hfkd.data.decode import decode_image
+from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
@@ -54,14 +55,14 @@ def _interpolation_name(value: Any) -> str:
     else:
         name = str(value).lower()
     if name not in _INTERPOLATIONS:
-        raise ValueError(f"Unknown interpolation {value!r}. Use one of {sorted(_INTERPOLATIONS)}.")
+        raise UsageError(f"Unknown interpolation {value!r}. Use one of {sorted(_INTERPOLATIONS)}.")
     return name
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
     if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"ImageConfig.{name} must be a positive int or (height, width), got {value!r}.")
+        raise UsageError(f"ImageConfig.{name} must be a positive int or (height, width), got {value!r}.")
     return pair
 
 
@@ -91,9 +92,9 @@ class ImageConfig:
 
     def __post_init__(self) -> None:
         if self.num_channels not in (1, 3):
-            raise ValueError(f"ImageConfig.num_channels must be 1 or 3, got {self.num_channels}.")
+            raise UsageError(f"ImageConfig.num_channels must be 1 or 3, got {self.num_channels}.")
         if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
-            raise ValueError(f"ImageConfig.crop_pct must be in (0, 1], got {self.crop_pct}. Use 1.0 for no crop.")
+            raise UsageError(f"ImageConfig.crop_pct must be in (0, 1], got {self.crop_pct}. Use 1.0 for no crop.")
         resize = self.resize_size
         updates = {
             "size": _pair(self.size, "size"),
@@ -103,7 +104,7 @@ class ImageConfig:
             "std": self._per_channel("std"),
         }
         if 0 in updates["std"]:
-            raise ValueError(f"ImageConfig.std={updates['std']} contains 0. Use (1.0,) for no scaling.")
+            raise UsageError(f"ImageConfig.std={updates['std']} contains 0. Use (1.0,) for no scaling.")
         for key, value in updates.items():
             object.__setattr__(self, key, value)
 
@@ -115,7 +116,7 @@ class ImageConfig:
         if len(values) == 1:
             return values * self.num_channels
         if len(values) != self.num_channels:
-            raise ValueError(f"ImageConfig.{name}={values} does not fit num_channels={self.num_channels}.")
+            raise UsageError(f"ImageConfig.{name}={values} does not fit num_channels={self.num_channels}.")
         return values
 
     @property
@@ -157,7 +158,7 @@ def image_config_from_processor(processor: Any, *, num_channels: int = 3) -> Ima
     elif "shortest_edge" in size:
         base = size["shortest_edge"]
     else:
-        raise ValueError(
+        raise UsageError(
             f"Cannot derive an input size from {type(processor).__name__}.size={size}. Build an "
             "ImageConfig(size=(height, width), ...) yourself and pass it to build_transforms."
         )
@@ -196,7 +197,7 @@ def image_config_from_timm(model_or_pretrained_cfg: Any) -> ImageConfig:
     if cfg is None:  # TimmWrapperModel / TimmWrapperForImageClassification keep it in their config
         cfg = getattr(getattr(source, "config", None), "pretrained_cfg", None)
     if not isinstance(cfg, Mapping):
-        raise ValueError(
+        raise UsageError(
             f"{type(source).__name__} carries no timm pretrained_cfg. Pass a timm model, a TimmWrapper model or "
             "config, or a dict with input_size / mean / std / crop_pct / interpolation."
         )
@@ -246,14 +247,14 @@ def check_rand_augment(config_str: str | None) -> None:
         return
     sections = str(config_str).split("-")
     if sections[0] != "rand" or not all(re.fullmatch(r"[a-z]+\d[\d.]*", part) for part in sections[1:]):
-        raise ValueError(
+        raise UsageError(
             f"rand_augment={config_str!r} is not a timm RandAugment config: write 'rand' and then sections such as "
             "-m9 (magnitude), -n2 (ops per image), -mstd0.5 (magnitude std), e.g. 'rand-m9-mstd0.5' (DIST's B2)."
         )
     try:
         rand_augment_transform(config_str, {})
     except (AssertionError, ValueError, KeyError) as err:
-        raise ValueError(
+        raise UsageError(
             f"rand_augment={config_str!r} is not a timm RandAugment config ({err or 'unknown section'}): use e.g. "
             "'rand-m9-mstd0.5'."
         ) from None
@@ -285,12 +286,12 @@ class ImageTransform:
         random_erasing: float = 0.0,
     ) -> None:
         if train_augment not in TRAIN_AUGMENTS:
-            raise ValueError(f"Unknown train_augment {train_augment!r}. Use one of {TRAIN_AUGMENTS}.")
+            raise UsageError(f"Unknown train_augment {train_augment!r}. Use one of {TRAIN_AUGMENTS}.")
         check_rand_augment(rand_augment)
         if isinstance(random_erasing, bool) or not isinstance(random_erasing, (int, float)):
-            raise ValueError(f"random_erasing must be a probability in [0, 1], got {random_erasing!r}.")
+            raise UsageError(f"random_erasing must be a probability in [0, 1], got {random_erasing!r}.")
         if not 0.0 <= random_erasing <= 1.0:
-            raise ValueError(f"random_erasing must be a probability in [0, 1] (DIST's B2: 0.2), got {random_erasing}.")
+            raise UsageError(f"random_erasing must be a probability in [0, 1] (DIST's B2: 0.2), got {random_erasing}.")
         tiny = max(config.size) <= TINY_IMAGE_SIZE
         if train_augment == "auto":
             train_augment = "crop_flip" if tiny else "rrc"

@@ -14,6 +14,7 @@ from huggingface_hub import EvalResult
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from hfkd.losses.base import PaperRef
+from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import is_local_path, neutral_name
 
 # Mirrors `hfkd.arguments.CE_ONLY`, not imported so that building a card never needs `TrainingArguments`.
@@ -75,7 +76,7 @@ def pick_accuracy(metrics: dict[str, float] | None, names: tuple[str, ...], whic
                 continue
             value = metrics[key]
             if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) <= 1.0:
-                raise ValueError(
+                raise UsageError(
                     f"`{which}[{key!r}]` is {value!r}, which is not an accuracy fraction in [0, 1]. Pass fractions "
                     "as returned by `Trainer.evaluate()` (e.g. 0.7612, not 76.12)."
                 )

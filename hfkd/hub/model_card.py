@@ -14,6 +14,7 @@ from transformers.utils import logging
 from hfkd.hub import card_text as text
 from hfkd.hub.card_text import CE_ONLY
 from hfkd.losses.base import PaperRef
+from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import is_local_path
 
 logger = logging.get_logger(__name__)
@@ -187,9 +188,9 @@ def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> Mode
     teacher_name, dataset_name, dataset_config = info.teacher_name, info.dataset_name, info.dataset_config
     for name, value in (("model_name", model_name), ("student_name", student_name), ("loss_key", loss_key)):
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"`{name}` must be a non-empty string, got {value!r}. Pass the {name.replace('_', ' ')}.")
+            raise UsageError(f"`{name}` must be a non-empty string, got {value!r}. Pass the {name.replace('_', ' ')}.")
     if info.extra_tags is not None and not all(isinstance(tag, str) and tag for tag in info.extra_tags):
-        raise ValueError(f"`extra_tags` must be a list of non-empty strings, got {info.extra_tags!r}.")
+        raise UsageError(f"`extra_tags` must be a list of non-empty strings, got {info.extra_tags!r}.")
 
     student_acc = text.accuracies(info.student_metrics, "student_metrics")
     teacher_acc = text.accuracies(info.teacher_metrics, "teacher_metrics")

@@ -17,6 +17,7 @@ from torch import nn
 
 from hfkd.losses._feature_maps import StageSpec, as_feature_map, resolve_stages
 from hfkd.losses.base import LossContext
+from hfkd.utils.errors import UsageError
 
 Shape = tuple[int, ...]
 
@@ -24,7 +25,7 @@ Shape = tuple[int, ...]
 def require_feature_shapes(context: LossContext | None, key: str) -> tuple[list[Shape], list[Shape]]:
     """The probed (C, H, W) shapes of both models, or a ValueError that says where they come from."""
     if context is None or not context.student_feature_shapes or not context.teacher_feature_shapes:
-        raise ValueError(
+        raise UsageError(
             f"{key}: this loss needs feature shapes; the trainer probes them on a training batch before training. "
             "To build it by hand, pass `context=LossContext(student_feature_shapes=probe_feature_shapes(student, "
             "pixel_values), teacher_feature_shapes=probe_feature_shapes(teacher, pixel_values))` "
@@ -40,7 +41,7 @@ def resolve_stage_pairs(
     student = resolve_stages(stages, student_count)
     teacher = resolve_stages(stages if teacher_stages is None else teacher_stages, teacher_count)
     if len(student) != len(teacher):
-        raise ValueError(
+        raise UsageError(
             f"{key}: stages {student} of the student and {teacher} of the teacher differ in number; pass "
             "`teacher_stages` with one teacher stage per student stage."
         )
@@ -50,7 +51,7 @@ def resolve_stage_pairs(
 def pick_maps(maps: Sequence[torch.Tensor], indices: list[int], expected: int, key: str, who: str) -> list:
     """`maps[i]` for the stage indices, after checking the model still reports the probed number of maps."""
     if len(maps) != expected:
-        raise ValueError(
+        raise UsageError(
             f"{key}: the {who} reports {len(maps)} feature maps but {expected} were probed when the loss was built; "
             "build the loss for the models it is used with."
         )

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from hfkd.losses._functional import as_loss_dtype
+from hfkd.utils.errors import UsageError
 
 LossFunction = TypeVar("LossFunction", bound=Callable[..., Any])
 
@@ -41,7 +42,7 @@ def check_stages(stages: Any, loss_key: str) -> None:
                 raise ValueError
             [int(p) for p in parts if p.strip()]
         except ValueError:
-            raise ValueError(
+            raise UsageError(
                 f"{loss_key}: `stages` {stages!r} is not a slice; use a string such as '1:' or '-2:', or a list "
                 "of stage indices such as [1, 2, 3] (0 is the stem)."
             ) from None
@@ -51,7 +52,7 @@ def check_stages(stages: Any, loss_key: str) -> None:
         or not stages
         or not all(isinstance(i, int) and not isinstance(i, bool) for i in stages)
     ):
-        raise ValueError(
+        raise UsageError(
             f"{loss_key}: `stages` must be a slice string such as '1:' or a non-empty list of stage indices such as "
             f"[1, 2, 3] (0 is the stem), got {stages!r}."
         )
@@ -67,14 +68,14 @@ def feature_pairs(
     """Pair the stages, detach the teacher and cast to the loss dtype; with `maps`, require (B, C, H, W) tensors."""
     student_feats, teacher_feats = list(student_feats), list(teacher_feats)
     if len(student_feats) != len(teacher_feats) or not student_feats:
-        raise ValueError(
+        raise UsageError(
             f"{loss_key}: got {len(student_feats)} student and {len(teacher_feats)} teacher feature maps; they must "
             "be the same non-zero number. Choose `stages` so that both models report the same number of maps."
         )
     pairs = []
     for student, teacher in zip(student_feats, teacher_feats):
         if maps and (student.ndim != 4 or teacher.ndim != 4):
-            raise ValueError(
+            raise UsageError(
                 f"{loss_key}: expected (B, C, H, W) feature maps, got student {tuple(student.shape)} and teacher "
                 f"{tuple(teacher.shape)}."
             )

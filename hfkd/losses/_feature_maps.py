@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from hfkd.utils.errors import UsageError
+
 StageSpec = Sequence[int] | str | None
 
 
@@ -30,7 +32,7 @@ def _hidden_states(output: Any) -> tuple[torch.Tensor, ...]:
     getter = output.get if hasattr(output, "get") else lambda key, default=None: getattr(output, key, default)
     states = getter("reshaped_hidden_states", None) or getter("hidden_states", None)
     if not states:
-        raise ValueError(
+        raise UsageError(
             f"The model output ({type(output).__name__}) has no hidden states. Feature losses need a model that "
             "returns `hidden_states` with `output_hidden_states=True` (transformers image classifiers and timm "
             "models through TimmWrapperForImageClassification do)."
@@ -47,7 +49,7 @@ def tokens_to_map(tokens: torch.Tensor, max_prefix_tokens: int = 8) -> torch.Ten
         side = math.isqrt(count - 1)
         prefix = count - side * side
     if side == 0 or prefix > max_prefix_tokens:
-        raise ValueError(
+        raise UsageError(
             f"Cannot lay {count} tokens out on a square grid of patches (shape {tuple(tokens.shape)}); feature "
             "losses support square patch grids."
         )
@@ -59,7 +61,7 @@ def as_feature_map(state: torch.Tensor) -> torch.Tensor:
         return state
     if state.ndim == 3:
         return tokens_to_map(state)
-    raise ValueError(f"Unsupported hidden-state shape {tuple(state.shape)}; expected (B, C, H, W) or (B, N, C).")
+    raise UsageError(f"Unsupported hidden-state shape {tuple(state.shape)}; expected (B, C, H, W) or (B, N, C).")
 
 
 def feature_maps(output: Any) -> list[torch.Tensor]:
@@ -74,7 +76,7 @@ def resolve_stages(spec: StageSpec, count: int) -> list[int]:
     elif isinstance(spec, str):
         parts = spec.split(":")
         if len(parts) != 2:
-            raise ValueError(f"Stage selection {spec!r} must be a list of indices or a slice such as '1:' or '-2:'.")
+            raise UsageError(f"Stage selection {spec!r} must be a list of indices or a slice such as '1:' or '-2:'.")
         start, stop = (int(p) if p.strip() else None for p in parts)
         indices = list(range(count))[slice(start, stop)]
     else:
@@ -82,13 +84,13 @@ def resolve_stages(spec: StageSpec, count: int) -> list[int]:
     resolved = []
     for index in indices:
         if not -count <= index < count:
-            raise ValueError(
+            raise UsageError(
                 f"Stage index {index} is out of range: the model reports {count} feature maps (indices 0..{count - 1},"
                 " 0 being the stem). Choose stages within that range."
             )
         resolved.append(index % count)
     if not resolved:
-        raise ValueError(f"Stage selection {spec!r} selects no feature map out of {count}.")
+        raise UsageError(f"Stage selection {spec!r} selects no feature map out of {count}.")
     return resolved
 
 

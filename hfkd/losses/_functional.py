@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from hfkd.losses.base import PaperRef, loss_dtype
+from hfkd.utils.errors import UsageError
 
 
 def as_loss_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -68,7 +69,7 @@ def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
     the std (not to the variance). A constant row maps to zeros. Runs in float32, or float64 for float64 input.
     """
     if logits.shape[-1] < 2:
-        raise ValueError(
+        raise UsageError(
             f"Logit standardisation needs at least 2 classes (an unbiased std over one value is undefined), "
             f"got logits of shape {tuple(logits.shape)}."
         )

@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from hfkd.utils.errors import UsageError
+
 
 @dataclass(frozen=True)
 class PaperRef:
@@ -51,7 +53,7 @@ class LossNeeds:
 
     def __post_init__(self) -> None:
         if self.preactivations and not self.hidden_states:
-            raise ValueError("LossNeeds(preactivations=True) also needs hidden_states=True (the probed shapes).")
+            raise UsageError("LossNeeds(preactivations=True) also needs hidden_states=True (the probed shapes).")
 
 
 @dataclass
@@ -123,12 +125,12 @@ class DistillationLoss(nn.Module):
 
 def check_positive(name: str, value: float, loss_key: str) -> None:
     if not value > 0:
-        raise ValueError(f"{loss_key}: `{name}` must be > 0, got {value!r}. Pass a positive value.")
+        raise UsageError(f"{loss_key}: `{name}` must be > 0, got {value!r}. Pass a positive value.")
 
 
 def check_non_negative(name: str, value: float, loss_key: str) -> None:
     if not value >= 0:
-        raise ValueError(f"{loss_key}: `{name}` must be >= 0, got {value!r}. Pass zero or a positive value.")
+        raise UsageError(f"{loss_key}: `{name}` must be >= 0, got {value!r}. Pass zero or a positive value.")
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -139,5 +141,5 @@ def logits_of(output: Any) -> torch.Tensor:
     if logits is None and isinstance(output, (tuple, list)):
         logits = output[0]
     if logits is None:
-        raise ValueError(f"Cannot find logits in a model output of type {type(output).__name__}.")
+        raise UsageError(f"Cannot find logits in a model output of type {type(output).__name__}.")
     return logits

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hfkd.losses._functional import as_loss_dtype
 from hfkd.losses.base import DistillationLoss, DistillBatch, PaperRef, check_non_negative, logits_of
 from hfkd.losses.registry import register_loss
+from hfkd.utils.errors import UsageError
 
 
 def _class_covariance(logits: torch.Tensor) -> torch.Tensor:
@@ -33,7 +34,7 @@ def clkd_loss(
     returns the unweighted `instance`, `class` and `class_corr`.
     """
     if student_logits.shape[-1] < 2:
-        raise ValueError(f"CLKD needs at least 2 classes, got logits of shape {tuple(student_logits.shape)}.")
+        raise UsageError(f"CLKD needs at least 2 classes, got logits of shape {tuple(student_logits.shape)}.")
     # The teacher is a target: no gradient flows into it even if its logits require grad.
     student_logits, teacher_logits = as_loss_dtype(student_logits, teacher_logits.detach())
     # F.mse_loss averages over all B·C elements, as the reference calls it.

@@ -23,6 +23,7 @@ from hfkd.losses.base import (
     check_positive,
 )
 from hfkd.losses.registry import register_loss
+from hfkd.utils.errors import UsageError
 
 
 def contrast_scores(anchor: torch.Tensor, memory_rows: torch.Tensor, *, temperature: float = 0.07) -> torch.Tensor:
@@ -139,20 +140,20 @@ class CRDLoss(DistillationLoss):
         super().__init__()
         for name, value in (("feat_dim", feat_dim), ("nce_k", nce_k)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"crd: `{name}` must be a positive int, got {value!r}.")
+                raise UsageError(f"crd: `{name}` must be a positive int, got {value!r}.")
         check_positive("temperature", temperature, "crd")
         if not 0 <= momentum < 1:
-            raise ValueError(f"crd: `momentum` must be in [0, 1), got {momentum!r}.")
+            raise UsageError(f"crd: `momentum` must be in [0, 1), got {momentum!r}.")
         check_non_negative("feat_weight", feat_weight, "crd")
         student_shapes, teacher_shapes = require_feature_shapes(context, "crd")
         size = context.dataset_size
         if size is None:
-            raise ValueError(
+            raise UsageError(
                 "crd: the memory banks are sized by the dataset, but `context.dataset_size` is None; the trainer "
                 "passes len(train_dataset), so train on a dataset with a length."
             )
         if nce_k >= size:
-            raise ValueError(
+            raise UsageError(
                 f"crd: nce_k={nce_k} must be smaller than the dataset ({size} samples); use nce_k={size - 1} or less."
             )
         self.nce_k, self.temperature, self.feat_weight = nce_k, float(temperature), float(feat_weight)
@@ -162,7 +163,7 @@ class CRDLoss(DistillationLoss):
 
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
         if batch.sample_index is None:
-            raise ValueError(
+            raise UsageError(
                 "crd needs each sample's dataset index: give the dataset a `sample_index` column (0..N-1) and have "
                 "the collator emit it as a LongTensor."
             )

@@ -20,6 +20,7 @@ from hfkd.losses.base import (
     logits_of,
 )
 from hfkd.losses.registry import register_loss
+from hfkd.utils.errors import UsageError
 
 
 def _binary_kl(log_p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torch.Tensor:
@@ -39,7 +40,7 @@ def dkd_terms_per_sample(
     With `logit_standardization=True` both logits first go through `standardize_logits` (Sun et al., CVPR 2024).
     """
     if student_logits.shape[-1] < 2:
-        raise ValueError(f"DKD needs at least 2 classes, got logits of shape {tuple(student_logits.shape)}.")
+        raise UsageError(f"DKD needs at least 2 classes, got logits of shape {tuple(student_logits.shape)}.")
     # The teacher is a target: no gradient flows into it even if its logits require grad.
     student_logits, teacher_logits = as_loss_dtype(student_logits, teacher_logits.detach())
     if logit_standardization:
@@ -158,7 +159,7 @@ class DKDLoss(DistillationLoss):
         self.alpha, self.beta = float(alpha), float(beta)
         self.temperature, self.warmup_epochs = float(temperature), float(warmup_epochs)
         if not isinstance(logit_standardization, bool):
-            raise ValueError(f"dkd: `logit_standardization` must be true or false, got {logit_standardization!r}.")
+            raise UsageError(f"dkd: `logit_standardization` must be true or false, got {logit_standardization!r}.")
         self.logit_standardization = logit_standardization
 
     def warmup_factor(self, epoch: float) -> float:
@@ -166,7 +167,7 @@ class DKDLoss(DistillationLoss):
 
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
         if batch.labels is None:
-            raise ValueError("dkd needs the labels of the batch; pass a `labels` column to the trainer.")
+            raise UsageError("dkd needs the labels of the batch; pass a `labels` column to the trainer.")
         loss, terms = dkd_loss(
             logits_of(student),
             logits_of(teacher),

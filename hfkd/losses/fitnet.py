@@ -13,6 +13,7 @@ from hfkd.losses._feature_functional import check_stages, feature_pairs
 from hfkd.losses._feature_maps import StageSpec, feature_maps
 from hfkd.losses.base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative
 from hfkd.losses.registry import register_loss
+from hfkd.utils.errors import UsageError
 
 
 def fitnet_loss(
@@ -25,7 +26,7 @@ def fitnet_loss(
     total = 0.0
     for student, teacher in feature_pairs(student_regressed, teacher_feats, "fitnet"):
         if student.shape != teacher.shape:
-            raise ValueError(
+            raise UsageError(
                 f"fitnet: the regressed student map {tuple(student.shape)} and the teacher map "
                 f"{tuple(teacher.shape)} must have the same shape."
             )

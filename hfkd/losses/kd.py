@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hfkd.losses._functional import as_loss_dtype, kl_div_batchmean, standardize_logits
 from hfkd.losses.base import DistillationLoss, DistillBatch, PaperRef, check_positive, logits_of
 from hfkd.losses.registry import register_loss
+from hfkd.utils.errors import UsageError
 
 
 def kd_loss(
@@ -83,7 +84,7 @@ class KDLoss(DistillationLoss):
         check_positive("temperature", temperature, "kd")
         self.temperature = float(temperature)
         if not isinstance(logit_standardization, bool):
-            raise ValueError(f"kd: `logit_standardization` must be true or false, got {logit_standardization!r}.")
+            raise UsageError(f"kd: `logit_standardization` must be true or false, got {logit_standardization!r}.")
         self.logit_standardization = logit_standardization
 
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:

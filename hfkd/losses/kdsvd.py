@@ -18,11 +18,12 @@ from hfkd.losses._feature_functional import (
 from hfkd.losses._feature_maps import StageSpec, select_features
 from hfkd.losses.base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative
 from hfkd.losses.registry import register_loss
+from hfkd.utils.errors import UsageError
 
 
 def _check_k(k: Any) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"kdsvd: `k` (singular vectors per stage) must be an integer >= 1, got {k!r}.")
+        raise UsageError(f"kdsvd: `k` (singular vectors per stage) must be an integer >= 1, got {k!r}.")
 
 
 def _canonical_sign(vectors: torch.Tensor) -> torch.Tensor:
@@ -55,7 +56,7 @@ def kdsvd_loss(
     _check_k(k)
     pairs = feature_pairs(student_feats, teacher_feats, "kdsvd")
     if len(pairs) < 2:
-        raise ValueError("kdsvd relates consecutive stages and needs at least two; choose `stages` such as '1:'.")
+        raise UsageError("kdsvd relates consecutive stages and needs at least two; choose `stages` such as '1:'.")
     total, previous = 0.0, None
     for student, teacher in pairs:
         if student.shape[-1] != teacher.shape[-1]:
@@ -64,7 +65,7 @@ def kdsvd_loss(
             student, teacher = pool_to_common_size(student, teacher)
         teacher_vectors, teacher_values = top_right_singular_vectors(teacher.flatten(1, 2), k)
         if teacher_vectors.shape[-1] < k:
-            raise ValueError(
+            raise UsageError(
                 f"kdsvd: a teacher map of shape {tuple(teacher.shape)} has fewer than k={k} singular vectors."
             )
         teacher_vectors = _canonical_sign(teacher_vectors)

@@ -13,6 +13,7 @@ from hfkd.losses._functional import as_loss_dtype, median_confidence_masks
 from hfkd.losses.base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_positive, logits_of
 from hfkd.losses.kd import kd_loss
 from hfkd.losses.registry import register_loss
+from hfkd.utils.errors import UsageError
 
 
 def correlation_losses(
@@ -138,7 +139,7 @@ class MLKDLoss(DistillationLoss):
 
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
         if batch.student_strong is None or batch.teacher_strong is None:
-            raise ValueError("mlkd needs both models' outputs on the strong view (DistillBatch.student_strong).")
+            raise UsageError("mlkd needs both models' outputs on the strong view (DistillBatch.student_strong).")
         loss, terms = mlkd_loss(
             logits_of(student),
             logits_of(teacher),

@@ -24,6 +24,7 @@ from hfkd.losses._feature_functional import check_stages, feature_pairs
 from hfkd.losses._feature_maps import StageSpec
 from hfkd.losses.base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative
 from hfkd.losses.registry import register_loss
+from hfkd.utils.errors import UsageError
 
 _NEEDS = (
     "ofd needs pre-activation features (`preact_hidden_states` on both model outputs) and the teacher's BN "
@@ -134,7 +135,7 @@ class OFDLoss(DistillationLoss):
         super().__init__()
         kernel = connector_kernel_size
         if isinstance(kernel, bool) or not (isinstance(kernel, int) and kernel > 0 and kernel % 2):
-            raise ValueError(f"ofd: `connector_kernel_size` must be an odd int > 0, got {connector_kernel_size!r}.")
+            raise UsageError(f"ofd: `connector_kernel_size` must be an odd int > 0, got {connector_kernel_size!r}.")
         check_stages(stages, "ofd")
         if teacher_stages is not None:
             check_stages(teacher_stages, "ofd")
@@ -148,13 +149,13 @@ class OFDLoss(DistillationLoss):
             # One pair per feature map, stem first: keep the selected stages'.
             bn_stats = [bn_stats[i] for i in self.teacher_stages]
         if len(bn_stats) != len(self.teacher_stages):
-            raise ValueError(f"{_NEEDS} (got {len(bn_stats)} BN statistics for {len(self.teacher_stages)} stages.)")
+            raise UsageError(f"{_NEEDS} (got {len(bn_stats)} BN statistics for {len(self.teacher_stages)} stages.)")
         self.connectors = nn.ModuleList()
         for i, (s, t, (mean, std)) in enumerate(zip(self.student_stages, self.teacher_stages, bn_stats)):
             channels = teacher_shapes[t][0]
             margin = ofd_margin(torch.as_tensor(mean), torch.as_tensor(std)).float().flatten()
             if margin.numel() != channels:
-                raise ValueError(
+                raise UsageError(
                     f"ofd: the teacher BN statistics of stage {t} have {margin.numel()} channels, its map {channels}."
                 )
             self.register_buffer(f"margin_{i}", margin)
@@ -163,7 +164,7 @@ class OFDLoss(DistillationLoss):
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
         student_maps, teacher_maps = preact_feature_maps(student), preact_feature_maps(teacher)
         if student_maps is None or teacher_maps is None:
-            raise ValueError(_NEEDS)
+            raise UsageError(_NEEDS)
         student_feats = pick_maps(student_maps, self.student_stages, self.counts[0], "ofd", "student")
         teacher_feats = pick_maps(teacher_maps, self.teacher_stages, self.counts[1], "ofd", "teacher")
         student_feats = [connector(s) for connector, s in zip(self.connectors, student_feats)]

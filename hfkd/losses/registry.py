@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from hfkd.losses.base import DistillationLoss, LossContext
+from hfkd.utils.errors import UnknownNameError, UsageError
 
 _LOSSES: dict[str, type[DistillationLoss]] = {}
 
@@ -18,11 +19,11 @@ _LOSSES: dict[str, type[DistillationLoss]] = {}
 def register_loss(key: str) -> Callable[[type[DistillationLoss]], type[DistillationLoss]]:
     """Class decorator that registers a `DistillationLoss` under `key` (lowercase, unique)."""
     if not key or key != key.lower():
-        raise ValueError(f"Loss keys are non-empty lowercase strings, got {key!r}.")
+        raise UsageError(f"Loss keys are non-empty lowercase strings, got {key!r}.")
 
     def decorator(cls: type[DistillationLoss]) -> type[DistillationLoss]:
         if key in _LOSSES:
-            raise ValueError(
+            raise UsageError(
                 f"A loss is already registered as {key!r} ({_LOSSES[key].__module__}.{_LOSSES[key].__name__}). "
                 "Pick another key for your loss."
             )
@@ -54,7 +55,7 @@ def get_loss_class(key: str) -> type[DistillationLoss]:
     except KeyError:
         close = difflib.get_close_matches(str(key), list(_LOSSES), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(
+        raise UnknownNameError(
             f"Unknown distillation loss {key!r}.{hint} Registered losses: {', '.join(list_losses())}."
         ) from None
 
@@ -99,7 +100,7 @@ def _check_types(key: str, cls: type[DistillationLoss], kwargs: Mapping[str, Any
         return
     for name, value in kwargs.items():
         if name in hints and not _matches(value, hints[name]):
-            raise ValueError(
+            raise UsageError(
                 f"Loss {key!r}: `{name}` must be {_type_name(hints[name])}, got {value!r} ({type(value).__name__})."
             )
 

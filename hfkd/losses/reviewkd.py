@@ -18,6 +18,7 @@ from hfkd.losses._feature_maps import StageSpec, feature_maps, pooled_features
 from hfkd.losses._functional import warmup_factor
 from hfkd.losses.base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative
 from hfkd.losses.registry import register_loss
+from hfkd.utils.errors import UsageError
 
 
 def hcl_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -27,7 +28,7 @@ def hcl_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torc
     total = 0.0
     for student, teacher in feature_pairs(student_feats, teacher_feats, "reviewkd"):
         if student.shape != teacher.shape:
-            raise ValueError(
+            raise UsageError(
                 f"reviewkd: fused student map {tuple(student.shape)} and teacher map {tuple(teacher.shape)} differ."
             )
         loss, weight, norm = F.mse_loss(student, teacher), 1.0, 1.0
@@ -112,9 +113,9 @@ class ReviewKDLoss(DistillationLoss):
         super().__init__()
         check_non_negative("warmup_epochs", warmup_epochs, "reviewkd")
         if isinstance(max_mid_channels, bool) or not isinstance(max_mid_channels, int) or max_mid_channels < 1:
-            raise ValueError(f"reviewkd: `max_mid_channels` must be a positive int, got {max_mid_channels!r}.")
+            raise UsageError(f"reviewkd: `max_mid_channels` must be a positive int, got {max_mid_channels!r}.")
         if not isinstance(student_preact, bool):
-            raise ValueError(f"reviewkd: `student_preact` must be true or false, got {student_preact!r}.")
+            raise UsageError(f"reviewkd: `student_preact` must be true or false, got {student_preact!r}.")
         check_stages(stages, "reviewkd")
         if teacher_stages is not None:
             check_stages(teacher_stages, "reviewkd")
@@ -152,7 +153,7 @@ class ReviewKDLoss(DistillationLoss):
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
         student_maps = preact_feature_maps(student) if self.student_preact else feature_maps(student)
         if student_maps is None:
-            raise ValueError("reviewkd: `student_preact=True` needs `preact_hidden_states` on the student's output.")
+            raise UsageError("reviewkd: `student_preact=True` needs `preact_hidden_states` on the student's output.")
         teacher_maps = preact_feature_maps(teacher) or feature_maps(teacher)
         student_feats = self._features(student, student_maps, self.student_stages, self.counts[0], "student")
         teacher_feats = self._features(teacher, teacher_maps, self.teacher_stages, self.counts[1], "teacher")

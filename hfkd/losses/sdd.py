@@ -24,6 +24,7 @@ from hfkd.losses.base import (
 )
 from hfkd.losses.dkd import dkd_terms_per_sample
 from hfkd.losses.registry import register_loss
+from hfkd.utils.errors import UsageError
 
 
 def region_logits(feature_map: torch.Tensor, head: Callable, grids: Sequence[int] = (1, 2, 4)) -> torch.Tensor:
@@ -155,11 +156,11 @@ class SDDLoss(DistillationLoss):
         super().__init__()
         check_positive("temperature", temperature, "sdd")
         if base not in ("kd", "dkd"):
-            raise ValueError(f"sdd: `base` must be 'kd' (SD-KD) or 'dkd' (SD-DKD), got {base!r}.")
+            raise UsageError(f"sdd: `base` must be 'kd' (SD-KD) or 'dkd' (SD-DKD), got {base!r}.")
         dkd_only = {"alpha": alpha, "beta": beta, "warmup_epochs": warmup_epochs}
         if base == "kd" and any(value is not None for value in dkd_only.values()):
             given = sorted(name for name, value in dkd_only.items() if value is not None)
-            raise ValueError(f"sdd: {given} apply to SD-DKD only; add base: dkd to the loss kwargs, or drop them.")
+            raise UsageError(f"sdd: {given} apply to SD-DKD only; add base: dkd to the loss kwargs, or drop them.")
         self.base = base
         self.alpha = 1.0 if alpha is None else float(alpha)
         self.beta = 8.0 if beta is None else float(beta)
@@ -168,9 +169,9 @@ class SDDLoss(DistillationLoss):
             check_non_negative(name, getattr(self, name), "sdd")
         grids = [int(g) for g in grids]
         if not grids or grids[0] != 1 or any(g < 1 for g in grids):
-            raise ValueError(f"sdd: `grids` must start with 1 (the global region), e.g. [1, 2, 4]; got {grids}.")
+            raise UsageError(f"sdd: `grids` must start with 1 (the global region), e.g. [1, 2, 4]; got {grids}.")
         if context.student_head is None or context.teacher_head is None:
-            raise ValueError(
+            raise UsageError(
                 "sdd classifies regions with the models' heads, which the trainer provides "
                 "(LossContext.student_head / teacher_head); build it through DistillationTrainer."
             )
@@ -180,7 +181,7 @@ class SDDLoss(DistillationLoss):
 
     def forward(self, student: Any, teacher: Any, batch: DistillBatch) -> dict[str, torch.Tensor]:
         if batch.labels is None:
-            raise ValueError("sdd needs the labels of the batch; pass a `labels` column to the trainer.")
+            raise UsageError("sdd needs the labels of the batch; pass a `labels` column to the trainer.")
         student_head, teacher_head = self._heads
         (student_map,) = select_features(student, [self.stage])
         (teacher_map,) = select_features(teacher, [self.stage])

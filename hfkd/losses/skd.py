@@ -11,6 +11,7 @@ from hfkd.losses._functional import as_loss_dtype, median_confidence_masks
 from hfkd.losses.base import DistillationLoss, DistillBatch, PaperRef, check_positive, logits_of
 from hfkd.losses.kd import kd_loss
 from hfkd.losses.registry import register_loss
+from hfkd.utils.errors import UsageError
 
 
 def skd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tikhonov: float = 0.1) -> torch.Tensor:
@@ -22,7 +23,7 @@ def skd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tikh
     """
     batch_size, num_classes = student_logits.shape
     if batch_size < 2:
-        raise ValueError(f"SKD's direction loss needs a batch of at least 2 samples, got {batch_size}.")
+        raise UsageError(f"SKD's direction loss needs a batch of at least 2 samples, got {batch_size}.")
     # The teacher is a target: no gradient flows into it even if its logits require grad.
     student_logits, teacher_logits = as_loss_dtype(student_logits, teacher_logits.detach())
     student_unit, teacher_unit = F.normalize(student_logits, dim=1), F.normalize(teacher_logits, dim=1)

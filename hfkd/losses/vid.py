@@ -23,6 +23,7 @@ from hfkd.losses.base import (
     check_positive,
 )
 from hfkd.losses.registry import register_loss
+from hfkd.utils.errors import UsageError
 
 
 def vid_loss(
@@ -112,9 +113,9 @@ class VIDLoss(DistillationLoss):
         super().__init__()
         check_positive("eps", eps, "vid")
         if not init_pred_var > eps:
-            raise ValueError(f"vid: `init_pred_var` must be > eps ({eps}), got {init_pred_var!r}.")
+            raise UsageError(f"vid: `init_pred_var` must be > eps ({eps}), got {init_pred_var!r}.")
         if not isinstance(learn_variance, bool):
-            raise ValueError(f"vid: `learn_variance` must be true or false, got {learn_variance!r}.")
+            raise UsageError(f"vid: `learn_variance` must be true or false, got {learn_variance!r}.")
         check_stages(stages, "vid")
         if teacher_stages is not None:
             check_stages(teacher_stages, "vid")

@@ -21,6 +21,7 @@ from timm.models import get_pretrained_cfg
 from transformers import AutoConfig
 
 from hfkd.models.loading import ModelSpec
+from hfkd.utils.errors import UsageError
 
 _TRUTHY = {"1", "true", "yes", "on"}
 
@@ -69,7 +70,7 @@ def check_available(spec: ModelSpec, role: str, *, pretrained: bool = True) -> M
         return dataclasses.replace(spec, local_files_only=True)
     why = "offline (HF_HUB_OFFLINE=1)" if hub_offline() else f"unreachable ({constants.ENDPOINT})"
     flag = "--student" if role == "student" else "--teacher"
-    raise ValueError(
+    raise UsageError(
         f"The {role} {spec.name!r} ({repo}) is neither a local folder nor in the Hugging Face cache "
         f"({constants.HF_HUB_CACHE}), and the Hub is {why}. Download it where there is network (`hf download {repo} "
         f"--local-dir <folder>`) and pass {flag} <folder>, or copy the cache here."

@@ -29,6 +29,7 @@ from transformers.utils import logging
 from hfkd.models.export import save_student
 from hfkd.models.loading import ModelSpec, load_image_classifier
 from hfkd.models.provenance import PROVENANCE_KEY
+from hfkd.utils.errors import UsageError
 from hfkd.utils.hashing import weights_sha256
 from hfkd.version import __version__
 
@@ -73,7 +74,7 @@ def resolve_arch(arch: str) -> tuple[str, str]:
         if arch.strip().lower() in (reference.lower(), name):
             return reference, name
     accepted = ", ".join(f"{reference} (= {name})" for reference, name in TEACHER_ARCHS.items())
-    raise ValueError(f"Unknown --arch {arch!r}: the released CIFAR-100 teachers are {accepted}. Pass one of these.")
+    raise UsageError(f"Unknown --arch {arch!r}: the released CIFAR-100 teachers are {accepted}. Pass one of these.")
 
 
 def _load_error(path: Path, error: Exception) -> ValueError:
@@ -113,7 +114,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"Checkpoint {str(path)!r} does not exist or is not a file; pass the path of a .pth file.")
+        raise UsageError(f"Checkpoint {str(path)!r} does not exist or is not a file; pass the path of a .pth file.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # whatever torch.load raises, the file is not a checkpoint it can read safely
@@ -126,7 +127,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
         payload = weights
     if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
         shown = sorted(map(str, payload))[:8] if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(
+        raise UsageError(
             f"{path.name} holds no state dict (found {shown}); expected {{'model': state_dict}} or a bare state dict "
             "of tensors, as RepDistiller's train_teacher.py saves."
         )
@@ -169,7 +170,7 @@ def check_state_dict(state_dict: dict[str, torch.Tensor], arch: str) -> dict[str
     if problems := _mismatches(state_dict, name):
         fits = [other for other, other_name in TEACHER_ARCHS.items() if not _mismatches(state_dict, other_name)]
         hint = f"It fits --arch {fits[0]}." if fits else f"Pass the checkpoint of a {reference} teacher."
-        raise ValueError(f"The checkpoint does not match --arch {reference} ({name}): {'; '.join(problems)}. {hint}")
+        raise UsageError(f"The checkpoint does not match --arch {reference} ({name}): {'; '.join(problems)}. {hint}")
     filled = dict(state_dict)
     for key in _expected_shapes(name):
         filled.setdefault(key, torch.zeros((), dtype=torch.long))
@@ -200,7 +201,7 @@ def _write_verified(model: PreTrainedModel, folder: Path) -> None:
     reloaded = load_image_classifier(ModelSpec(folder.name, str(folder), "local", None, True)).eval()
     with torch.no_grad():
         if not torch.equal(model(pixel_values=pixels).logits, reloaded(pixel_values=pixels).logits):
-            raise ValueError("The saved teacher does not reproduce the checkpoint's logits; please report this.")
+            raise UsageError("The saved teacher does not reproduce the checkpoint's logits; please report this.")
 
 
 def _move_into_place(staging: Path, output: Path) -> None:
@@ -246,7 +247,7 @@ def convert_checkpoint(
     reference, name = resolve_arch(arch)
     if output.exists() and not (output.is_dir() and (overwrite or not any(output.iterdir()))):
         what = "is not empty; pass --overwrite to replace it" if output.is_dir() else "is a file; pass a folder path"
-        raise ValueError(f"--output_dir {str(output)!r} exists and {what}.")
+        raise UsageError(f"--output_dir {str(output)!r} exists and {what}.")
     state_dict, info = read_checkpoint(source)
     state_dict = check_state_dict(state_dict, reference)
     provenance = {

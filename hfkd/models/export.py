@@ -12,6 +12,7 @@ from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from hfkd.models.loading import _TIMM_PREFIX, _is_timm_config, _timm_pretrained_cfg
+from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
@@ -45,7 +46,7 @@ def _read_safetensors(folder: Path) -> tuple[dict[str, Any], list[Path]]:
             tensors.update(load_file(shard))
         return tensors, [index, *shards]
     found = sorted(p.name for p in folder.iterdir())
-    raise ValueError(
+    raise UsageError(
         f"No model.safetensors (or model.safetensors.index.json) in {str(folder)!r} (found {found}). Save the model "
         "with `save_pretrained` in safetensors format; pickle weights are not converted."
     )
@@ -73,16 +74,16 @@ def make_timm_loadable(output_dir: str) -> None:
     folder = Path(output_dir)
     config_file = folder / "config.json"
     if not config_file.is_file():
-        raise ValueError(f"No config.json in {output_dir!r}. Call `model.save_pretrained({output_dir!r})` first.")
+        raise UsageError(f"No config.json in {output_dir!r}. Call `model.save_pretrained({output_dir!r})` first.")
     config = json.loads(config_file.read_text(encoding="utf-8"))
     if not _is_timm_config(config):
-        raise ValueError(
+        raise UsageError(
             f"{output_dir!r} holds a {config.get('model_type')!r} model, not a timm one; only models loaded through "
             "TimmWrapperForImageClassification (timm names and `timm/...` ids) can be made timm-loadable."
         )
     num_classes = config.get("num_classes") or len(config.get("label_names") or []) or None
     if num_classes is None:
-        raise ValueError(f"config.json in {output_dir!r} has no num_classes; re-save the model with save_pretrained.")
+        raise UsageError(f"config.json in {output_dir!r} has no num_classes; re-save the model with save_pretrained.")
     pretrained_cfg = dict(config.get("pretrained_cfg") or _timm_pretrained_cfg(config["architecture"]))
     if pretrained_cfg.get("num_classes") not in (None, num_classes):
         # The source checkpoint's class names describe a head this folder no longer has.

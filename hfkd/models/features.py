@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from hfkd.losses._feature_maps import feature_maps
+from hfkd.utils.errors import UsageError
 
 
 def run_for_loss(
@@ -54,7 +55,7 @@ def classifier_head(model: nn.Module) -> Any:
         return lambda feature_map: model.classifier(feature_map.mean(dim=(2, 3), keepdim=True))
     if model_type == "convnext":
         return lambda feature_map: model.classifier(model.convnext.layernorm(feature_map.mean(dim=(2, 3))))
-    raise ValueError(
+    raise UsageError(
         f"This loss classifies regions of the last feature map with the model's own head, which hfkd supports for "
         f"timm models (TimmWrapperForImageClassification), ResNet, RegNet and ConvNeXt; got "
         f"{type(model).__name__} (model_type {model_type!r}). Use one of those, or a logit loss such as kd or dkd."
@@ -102,7 +103,7 @@ def require_preactivations(model: nn.Module, role: str = "model") -> tuple[str, 
         bare = _unwrap(model)
         model_type = getattr(getattr(bare, "config", None), "model_type", None)
         architecture = getattr(getattr(bare, "config", None), "architecture", None)
-        raise ValueError(
+        raise UsageError(
             f"This loss needs the {role}'s pre-activation features (stage maps before the last ReLU) and the BN "
             "before that ReLU, which hfkd reads from transformers ResNet (model_type 'resnet') and from the CIFAR "
             "ResNets, WRNs and VGGs of hfkd.cifar_models (cifar_resnet*, cifar_wrn_*, cifar_vgg*) through "

@@ -17,6 +17,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
+from hfkd.utils.errors import UsageError
+
 logger = logging.get_logger(__name__)
 
 
@@ -49,7 +51,7 @@ def map_teacher_labels(
     num_teacher = teacher.config.num_labels
     missing = [name for name in dataset_names if name not in label_map]
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"--teacher_label_map has no entry for dataset class(es) {missing[:10]}; map every dataset class "
             "to a teacher class name or index."
         )
@@ -58,7 +60,7 @@ def map_teacher_labels(
         target = label_map[name]
         index = target if isinstance(target, int) else teacher_ids.get(str(target).lower())
         if index is None or not 0 <= index < num_teacher:
-            raise ValueError(
+            raise UsageError(
                 f"--teacher_label_map maps {name!r} to {target!r}, which is not a class of the teacher "
                 f"({num_teacher} classes, e.g. {list(teacher.config.id2label.values())[:5]})."
             )
@@ -84,7 +86,7 @@ def check_label_space(
     if teacher_labels is None or num_labels is None:
         return
     if teacher_labels != num_labels:
-        raise ValueError(
+        raise UsageError(
             f"Teacher {teacher_name!r} predicts {teacher_labels} classes but the student (and its dataset) "
             f"{num_labels}; distilling its logits needs the same label space. Fine-tune the teacher on this dataset "
             f"first with `--loss ce` (e.g. `python examples/run_image_distill.py --student {teacher_name} --loss ce "
@@ -141,14 +143,14 @@ def check_same_label_space(members: Sequence[Any], names: Sequence[str]) -> None
     first = members[0]
     for name, member in zip(names[1:], members[1:]):
         if member.num_labels != first.num_labels:
-            raise ValueError(
+            raise UsageError(
                 f"Teacher {name!r} predicts {member.num_labels} classes and teacher {names[0]!r} "
                 f"{first.num_labels}: an ensemble's teachers must share one label space."
             )
         mine, theirs = _informative(member.id2label), _informative(first.id2label)
         if mine is not None and theirs is not None and mine != theirs:
             differ = next(k for k in sorted(theirs) if mine.get(k) != theirs[k])
-            raise ValueError(
+            raise UsageError(
                 f"Teachers {names[0]!r} and {name!r} name class {differ} differently ({theirs[differ]!r} vs "
                 f"{mine.get(differ)!r}): an ensemble's teachers must predict the same classes in the same order."
             )

@@ -29,6 +29,7 @@ from transformers import (
 from transformers.utils import logging
 
 from hfkd.models.cifar import CIFAR_ALIASES
+from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
 
@@ -131,7 +132,7 @@ def _is_timm_config(config: dict[str, Any]) -> bool:
 def _resolve_local(name: str, path: Path) -> ModelSpec:
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise ValueError(
+        raise UsageError(
             f"Model folder {str(path)!r} (from {name!r}) has no config.json. Point to a folder written by "
             "`model.save_pretrained(...)` (it holds config.json and model.safetensors)."
         )
@@ -158,7 +159,7 @@ def resolve_model_name(name: str, *, revision: str | None = None) -> ModelSpec:
             folder lacks config.json.
     """
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"Expected a model name, got {name!r}. Pass {_ACCEPTED_FORMS}.")
+        raise UsageError(f"Expected a model name, got {name!r}. Pass {_ACCEPTED_FORMS}.")
     name = name.strip()
     path = Path(name).expanduser()
     if path.is_dir():
@@ -185,7 +186,7 @@ def resolve_model_name(name: str, *, revision: str | None = None) -> ModelSpec:
         close = [candidates[m] for m in difflib.get_close_matches(name.lower(), list(candidates), n=5, cutoff=0.6)]
         what = "no local folder" if any(sep in name for sep in ("/", os.sep)) else "no alias or timm model"
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"Unknown model {name!r}: {what} of that name.{hint} Pass {_ACCEPTED_FORMS}.")
+        raise UsageError(f"Unknown model {name!r}: {what} of that name.{hint} Pass {_ACCEPTED_FORMS}.")
     logger.info(f"Model {name!r} resolved to {spec.source!r} ({spec.kind}{', timm' if spec.is_timm else ''}).")
     return spec
 
@@ -195,7 +196,7 @@ def _label_kwargs(num_labels: int | None, id2label: dict[int, str] | None) -> di
         return {} if num_labels is None else {"num_labels": num_labels}
     id2label = {int(i): str(label) for i, label in id2label.items()}
     if num_labels is not None and len(id2label) != num_labels:
-        raise ValueError(f"id2label has {len(id2label)} entries but num_labels={num_labels}. Pass one name per class.")
+        raise UsageError(f"id2label has {len(id2label)} entries but num_labels={num_labels}. Pass one name per class.")
     label2id = {label: i for i, label in id2label.items()}
     return {"num_labels": len(id2label), "id2label": id2label, "label2id": label2id}
 
@@ -229,7 +230,7 @@ def _check_timm_drop_path(name: str, architecture: str, model_args: dict[str, An
         with torch.device("meta"):
             timm.create_model(architecture, pretrained=False, **model_args)
     except TypeError as err:
-        raise ValueError(
+        raise UsageError(
             f"{name!r} (timm {architecture!r}) takes no drop_path_rate ({err}): it has no stochastic depth to set. "
             "Drop --drop_path_rate for this student."
         ) from None
@@ -245,7 +246,7 @@ def _drop_path_kwargs(spec: ModelSpec, config: Any, rate: float | None) -> dict[
         _check_timm_drop_path(spec.name, config.architecture, model_args)
         return {"model_args": model_args}
     if not hasattr(config, "drop_path_rate"):
-        raise ValueError(
+        raise UsageError(
             f"{spec.name!r} ({type(config).__name__}) has no drop_path_rate in its config: it has no stochastic depth "
             "to set. Drop --drop_path_rate, or pick a student with one (timm models, Swin, ConvNeXt, BEiT, ...)."
         )
@@ -307,7 +308,7 @@ def load_image_classifier(
     if spec.kind == "timm_arch":
         cfg = get_pretrained_cfg(spec.source)
         if cfg is None or not (cfg.hf_hub_id or "").count("/"):
-            raise ValueError(
+            raise UsageError(
                 f"timm has no Hub weights for {spec.source!r}. Pass pretrained=False for random init, or a Hub id."
             )
         source = cfg.hf_hub_id

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from hfkd.results.runs import GroupSummary, find_run_dirs, read_published_top1, read_run, summarise
+from hfkd.utils.errors import UsageError
 
 START = "<!-- recipes-index:start -->"
 
@@ -98,7 +99,7 @@ def update_readme(readme: str | Path, run_paths: list[str | Path] = ()) -> str:
     readme = Path(readme)
     text = readme.read_text(encoding="utf-8")
     if START not in text or END not in text or text.index(START) > text.index(END):
-        raise ValueError(f"{readme} lacks the {START} ... {END} markers around its recipe tables; add them.")
+        raise UsageError(f"{readme} lacks the {START} ... {END} markers around its recipe tables; add them.")
     measured = existing_measured(text)
     run_dirs = find_run_dirs(list(run_paths)) if run_paths else []
     for summary in summarise([read_run(d) for d in run_dirs], recipes_dir=readme.parent):

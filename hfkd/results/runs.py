@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import is_local_path
 
 RUN_FILES = ("distill_config.json", "trainer_state.json", "eval_results.json")
@@ -203,7 +204,7 @@ def read_run(run_dir: str | Path, name: str | None = None) -> RunResult:
     state = _read_json(run_dir / "trainer_state.json")
     final = _read_json(run_dir / "eval_results.json")
     if "eval_accuracy" not in final:
-        raise ValueError(f"{run_dir / 'eval_results.json'} has no eval_accuracy; was the run evaluated?")
+        raise UsageError(f"{run_dir / 'eval_results.json'} has no eval_accuracy; was the run evaluated?")
     final_top1 = 100.0 * float(final["eval_accuracy"])
     evals = [(float(e["eval_accuracy"]), e.get("epoch")) for e in state.get("log_history", []) if "eval_accuracy" in e]
     best_acc, best_epoch = max(evals, key=lambda pair: pair[0]) if evals else (float(final["eval_accuracy"]), None)

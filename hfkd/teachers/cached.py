@@ -13,6 +13,7 @@ from hfkd.data.batch import SAMPLE_INDEX
 from hfkd.losses import LossNeeds
 from hfkd.teachers.base import Teacher, TeacherOutputs
 from hfkd.teachers.cache.store import TeacherCache
+from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import neutral_name
 
 
@@ -39,20 +40,20 @@ class CachedTeacher(Teacher):
     def __call__(self, batch: dict[str, Any], epoch: float) -> TeacherOutputs:
         index = batch.get(SAMPLE_INDEX)
         if index is None:
-            raise ValueError("Training from a teacher cache needs `sample_index` in each batch (add_sample_index).")
+            raise UsageError("Training from a teacher cache needs `sample_index` in each batch (add_sample_index).")
         logits = self.cache.teacher_logits(math.floor(epoch), index.cpu())
         return TeacherOutputs(ImageClassifierOutput(logits=logits.to(self.device, non_blocking=True)))
 
     def check_dataset(self, dataset: Any) -> None:
         size = self.cache.config.num_samples
         if dataset is not None and hasattr(dataset, "__len__") and len(dataset) != size:
-            raise ValueError(
+            raise UsageError(
                 f"The teacher cache {neutral_name(self.cache.path)!r} holds views of {size} training images, the "
                 f"training set has {len(dataset)}: a cache serves only the training set it was built on."
             )
 
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
-        raise ValueError(
+        raise UsageError(
             f"The teacher cache {self.cache.path!r} holds the teacher's outputs on training views only; evaluating "
             "the teacher needs the teacher itself (pass --teacher, or --evaluate_teacher false)."
         )

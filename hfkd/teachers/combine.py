@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
+from hfkd.utils.errors import UsageError
+
 ENSEMBLE_MODES = ("probs", "logits")
 
 
@@ -29,11 +31,11 @@ def normalized_weights(weights: Sequence[float] | None, count: int) -> list[floa
         return [1.0 / count] * count
     weights = [float(w) for w in weights]
     if len(weights) != count:
-        raise ValueError(
+        raise UsageError(
             f"--teacher_weights has {len(weights)} value(s) for {count} teacher(s): give one weight per --teacher."
         )
     if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"--teacher_weights must be finite, >= 0 and not all 0; got {weights}.")
+        raise UsageError(f"--teacher_weights must be finite, >= 0 and not all 0; got {weights}.")
     total = sum(weights)
     return [w / total for w in weights]
 
@@ -46,7 +48,7 @@ def feature_member_index(wanted: str | int | None, names: Sequence[str]) -> int:
         return int(wanted)
     if wanted in names:
         return list(names).index(wanted)
-    raise ValueError(
+    raise UsageError(
         f"--teacher_features_from {wanted!r} is none of the teachers ({', '.join(map(repr, names))}): give one of "
         "those names or a position from 0."
     )
@@ -61,12 +63,12 @@ def check_ensemble_arguments(
 ) -> None:
     """Refuse, when the arguments are parsed, an ensemble setting that cannot work (each error names the flag)."""
     if mode not in ENSEMBLE_MODES:
-        raise ValueError(f"--teacher_ensemble {mode!r}: use one of {', '.join(ENSEMBLE_MODES)}.")
+        raise UsageError(f"--teacher_ensemble {mode!r}: use one of {', '.join(ENSEMBLE_MODES)}.")
     if temperature is not None and not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"--teacher_ensemble_temperature must be > 0, got {temperature!r}.")
+        raise UsageError(f"--teacher_ensemble_temperature must be > 0, got {temperature!r}.")
     if weights is not None:
         if len(names) == 1:
-            raise ValueError("--teacher_weights weighs the teachers of an ensemble: pass two --teacher or more.")
+            raise UsageError("--teacher_weights weighs the teachers of an ensemble: pass two --teacher or more.")
         # Without names, the teachers are given to the trainer as models: the ensemble checks the count.
         normalized_weights(weights, len(names) or len(weights))
     if len(names) > 1 and features_from is not None:
@@ -92,14 +94,14 @@ def ensemble_logits(
         `torch.Tensor`: float32 logits of the same shape.
     """
     if mode not in ENSEMBLE_MODES:
-        raise ValueError(f"--teacher_ensemble {mode!r}: use one of {', '.join(ENSEMBLE_MODES)}.")
+        raise UsageError(f"--teacher_ensemble {mode!r}: use one of {', '.join(ENSEMBLE_MODES)}.")
     if not logits:
-        raise ValueError("An ensemble needs at least one teacher.")
+        raise UsageError("An ensemble needs at least one teacher.")
     shapes = {tuple(t.shape) for t in logits}
     if len(shapes) != 1:
-        raise ValueError(f"The teachers' logits come in shapes {sorted(shapes)}: they must share one label space.")
+        raise UsageError(f"The teachers' logits come in shapes {sorted(shapes)}: they must share one label space.")
     if not temperature > 0:
-        raise ValueError(f"The ensemble temperature must be > 0, got {temperature}.")
+        raise UsageError(f"The ensemble temperature must be > 0, got {temperature}.")
     w = normalized_weights(weights, len(logits))
     if len(logits) == 1:
         return logits[0].float()

@@ -14,6 +14,7 @@ from hfkd.losses import logits_of
 from hfkd.models.label_space import check_same_label_space
 from hfkd.teachers.base import Teacher, TeacherOutputs
 from hfkd.teachers.combine import ENSEMBLE_MODES, ensemble_logits, normalized_weights
+from hfkd.utils.errors import UsageError
 
 
 def _with_logits(output: Any, logits: torch.Tensor) -> Any:
@@ -50,12 +51,12 @@ class EnsembleTeacher(Teacher):
         names: Sequence[str] | None = None,
     ) -> None:
         if len(members) < 2:
-            raise ValueError("An ensemble needs two teachers or more; pass a single teacher as it is.")
+            raise UsageError("An ensemble needs two teachers or more; pass a single teacher as it is.")
         names = list(names or [f"teacher {i}" for i in range(len(members))])
         if mode not in ENSEMBLE_MODES:
-            raise ValueError(f"--teacher_ensemble {mode!r}: use one of {', '.join(ENSEMBLE_MODES)}.")
+            raise UsageError(f"--teacher_ensemble {mode!r}: use one of {', '.join(ENSEMBLE_MODES)}.")
         if not 0 <= feature_member < len(members):
-            raise ValueError(f"The feature teacher {feature_member} is not one of the {len(members)} teachers.")
+            raise UsageError(f"The feature teacher {feature_member} is not one of the {len(members)} teachers.")
         check_same_label_space(members, names)
         self.members, self.names = list(members), names
         self.weights = normalized_weights(weights, len(members))

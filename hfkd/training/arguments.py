@@ -15,6 +15,7 @@ from hfkd.teachers.cached import CachedTeacher
 from hfkd.teachers.combine import check_ensemble_arguments, feature_member_index
 from hfkd.training.reporting import check_reporting
 from hfkd.training.schedulers import check_schedule_arguments
+from hfkd.utils.errors import UnknownNameError, UsageError
 
 CE_ONLY = "ce"
 """`distill_loss="ce"`: no teacher, plain cross-entropy (teacher fine-tuning and the CE baseline)."""
@@ -27,11 +28,11 @@ def _parse_json_mapping(name: str, value: Any) -> dict[str, Any]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
-            raise ValueError(
+            raise UsageError(
                 f"`{name}` must be a JSON object such as '{{\"temperature\": 4.0}}', got {value!r} ({err.msg})."
             ) from None
     if not isinstance(value, dict):
-        raise ValueError(f"`{name}` must be a mapping (JSON object on the command line), got {value!r}.")
+        raise UsageError(f"`{name}` must be a mapping (JSON object on the command line), got {value!r}.")
     return dict(value)
 
 
@@ -303,7 +304,7 @@ class DistillationArguments(TrainingArguments):
             self.distill_loss = self.distill_loss.strip().lower()  # --loss DKD means dkd
         self._validate_teachers()
         if self.distill_decay_all_parameters and self.distill_no_decay_1d:
-            raise ValueError(
+            raise UsageError(
                 "`distill_decay_all_parameters` (decay every parameter) and `distill_no_decay_1d` (decay none of the "
                 "1-D ones) contradict each other: set one of them."
             )
@@ -320,29 +321,29 @@ class DistillationArguments(TrainingArguments):
             if self.distill_timm_optimizer not in known:
                 close = difflib.get_close_matches(self.distill_timm_optimizer, known, n=3)
                 hint = f" Did you mean {', '.join(close)}?" if close else ""
-                raise ValueError(
+                raise UsageError(
                     f"`distill_timm_optimizer={self.distill_timm_optimizer!r}` is not a timm optimiser.{hint} "
                     "See timm.optim.list_optimizers()."
                 )
         elif self.distill_timm_optimizer_kwargs:
-            raise ValueError("`distill_timm_optimizer_kwargs` needs `distill_timm_optimizer` (a timm optimiser name).")
+            raise UsageError("`distill_timm_optimizer_kwargs` needs `distill_timm_optimizer` (a timm optimiser name).")
         if not 0.0 < self.distill_ema_decay < 1.0:
-            raise ValueError(f"`distill_ema_decay` must be in (0, 1), e.g. 0.9998; got {self.distill_ema_decay!r}.")
+            raise UsageError(f"`distill_ema_decay` must be in (0, 1), e.g. 0.9998; got {self.distill_ema_decay!r}.")
         if self.distill_nonfinite not in ("error", "skip"):
-            raise ValueError(f"`distill_nonfinite` must be 'error' or 'skip', got {self.distill_nonfinite!r}.")
+            raise UsageError(f"`distill_nonfinite` must be 'error' or 'skip', got {self.distill_nonfinite!r}.")
         if not (isinstance(self.distill_max_skipped_steps, int) and self.distill_max_skipped_steps >= 0):
-            raise ValueError(
+            raise UsageError(
                 f"`distill_max_skipped_steps` must be an int >= 0, got {self.distill_max_skipped_steps!r}."
             )
         for name in ("distill_ce_weight", "distill_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+                raise UsageError(f"`{name}` must be a finite number >= 0, got {value!r}.")
         check_schedule_arguments(self)
         check_mixing_arguments(self)
         if self.distill_loss == CE_ONLY:
             if self.distill_loss_kwargs:
-                raise ValueError(
+                raise UsageError(
                     f"`distill_loss='ce'` takes no loss kwargs, got {self.distill_loss_kwargs}. "
                     "Drop `distill_loss_kwargs` or choose a distillation loss."
                 )
@@ -350,11 +351,11 @@ class DistillationArguments(TrainingArguments):
         try:
             loss_cls = get_loss_class(self.distill_loss)  # KeyError with close matches
         except KeyError as err:
-            raise KeyError(f"{err.args[0]} Or {CE_ONLY!r}: cross-entropy only, without a teacher.") from None
+            raise UnknownNameError(f"{err.args[0]} Or {CE_ONLY!r}: cross-entropy only, without a teacher.") from None
         if self.teacher_cache_dir is not None:
             missing = CachedTeacher.unsupported(loss_cls.needs)
             if missing:
-                raise ValueError(
+                raise UsageError(
                     f"Loss {self.distill_loss!r} needs {' and '.join(missing)} of the teacher, but a teacher cache "
                     "(`teacher_cache_dir`) stores logits only. Use a logit loss (kd, dkd, dist, ...) with the cache, "
                     "or run the teacher live."
@@ -362,7 +363,7 @@ class DistillationArguments(TrainingArguments):
         try:
             validate_loss_kwargs(self.distill_loss, self.distill_loss_kwargs)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"`distill_loss_kwargs`: {err}") from None
+            raise UsageError(f"`distill_loss_kwargs`: {err}") from None
 
     @property
     def mixes_batches(self) -> bool:
@@ -386,7 +387,7 @@ class DistillationArguments(TrainingArguments):
         names = self.teacher_model_name_or_path
         if isinstance(names, (list, tuple)):
             if not names or not all(isinstance(n, str) and n for n in names):
-                raise ValueError(f"`teacher_model_name_or_path` must be a name or a list of names, got {names!r}.")
+                raise UsageError(f"`teacher_model_name_or_path` must be a name or a list of names, got {names!r}.")
             self.teacher_model_name_or_path = names[0] if len(names) == 1 else list(names)
         check_ensemble_arguments(
             self.teacher_names, self.teacher_weights, self.teacher_ensemble, self.teacher_ensemble_temperature,
@@ -398,7 +399,7 @@ class DistillationArguments(TrainingArguments):
         if not self.uses_teacher or teacher_model is not None:
             return
         if self.teacher_model_name_or_path is None and self.teacher_cache_dir is None:
-            raise ValueError(
+            raise UsageError(
                 f"distill_loss={self.distill_loss!r} needs a teacher: pass `--teacher <model>` on the command line, "
                 "`teacher_model=` to the trainer or `teacher_model_name_or_path`, or use `--loss ce` "
                 "(`distill_loss='ce'`) to train on the labels alone."

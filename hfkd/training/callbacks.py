@@ -16,6 +16,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.utils import logging
 
+from hfkd.utils.errors import UsageError
+
 logger = logging.get_logger(__name__)
 
 
@@ -39,7 +41,7 @@ class NonFiniteGuard(TrainerCallback):
 
     def __init__(self, mode: str = "error", max_skipped: int = 10, accelerator: Any = None) -> None:
         if mode not in ("error", "skip"):
-            raise ValueError(f"distill_nonfinite must be 'error' or 'skip', got {mode!r}.")
+            raise UsageError(f"distill_nonfinite must be 'error' or 'skip', got {mode!r}.")
         self.mode, self.max_skipped, self.accelerator = mode, max_skipped, accelerator
         self.skipped = 0
         self._flags: dict[str, torch.Tensor] = {}

@@ -30,6 +30,7 @@ from transformers.utils import logging
 from hfkd.models.export import make_timm_loadable
 from hfkd.training.callbacks import check_finite_weights
 from hfkd.training.student_module import ADAPTERS_NAME, DistillationModule
+from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import neutral_name
 
 logger = logging.get_logger(__name__)
@@ -146,7 +147,7 @@ class CheckpointMixin:
             return
         path = os.path.join(resume_from_checkpoint, ADAPTERS_NAME)
         if not os.path.isfile(path):
-            raise ValueError(
+            raise UsageError(
                 f"Checkpoint {resume_from_checkpoint!r} has no {ADAPTERS_NAME}, which loss "
                 f"{self.args.distill_loss!r} needs to resume. Resume from a checkpoint of a run with this loss."
             )
@@ -263,7 +264,7 @@ def resolve_checkpoint(output_dir: str, resume: str | bool | None) -> str | None
     if resume is True or str(resume).lower() in ("true", "latest", "last"):
         found = latest_complete_checkpoint(output_dir)
         if found is None:
-            raise ValueError(
+            raise UsageError(
                 f"resume_from_checkpoint={resume!r}: {output_dir!r} holds no complete checkpoint. Start without "
                 "--resume_from_checkpoint, or pass the path of a checkpoint folder."
             )
@@ -271,11 +272,11 @@ def resolve_checkpoint(output_dir: str, resume: str | bool | None) -> str | None
         return found
     resume = str(resume)
     if not os.path.isdir(resume):
-        raise ValueError(f"resume_from_checkpoint={resume!r} is not a folder. Pass a checkpoint-N folder or 'latest'.")
+        raise UsageError(f"resume_from_checkpoint={resume!r} is not a folder. Pass a checkpoint-N folder or 'latest'.")
     if not checkpoint_is_complete(resume):
         missing = [n for n in ("trainer_state.json", "config.json") if not os.path.isfile(os.path.join(resume, n))]
         if missing:
-            raise ValueError(
+            raise UsageError(
                 f"{resume!r} is an incomplete checkpoint (no {', '.join(missing)}): the run was stopped while writing "
                 "it. Pass an older checkpoint, or --resume_from_checkpoint latest."
             )

@@ -19,6 +19,8 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from transformers import TrainerCallback
 
+from hfkd.utils.errors import UsageError
+
 EMA_NAME = "ema.safetensors"
 
 
@@ -52,7 +54,7 @@ class StudentEMA(TrainerCallback):
     def load(self, folder: str) -> None:
         path = os.path.join(folder, EMA_NAME)
         if not os.path.isfile(path):
-            raise ValueError(
+            raise UsageError(
                 f"Checkpoint {folder!r} has no {EMA_NAME}: it was written without --distill_ema. Resume it without "
                 "--distill_ema, or start a new run with it."
             )

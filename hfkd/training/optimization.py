@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from hfkd.training.ema import StudentEMA
 from hfkd.training.schedulers import get_multistep_schedule, optimizer_steps_per_epoch, step_decay_lambda
+from hfkd.utils.errors import UsageError
 
 
 class OptimizationMixin:
@@ -87,7 +88,7 @@ class OptimizationMixin:
         if self.args.distill_lr_milestones_unit == "steps":
             return 1.0  # a milestone m decays the lr from optimiser step m on
         if not hasattr(self.train_dataset, "__len__"):
-            raise ValueError(
+            raise UsageError(
                 "`distill_lr_milestones` / `distill_lr_decay_epochs` count epochs, which needs a training dataset "
                 "with a length; for streamed data give them in steps (`distill_lr_milestones_unit='steps'`)."
             )
@@ -104,7 +105,7 @@ class OptimizationMixin:
         if not self.args.distill_ema:
             return None
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            raise ValueError(
+            raise UsageError(
                 "--distill_ema keeps a whole copy of the student, which DeepSpeed and FSDP shard: train without "
                 "--distill_ema there, or with plain DDP."
             )

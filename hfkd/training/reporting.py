@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hfkd.utils.errors import UsageError
+
 # --report_to names whose Python package has another name.
 _REPORT_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet_ml", "flyte": "flytekit"}
 
@@ -24,11 +26,11 @@ def check_reporting(report_to: Any) -> None:
     unknown = [name for name in wanted if name not in INTEGRATION_TO_CALLBACK]
     if unknown:
         choices = ", ".join(INTEGRATION_TO_CALLBACK)
-        raise ValueError(f"--report_to {', '.join(unknown)}: not an integration; use one of {choices}, or none.")
+        raise UsageError(f"--report_to {', '.join(unknown)}: not an integration; use one of {choices}, or none.")
     missing = [name for name in wanted if name not in get_available_reporting_integrations() and name != "flyte"]
     if missing:
         packages = " ".join(_REPORT_PACKAGES.get(name, name) for name in missing)
-        raise ValueError(
+        raise UsageError(
             f"--report_to {', '.join(missing)} needs its package, which is not installed: `pip install {packages}` "
             "(or --report_to none)."
         )

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from hfkd.utils.errors import UsageError
+
 # A step that lands on an epoch boundary up to float rounding (steps_per_epoch = 50000 / 128 = 390.625) belongs to
 # the new epoch.
 _EPOCH_TOLERANCE = 1e-9
@@ -30,11 +32,11 @@ def _check(milestones: Iterable[float], gamma: float, steps_per_epoch: float) ->
     values = tuple(milestones)
     for m in values:
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0:
-            raise ValueError(f"Milestones are epochs (numbers >= 0), got {m!r} in {list(values)!r}.")
+            raise UsageError(f"Milestones are epochs (numbers >= 0), got {m!r} in {list(values)!r}.")
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
-        raise ValueError(f"`gamma` must be a finite number > 0 (0.1 decays the lr tenfold), got {gamma!r}.")
+        raise UsageError(f"`gamma` must be a finite number > 0 (0.1 decays the lr tenfold), got {gamma!r}.")
     if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, (int, float)) or not steps_per_epoch > 0:
-        raise ValueError(
+        raise UsageError(
             f"`steps_per_epoch` must be > 0 (optimizer steps per epoch, may be fractional), got {steps_per_epoch!r}."
         )
     return tuple(sorted(values))
@@ -100,7 +102,7 @@ def get_multistep_schedule(
 def _check_number(name: str, value: Any, positive: bool = False) -> None:
     bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
     if bad or (value <= 0 if positive else value < 0):
-        raise ValueError(f"`{name}` must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}.")
+        raise UsageError(f"`{name}` must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}.")
 
 
 def step_decay_lambda(
@@ -167,39 +169,39 @@ def check_schedule_arguments(args: Any) -> None:
     """
     milestones, decay_epochs = args.distill_lr_milestones, args.distill_lr_decay_epochs
     if args.distill_lr_milestones_unit not in ("epochs", "steps"):
-        raise ValueError(
+        raise UsageError(
             f"`distill_lr_milestones_unit` must be 'epochs' or 'steps', got {args.distill_lr_milestones_unit!r}."
         )
     if milestones is not None and decay_epochs is not None:
-        raise ValueError(
+        raise UsageError(
             f"`distill_lr_milestones` ({list(milestones)}) and `distill_lr_decay_epochs` ({decay_epochs}) are two "
             "schedules: set one of them."
         )
     if milestones is None and decay_epochs is None:
         if args.distill_lr_warmup_epochs or args.distill_lr_warmup_lr:
-            raise ValueError(
+            raise UsageError(
                 "`distill_lr_warmup_epochs` / `distill_lr_warmup_lr` warm up the step schedule, which needs "
                 "`distill_lr_decay_epochs`; for the Trainer's schedules use `warmup_steps`."
             )
         return
     if not args.distill_lr_gamma > 0:
-        raise ValueError(f"`distill_lr_gamma` must be > 0 (0.1 decays tenfold), got {args.distill_lr_gamma}.")
+        raise UsageError(f"`distill_lr_gamma` must be > 0 (0.1 decays tenfold), got {args.distill_lr_gamma}.")
     if args.warmup_steps:
         which, fix = (
             ("distill_lr_milestones", "(the references' multi-step decay has no warm-up)")
             if milestones is not None
             else ("distill_lr_decay_epochs", "or warm up with `distill_lr_warmup_epochs`")
         )
-        raise ValueError(
+        raise UsageError(
             f"`warmup_steps={args.warmup_steps}` is the Trainer's warm-up, which `{which}` replaces and would "
             f"ignore: drop it {fix}."
         )
     if milestones is not None:
         values = list(milestones)
         if not values or any(isinstance(m, bool) or not (isinstance(m, (int, float)) and m >= 0) for m in values):
-            raise ValueError(f"`distill_lr_milestones` must be numbers >= 0, e.g. [150, 180, 210]; got {values}.")
+            raise UsageError(f"`distill_lr_milestones` must be numbers >= 0, e.g. [150, 180, 210]; got {values}.")
         if values != sorted(values):
-            raise ValueError(f"`distill_lr_milestones` must be in increasing order, got {values}.")
+            raise UsageError(f"`distill_lr_milestones` must be in increasing order, got {values}.")
         args.distill_lr_milestones = [float(m) for m in values]
         return
     _check_number("distill_lr_decay_epochs", decay_epochs, positive=True)

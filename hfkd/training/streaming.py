@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 
 from hfkd.data.streaming import RESUME_NEEDS_IGNORE_DATA_SKIP, check_streaming_arguments, stream_mark
+from hfkd.utils.errors import UsageError
 
 
 class StreamLoader(TrainerCallback):
@@ -45,7 +46,7 @@ class StreamLoader(TrainerCallback):
                 self.ended = bool(getattr(self.loader, "end_of_dataloader", False))
                 yield batch
             if self.batches == 0:
-                raise ValueError(
+                raise UsageError(
                     f"This process's part of the training stream is empty (pass {self.epoch}): it has fewer shards or "
                     "rows than there are processes. Use fewer processes or data in more files."
                 )
@@ -79,7 +80,7 @@ class StreamingMixin:
             return super().get_train_dataloader()
         args, accelerator = self.args, self.accelerator
         if mark[:2] != (args.process_index, args.world_size):
-            raise ValueError(
+            raise UsageError(
                 f"The training stream is the part of process {mark[0]} of {mark[1]}, and this is process "
                 f"{args.process_index} of {args.world_size}: load it with load_streaming_dataset(rank="
                 "args.process_index, world_size=args.world_size)."
@@ -104,5 +105,5 @@ class StreamingMixin:
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         resuming = resume_from_checkpoint not in (None, False) and not self.args.ignore_data_skip
         if resuming and stream_mark(self.train_dataset) is not None:
-            raise ValueError(f"--streaming: {RESUME_NEEDS_IGNORE_DATA_SKIP}")
+            raise UsageError(f"--streaming: {RESUME_NEEDS_IGNORE_DATA_SKIP}")
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)

@@ -34,6 +34,7 @@ from hfkd.training.checkpoints import CheckpointMixin
 from hfkd.training.optimization import OptimizationMixin
 from hfkd.training.streaming import StreamingMixin
 from hfkd.training.student_module import DistillationModule, build_loss
+from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import recipe_name
 from hfkd.version import __version__
 
@@ -176,7 +177,7 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
         if not hasattr(transform, "set_epoch"):
             return
         if self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0:
-            raise ValueError(
+            raise UsageError(
                 "The training transform draws each sample's augmentation from (seed, epoch, index), and persistent "
                 "dataloader workers would keep the first epoch's copy of it: every epoch would see the same crops. "
                 "Drop --dataloader_persistent_workers (workers are then restarted, with the new epoch, each epoch)."
@@ -207,7 +208,7 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
         if self.teacher is None or not model.training:
             # Evaluation (and CE-only training) runs the student alone: eval_loss is the student's CE.
             if labels is None:
-                raise ValueError("The batch has no `labels`; the CE-only loss and evaluation need them.")
+                raise UsageError("The batch has no `labels`; the CE-only loss and evaluation need them.")
             logits = logits_of(model(**student_inputs(inputs)))
             loss = self._cross_entropy(logits, labels)
             if model.training:
@@ -313,7 +314,7 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
         For a teacher ensemble these are the ensemble's, and each member's follow as `teacher_eval_member_<i>_...`.
         """
         if self.teacher is None:
-            raise ValueError("There is no teacher to evaluate (distill_loss='ce').")
+            raise UsageError("There is no teacher to evaluate (distill_loss='ce').")
         dataloader = self.get_eval_dataloader(eval_dataset)
         predictions: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
         references = []
@@ -394,11 +395,11 @@ def _map_datasets(function: Callable, datasets: Any) -> Any:
 
 def _check_args(args: Any, compute_loss_func: Callable | None) -> None:
     if args is None:
-        raise ValueError("DistillationTrainer needs `args=DistillationArguments(output_dir=..., ...)`.")
+        raise UsageError("DistillationTrainer needs `args=DistillationArguments(output_dir=..., ...)`.")
     if not isinstance(args, DistillationArguments):
         raise TypeError(
             f"`args` must be a DistillationArguments, got {type(args).__name__}. Build it with "
             "`hfkd.DistillationArguments(...)`, which takes every TrainingArguments field."
         )
     if compute_loss_func is not None:
-        raise ValueError("DistillationTrainer computes its own loss; drop `compute_loss_func`.")
+        raise UsageError("DistillationTrainer computes its own loss; drop `compute_loss_func`.")

@@ -25,6 +25,8 @@ from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, is_model, model_entrypoint, register_model
 from torch import nn
 
+from hfkd.utils.errors import UsageError
+
 # CIFAR-100 statistics, as in mdistiller `mdistiller/dataset/cifar100.py`.
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
@@ -57,7 +59,7 @@ def register_cifar_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Modul
     if is_model(fn.__name__):
         existing = model_entrypoint(fn.__name__)
         if getattr(existing, "__module__", None) != fn.__module__:
-            raise ValueError(
+            raise UsageError(
                 f"timm already has a model named {fn.__name__!r} (from {existing.__module__}); hfkd will not "
                 "overwrite it. Unregister it or rename one of the two before importing hfkd.cifar_models."
             )
@@ -76,7 +78,7 @@ def build_cifar_model(model_cls: type[nn.Module], variant: str, pretrained: bool
     cfg = kwargs.get("pretrained_cfg")
     cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {})
     if pretrained and not any(cfg.get(key) for key in ("file", "hf_hub_id", "url", "state_dict")):
-        raise ValueError(
+        raise UsageError(
             f"There are no pretrained weights for {variant!r} in timm; create it with pretrained=False and load a "
             "checkpoint with `model.load_state_dict(...)` (mdistiller checkpoints load as they are), or convert a "
             "released teacher with `python -m hfkd.convert`."
@@ -113,7 +115,7 @@ def run_stages(
 
 def _check_num_classes(num_classes: int) -> None:
     if not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes must be an int >= 0 (0 removes the classifier), got {num_classes!r}.")
+        raise UsageError(f"num_classes must be an int >= 0 (0 removes the classifier), got {num_classes!r}.")
 
 
 def kaiming_fan_out_init(module: nn.Module) -> None:
@@ -197,7 +199,7 @@ class CifarClassifier(nn.Module):
         self.num_classes = num_classes
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         if num_classes > 0 and not global_pool:
-            raise ValueError(
+            raise UsageError(
                 f"global_pool={global_pool!r} (no pooling) only works without a classifier; pass num_classes=0 or "
                 "global_pool='avg'."
             )
@@ -241,7 +243,7 @@ class CifarClassifier(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         if enable:
-            raise ValueError(
+            raise UsageError(
                 f"{type(self).__name__} does not support gradient checkpointing (CIFAR models are small); train "
                 "without it (gradient_checkpointing=False)."
             )
@@ -305,7 +307,7 @@ class CifarClassifier(nn.Module):
             equals `forward_features(x)` unless `stop_early` cut the forward short.
         """
         if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt={output_fmt!r} is not supported by CIFAR models; use output_fmt='NCHW'.")
+            raise UsageError(f"output_fmt={output_fmt!r} is not supported by CIFAR models; use output_fmt='NCHW'.")
         take_indices, max_index = _take_indices(len(self.feature_info), indices)
         num_run = max_index + 1 if (stop_early or intermediates_only) else len(self.feature_info)
         feats, preact_feats = self._run_stages(x, num_run)
@@ -330,18 +332,18 @@ def _take_indices(num_positions: int, indices: int | list[int] | tuple[int, ...]
         indices = num_positions
     if isinstance(indices, int):
         if not 0 < indices <= num_positions:
-            raise ValueError(f"indices={indices} asks for the last {indices} features; use 1 to {num_positions}.")
+            raise UsageError(f"indices={indices} asks for the last {indices} features; use 1 to {num_positions}.")
         taken = list(range(num_positions - indices, num_positions))
     else:
         taken = []
         for index in indices:
             absolute = num_positions + index if index < 0 else index
             if not 0 <= absolute < num_positions:
-                raise ValueError(
+                raise UsageError(
                     f"Feature index {index} is out of range; this model has {num_positions} positions "
                     f"(0 = stem, then one per stage), use -{num_positions} to {num_positions - 1}."
                 )
             taken.append(absolute)
         if not taken:
-            raise ValueError("indices is empty; pass None for all positions or a non-empty list.")
+            raise UsageError("indices is empty; pass None for all positions or a non-empty list.")
     return taken, max(taken)

@@ -28,6 +28,7 @@ from hfkd.models.cifar._base import (
     normal_fan_out_init,
     register_cifar_model,
 )
+from hfkd.utils.errors import UsageError
 
 
 def _conv_bn_relu(inp: int, oup: int, kernel_size: int, stride: int) -> nn.Sequential:
@@ -44,7 +45,7 @@ class InvertedResidual(nn.Module):
     def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int) -> None:
         super().__init__()
         if stride not in (1, 2):
-            raise ValueError(f"stride={stride} is not supported by InvertedResidual; use 1 or 2.")
+            raise UsageError(f"stride={stride} is not supported by InvertedResidual; use 1 or 2.")
         hidden = inp * expand_ratio
         self.use_res_connect = stride == 1 and inp == oup
         self.conv = nn.Sequential(

@@ -26,6 +26,7 @@ from hfkd.models.cifar._base import (
     register_cifar_model,
     run_stages,
 )
+from hfkd.utils.errors import UsageError
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -78,9 +79,9 @@ class CifarResNet(CifarClassifier):
     ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
-            raise ValueError(f"depth={depth} is not 6n + 2 with n >= 1; use 8, 14, 20, 32, 44, 56 or 110.")
+            raise UsageError(f"depth={depth} is not 6n + 2 with n >= 1; use 8, 14, 20, 32, 44, 56 or 110.")
         if len(num_filters) != 4:
-            raise ValueError(f"num_filters={num_filters} needs 4 widths: the stem, then the three stages.")
+            raise UsageError(f"num_filters={num_filters} needs 4 widths: the stem, then the three stages.")
         n = (depth - 2) // 6
         self.inplanes = num_filters[0]
         self.conv1 = nn.Conv2d(in_chans, num_filters[0], kernel_size=3, padding=1, bias=False)

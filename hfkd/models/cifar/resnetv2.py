@@ -27,6 +27,7 @@ from hfkd.models.cifar._base import (
     register_cifar_model,
     run_stages,
 )
+from hfkd.utils.errors import UsageError
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -107,9 +108,9 @@ class CifarResNetV2(CifarClassifier):
         super().__init__()
         blocks = {"basic": BasicBlock, "bottleneck": Bottleneck}
         if block not in blocks:
-            raise ValueError(f"block={block!r} is not supported; use 'basic' or 'bottleneck'.")
+            raise UsageError(f"block={block!r} is not supported; use 'basic' or 'bottleneck'.")
         if len(num_blocks) != 4:
-            raise ValueError(f"num_blocks={num_blocks} needs 4 entries, one per stage.")
+            raise UsageError(f"num_blocks={num_blocks} needs 4 entries, one per stage.")
         block_cls = blocks[block]
         self.in_planes = 64
         self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)

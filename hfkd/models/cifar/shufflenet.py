@@ -25,6 +25,7 @@ from timm.models import generate_default_cfgs
 from torch import nn
 
 from hfkd.models.cifar._base import CifarClassifier, build_cifar_model, cifar_cfg, register_cifar_model, run_stages
+from hfkd.utils.errors import UsageError
 
 
 class ShuffleBlock(nn.Module):
@@ -95,7 +96,7 @@ class CifarShuffleNetV1(CifarClassifier):
     ) -> None:
         super().__init__()
         if len(out_planes) != 3 or len(num_blocks) != 3:
-            raise ValueError(f"out_planes={out_planes} and num_blocks={num_blocks} need 3 entries, one per stage.")
+            raise UsageError(f"out_planes={out_planes} and num_blocks={num_blocks} need 3 entries, one per stage.")
         self.conv1 = nn.Conv2d(in_chans, 24, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(24)
         self.in_planes = 24
@@ -217,7 +218,7 @@ class CifarShuffleNetV2(CifarClassifier):
     ) -> None:
         super().__init__()
         if net_size not in SHUFFLENETV2_CFGS:
-            raise ValueError(f"net_size={net_size} has no config; use one of {sorted(SHUFFLENETV2_CFGS)}.")
+            raise UsageError(f"net_size={net_size} has no config; use one of {sorted(SHUFFLENETV2_CFGS)}.")
         out_channels = SHUFFLENETV2_CFGS[net_size]["out_channels"]
         num_blocks = SHUFFLENETV2_CFGS[net_size]["num_blocks"]
         self.conv1 = nn.Conv2d(in_chans, 24, kernel_size=1, bias=False)

@@ -26,6 +26,7 @@ from hfkd.models.cifar._base import (
     normal_fan_out_init,
     register_cifar_model,
 )
+from hfkd.utils.errors import UsageError
 
 VGG_CFGS: dict[str, list[list[int]]] = {
     "A": [[64], [128], [256, 256], [512, 512], [512, 512]],
@@ -75,7 +76,7 @@ class CifarVGG(CifarClassifier):
     ) -> None:
         super().__init__()
         if cfg not in VGG_CFGS:
-            raise ValueError(f"cfg={cfg!r} is not a VGG config; use one of {sorted(VGG_CFGS)}.")
+            raise UsageError(f"cfg={cfg!r} is not a VGG config; use one of {sorted(VGG_CFGS)}.")
         widths = VGG_CFGS[cfg]
         self.block0 = _make_block(widths[0], batch_norm, in_chans)
         self.block1 = _make_block(widths[1], batch_norm, widths[0][-1])

@@ -28,6 +28,7 @@ from timm.models import generate_default_cfgs
 from torch import nn
 
 from hfkd.models.cifar._base import CifarClassifier, build_cifar_model, cifar_cfg, register_cifar_model
+from hfkd.utils.errors import UsageError
 
 
 class WideBasicBlock(nn.Module):
@@ -104,9 +105,9 @@ class WideResNet(CifarClassifier):
     ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(f"depth={depth} is not 6n + 4 with n >= 1; use e.g. 16 or 40.")
+            raise UsageError(f"depth={depth} is not 6n + 4 with n >= 1; use e.g. 16 or 40.")
         if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate={drop_rate} must be in [0, 1); the tables use 0.")
+            raise UsageError(f"drop_rate={drop_rate} must be in [0, 1); the tables use 0.")
         n = (depth - 4) // 6
         channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(in_chans, channels[0], kernel_size=3, stride=1, padding=1, bias=False)

@@ -37,6 +37,7 @@ from hfkd.teachers.cache.store import (
     view_params,
 )
 from hfkd.teachers.combine import check_ensemble_arguments, ensemble_logits, normalized_weights
+from hfkd.utils.errors import UsageError
 from hfkd.utils.hashing import tensors_sha256, weights_sha256
 from hfkd.utils.local_names import neutral_name
 
@@ -79,7 +80,7 @@ def check_cache_teachers(teachers: Sequence[CacheTeacher]) -> int:
     for teacher in teachers:
         config = getattr(teacher.model, "config", None)
         if getattr(config, "num_labels", None) is None:
-            raise ValueError(
+            raise UsageError(
                 f"Teacher {teacher.name!r} has no `config.num_labels`; pass a transformers or TimmWrapper classifier."
             )
         labels.append(SimpleNamespace(num_labels=config.num_labels, id2label=getattr(config, "id2label", None)))
@@ -138,15 +139,15 @@ def verify_shard(path: str, config: CacheConfig, rows: int) -> None:
     except (KeyError, TypeError, ValueError):
         record = None
     if not isinstance(record, dict):
-        raise ValueError(f"Teacher cache file {path} carries no build record (written by an older hfkd).")
+        raise UsageError(f"Teacher cache file {path} carries no build record (written by an older hfkd).")
     if record.get("config_sha256") != config.sha256():
-        raise ValueError(f"Teacher cache file {path} was built with other settings.")
+        raise UsageError(f"Teacher cache file {path} was built with other settings.")
     try:
         tensors = load_file(path)
     except (OSError, SafetensorError) as err:
-        raise ValueError(f"Teacher cache file {path} is unreadable ({type(err).__name__}: {err}).") from None
+        raise UsageError(f"Teacher cache file {path} is unreadable ({type(err).__name__}: {err}).") from None
     if tensors_sha256(tensors) != record.get("tensors_sha256"):
-        raise ValueError(f"Teacher cache file {path} is corrupt (its contents do not match their hash).")
+        raise UsageError(f"Teacher cache file {path} is corrupt (its contents do not match their hash).")
 
 
 def _in_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
@@ -185,7 +186,7 @@ def _shard_tensors(
         outputs.append(logits[0] if len(teachers) == 1 else combine(logits))
     logits = torch.cat(outputs)
     if logits.shape[-1] != plan.num_classes:
-        raise ValueError(f"The teacher gives {logits.shape[-1]} logits per image, its config {plan.num_classes}.")
+        raise UsageError(f"The teacher gives {logits.shape[-1]} logits per image, its config {plan.num_classes}.")
     tensors = {"crops": torch.tensor(crops, dtype=torch.int32), "flips": torch.tensor(flips, dtype=torch.uint8)}
     if plan.top_k is None:
         tensors["logits"] = logits.contiguous()
@@ -219,7 +220,7 @@ def _check_plan(output_dir: str, plan: CacheConfig, write: bool) -> None:
             earlier = CacheConfig.from_dict(json.load(f))
         differ = [k for k, v in asdict(plan).items() if asdict(earlier).get(k) != v]
         if differ:
-            raise ValueError(
+            raise UsageError(
                 f"{output_dir!r} holds an interrupted cache build with other settings ({', '.join(differ)}). Re-run "
                 "it with the same arguments to finish it, or choose another --output_dir."
             )
@@ -276,19 +277,19 @@ def build_teacher_cache(
 
     if isinstance(teacher, torch.nn.Module):
         if teacher_name is None or size is None or mean is None or std is None:
-            raise ValueError("A teacher model needs teacher_name, size, mean and std (or pass CacheTeacher objects).")
+            raise UsageError("A teacher model needs teacher_name, size, mean and std (or pass CacheTeacher objects).")
         teachers = [CacheTeacher(teacher, teacher_name, tuple(size), tuple(mean), tuple(std), num_channels)]
         teachers[0].info = dict(teacher_info or {})
     else:
         teachers = list(teacher)
         if not teachers or any(v is not None for v in (teacher_name, size, mean, std, teacher_info)):
-            raise ValueError(
+            raise UsageError(
                 "Pass CacheTeacher objects alone (each carries its name, size, mean, std and info), at least one."
             )
         num_channels = max(t.num_channels for t in teachers)
     check_ensemble_arguments([t.name for t in teachers], teacher_weights, ensemble, ensemble_temperature, None)
     if os.path.isfile(os.path.join(output_dir, CACHE_CONFIG)):
-        raise ValueError(f"{output_dir!r} already holds a teacher cache; choose another --output_dir.")
+        raise UsageError(f"{output_dir!r} already holds a teacher cache; choose another --output_dir.")
     num_classes = check_cache_teachers(teachers)
     weights = normalized_weights(teacher_weights, len(teachers))
     name, info = _teacher_record(teachers, weights, ensemble, float(ensemble_temperature))
@@ -312,7 +313,7 @@ def build_teacher_cache(
     _check_plan(output_dir, plan, write=process_index == 0)
     barrier()
     if not os.path.isfile(os.path.join(output_dir, BUILD_PLAN)):
-        raise ValueError(
+        raise UsageError(
             f"Process {process_index} does not see {BUILD_PLAN} that process 0 wrote in {output_dir!r}: a cache built "
             "by several machines needs an --output_dir on a filesystem they all share."
         )

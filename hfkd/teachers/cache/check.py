@@ -11,6 +11,7 @@ from hfkd.teachers.cache.store import (
     CacheConfig,
     content_sha256,
 )
+from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import is_local_path, neutral_name
 
 
@@ -65,13 +66,13 @@ def check_cache_matches(
         expected["teacher_ensemble_temperature"] = (ensemble["temperature"], float(teacher_ensemble_temperature))
     for field_name, (cached, run) in expected.items():
         if cached is not None and cached != run:
-            raise ValueError(
+            raise UsageError(
                 f"The teacher cache was built with {field_name}={cached!r}, this run has {run!r}. A cache is used "
                 "only with the data and teacher it was built from: build one for this run (`python -m "
                 "hfkd.teacher_cache`), or drop the differing flag."
             )
     if data.get("content_sha256") and content_sha256(train, image_column, label_column) != data["content_sha256"]:
-        raise ValueError(
+        raise UsageError(
             "The teacher cache was built on other images than this run's training set (their content hash differs, "
             "with the same dataset name and rows): rebuild the cache on this data."
         )

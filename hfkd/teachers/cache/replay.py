@@ -13,6 +13,7 @@ from hfkd.teachers.cache.store import (
     TeacherCache,
     apply_view,
 )
+from hfkd.utils.errors import UsageError
 
 
 class ReplayTransform:
@@ -45,7 +46,7 @@ class ReplayTransform:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         if "sample_index" not in batch:
-            raise ValueError("Replaying cached views needs a `sample_index` column: use hfkd.data.add_sample_index.")
+            raise UsageError("Replaying cached views needs a `sample_index` column: use hfkd.data.add_sample_index.")
         out: dict[str, list] = {"pixel_values": [], "sample_index": list(batch["sample_index"])}
         for image, index in zip(batch[self.image_column], batch["sample_index"]):
             image = decode_image(image)

@@ -38,6 +38,7 @@ from safetensors.torch import load_file
 from torchvision.transforms.v2 import functional as TF
 
 from hfkd.data.transforms import sample_seed
+from hfkd.utils.errors import UsageError
 
 CACHE_CONFIG = "cache_config.json"
 
@@ -201,9 +202,9 @@ def read_header(path: str, *, metadata: bool = False) -> tuple[dict[str, Any], i
             (length,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(length))
     except (OSError, ValueError, struct.error) as err:
-        raise ValueError(f"Teacher cache file {path} is unreadable ({type(err).__name__}: {err}).") from None
+        raise UsageError(f"Teacher cache file {path} is unreadable ({type(err).__name__}: {err}).") from None
     if not isinstance(header, dict):
-        raise ValueError(f"Teacher cache file {path} is unreadable (its header is not a JSON object).")
+        raise UsageError(f"Teacher cache file {path} is unreadable (its header is not a JSON object).")
     if not metadata:
         header.pop("__metadata__", None)
     return header, 8 + length
@@ -223,7 +224,7 @@ def expected_tensors(config: CacheConfig, rows: int) -> dict[str, tuple[str, tup
 def check_shard(path: str, config: CacheConfig, rows: int) -> dict[str, tuple[str, tuple[int, ...], int]]:
     """Check one shard file against what `config` promises; return name -> (dtype, shape, absolute offset)."""
     if not os.path.isfile(path):
-        raise ValueError(f"Teacher cache file {path} is missing.")
+        raise UsageError(f"Teacher cache file {path} is missing.")
     header, start = read_header(path)
     found = {}
     try:
@@ -231,13 +232,13 @@ def check_shard(path: str, config: CacheConfig, rows: int) -> dict[str, tuple[st
             entry = header.get(name)
             if entry is None or entry["dtype"] != dtype or tuple(entry["shape"]) != shape:
                 got = None if entry is None else (entry["dtype"], tuple(entry["shape"]))
-                raise ValueError(f"Teacher cache file {path}: {name!r} should be {dtype} {shape}, found {got}.")
+                raise UsageError(f"Teacher cache file {path}: {name!r} should be {dtype} {shape}, found {got}.")
             found[name] = (dtype, shape, start + entry["data_offsets"][0])
         end = start + max(entry["data_offsets"][1] for entry in header.values())
     except (KeyError, TypeError, IndexError):
-        raise ValueError(f"Teacher cache file {path} is unreadable (its header is malformed).") from None
+        raise UsageError(f"Teacher cache file {path} is unreadable (its header is malformed).") from None
     if os.path.getsize(path) < end:
-        raise ValueError(f"Teacher cache file {path} is truncated ({os.path.getsize(path)} of {end} bytes).")
+        raise UsageError(f"Teacher cache file {path} is truncated ({os.path.getsize(path)} of {end} bytes).")
     return found
 
 
@@ -250,7 +251,7 @@ def _read_at(fd: int, offset: int, length: int, path: str) -> bytes:
         os.lseek(fd, offset, os.SEEK_SET)
         data = os.read(fd, length)
     if len(data) != length:
-        raise ValueError(f"Teacher cache file {path} is truncated (read {len(data)} of {length} bytes at {offset}).")
+        raise UsageError(f"Teacher cache file {path} is truncated (read {len(data)} of {length} bytes at {offset}).")
     return data
 
 
@@ -271,14 +272,14 @@ class TeacherCache:
     def __init__(self, path: str) -> None:
         config_path = os.path.join(path, CACHE_CONFIG)
         if not os.path.isfile(config_path):
-            raise ValueError(
+            raise UsageError(
                 f"{path!r} is not a teacher cache (no {CACHE_CONFIG}); build one with `python -m hfkd.teacher_cache`"
                 " (an interrupted build is finished by running the same command again)."
             )
         with open(config_path, encoding="utf-8") as f:
             raw = json.load(f)
         if raw.get("format") != CACHE_FORMAT:
-            raise ValueError(
+            raise UsageError(
                 f"{path!r} holds a teacher cache of format {raw.get('format', 1)}; this hfkd reads format "
                 f"{CACHE_FORMAT}. Rebuild it with `python -m hfkd.teacher_cache`."
             )

@@ -10,6 +10,7 @@ only when it verifies it (`verify_shard`: built with the same settings, contents
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -237,6 +238,128 @@ def _remove_leftovers(output_dir: str) -> None:
             os.remove(path)
 
 
+def _as_cache_teachers(
+    teacher: torch.nn.Module | Sequence[CacheTeacher],
+    teacher_name: str | None,
+    size: tuple[int, int] | None,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    num_channels: int,
+    teacher_info: dict[str, Any] | None,
+) -> list[CacheTeacher]:
+    """`build_teacher_cache`'s teacher as a list: a bare model described by the other arguments, or CacheTeacher
+    objects, which carry their own description and so must come without those arguments."""
+    if isinstance(teacher, torch.nn.Module):
+        if teacher_name is None or size is None or mean is None or std is None:
+            raise UsageError("A teacher model needs teacher_name, size, mean and std (or pass CacheTeacher objects).")
+        only = CacheTeacher(teacher, teacher_name, tuple(size), tuple(mean), tuple(std), num_channels)
+        only.info = dict(teacher_info or {})
+        return [only]
+    teachers = list(teacher)
+    if not teachers or any(v is not None for v in (teacher_name, size, mean, std, teacher_info)):
+        raise UsageError(
+            "Pass CacheTeacher objects alone (each carries its name, size, mean, std and info), at least one."
+        )
+    return teachers
+
+
+def _cache_plan(
+    teachers: Sequence[CacheTeacher], weights: list[float], ensemble: str, ensemble_temperature: float, **settings: Any
+) -> CacheConfig:
+    """The cache's settings: the teachers' record, the first teacher's preprocessing (the one a student reads the
+    views with), the widest input any of them takes, and `settings` (num_classes, num_samples, epochs, top_k, seed,
+    shard_size, data)."""
+    name, info = _teacher_record(teachers, weights, ensemble, float(ensemble_temperature))
+    first = teachers[0]
+    return CacheConfig(
+        teacher=name,
+        size=tuple(first.size),
+        mean=tuple(first.mean),
+        std=tuple(first.std),
+        num_channels=max(t.num_channels for t in teachers),
+        teacher_info=info,
+        **settings,
+    )
+
+
+def _open_build(output_dir: str, plan: CacheConfig, process_index: int, barrier: Callable[[], None]) -> None:
+    """Start or resume the build in `output_dir`: process 0 records the plan, every process checks it against an
+    interrupted build's, then (after `barrier`) that it sees process 0's record, i.e. that the folder is shared."""
+    if process_index == 0:
+        os.makedirs(output_dir, exist_ok=True)
+    _check_plan(output_dir, plan, write=process_index == 0)
+    barrier()
+    if not os.path.isfile(os.path.join(output_dir, BUILD_PLAN)):
+        raise UsageError(
+            f"Process {process_index} does not see {BUILD_PLAN} that process 0 wrote in {output_dir!r}: a cache built "
+            "by several machines needs an --output_dir on a filesystem they all share."
+        )
+
+
+def _build_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cpu":
+        # Accelerate's "cpu:0" would copy the weights elsewhere, and CPU kernels may round differently on other
+        # memory: one CPU device gives the same bytes whatever the number of processes.
+        device = torch.device("cpu")
+    return device
+
+
+def _all_shards(plan: CacheConfig) -> list[tuple[int, int]]:
+    """Every (epoch, shard) pair of the cache, in the order that processes share them out."""
+    return [(e, s) for e in range(plan.epochs) for s in range(plan.num_shards)]
+
+
+def _build_share(
+    teachers: Sequence[CacheTeacher],
+    combine: Callable[[list[torch.Tensor]], torch.Tensor],
+    images: Sequence[torch.Tensor],
+    plan: CacheConfig,
+    output_dir: str,
+    *,
+    process_index: int,
+    num_processes: int,
+    batch_size: int,
+    device: torch.device,
+    progress: bool,
+) -> None:
+    """Build this process's shards (pairs r, r + N, ... of `_all_shards`), keeping those an earlier run left that
+    `verify_shard` accepts."""
+    items = _all_shards(plan)
+    work = items[process_index::num_processes]
+    kept = 0
+    for epoch, shard in tqdm(work, desc="Teacher cache shards", disable=not progress):
+        path = shard_path(output_dir, epoch, shard)
+        if os.path.exists(path):
+            try:
+                verify_shard(path, plan, len(range(*plan.shard_rows(shard))))
+                kept += 1
+                continue
+            except ValueError as err:
+                logger.warning(f"{err} Building it again.")
+        tensors = _shard_tensors(teachers, combine, images, plan, epoch, shard, batch_size, device)
+        metadata = shard_metadata(plan, tensors)
+        _write_atomically(path, lambda tmp, t=tensors, m=metadata: save_file(t, tmp, metadata=m))
+    logger.info(
+        f"Teacher cache, process {process_index} of {num_processes}: built {len(work) - kept} of the {len(items)} "
+        f"shards, kept {kept} verified from an earlier run."
+    )
+
+
+def _finish_build(output_dir: str, plan: CacheConfig, selection: dict[str, list[int]] | None) -> None:
+    """Process 0, once every process has built its share: check every shard, tidy up, write the selection, and turn
+    the build plan into the cache's config."""
+    for epoch, shard in _all_shards(plan):
+        check_shard(shard_path(output_dir, epoch, shard), plan, len(range(*plan.shard_rows(shard))))
+    _remove_leftovers(output_dir)
+    if selection is not None:
+        tensors = {name: torch.tensor(rows, dtype=torch.int64) for name, rows in selection.items()}
+        _write_atomically(os.path.join(output_dir, SELECTION_FILE), lambda tmp: save_file(tensors, tmp))
+    # The plan goes first: a build killed between the two is resumed (its shards verify) instead of refused.
+    os.remove(os.path.join(output_dir, BUILD_PLAN))
+    _write_json(os.path.join(output_dir, CACHE_CONFIG), plan)
+
+
 @torch.no_grad()
 def build_teacher_cache(
     teacher: torch.nn.Module | Sequence[CacheTeacher],
@@ -274,89 +397,27 @@ def build_teacher_cache(
     rows of the training set) describe the data, so that training can use exactly them. With several processes each
     call builds its share and `barrier` waits for the others; process 0 then writes `cache_config.json`.
     """
-
-    if isinstance(teacher, torch.nn.Module):
-        if teacher_name is None or size is None or mean is None or std is None:
-            raise UsageError("A teacher model needs teacher_name, size, mean and std (or pass CacheTeacher objects).")
-        teachers = [CacheTeacher(teacher, teacher_name, tuple(size), tuple(mean), tuple(std), num_channels)]
-        teachers[0].info = dict(teacher_info or {})
-    else:
-        teachers = list(teacher)
-        if not teachers or any(v is not None for v in (teacher_name, size, mean, std, teacher_info)):
-            raise UsageError(
-                "Pass CacheTeacher objects alone (each carries its name, size, mean, std and info), at least one."
-            )
-        num_channels = max(t.num_channels for t in teachers)
+    teachers = _as_cache_teachers(teacher, teacher_name, size, mean, std, num_channels, teacher_info)
     check_ensemble_arguments([t.name for t in teachers], teacher_weights, ensemble, ensemble_temperature, None)
     if os.path.isfile(os.path.join(output_dir, CACHE_CONFIG)):
         raise UsageError(f"{output_dir!r} already holds a teacher cache; choose another --output_dir.")
     num_classes = check_cache_teachers(teachers)
     weights = normalized_weights(teacher_weights, len(teachers))
-    name, info = _teacher_record(teachers, weights, ensemble, float(ensemble_temperature))
-    plan = CacheConfig(
-        teacher=name,
-        num_classes=num_classes,
-        num_samples=len(images),
-        epochs=epochs,
-        top_k=top_k,
-        seed=seed,
-        size=tuple(teachers[0].size),
-        mean=tuple(teachers[0].mean),
-        std=tuple(teachers[0].std),
-        shard_size=shard_size,
-        num_channels=num_channels,
-        teacher_info=info,
-        data=dict(data or {}),
-    )
-    if process_index == 0:
-        os.makedirs(output_dir, exist_ok=True)
-    _check_plan(output_dir, plan, write=process_index == 0)
-    barrier()
-    if not os.path.isfile(os.path.join(output_dir, BUILD_PLAN)):
-        raise UsageError(
-            f"Process {process_index} does not see {BUILD_PLAN} that process 0 wrote in {output_dir!r}: a cache built "
-            "by several machines needs an --output_dir on a filesystem they all share."
-        )
-    device = torch.device(device)
-    if device.type == "cpu":
-        # Accelerate's "cpu:0" would copy the weights elsewhere, and CPU kernels may round differently on other
-        # memory: one CPU device gives the same bytes whatever the number of processes.
-        device = torch.device("cpu")
+    plan = _cache_plan(
+        teachers, weights, ensemble, ensemble_temperature, num_classes=num_classes, num_samples=len(images),
+        epochs=epochs, top_k=top_k, seed=seed, shard_size=shard_size, data=dict(data or {}),
+    )  # fmt: skip
+    _open_build(output_dir, plan, process_index, barrier)
+    device = _build_device(device)
     for t in teachers:
         t.model = t.model.eval().to(device)
-
-    def combine(logits: list[torch.Tensor]) -> torch.Tensor:
-        return ensemble_logits(logits, weights, mode=ensemble, temperature=ensemble_temperature)
-
-    items = [(e, s) for e in range(epochs) for s in range(plan.num_shards)]
-    work = items[process_index::num_processes]
-    kept = 0
-    for epoch, shard in tqdm(work, desc="Teacher cache shards", disable=not progress):
-        path = shard_path(output_dir, epoch, shard)
-        if os.path.exists(path):
-            try:
-                verify_shard(path, plan, len(range(*plan.shard_rows(shard))))
-                kept += 1
-                continue
-            except ValueError as err:
-                logger.warning(f"{err} Building it again.")
-        tensors = _shard_tensors(teachers, combine, images, plan, epoch, shard, batch_size, device)
-        metadata = shard_metadata(plan, tensors)
-        _write_atomically(path, lambda tmp, t=tensors, m=metadata: save_file(t, tmp, metadata=m))
-    logger.info(
-        f"Teacher cache, process {process_index} of {num_processes}: built {len(work) - kept} of the {len(items)} "
-        f"shards, kept {kept} verified from an earlier run."
-    )
+    combine = functools.partial(ensemble_logits, weights=weights, mode=ensemble, temperature=ensemble_temperature)
+    _build_share(
+        teachers, combine, images, plan, output_dir, process_index=process_index, num_processes=num_processes,
+        batch_size=batch_size, device=device, progress=progress,
+    )  # fmt: skip
     barrier()
     if process_index == 0:
-        for epoch, shard in items:
-            check_shard(shard_path(output_dir, epoch, shard), plan, len(range(*plan.shard_rows(shard))))
-        _remove_leftovers(output_dir)
-        if selection is not None:
-            tensors = {name: torch.tensor(rows, dtype=torch.int64) for name, rows in selection.items()}
-            _write_atomically(os.path.join(output_dir, SELECTION_FILE), lambda tmp: save_file(tensors, tmp))
-        # The plan goes first: a build killed between the two is resumed (its shards verify) instead of refused.
-        os.remove(os.path.join(output_dir, BUILD_PLAN))
-        _write_json(os.path.join(output_dir, CACHE_CONFIG), plan)
+        _finish_build(output_dir, plan, selection)
     barrier()
     return plan

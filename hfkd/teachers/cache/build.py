@@ -266,9 +266,9 @@ def _as_cache_teachers(
 def _cache_plan(
     teachers: Sequence[CacheTeacher], weights: list[float], ensemble: str, ensemble_temperature: float, **settings: Any
 ) -> CacheConfig:
-    """The cache's settings: the teachers' record, the first teacher's preprocessing (the one a student reads the
-    views with), the widest input any of them takes, and `settings` (num_classes, num_samples, epochs, top_k, seed,
-    shard_size, data)."""
+    """The cache's settings: the teachers' record, the first teacher's size, mean and std (an ensemble's members keep
+    their own in the record), the most channels any of them takes, and `settings` (num_classes, num_samples, epochs,
+    top_k, seed, shard_size, data)."""
     name, info = _teacher_record(teachers, weights, ensemble, float(ensemble_temperature))
     first = teachers[0]
     return CacheConfig(
@@ -297,6 +297,7 @@ def _open_build(output_dir: str, plan: CacheConfig, process_index: int, barrier:
 
 
 def _build_device(device: str | torch.device) -> torch.device:
+    """The device the teachers run on."""
     device = torch.device(device)
     if device.type == "cpu":
         # Accelerate's "cpu:0" would copy the weights elsewhere, and CPU kernels may round differently on other

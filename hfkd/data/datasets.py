@@ -92,47 +92,85 @@ def load_image_dataset(
         friends) says where the data came from; it is also logged. Its `rows` attribute records the selection:
         the split each part comes from and the positions of its rows there, in order.
     """
-    if data_dirs:
-        files, source = imagefolder_files(data_dirs)
-        raw = load_dataset("imagefolder", data_files=files, cache_dir=cache_dir, **kwargs)
-    elif os.path.isdir(name_or_path):
-        if any(os.path.isfile(os.path.join(name_or_path, f)) for f in ("dataset_dict.json", "state.json")):
-            raw, source = load_from_disk(name_or_path), f"save_to_disk folder {name_or_path}"
-        else:
-            check_imagefolder_layout(name_or_path)
-            raw = load_dataset("imagefolder", data_dir=name_or_path, cache_dir=cache_dir, **kwargs)
-            source = f"imagefolder {name_or_path}"
-    elif name_or_path.lower() in DEMO_DATASETS:
-        raw, source = load_demo_dataset(
-            name_or_path, eval_fraction=eval_fraction, seed=seed, cache_dir=cache_dir, split_digits=False
-        )
-    else:
-        if trust_remote_code and "trust_remote_code" in inspect.signature(load_dataset).parameters:
-            kwargs["trust_remote_code"] = True
-        elif trust_remote_code:
-            logger.warning("This `datasets` version runs no dataset scripts; ignoring trust_remote_code=True.")
-        hub_id = HUB_DATASET_ALIASES.get(name_or_path.lower(), name_or_path)
-        if hub_id != name_or_path:
-            logger.info(f"Dataset {name_or_path!r} is {hub_id!r} on the Hub.")
-        raw = load_dataset(hub_id, config_name, cache_dir=cache_dir, **kwargs)
-        source = f"Hub {name_or_path}" + (f" ({config_name})" if config_name else "")
-    if isinstance(raw, Dataset):
-        raw = DatasetDict({train_split: raw})
-    # Each row carries its position in its split, so that the selection below can be recorded and replayed.
-    raw = DatasetDict({name: part.add_column(ROW_COLUMN, list(range(len(part)))) for name, part in raw.items()})
+    raw, source = _load_source(
+        name_or_path, config_name, data_dirs, cache_dir, trust_remote_code, eval_fraction, seed, kwargs
+    )
+    raw = _with_row_positions(raw, train_split)
     if rows is not None:
-        train, evaluation = _select_rows(raw, name_or_path, rows)
-        eval_from = rows["eval_split"]
+        train, evaluation, eval_from = _select_rows(raw, name_or_path, rows)
     else:
-        # Messages name the data actually loaded (the digits, when Fashion-MNIST fell back to them).
         train, evaluation, eval_from = _pick_splits(raw, source, train_split, eval_split, eval_fraction, seed)
     dataset = _encode_string_labels(DatasetDict({"train": train, "eval": evaluation}))
+    if rows is None:
+        dataset = _keep_at_most(dataset, max_train_samples, max_eval_samples, seed)
+    return _with_selection(dataset, source, train_split, eval_from)
+
+
+def _load_source(
+    name_or_path: str,
+    config_name: str | None,
+    data_dirs: dict[str, str] | None,
+    cache_dir: str | None,
+    trust_remote_code: bool,
+    eval_fraction: float,
+    seed: int,
+    kwargs: dict[str, Any],
+) -> tuple[Dataset | DatasetDict, str]:
+    """The data `load_image_dataset` names, as loaded (one dataset or its splits), and where it came from."""
+    if data_dirs:
+        files, source = imagefolder_files(data_dirs)
+        return load_dataset("imagefolder", data_files=files, cache_dir=cache_dir, **kwargs), source
+    if os.path.isdir(name_or_path):
+        if any(os.path.isfile(os.path.join(name_or_path, f)) for f in ("dataset_dict.json", "state.json")):
+            return load_from_disk(name_or_path), f"save_to_disk folder {name_or_path}"
+        check_imagefolder_layout(name_or_path)
+        raw = load_dataset("imagefolder", data_dir=name_or_path, cache_dir=cache_dir, **kwargs)
+        return raw, f"imagefolder {name_or_path}"
+    if name_or_path.lower() in DEMO_DATASETS:
+        return load_demo_dataset(
+            name_or_path, eval_fraction=eval_fraction, seed=seed, cache_dir=cache_dir, split_digits=False
+        )
+    return _load_from_hub(name_or_path, config_name, cache_dir, trust_remote_code, kwargs)
+
+
+def _load_from_hub(
+    name_or_path: str, config_name: str | None, cache_dir: str | None, trust_remote_code: bool, kwargs: dict[str, Any]
+) -> tuple[Dataset | DatasetDict, str]:
+    """A Hub dataset (a short name such as `cifar100` is its Hub id) and where it came from."""
+    if trust_remote_code and "trust_remote_code" in inspect.signature(load_dataset).parameters:
+        kwargs["trust_remote_code"] = True
+    elif trust_remote_code:
+        logger.warning("This `datasets` version runs no dataset scripts; ignoring trust_remote_code=True.")
+    hub_id = HUB_DATASET_ALIASES.get(name_or_path.lower(), name_or_path)
+    if hub_id != name_or_path:
+        logger.info(f"Dataset {name_or_path!r} is {hub_id!r} on the Hub.")
+    raw = load_dataset(hub_id, config_name, cache_dir=cache_dir, **kwargs)
+    return raw, f"Hub {name_or_path}" + (f" ({config_name})" if config_name else "")
+
+
+def _with_row_positions(raw: Dataset | DatasetDict, train_split: str) -> DatasetDict:
+    """`raw` as splits (a lone dataset is the train split) whose rows carry their position in their split."""
+    if isinstance(raw, Dataset):
+        raw = DatasetDict({train_split: raw})
+    # Each row carries its position in its split, so that the selection can be recorded and replayed.
+    return DatasetDict({name: part.add_column(ROW_COLUMN, list(range(len(part)))) for name, part in raw.items()})
+
+
+def _keep_at_most(
+    dataset: DatasetDict, max_train_samples: int | None, max_eval_samples: int | None, seed: int
+) -> DatasetDict:
+    """`dataset` with seeded random subsets of at most `max_train_samples` / `max_eval_samples` rows."""
     for split, limit in (("train", max_train_samples), ("eval", max_eval_samples)):
-        if limit is not None and rows is None:
+        if limit is not None:
             if limit < 1:
                 raise UsageError(f"max_{split}_samples must be >= 1, got {limit}. Leave it unset to use all rows.")
             if limit < len(dataset[split]):
                 dataset[split] = dataset[split].shuffle(seed=seed).select(range(limit))
+    return dataset
+
+
+def _with_selection(dataset: DatasetDict, source: str, train_split: str, eval_from: str) -> DatasetDict:
+    """`dataset` without the row positions, its `source` and `rows` attributes set (see `load_image_dataset`)."""
     selected = {"train_split": train_split, "eval_split": eval_from}
     selected.update({name: list(dataset[name][ROW_COLUMN]) for name in ("train", "eval")})
     dataset = DatasetDict({name: part.remove_columns(ROW_COLUMN) for name, part in dataset.items()})
@@ -173,6 +211,8 @@ def check_imagefolder_layout(folder: str) -> None:
 def _pick_splits(
     raw: DatasetDict, name: str, train_split: str, eval_split: str | None, eval_fraction: float, seed: int
 ) -> tuple[Dataset, Dataset, str]:
+    """The train and eval splits of `raw` and the eval split's name (see `load_image_dataset`). Messages call the data
+    `name`: `load_image_dataset` passes the data actually loaded (the digits, when Fashion-MNIST fell back to them)."""
     if train_split not in raw:
         raise UsageError(
             f"{name} has no split {train_split!r}; its splits are {list(raw)}. Set --train_split to one of them."
@@ -205,8 +245,9 @@ def _pick_splits(
     return parts["train"], parts["test"], train_split
 
 
-def _select_rows(raw: DatasetDict, name: str, rows: dict[str, Any]) -> tuple[Dataset, Dataset]:
-    """The recorded selection `rows` of `raw` (see `load_image_dataset`), refused when it does not fit."""
+def _select_rows(raw: DatasetDict, name: str, rows: dict[str, Any]) -> tuple[Dataset, Dataset, str]:
+    """The recorded selection `rows` of `raw` (see `load_image_dataset`) and its eval split's name, refused when it
+    does not fit."""
     parts = []
     for part in ("train", "eval"):
         split = rows[f"{part}_split"]
@@ -219,7 +260,7 @@ def _select_rows(raw: DatasetDict, name: str, rows: dict[str, Any]) -> tuple[Dat
                 "rows: it was made on other data."
             )
         parts.append(raw[split].select(positions))
-    return parts[0], parts[1]
+    return parts[0], parts[1], rows["eval_split"]
 
 
 def _encode_string_labels(dataset: DatasetDict) -> DatasetDict:

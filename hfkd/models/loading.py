@@ -292,41 +292,63 @@ def load_image_classifier(
     spec = spec_or_name if isinstance(spec_or_name, ModelSpec) else resolve_model_name(spec_or_name)
     revision = revision if revision is not None else spec.revision
     labels = _label_kwargs(num_labels, id2label)
-    source = spec.source
-
     if spec.kind == "timm_arch" and not pretrained:
-        config = TimmWrapperConfig(
-            architecture=spec.source,
-            pretrained_cfg=_timm_pretrained_cfg(spec.source),
-            **(labels or {"num_labels": 1000}),
-            **init_kwargs,
-        )
-        for key, value in _drop_path_kwargs(spec, config, drop_path_rate).items():
-            setattr(config, key, value)
-        logger.info(f"Building timm {spec.source!r} ({config.num_labels} classes) with random weights.")
-        return _with_timm_init(TimmWrapperForImageClassification(config))
-    if spec.kind == "timm_arch":
-        cfg = get_pretrained_cfg(spec.source)
-        if cfg is None or not (cfg.hf_hub_id or "").count("/"):
-            raise UsageError(
-                f"timm has no Hub weights for {spec.source!r}. Pass pretrained=False for random init, or a Hub id."
-            )
-        source = cfg.hf_hub_id
-        logger.info(f"timm architecture {spec.source!r} loads its default pretrained weights {source!r}.")
+        return _random_timm_architecture(spec, labels, drop_path_rate, init_kwargs)
+    source = _timm_default_weights(spec) if spec.kind == "timm_arch" else spec.source
 
     local = {"local_files_only": True} if spec.local_files_only else {}
     config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code, **local)
     drop_path = _drop_path_kwargs(spec, config, drop_path_rate)
     if not pretrained:
-        for key, value in {**labels, **drop_path}.items():
-            setattr(config, key, value)
-        logger.info(f"Building {source!r} ({config.num_labels} classes) with random weights.")
-        model = AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code, **init_kwargs)
-        return _with_timm_init(model) if getattr(model, "timm_model", None) is not None else model
+        return _random_from_config(source, config, {**labels, **drop_path}, trust_remote_code, init_kwargs)
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, **local, **drop_path, **init_kwargs}
+    return _from_pretrained(spec, source, config, labels, kwargs)
 
-    kwargs: dict[str, Any] = {
-        "revision": revision, "trust_remote_code": trust_remote_code, **local, **drop_path, **init_kwargs
-    }
+
+def _random_timm_architecture(
+    spec: ModelSpec, labels: dict[str, Any], drop_path_rate: float | None, init_kwargs: dict[str, Any]
+) -> TimmWrapperForImageClassification:
+    """A bare timm architecture with random weights (timm's own initialisation) and timm's default preprocessing;
+    1000 classes unless `labels` say otherwise."""
+    config = TimmWrapperConfig(
+        architecture=spec.source,
+        pretrained_cfg=_timm_pretrained_cfg(spec.source),
+        **(labels or {"num_labels": 1000}),
+        **init_kwargs,
+    )
+    for key, value in _drop_path_kwargs(spec, config, drop_path_rate).items():
+        setattr(config, key, value)
+    logger.info(f"Building timm {spec.source!r} ({config.num_labels} classes) with random weights.")
+    return _with_timm_init(TimmWrapperForImageClassification(config))
+
+
+def _timm_default_weights(spec: ModelSpec) -> str:
+    """The Hub id of timm's default pretrained weights for a bare timm architecture; refused when there are none."""
+    cfg = get_pretrained_cfg(spec.source)
+    if cfg is None or not (cfg.hf_hub_id or "").count("/"):
+        raise UsageError(
+            f"timm has no Hub weights for {spec.source!r}. Pass pretrained=False for random init, or a Hub id."
+        )
+    logger.info(f"timm architecture {spec.source!r} loads its default pretrained weights {cfg.hf_hub_id!r}.")
+    return cfg.hf_hub_id
+
+
+def _random_from_config(
+    source: str, config: Any, changes: dict[str, Any], trust_remote_code: bool, init_kwargs: dict[str, Any]
+) -> PreTrainedModel:
+    """The architecture of `config`, with `changes` (labels, drop path) set, and random weights."""
+    for key, value in changes.items():
+        setattr(config, key, value)
+    logger.info(f"Building {source!r} ({config.num_labels} classes) with random weights.")
+    model = AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code, **init_kwargs)
+    return _with_timm_init(model) if getattr(model, "timm_model", None) is not None else model
+
+
+def _from_pretrained(
+    spec: ModelSpec, source: str, config: Any, labels: dict[str, Any], kwargs: dict[str, Any]
+) -> PreTrainedModel:
+    """The checkpoint `source` with its own head, or a fresh head (and a warning) when `labels` ask for another
+    number of classes."""
     if labels.get("num_labels", config.num_labels) != config.num_labels:
         logger.warning(
             f"Replacing the classification head of {spec.name!r}: {config.num_labels} -> "

@@ -184,42 +184,16 @@ def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> Mode
     Returns:
         [`huggingface_hub.ModelCard`]: the rendered card.
     """
-    model_name, student_name, loss_key = info.model_name, info.student_name, info.loss_key
-    teacher_name, dataset_name, dataset_config = info.teacher_name, info.dataset_name, info.dataset_config
-    for name, value in (("model_name", model_name), ("student_name", student_name), ("loss_key", loss_key)):
-        if not isinstance(value, str) or not value.strip():
-            raise UsageError(f"`{name}` must be a non-empty string, got {value!r}. Pass the {name.replace('_', ' ')}.")
-    if info.extra_tags is not None and not all(isinstance(tag, str) and tag for tag in info.extra_tags):
-        raise UsageError(f"`extra_tags` must be a list of non-empty strings, got {info.extra_tags!r}.")
-
+    _check_card_info(info)
     student_acc = text.accuracies(info.student_metrics, "student_metrics")
     teacher_acc = text.accuracies(info.teacher_metrics, "teacher_metrics")
     baseline_acc = text.accuracies(info.baseline_metrics, "baseline_metrics")
-    hub_dataset = text.hub_dataset_id(dataset_name)
-    eval_results = text.eval_results(*student_acc, dataset_name, dataset_config)
+    card_data = _card_metadata(info, student_acc)
 
-    tags = ["hfkd", "knowledge-distillation", f"distill-{loss_key}", _TASK] + (["timm"] if info.is_timm else [])
-    card_data = ModelCardData(
-        library_name="timm" if info.is_timm else "transformers",
-        license=info.license,
-        tags=tags + list(info.extra_tags or []),
-        base_model=None if info.student_from_scratch else text.hub_id(student_name, require_namespace=True),
-        datasets=[hub_dataset] if hub_dataset else None,
-        metrics=["accuracy"],
-        pipeline_tag=_TASK,
-        model_name=model_name if eval_results else None,
-        eval_results=eval_results,
-    )
-
-    student = text.student_text(student_name, info.student_from_scratch, info.student_architecture)
-    teacher_local = info.teacher_local if info.teacher_local is not None else is_local_path(teacher_name or "")
-    teacher = text.model_link(teacher_name, teacher_local) if teacher_name else None
-    members = None
-    if info.teacher_ensemble is not None:  # several teachers: each by name and accuracy, then the ensemble
-        records = info.teacher_ensemble["members"]
-        teacher = text.ensemble_text(info.teacher_ensemble, records)
-        members = [(m["name_or_path"], text.member_accuracies(info.teacher_metrics, i)) for i, m in enumerate(records)]
-    dataset_text = text.dataset_link(dataset_name, dataset_config) if dataset_name else None
+    model_name, loss_key, teacher_name = info.model_name, info.loss_key, info.teacher_name
+    student = text.student_text(info.student_name, info.student_from_scratch, info.student_architecture)
+    teacher, teacher_local, members = _teacher_text(info)
+    dataset_text = text.dataset_link(info.dataset_name, info.dataset_config) if info.dataset_name else None
     loss_kwargs = sorted((info.loss_kwargs or {}).items())
     hyperparameters = [(k, text.value_text(v)) for k, v in (info.hyperparameters or {}).items() if v is not None]
     card = ModelCard.from_template(
@@ -253,6 +227,50 @@ def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> Mode
         card.save(path)
         logger.info(f"Model card written to {path}")
     return card
+
+
+def _check_card_info(info: ModelCardInfo) -> None:
+    """Refuse a card whose names are missing or whose extra tags are not all non-empty strings."""
+    for name in ("model_name", "student_name", "loss_key"):
+        value = getattr(info, name)
+        if not isinstance(value, str) or not value.strip():
+            raise UsageError(f"`{name}` must be a non-empty string, got {value!r}. Pass the {name.replace('_', ' ')}.")
+    if info.extra_tags is not None and not all(isinstance(tag, str) and tag for tag in info.extra_tags):
+        raise UsageError(f"`extra_tags` must be a list of non-empty strings, got {info.extra_tags!r}.")
+
+
+def _card_metadata(info: ModelCardInfo, student_acc: tuple[float | None, float | None]) -> ModelCardData:
+    """The card's YAML metadata (see `build_model_card`)."""
+    hub_dataset = text.hub_dataset_id(info.dataset_name)
+    eval_results = text.eval_results(*student_acc, info.dataset_name, info.dataset_config)
+    tags = ["hfkd", "knowledge-distillation", f"distill-{info.loss_key}", _TASK] + (["timm"] if info.is_timm else [])
+    return ModelCardData(
+        library_name="timm" if info.is_timm else "transformers",
+        license=info.license,
+        tags=tags + list(info.extra_tags or []),
+        base_model=None if info.student_from_scratch else text.hub_id(info.student_name, require_namespace=True),
+        datasets=[hub_dataset] if hub_dataset else None,
+        metrics=["accuracy"],
+        pipeline_tag=_TASK,
+        model_name=info.model_name if eval_results else None,
+        eval_results=eval_results,
+    )
+
+
+def _teacher_text(
+    info: ModelCardInfo,
+) -> tuple[str | None, bool, list[tuple[str, tuple[float | None, float | None]]] | None]:
+    """How the card names the teacher, whether it is local (no Hub link), and an ensemble's members with their
+    accuracies (None for a single teacher)."""
+    teacher_name = info.teacher_name
+    teacher_local = info.teacher_local if info.teacher_local is not None else is_local_path(teacher_name or "")
+    teacher = text.model_link(teacher_name, teacher_local) if teacher_name else None
+    members = None
+    if info.teacher_ensemble is not None:  # several teachers: each by name and accuracy, then the ensemble
+        records = info.teacher_ensemble["members"]
+        teacher = text.ensemble_text(info.teacher_ensemble, records)
+        members = [(m["name_or_path"], text.member_accuracies(info.teacher_metrics, i)) for i, m in enumerate(records)]
+    return teacher, teacher_local, members
 
 
 def training_hyperparameters(args: Any) -> dict[str, Any]:

@@ -308,6 +308,15 @@ class DistillationArguments(TrainingArguments):
                 "`distill_decay_all_parameters` (decay every parameter) and `distill_no_decay_1d` (decay none of the "
                 "1-D ones) contradict each other: set one of them."
             )
+        self._parse_json_fields()
+        self._validate_timm_optimizer()
+        self._validate_ranges()
+        check_schedule_arguments(self)
+        check_mixing_arguments(self)
+        self._validate_loss()
+
+    def _parse_json_fields(self) -> None:
+        """The mapping fields as dicts (a JSON string on the command line, a mapping in a recipe, or unset: `{}`)."""
         self.teacher_model_init_kwargs = _parse_json_mapping(
             "teacher_model_init_kwargs", self.teacher_model_init_kwargs
         )
@@ -315,6 +324,9 @@ class DistillationArguments(TrainingArguments):
         self.distill_timm_optimizer_kwargs = _parse_json_mapping(
             "distill_timm_optimizer_kwargs", self.distill_timm_optimizer_kwargs
         )
+
+    def _validate_timm_optimizer(self) -> None:
+        """A known timm optimiser name (lower-cased), and no optimiser kwargs without one."""
         if self.distill_timm_optimizer is not None:
             self.distill_timm_optimizer = self.distill_timm_optimizer.lower()
             known = list_optimizers(with_description=False)
@@ -327,6 +339,9 @@ class DistillationArguments(TrainingArguments):
                 )
         elif self.distill_timm_optimizer_kwargs:
             raise UsageError("`distill_timm_optimizer_kwargs` needs `distill_timm_optimizer` (a timm optimiser name).")
+
+    def _validate_ranges(self) -> None:
+        """The EMA decay, the non-finite loss policy and the loss weights each within what they may be."""
         if not 0.0 < self.distill_ema_decay < 1.0:
             raise UsageError(f"`distill_ema_decay` must be in (0, 1), e.g. 0.9998; got {self.distill_ema_decay!r}.")
         if self.distill_nonfinite not in ("error", "skip"):
@@ -339,8 +354,9 @@ class DistillationArguments(TrainingArguments):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise UsageError(f"`{name}` must be a finite number >= 0, got {value!r}.")
-        check_schedule_arguments(self)
-        check_mixing_arguments(self)
+
+    def _validate_loss(self) -> None:
+        """A registered loss (or ce, which takes no kwargs) whose kwargs bind, and that a teacher cache can feed."""
         if self.distill_loss == CE_ONLY:
             if self.distill_loss_kwargs:
                 raise UsageError(

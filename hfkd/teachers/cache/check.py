@@ -46,24 +46,8 @@ def check_cache_matches(
         "number of training images": (config.num_samples, len(train)),
     }
     if teacher is not None:
-        names = [teacher] if isinstance(teacher, str) else list(teacher)
-        cached = config.member_names
-        run = [neutral_name(name) for name in names]
-        expected["teacher"] = (cached if config.ensemble else cached[0], run if len(run) > 1 else run[0])
-        for name, member in zip(names, config.members):
-            if not is_local_path(name) and member.get("revision") is not None:
-                expected["teacher_model_revision"] = (member["revision"], teacher_revision)
-    ensemble = config.ensemble
-    if ensemble is not None and teacher_weights is not None:
-        total = sum(teacher_weights) or 1.0
-        expected["teacher_weights"] = (
-            [round(w, 6) for w in ensemble["weights"]],
-            [round(w / total, 6) for w in teacher_weights],
-        )
-    if ensemble is not None and teacher_ensemble is not None:
-        expected["teacher_ensemble"] = (ensemble["mode"], teacher_ensemble)
-    if ensemble is not None and teacher_ensemble_temperature is not None:
-        expected["teacher_ensemble_temperature"] = (ensemble["temperature"], float(teacher_ensemble_temperature))
+        expected.update(_teacher_fields(config, teacher, teacher_revision))
+    expected.update(_ensemble_fields(config, teacher_weights, teacher_ensemble, teacher_ensemble_temperature))
     for field_name, (cached, run) in expected.items():
         if cached is not None and cached != run:
             raise UsageError(
@@ -76,6 +60,44 @@ def check_cache_matches(
             "The teacher cache was built on other images than this run's training set (their content hash differs, "
             "with the same dataset name and rows): rebuild the cache on this data."
         )
+
+
+def _teacher_fields(
+    config: CacheConfig, teacher: str | Sequence[str], teacher_revision: str | None
+) -> dict[str, tuple[Any, Any]]:
+    """The teacher fields of `check_cache_matches`, as (cached, run): the teacher's name (an ensemble's list) and, for
+    a Hub teacher whose revision the cache recorded, the revision."""
+    names = [teacher] if isinstance(teacher, str) else list(teacher)
+    cached = config.member_names
+    run = [neutral_name(name) for name in names]
+    expected = {"teacher": (cached if config.ensemble else cached[0], run if len(run) > 1 else run[0])}
+    for name, member in zip(names, config.members):
+        if not is_local_path(name) and member.get("revision") is not None:
+            expected["teacher_model_revision"] = (member["revision"], teacher_revision)
+    return expected
+
+
+def _ensemble_fields(
+    config: CacheConfig,
+    teacher_weights: Sequence[float] | None,
+    teacher_ensemble: str | None,
+    teacher_ensemble_temperature: float | None,
+) -> dict[str, tuple[Any, Any]]:
+    """The ensemble fields of `check_cache_matches`, as (cached, run): those the run gives, for an ensemble cache (the
+    run's weights scaled to sum to 1, as the cache's were; both rounded to 6 places)."""
+    ensemble = config.ensemble
+    expected: dict[str, tuple[Any, Any]] = {}
+    if ensemble is not None and teacher_weights is not None:
+        total = sum(teacher_weights) or 1.0
+        expected["teacher_weights"] = (
+            [round(w, 6) for w in ensemble["weights"]],
+            [round(w / total, 6) for w in teacher_weights],
+        )
+    if ensemble is not None and teacher_ensemble is not None:
+        expected["teacher_ensemble"] = (ensemble["mode"], teacher_ensemble)
+    if ensemble is not None and teacher_ensemble_temperature is not None:
+        expected["teacher_ensemble_temperature"] = (ensemble["temperature"], float(teacher_ensemble_temperature))
+    return expected
 
 
 def cache_summary(config: CacheConfig) -> str:

@@ -5,7 +5,9 @@ the stage selection, the `feat_weight` and the warm-up factor spelled out here, 
 (so one dropped between module and function shows), and trainable adapters (regressors, connectors, ABFs,
 embeddings and memory, CTKD's temperature) taken from a copy of the module made before its forward. The module's
 `"loss"`, and every component its function returns, must equal the function's bit for bit. A registered loss
-without an entry fails: adding a loss means adding its case here.
+without an entry fails: adding a loss means adding its case here. A loss that serves no classification task (CWD,
+the detection feature losses) runs on `dense_setup`, outputs shaped as the segmentation and detection tasks give them;
+`DENSE_CASES` also runs the losses that serve every task (KD, DIST) on those.
 """
 
 import copy
@@ -23,17 +25,21 @@ from hfkd.losses import (
     clkd_loss,
     crd_loss,
     create_loss,
+    cwd_loss,
     dist_loss,
     dkd_loss,
     fitnet_loss,
+    get_loss_class,
     hcl_loss,
     kd_loss,
     kdsvd_loss,
     list_losses,
+    mimic_loss,
     mlkd_loss,
     nst_loss,
     ofd_loss,
     ofd_margin,
+    pkd_loss,
     pkt_loss,
     rkd_loss,
     skd_total_loss,
@@ -41,6 +47,7 @@ from hfkd.losses import (
     vid_loss,
 )
 from hfkd.losses._feature_functional import pool_to_common_size
+from hfkd.losses.base import IMAGE_CLASSIFICATION
 from hfkd.losses.sdd import region_logits, sdd_dkd_loss
 from hfkd.models.features import classifier_head, probe_feature_shapes
 
@@ -97,15 +104,34 @@ def setup() -> Setup:
     return Setup(student_out, teacher_out, batch, context)
 
 
+@pytest.fixture(scope="module")
+def dense_setup() -> Setup:
+    """Dense outputs on 2 images: (B, C, 8, 8) logits and an auxiliary head's, three neck levels, and a pixel mask."""
+    g = torch.Generator().manual_seed(5)
+
+    def output(scale):
+        logits, auxiliary = (torch.randn(2, NUM_CLASSES, 8, 8, generator=g) * scale for _ in range(2))
+        neck = tuple(torch.randn(2, 8, 16 // 2**i, 16 // 2**i, generator=g) * scale for i in range(3))
+        return {"logits": logits, "auxiliary_logits": auxiliary, "neck_features": neck}
+
+    student, teacher = output(1.0), output(3.0)
+    for value in (student["logits"], student["auxiliary_logits"], *student["neck_features"]):
+        value.requires_grad_()
+    batch = DistillBatch(epoch=EPOCH, pixel_mask=torch.rand(2, 8, 8, generator=g) < 0.7)
+    return Setup(student, teacher, batch, LossContext(num_classes=NUM_CLASSES))
+
+
 Result = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
 CASES: dict[str, tuple[dict, Callable[[object, Setup], Result]]] = {}
+DENSE_CASES: dict[str, tuple[dict, Callable[[object, Setup], Result]]] = {}
 
 
-def case(key: str, **kwargs):
-    """Register the functional form of loss `key`, built with `kwargs`: a function of (module copy, setup)."""
+def case(key: str, *, dense: bool = False, **kwargs):
+    """Register the functional form of loss `key`, built with `kwargs`: a function of (module copy, setup). With
+    `dense`, an extra case on `dense_setup` for a loss whose main case runs on the classifiers."""
 
     def register(function):
-        CASES[key] = (kwargs, function)
+        (DENSE_CASES if dense else CASES)[key] = (kwargs, function)
         return function
 
     return register
@@ -154,9 +180,23 @@ def _ctkd(loss, x):
     return value, {"kd": value, "temperature": temperature}
 
 
+@case("cwd", temperature=2.0, loss_weight=5.0)
+def _cwd(loss, x):
+    value = cwd_loss(x.student["logits"], x.teacher["logits"], temperature=2.0)
+    return 5.0 * value, {"cwd": value}
+
+
 @case("dist", beta=2.0, gamma=0.5, temperature=3.0)
 def _dist(loss, x):
     return dist_loss(x.student["logits"], x.teacher["logits"], beta=2.0, gamma=0.5, temperature=3.0, return_terms=True)
+
+
+@case("dist", dense=True, gamma=0.5, use_sigmoid=True, aux_weight=0.4, mask_ignored=True)
+def _dist_dense(loss, x):
+    hparams = {"gamma": 0.5, "use_sigmoid": True, "mask": x.batch.pixel_mask}
+    value, terms = dist_loss(x.student["logits"], x.teacher["logits"], **hparams, return_terms=True)
+    aux = dist_loss(x.student["auxiliary_logits"], x.teacher["auxiliary_logits"], **hparams)
+    return value + 0.4 * aux, {**terms, "aux": aux}
 
 
 @case("dkd", alpha=2.0, beta=5.0, temperature=3.0, warmup_epochs=4.0, logit_standardization=True)
@@ -186,9 +226,21 @@ def _kd(loss, x):
     return kd_loss(x.student["logits"], x.teacher["logits"], temperature=2.5, logit_standardization=True)
 
 
+@case("kd", dense=True, temperature=2.0)
+def _kd_dense(loss, x):
+    # Averaged over the pixels the batch's mask keeps.
+    return kd_loss(x.student["logits"], x.teacher["logits"], temperature=2.0, mask=x.batch.pixel_mask)
+
+
 @case("kdsvd", k=2, stages=[0, 2], feat_weight=2.0)
 def _kdsvd(loss, x):
     return 2.0 * kdsvd_loss(maps(x.student, 0, 2), maps(x.teacher, 0, 2), k=2)
+
+
+@case("mimic", loss_weight=2.0)
+def _mimic(loss, x):
+    value = mimic_loss(x.student["neck_features"], x.teacher["neck_features"])
+    return 2.0 * value, {"mimic": value}
 
 
 @case("mlkd", temperature=2.0, logit_standardization=True, reference_strong_sum=False)
@@ -217,6 +269,12 @@ def _ofd(loss, x):
     student, teacher = (maps(output, 2, 1, key="preact_hidden_states") for output in (x.student, x.teacher))
     margins = [ofd_margin(*BN_STATS[i]).float() for i in (2, 1)]
     return 0.01 * ofd_loss([connector(s) for connector, s in zip(loss.connectors, student)], teacher, margins)
+
+
+@case("pkd", loss_weight=10.0)
+def _pkd(loss, x):
+    value = pkd_loss(x.student["neck_features"], x.teacher["neck_features"])
+    return 10.0 * value, {"pkd": value}
 
 
 @case("pkt", feat_weight=100.0)
@@ -271,11 +329,7 @@ def _vid(loss, x):
     return 2.0 * vid_loss(means, [t for _, t in pairs], variances)
 
 
-@pytest.mark.parametrize("key", list_losses())
-def test_module_loss_equals_its_pure_function(key, setup):
-    if key not in CASES:
-        pytest.fail(f"Loss {key!r} has no entry in CASES ({__name__}): add its functional form there.")
-    kwargs, functional = CASES[key]
+def _assert_module_is_function(key, kwargs, functional, setup):
     loss = create_loss(key, context=setup.context, **kwargs).train()
     # The module's state before its forward (CRD's memory banks change in the forward).
     before = copy.deepcopy(loss)
@@ -289,5 +343,21 @@ def test_module_loss_equals_its_pure_function(key, setup):
         torch.testing.assert_close(out[name], value.detach(), rtol=0, atol=0, msg=f"{key}: {name}")
 
 
+@pytest.mark.parametrize("key", list_losses())
+def test_module_loss_equals_its_pure_function(key, request):
+    if key not in CASES:
+        pytest.fail(f"Loss {key!r} has no entry in CASES ({__name__}): add its functional form there.")
+    # A loss that serves no classification task runs on the dense outputs.
+    classifies = IMAGE_CLASSIFICATION in get_loss_class(key).tasks
+    setup = request.getfixturevalue("setup" if classifies else "dense_setup")
+    _assert_module_is_function(key, *CASES[key], setup)
+
+
+@pytest.mark.parametrize("key", sorted(DENSE_CASES))
+def test_module_loss_equals_its_pure_function_on_dense_outputs(key, dense_setup):
+    _assert_module_is_function(key, *DENSE_CASES[key], dense_setup)
+
+
 def test_every_case_is_a_registered_loss():
     assert sorted(CASES) == list_losses()
+    assert set(DENSE_CASES) <= set(CASES)

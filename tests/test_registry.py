@@ -8,9 +8,14 @@ import torch
 import hfkd.losses
 from hfkd.losses import DistillationLoss, DistillBatch, LossContext, create_loss, get_loss_class, list_losses
 from hfkd.losses import registry as registry_module
+from hfkd.losses.base import IMAGE_CLASSIFICATION, KNOWN_TASKS, OBJECT_DETECTION, SEMANTIC_SEGMENTATION
 from hfkd.losses.registry import register_loss, resolve_loss_kwargs
+from hfkd.utils.errors import UsageError
 
 LOSS_DIR = Path(hfkd.losses.__file__).parent
+# The losses that read a classifier's outputs, and those that serve dense tasks only (and refuse a classifier's).
+CLASSIFICATION_LOSSES = [key for key in list_losses() if IMAGE_CLASSIFICATION in get_loss_class(key).tasks]
+DENSE_ONLY_LOSSES = [key for key in list_losses() if IMAGE_CLASSIFICATION not in get_loss_class(key).tasks]
 
 
 def test_keys_are_sorted_and_include_the_first_class_losses():
@@ -70,6 +75,29 @@ def test_user_losses_register_and_build(monkeypatch):
     assert create_loss("my_l2", scale=2.0).hparams() == {"scale": 2.0}
 
 
+def test_every_loss_declares_the_tasks_it_serves():
+    for key in list_losses():
+        tasks = get_loss_class(key).tasks
+        assert isinstance(tasks, frozenset) and tasks and tasks <= KNOWN_TASKS, key
+    every_task = {IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION, OBJECT_DETECTION}
+    assert get_loss_class("kd").tasks == get_loss_class("dist").tasks == every_task
+    assert get_loss_class("dkd").tasks == {IMAGE_CLASSIFICATION}
+    assert get_loss_class("cwd").tasks == {SEMANTIC_SEGMENTATION, OBJECT_DETECTION}
+    assert get_loss_class("mimic").tasks == get_loss_class("pkd").tasks == {OBJECT_DETECTION}
+    assert {"cwd", "mimic", "pkd"} <= set(DENSE_ONLY_LOSSES)
+
+
+def test_a_loss_with_unknown_tasks_is_not_registered(monkeypatch):
+    monkeypatch.setattr(registry_module, "_LOSSES", dict(registry_module._LOSSES))
+    with pytest.raises(TypeError, match="tasks must be a non-empty frozenset"):
+
+        @register_loss("depth_kd")
+        class DepthKD(DistillationLoss):
+            tasks = frozenset({"depth-estimation"})
+
+    assert "depth_kd" not in list_losses()
+
+
 def test_misspelled_kwarg_names_the_loss_and_the_key():
     with pytest.raises(TypeError, match=r"'dkd'.*'temprature'.*alpha, beta, temperature, warmup_epochs"):
         resolve_loss_kwargs("dkd", {"temprature": 2.0})
@@ -97,7 +125,7 @@ def model_outputs():
     return student, pixels, teacher_out, context
 
 
-@pytest.mark.parametrize("key", list_losses())
+@pytest.mark.parametrize("key", CLASSIFICATION_LOSSES)
 def test_every_loss_builds_runs_and_backpropagates(key, model_outputs):
     student, pixels, teacher_out, context = model_outputs
     cls = get_loss_class(key)
@@ -124,3 +152,15 @@ def test_every_loss_builds_runs_and_backpropagates(key, model_outputs):
     grads = [p.grad for p in student.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert cls.paper is not None and cls.paper.title
+
+
+@pytest.mark.parametrize("key", DENSE_ONLY_LOSSES)
+def test_dense_only_losses_refuse_a_classifier_with_a_clear_error(key, model_outputs):
+    student, pixels, teacher_out, context = model_outputs
+    loss = create_loss(key, context=context)
+    student_out = student(pixel_values=pixels, output_hidden_states=True)
+    assert student_out.logits.ndim == 2
+    # CWD names the (B, C, H, W) maps it needs; the detection feature losses name the outputs' neck features.
+    expected = {"cwd": r"CWD needs dense \(B, C, H, W\) maps.*got student \(8, 10\)"}.get(key, "neck_features")
+    with pytest.raises(UsageError, match=expected):
+        loss(student_out, teacher_out, DistillBatch())

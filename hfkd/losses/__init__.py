@@ -6,14 +6,17 @@ from hfkd.losses import (  # noqa: F401
     clkd,
     crd,
     ctkd,
+    cwd,
     dist,
     dkd,
     fitnet,
     kd,
     kdsvd,
+    mimic,
     mlkd,
     nst,
     ofd,
+    pkd,
     pkt,
     reviewkd,
     rkd,
@@ -27,14 +30,17 @@ from hfkd.losses.at import at_loss
 from hfkd.losses.base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, logits_of
 from hfkd.losses.clkd import clkd_loss
 from hfkd.losses.crd import crd_loss, crd_nce_loss
+from hfkd.losses.cwd import cwd_loss
 from hfkd.losses.dist import dist_loss
 from hfkd.losses.dkd import dkd_loss
 from hfkd.losses.fitnet import fitnet_loss
 from hfkd.losses.kd import kd_loss
 from hfkd.losses.kdsvd import kdsvd_loss
+from hfkd.losses.mimic import mimic_loss
 from hfkd.losses.mlkd import mlkd_loss
 from hfkd.losses.nst import nst_loss
 from hfkd.losses.ofd import ofd_loss, ofd_margin
+from hfkd.losses.pkd import pkd_loss
 from hfkd.losses.pkt import pkt_loss
 from hfkd.losses.registry import (
     create_loss,
@@ -63,6 +69,7 @@ __all__ = [
     "crd_loss",
     "crd_nce_loss",
     "create_loss",
+    "cwd_loss",
     "dist_loss",
     "dkd_loss",
     "fitnet_loss",
@@ -72,10 +79,12 @@ __all__ = [
     "kdsvd_loss",
     "list_losses",
     "logits_of",
+    "mimic_loss",
     "mlkd_loss",
     "nst_loss",
     "ofd_loss",
     "ofd_margin",
+    "pkd_loss",
     "pkt_loss",
     "register_loss",
     "resolve_loss_kwargs",

@@ -142,3 +142,16 @@ def top_right_singular_vectors(matrices: torch.Tensor, count: int) -> tuple[torc
         top_eigenvalues = eigenvalues[..., None, :count]
         corrected = corrected + torch.where(top_eigenvalues > 0, outside / top_eigenvalues.clamp(min=1e-30), 0.0)
     return corrected, top_values
+
+
+def neck_level_pairs(
+    student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor], loss_key: str
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`feature_pairs` for a detector's neck levels (mimic, PKD): the same number of levels on both sides."""
+    student_feats, teacher_feats = list(student_feats), list(teacher_feats)
+    if len(student_feats) != len(teacher_feats) or not student_feats:
+        raise UsageError(
+            f"{loss_key}: got {len(student_feats)} student and {len(teacher_feats)} teacher neck levels; they must be "
+            "the same non-zero number. Give both detectors necks with the same levels (or pass the matching ones)."
+        )
+    return feature_pairs(student_feats, teacher_feats, loss_key)

@@ -103,3 +103,19 @@ def select_features(output: Any, stages: StageSpec) -> list[torch.Tensor]:
 def pooled_features(output: Any) -> torch.Tensor:
     """Global-average-pooled last feature map (B, C): mdistiller's `pooled_feat`."""
     return feature_maps(output)[-1].mean(dim=(2, 3))
+
+
+def neck_features(output: Any, role: str, loss_key: str) -> list[torch.Tensor]:
+    """A detector output's `neck_features`: its neck's (B, C, H, W) levels (FPN outputs, finest first).
+
+    The object-detection task puts them on both models' outputs; any other output is refused with the fix.
+    """
+    getter = output.get if isinstance(output, dict) else lambda key, default=None: getattr(output, key, default)
+    levels = getter("neck_features", None)
+    if not levels:
+        raise UsageError(
+            f"{loss_key}: the {role} output ({type(output).__name__}) has no `neck_features`. This loss distills a "
+            "detector's neck (FPN) levels and serves object detection only: train a detector with the "
+            "object-detection task, which gives both outputs `neck_features`."
+        )
+    return list(levels)

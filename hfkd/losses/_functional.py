@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from hfkd.losses.base import PaperRef, loss_dtype
 from hfkd.utils.errors import UsageError
@@ -23,12 +22,6 @@ def as_loss_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Cast to float32 (or keep float64) so loss math never runs in half precision."""
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else loss_dtype(tensors[0])
     return tuple(t.to(dtype) for t in tensors)
-
-
-def kl_div_batchmean(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) summed over the last dimension, averaged over the rows."""
-    per_row = F.kl_div(student_log_probs, teacher_log_probs, reduction="none", log_target=True).sum(-1)
-    return per_row.mean()
 
 
 def warmup_factor(epoch: float, warmup_epochs: float) -> float:
@@ -61,22 +54,45 @@ LOGIT_STANDARDIZATION_PAPER = PaperRef(
 """The paper behind `standardize_logits` and the `logit_standardization` flag of KD and DKD."""
 
 
-def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Z-score each row: (z − mean) / (std + 1e-7), with the unbiased (C − 1) std.
+def standardize_logits(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Z-score each row: (z − mean) / (std + 1e-7), with the unbiased (C − 1) std, along the class dimension `dim`.
 
     The logit standardisation of Sun et al., *Logit Standardization in Knowledge Distillation*, CVPR 2024,
     arXiv:2403.01427, exactly as their `normalize()`: `torch.std`'s default unbiased estimate and 1e-7 added to
     the std (not to the variance). A constant row maps to zeros. Runs in float32, or float64 for float64 input.
+    Dense (B, C, H, W) logits pass `dim=1`: each pixel's class vector is one row.
     """
-    if logits.shape[-1] < 2:
+    if logits.shape[dim] < 2:
         raise UsageError(
             f"Logit standardisation needs at least 2 classes (an unbiased std over one value is undefined), "
             f"got logits of shape {tuple(logits.shape)}."
         )
     (logits,) = as_loss_dtype(logits)
-    mean = logits.mean(dim=-1, keepdim=True)
-    std = logits.std(dim=-1, keepdim=True)
+    mean = logits.mean(dim=dim, keepdim=True)
+    std = logits.std(dim=dim, keepdim=True)
     return (logits - mean) / (std + 1e-7)
+
+
+def check_position_mask(mask: torch.Tensor, logits: torch.Tensor, loss_key: str) -> torch.Tensor:
+    """`mask` as a bool tensor shaped like `logits` without its class dimension 1 ((B,) or (B, H, W)), on its device.
+
+    Dense losses average over the positions where the mask is True (the pixels not ignored by the labels).
+    """
+    expected = (logits.shape[0], *logits.shape[2:])
+    if tuple(mask.shape) != expected:
+        raise UsageError(
+            f"{loss_key}: the mask has shape {tuple(mask.shape)} but the logits {tuple(logits.shape)} need a mask of "
+            f"shape {expected} (one value per position, at the logits' resolution)."
+        )
+    return mask.to(device=logits.device, dtype=torch.bool)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean of `values` over the positions where `mask` is True (all of them without a mask); 0 when none is."""
+    if mask is None:
+        return values.mean()
+    # Dividing by at least 1: a micro-batch whose pixels are all ignored contributes 0, not NaN.
+    return values.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1)
 
 
 @torch.no_grad()

@@ -11,6 +11,12 @@ from torch import nn
 
 from hfkd.utils.errors import UsageError
 
+IMAGE_CLASSIFICATION = "image-classification"
+SEMANTIC_SEGMENTATION = "semantic-segmentation"
+OBJECT_DETECTION = "object-detection"
+KNOWN_TASKS = frozenset({IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION, OBJECT_DETECTION})
+"""The tasks a loss may declare in its `tasks` (the Hugging Face pipeline task names)."""
+
 
 @dataclass(frozen=True)
 class PaperRef:
@@ -79,7 +85,9 @@ class DistillBatch:
     (`needs.sample_index`); `student_strong` and `teacher_strong` are both models' outputs on a strongly augmented
     view of the batch (`needs.strong_view`). `cross_entropy(logits)` is the run's cross-entropy of any student logits
     against the batch's true labels (label smoothing applied, unlabelled samples left out), `None` without labels:
-    a loss whose method adds CE terms (MLKD's CE on the strong view) returns them under `"ce"`.
+    a loss whose method adds CE terms (MLKD's CE on the strong view) returns them under `"ce"`. `pixel_mask` is a
+    (B, H, W) bool at the resolution of the student's dense logits, True at the pixels a dense loss averages over
+    (not ignored by the labels); `None` for classification, and when every pixel counts.
     """
 
     labels: torch.Tensor | None = None
@@ -88,6 +96,7 @@ class DistillBatch:
     student_strong: Any = None
     teacher_strong: Any = None
     cross_entropy: Callable[[torch.Tensor], torch.Tensor] | None = None
+    pixel_mask: torch.Tensor | None = None
 
 
 def loss_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -102,11 +111,14 @@ class DistillationLoss(nn.Module):
     `{"loss": scalar, <name>: component, ...}`, every value averaged over the samples of the micro-batch. The trainer
     weights `loss` with `distill_weight` and logs the components as `distill/<name>`. One key is reserved: `"ce"`,
     cross-entropy terms of the method itself (built with `batch.cross_entropy`), which the trainer adds to the
-    student's CE and weights with `distill_ce_weight`. What the loss needs besides the logits is its `needs`.
+    student's CE and weights with `distill_ce_weight`. What the loss needs besides the logits is its `needs`; the
+    tasks whose model outputs it reads (`KNOWN_TASKS`: classifier logits, dense (B, C, H, W) logits, a detector's
+    neck features) are its `tasks`.
     """
 
     key: ClassVar[str] = ""
     needs: ClassVar[LossNeeds] = LossNeeds()
+    tasks: ClassVar[frozenset[str]] = frozenset({IMAGE_CLASSIFICATION})
     # Buffers the loss keeps identical on every process itself (e.g. CRD's memory banks, updated from gathered
     # features): DDP need not re-broadcast them every step.
     rank_synchronized_buffers: ClassVar[tuple[str, ...]] = ()

@@ -10,7 +10,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hfkd.losses.base import DistillationLoss, LossContext
+from hfkd.losses.base import KNOWN_TASKS, DistillationLoss, LossContext
 from hfkd.utils.errors import UnknownNameError, UsageError
 
 _LOSSES: dict[str, type[DistillationLoss]] = {}
@@ -35,6 +35,12 @@ def register_loss(key: str) -> Callable[[type[DistillationLoss]], type[Distillat
             raise TypeError(
                 f"{cls.__name__} declares {', '.join(flags)}; a loss declares what it needs in one place: "
                 f"`needs = LossNeeds({wanted})` (hfkd.losses.LossNeeds)."
+            )
+        tasks = cls.tasks
+        if not (isinstance(tasks, frozenset) and tasks and tasks <= KNOWN_TASKS):
+            raise TypeError(
+                f"{cls.__name__}.tasks must be a non-empty frozenset of {', '.join(sorted(KNOWN_TASKS))}, "
+                f"got {tasks!r}."
             )
         cls.key = key
         _LOSSES[key] = cls

@@ -169,3 +169,54 @@ def kdsvd(student: list, teacher: list, k: int) -> float:
                             total += (rbf_s - rbf_t) ** 2
             previous = (vs, vt)
     return total / b
+
+
+def mimic(student: list, teacher: list) -> float:
+    """Li et al.'s mimic as MasKD applies it to a neck: Σ_levels (1 / N·C·H·W) Σ (f_s − f_t)²."""
+    total = 0.0
+    for fs, ft in zip(student, teacher):
+        total += sum(float(d) ** 2 for d in (fs - ft).ravel()) / fs.size
+    return total
+
+
+def bilinear_resize(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Bilinear resize of (N, C, H, W) with half-pixel centres (PyTorch's align_corners=False): the source coordinate
+    of output i is (i + 0.5)·in/out − 0.5, clamped at 0, between its floor and the next pixel (clamped at the edge)."""
+    n, c, h, w = x.shape
+
+    def taps(size_in: int, size_out: int, i: int) -> tuple[int, int, float]:
+        src = max((i + 0.5) * size_in / size_out - 0.5, 0.0)
+        low = int(math.floor(src))
+        return low, min(low + 1, size_in - 1), src - low
+
+    out = np.zeros((n, c, out_h, out_w))
+    for i in range(out_h):
+        y0, y1, dy = taps(h, out_h, i)
+        for j in range(out_w):
+            x0, x1, dx = taps(w, out_w, j)
+            out[:, :, i, j] = (
+                (1 - dy) * ((1 - dx) * x[:, :, y0, x0] + dx * x[:, :, y0, x1])
+                + dy * ((1 - dx) * x[:, :, y1, x0] + dx * x[:, :, y1, x1])
+            )
+    return out
+
+
+def pkd(student: list, teacher: list, eps: float = 1e-6) -> float:
+    """Cao et al. as mmrazor's PKDLoss: the student resized bilinearly to the teacher's size; every channel z-scored
+    over its N·H·W values (unbiased std, + eps); Σ_levels mean (ẑ_s − ẑ_t)² / 2."""
+    total = 0.0
+    for fs, ft in zip(student, teacher):
+        if fs.shape[2:] != ft.shape[2:]:
+            fs = bilinear_resize(fs, *ft.shape[2:])
+        squared, count = 0.0, 0
+        for ch in range(ft.shape[1]):
+            zs, zt = [], []
+            for values, out in ((fs[:, ch].ravel(), zs), (ft[:, ch].ravel(), zt)):
+                m = len(values)
+                mean = sum(values) / m
+                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (m - 1))
+                out.extend((v - mean) / (std + eps) for v in values)
+            squared += sum((a - b) ** 2 for a, b in zip(zs, zt))
+            count += len(zs)
+        total += squared / count / 2
+    return total

@@ -45,10 +45,18 @@ def pearson(a: np.ndarray, b: np.ndarray, eps: float = 1e-8) -> float:
     return float(np.dot(da, db) / (np.sqrt(np.dot(da, da)) * np.sqrt(np.dot(db, db)) + eps))
 
 
-def dist(student: np.ndarray, teacher: np.ndarray, beta: float, gamma: float, temperature: float):
-    """Huang et al. eqs. (5)-(9): inter-class over rows, intra-class over columns, times τ²."""
-    y_s = np.stack([softmax(row / temperature) for row in student])
-    y_t = np.stack([softmax(row / temperature) for row in teacher])
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-z))
+
+
+def dist(
+    student: np.ndarray, teacher: np.ndarray, beta: float, gamma: float, temperature: float, use_sigmoid: bool = False
+):
+    """Huang et al. eqs. (5)-(9): inter-class over rows, intra-class over columns, times τ². With `use_sigmoid`, each
+    entry's sigmoid (MasKD's detection DIST) replaces the row's softmax."""
+    score = (lambda row: sigmoid(row / temperature)) if use_sigmoid else (lambda row: softmax(row / temperature))
+    y_s = np.stack([score(row) for row in student])
+    y_t = np.stack([score(row) for row in teacher])
     inter = 1 - np.mean([pearson(y_s[i], y_t[i]) for i in range(y_s.shape[0])])
     intra = 1 - np.mean([pearson(y_s[:, j], y_t[:, j]) for j in range(y_s.shape[1])])
     return temperature**2 * (beta * inter + gamma * intra), inter, intra
@@ -127,3 +135,33 @@ def clkd(student: np.ndarray, teacher: np.ndarray, instance_weight: float, class
     class_corr = np.sqrt(np.sum((cov(student) - cov(teacher)) ** 2)) / c**2
     total = instance_weight * instance + class_weight * class_ + corr_weight * class_corr
     return total, instance, class_, class_corr
+
+
+def pixel_rows(maps: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(B, C, H, W) maps as one row of C values per kept pixel, in the (b, w, h) order of DIST's `transpose(1, 3)`."""
+    b, _, h, w = maps.shape
+    pixels = [(i, y, x) for i in range(b) for x in range(w) for y in range(h)]
+    return np.array([maps[i, :, y, x] for i, y, x in pixels if mask is None or mask[i, y, x]])
+
+
+def kd_dense(student: np.ndarray, teacher: np.ndarray, temperature: float, mask: np.ndarray | None = None) -> float:
+    """Pixel-wise KD: T²·KL(p_t ‖ p_s) over the classes at each pixel, averaged over the kept pixels (0 if none)."""
+    b, _, h, w = student.shape
+    values = [
+        kl(softmax(teacher[i, :, y, x] / temperature), softmax(student[i, :, y, x] / temperature))
+        for i in range(b)
+        for y in range(h)
+        for x in range(w)
+        if mask is None or mask[i, y, x]
+    ]
+    return temperature**2 * sum(values) / len(values) if values else 0.0
+
+
+def cwd(student: np.ndarray, teacher: np.ndarray, temperature: float) -> float:
+    """Shu et al.: per sample and channel, KL over the H·W positions of softmax(map / τ); summed, × τ² / (N·C)."""
+    n, c = student.shape[:2]
+    total = 0.0
+    for i in range(n):
+        for j in range(c):
+            total += kl(softmax(teacher[i, j].ravel() / temperature), softmax(student[i, j].ravel() / temperature))
+    return temperature**2 * total / (n * c)

@@ -44,6 +44,13 @@ class OneLineErrors:
     prog: str
 
     def error(self, message: str) -> NoReturn:
+        required = "the following arguments are required:"
+        if message.startswith(required):  # `--a/--a-twin/--alias, --b` -> `--a (or --alias) and --b`
+            missing = []
+            for spellings in message.removeprefix(required).strip().split(", "):
+                names = [s for s in spellings.split("/") if not (s.startswith("--") and "-" in s[2:])]
+                missing.append(names[0] + (f" (or {', '.join(names[1:])})" if len(names) > 1 else ""))
+            message = f"missing {' and '.join(missing)}"
         self.exit(2, f"{self.prog}: error: {message.rstrip('.')}. (--help lists the flags.)\n")  # type: ignore[attr-defined]
 
 

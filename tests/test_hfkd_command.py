@@ -103,6 +103,7 @@ def test_hfkd_distill_help_is_the_scripts_page(capsys):
 
 
 def test_a_wrong_value_is_one_line_and_fails(capsys, monkeypatch):
+    monkeypatch.delenv("HFKD_TRACEBACK", raising=False)
     run = _python("-m", "hfkd", "distill", "--student", "x", "--output_dir", "o", "--drop_path_rate", "2")
     assert run.returncode == 1 and run.stderr.splitlines() == [
         "hfkd distill: error: --drop_path_rate must be in [0, 1) (Swin-T's recipe: 0.2), got 2.0.", cli.TRACEBACK_HINT
@@ -114,6 +115,10 @@ def test_a_wrong_value_is_one_line_and_fails(capsys, monkeypatch):
     error = capsys.readouterr().err
     assert error.startswith("hfkd distill: error: --load_best_model_at_end requires the save and eval strategy")
     assert "Traceback" not in error and error.endswith(f"\n{cli.TRACEBACK_HINT}\n")
+    for command in ("distill", "cache"):  # a data folder that is not there, before anything is loaded or written
+        missing = [command, "--teacher", "t", "--student", "s", "--dataset", "/nonexistent/data", "--output_dir", "o"]
+        assert cli.main(missing if command == "distill" else [a for a in missing if a not in ("--student", "s")]) == 1
+        assert f"hfkd {command}: error: --dataset '/nonexistent/data' does not exist." in capsys.readouterr().err
     monkeypatch.setenv("HFKD_TRACEBACK", "1")  # where it was raised, on request
     with pytest.raises(UsageError, match="--load_best_model_at_end requires") as raised:
         cli.main(argv)

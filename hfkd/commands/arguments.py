@@ -8,6 +8,7 @@ training) and `hfkd.DistillationArguments` (the teacher, the loss, and every `Tr
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from hfkd.data.streaming import check_streaming_arguments
 from hfkd.data.transforms import INTERPOLATIONS, check_rand_augment
 from hfkd.training.arguments import DistillationArguments
 from hfkd.utils.errors import UsageError
+from hfkd.utils.local_names import is_local_path
 
 logger = logging.get_logger(__name__)
 
@@ -317,7 +319,20 @@ def parse_args(argv: list[str] | None, prog: str = COMMAND) -> tuple[Any, ...]:
         if run_args.smoke:
             raise UsageError("--smoke trains on small synthetic data, which is not streamed: drop --streaming.")
         check_streaming_arguments(training_args, data_args)
+    if not run_args.smoke:  # smoke mode reads none of the data
+        for flag in ("dataset", "train_dir", "validation_dir"):
+            check_local_data(flag, getattr(data_args, flag))
     return model_args, data_args, run_args, training_args, recipe
+
+
+def check_local_data(flag: str, path: str | None) -> None:
+    """A local path (`/...`, `./...`, `~/...`) given for data that is not there is refused when the arguments are
+    parsed, before the output folder or any model."""
+    if path is not None and is_local_path(path) and not os.path.exists(os.path.expanduser(path)):
+        raise UsageError(
+            f"--{flag} {path!r} does not exist. Pass an image folder (<dir>/<class>/<image>), data files, a Hub "
+            "dataset id, or the embedded fashion-mnist / digits."
+        )
 
 
 def _given(option: str, argv: list[str]) -> bool:

@@ -34,7 +34,7 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
-from hfkd.commands.arguments import DataArguments, shared_arguments
+from hfkd.commands.arguments import DataArguments, check_local_data, shared_arguments
 from hfkd.commands.cli import OneLineErrors
 from hfkd.commands.parser import HelpFormatter
 from hfkd.data.datasets import detect_columns, load_image_dataset
@@ -159,6 +159,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, Any, CacheArguments]
         teacher.teacher_model_name_or_path, teacher.teacher_weights, teacher.teacher_ensemble,
         teacher.teacher_ensemble_temperature, None,
     )  # fmt: skip
+    check_local_data("dataset", data.dataset)
     return teacher, data, cache
 
 

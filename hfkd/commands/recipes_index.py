@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hfkd.commands.cli import CommandParser
 from hfkd.results.recipes_index import update_readme
+from hfkd.utils.errors import UsageError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", nargs="*", default=[], help="Folders searched recursively for finished runs.")
     parser.add_argument("--check", action="store_true", help="Only report whether the README is up to date.")
     args = parser.parse_args(argv)
+    if not Path(args.readme).is_file():
+        raise UsageError(
+            f"{args.readme} does not exist: run this from the repository's root, or pass --readme <recipes/README.md>."
+        )
     new_text = update_readme(args.readme, args.runs)
     if Path(args.readme).read_text(encoding="utf-8") == new_text:
         print(f"{args.readme} is up to date.")

@@ -2,7 +2,8 @@
 
 `ModelArguments` (which models), `DataArguments` (which data, prepared how), `RunArguments` (what the run does besides
 training) and `hfkd.DistillationArguments` (the teacher, the loss, and every `TrainingArguments` flag), parsed by
-`HfkdParser` with `--config recipe.yaml` defaults.
+`HfkdParser` with `--config recipe.yaml` defaults. Another command that takes some of these flags (`hfkd cache`: the
+teacher and the data) takes the fields themselves, through `shared_arguments`, so that each is defined once.
 """
 
 from __future__ import annotations

@@ -14,217 +14,40 @@ trains with cross-entropy only: fine-tune a teacher on your labels, or get the C
 `TrainingArguments` flag works; `--config recipe.yaml` sets defaults that flags override.
 
 The run reads top to bottom: parse -> resolve the models (offline, no weights) -> data -> load the models ->
-transforms -> trainer -> train -> evaluate -> model card (or push).
+transforms -> trainer -> train -> evaluate -> model card (or push). This is `hfkd distill` written out: the command
+(`hfkd.commands.distill.main`) runs the same steps, in the same order, from the same functions. Copy this file to
+change a step. To read other data or preprocess images otherwise, replace `ImageClassificationData` below with your
+own builder: a subclass that overrides `transform` (one model's pipeline, PIL image -> tensor) or `load` (the raw
+splits and class names).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import sys
-from typing import Any
 
-import datasets
-import transformers
 from transformers import set_seed
 
-from hfkd import DistillationArguments, DistillationTrainer
-from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments, parse_args
-from hfkd.commands.data import RunData, cache_rows, check_cache, load_data, prepare_splits
+from hfkd.commands.arguments import parse_args
+from hfkd.commands.cli import run_command
+from hfkd.commands.data import ImageClassificationData
+from hfkd.commands.distill import (
+    build_trainer,
+    evaluate,
+    load_models,
+    open_cache,
+    resolve_models,
+    run_phases,
+    setup_logging,
+    train,
+    write_card,
+)
 from hfkd.commands.run_folder import prepare_output_dir, run_settings, start_run
 from hfkd.commands.smoke import apply_smoke
-from hfkd.data.collator import DistillationCollator
-from hfkd.data.demo import card_dataset_name
-from hfkd.models.availability import check_available, config_num_labels
-from hfkd.models.label_space import check_label_space, check_teacher_labels, map_teacher_labels
-from hfkd.models.loading import ModelSpec, load_image_classifier, load_image_processor, resolve_model_name
-from hfkd.teachers.cached import CachedTeacher
-
-logger = logging.getLogger("hfkd.run_image_distill")
-
-
-def setup_logging(args: DistillationArguments) -> None:
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    level = logging.INFO if args.should_log else logging.WARNING
-    for name in ("hfkd", logger.name):
-        logging.getLogger(name).setLevel(level)
-    datasets.utils.logging.set_verbosity(level if args.should_log else logging.ERROR)
-    transformers.utils.logging.set_verbosity(logging.WARNING if args.should_log else logging.ERROR)
-    transformers.utils.logging.enable_default_handler()
-    transformers.utils.logging.enable_explicit_format()
-
-
-def load_json(path: str | None, what: str) -> Any:
-    if path is None:
-        return None
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    try:
-        return json.loads(path)
-    except json.JSONDecodeError:
-        raise ValueError(f"{what} must be a JSON file or a JSON string, got {path!r}.") from None
-
-
-def resolve_models(model_args: ModelArguments, args: DistillationArguments) -> tuple[ModelSpec, list[ModelSpec]]:
-    """The student's and the live teachers' specs (one, or the members of an ensemble; none for CE or a cache),
-    without weights; a Hub model that is neither cached nor reachable stops the run here, in one line."""
-    args.check_teacher_given()
-    student = resolve_model_name(model_args.student_model_name_or_path, revision=model_args.student_revision)
-    student = check_available(student, "student", pretrained=model_args.student_pretrained)
-    teachers = []
-    if args.uses_teacher and args.teacher_cache_dir is None:
-        for name in args.teacher_names:
-            teacher = resolve_model_name(name, revision=args.teacher_model_revision)
-            teachers.append(check_available(teacher, "teacher", pretrained=model_args.teacher_pretrained))
-    for role, spec in [("student", student)] + [("teacher", t) for t in teachers]:
-        logger.info(f"{role}: {spec.name!r} -> {spec.source} ({spec.kind})")
-    return student, teachers
-
-
-def load_models(
-    student_spec: ModelSpec,
-    teacher_specs: list[ModelSpec],
-    model_args: ModelArguments,
-    args: DistillationArguments,
-    names: list[str],
-) -> tuple[Any, Any, list[Any], list[Any]]:
-    """(student, its processor, teachers, their processors): the student gets the dataset's head; each teacher
-    keeps its own (mapped onto the dataset's classes with --teacher_label_map) and must predict the dataset's label
-    space, an ensemble's teachers hence the same one."""
-    id2label = dict(enumerate(names))
-    if model_args.teacher_pretrained and model_args.teacher_label_map is None:
-        # Decided from the configs, before any weights load: a 1000-class teacher cannot teach 10 classes.
-        for spec in teacher_specs:
-            check_label_space(spec.name, config_num_labels(spec), len(names))
-    if model_args.student_pretrained and not model_args.ignore_mismatched_sizes:
-        student_classes = config_num_labels(student_spec)
-        if student_classes is not None and student_classes != len(names):
-            raise ValueError(
-                f"--student {student_spec.name!r} has {student_classes} classes and the data has {len(names)}; "
-                "--ignore_mismatched_sizes false keeps its head. Drop that flag to give the student a new head."
-            )
-    common = {"trust_remote_code": model_args.trust_remote_code, "cache_dir": model_args.cache_dir}
-    student = load_image_classifier(
-        student_spec,
-        num_labels=len(names),
-        id2label=id2label,
-        pretrained=model_args.student_pretrained,
-        drop_path_rate=model_args.drop_path_rate,
-        **common,
-    )
-    student_processor = load_image_processor(student_spec, trust_remote_code=model_args.trust_remote_code)
-    # A random-init teacher gets the dataset's head; a real teacher's head is never touched.
-    head = {} if model_args.teacher_pretrained else {"num_labels": len(names), "id2label": id2label}
-    # --teacher_model_init_kwargs wins over the shared flags (its trust_remote_code included).
-    teacher_kwargs = {**common, **args.teacher_model_init_kwargs}
-    label_map = load_json(model_args.teacher_label_map, "--teacher_label_map")
-    teachers, processors = [], []
-    for spec in teacher_specs:
-        teacher = load_image_classifier(spec, pretrained=model_args.teacher_pretrained, **head, **teacher_kwargs)
-        if label_map is not None:
-            teacher = map_teacher_labels(teacher, label_map, names)
-        check_teacher_labels(teacher, len(names), id2label)
-        teachers.append(teacher)
-        processors.append(load_image_processor(spec, trust_remote_code=teacher_kwargs["trust_remote_code"]))
-    return student, student_processor, teachers, processors
-
-
-def build_trainer(
-    args: DistillationArguments, models: tuple, splits: dict[str, Any], cache: Any, **record: Any
-) -> DistillationTrainer:
-    """The trainer (it builds the loss for the two models, so a loss that cannot serve them fails here); an output
-    folder that the attempt created is removed again when it fails."""
-    student, student_processor, teachers, _ = models
-    # A timm student's preprocessing lives in its config.json; its processor's save_pretrained only warns.
-    if type(student_processor).__name__ == "TimmWrapperImageProcessor":
-        student_processor = None
-    existed = os.path.exists(args.output_dir)
-    try:
-        return DistillationTrainer(
-            model=student,
-            teacher_model=cache if cache is not None else teachers[0] if len(teachers) == 1 else teachers or None,
-            args=args,
-            train_dataset=splits["train"],
-            eval_dataset=splits["eval"],
-            data_collator=DistillationCollator(),
-            processing_class=student_processor,
-            **record,
-        )
-    except Exception:
-        if not existed and os.path.isdir(args.output_dir) and not os.listdir(args.output_dir):
-            os.rmdir(args.output_dir)
-        raise
-
-
-def run_phases(run_args: RunArguments, model_args: ModelArguments) -> tuple[bool, bool]:
-    """(train, evaluate): both by default; --do_train / --do_eval, when given, as transformers' examples read them
-    (an --eval_strategy alone does not make a run evaluation-only). Evaluating alone needs a trained student: the
-    --student folder."""
-    do_train, do_eval = (bool(asked) for asked in run_args.phases)
-    if not do_train and not do_eval:
-        return True, True
-    if do_eval and not do_train and not model_args.student_pretrained:
-        raise ValueError(
-            "--do_eval without --do_train evaluates a trained student: pass its folder with --student, without "
-            "--student_pretrained false."
-        )
-    return do_train, do_eval
-
-
-def train(trainer: DistillationTrainer, args: DistillationArguments) -> None:
-    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-
-
-def evaluate(trainer: DistillationTrainer, run_args: RunArguments) -> tuple[dict[str, float], dict | None]:
-    """The student's metrics and, when asked and possible, the teacher's."""
-    metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
-    teacher_metrics = None
-    if trainer.teacher_model is not None and run_args.evaluate_teacher:
-        teacher_metrics = trainer.evaluate_teacher()
-        trainer.log_metrics("teacher_eval", teacher_metrics)
-        trainer.save_metrics("teacher_eval", teacher_metrics)
-    return metrics, teacher_metrics
-
-
-def write_card(
-    trainer: DistillationTrainer,
-    student_spec: ModelSpec,
-    model_args: ModelArguments,
-    data: RunData,
-    data_args: DataArguments,
-    results: dict[str, dict | None],
-) -> None:
-    """The model card next to the student (pushed with it under --push_to_hub)."""
-    card_kwargs = {
-        "finetuned_from": student_spec.source if student_spec.kind != "local" else student_spec.name,
-        "student_from_scratch": not model_args.student_pretrained,
-        "tasks": "image-classification",
-        "dataset": card_dataset_name(data_args.dataset, data.source),
-        "dataset_args": data_args.dataset_config,
-        "tags": ["hfkd", f"distill-{trainer.args.distill_loss}"],
-        "is_timm": student_spec.is_timm,
-        **results,
-    }
-    if trainer.args.push_to_hub:
-        trainer.push_to_hub(**card_kwargs)
-    else:
-        trainer.create_model_card(**card_kwargs)
+from hfkd.utils.json_arguments import parse_json_mapping
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, run_args, training_args, recipe = parse_args(argv)
+    model_args, data_args, run_args, training_args, recipe = parse_args(argv, prog="run_image_distill.py")
     setup_logging(training_args)
     if run_args.smoke:
         apply_smoke(model_args, data_args, run_args, training_args)
@@ -239,24 +62,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     student_spec, teacher_specs = resolve_models(model_args, training_args)
     do_train, do_eval = run_phases(run_args, model_args)
-    baseline = load_json(run_args.baseline_metrics, "--baseline_metrics")
-    cache = None
-    if training_args.uses_teacher and training_args.teacher_cache_dir is not None:
-        cache = CachedTeacher(training_args.teacher_cache_dir, training_args.device)
+    baseline = parse_json_mapping("--baseline_metrics", run_args.baseline_metrics, files=True) or None
+    cache = open_cache(training_args)
     set_seed(training_args.seed)
 
-    data = load_data(
-        data_args,
-        run_args,
-        training_args,
-        distilling=bool(teacher_specs) or cache is not None,
-        cache_dir=model_args.cache_dir,
-        rows=cache_rows(cache),
-    )
-    if cache is not None:
-        check_cache(cache, data, data_args, training_args)
+    # The data and its preprocessing, one builder: its splits are read before the models load (the student's head
+    # takes the class names) and get their transforms after (each model's own preprocessing).
+    data_builder = ImageClassificationData(data_args, run_args, training_args, cache, cache_dir=model_args.cache_dir)
+    data = data_builder.load()
     models = load_models(student_spec, teacher_specs, model_args, training_args, data.names)
-    splits = prepare_splits(data, data_args, training_args, models, cache)
+    splits = data_builder.splits(data, models)
     trainer = build_trainer(training_args, models, splits, cache, recipe=recipe, data_info=data.info(data_args))
     if do_train:
         if training_args.should_save:
@@ -266,18 +81,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if do_train:
         results = {"student_metrics": metrics, "teacher_metrics": teacher_metrics}
         write_card(trainer, student_spec, model_args, data, data_args, {**results, "baseline_metrics": baseline})
-    if not training_args.uses_teacher and metrics:
-        logger.info(f"Cross-entropy run finished: top-1 {100 * metrics['eval_accuracy']:.2f} %")
     return metrics
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, KeyError) as error:
-        # What the user gave is wrong, and the message says what and how to fix it: no traceback, unless asked.
-        if os.environ.get("HFKD_TRACEBACK"):
-            raise
-        notes = "".join(f"\n{note}" for note in getattr(error, "__notes__", []))
-        message = error.args[0] if error.args else error
-        sys.exit(f"run_image_distill.py: error: {message}{notes}\n(HFKD_TRACEBACK=1 shows where it was raised.)")
+    # A value you gave that cannot work is one line (HFKD_TRACEBACK=1 shows where it was raised); any other error
+    # keeps its traceback.
+    sys.exit(run_command(main, "run_image_distill.py"))

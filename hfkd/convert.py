@@ -2,7 +2,8 @@
 
 import sys
 
+from hfkd.commands.cli import run_command
 from hfkd.commands.convert import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "hfkd convert"))

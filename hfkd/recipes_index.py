@@ -3,7 +3,8 @@ earlier commands work."""
 
 import sys
 
+from hfkd.commands.cli import run_command
 from hfkd.commands.recipes_index import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "hfkd recipes-index"))

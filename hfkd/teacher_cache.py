@@ -1,11 +1,9 @@
 """`python -m hfkd.teacher_cache`: an alias of `hfkd cache` (`hfkd.commands.cache`), kept so earlier commands work."""
 
-import logging
+import sys
 
-from hfkd.commands.cache import main
+from hfkd.commands.cache import command
+from hfkd.commands.cli import run_command
 
 if __name__ == "__main__":
-    # The command says what it did (each process its share of the shards); main() called from Python leaves logging.
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
-    logging.getLogger("hfkd").setLevel(logging.INFO)
-    main()
+    sys.exit(run_command(command, "hfkd cache"))

@@ -14,6 +14,7 @@ from PIL import Image as PILImage
 from transformers import ViTImageProcessor
 
 from hfkd import DistillationArguments
+from hfkd.commands import distill
 from hfkd.commands.arguments import build_parser, parse_args
 from hfkd.commands.data import check_teachers_take, load_data, prepare_splits
 from hfkd.data.transforms import ImageConfig
@@ -110,9 +111,9 @@ def test_offline_hub_models_and_foreign_label_spaces_fail_before_loading(folders
     with pytest.raises(ValueError, match=r"'resnet-50' \(microsoft/resnet-50\) is neither a local folder nor in the "):
         run_image_distill.main(_argv(folders, tmp_path / "a", "--student", "resnet-50", "--loss", "ce"))
     loaded = []
-    original = run_image_distill.load_image_classifier
+    original = distill.load_image_classifier  # the example loads its models with hfkd distill's step
     spy = lambda *a, **k: loaded.append(a) or original(*a, **k)  # noqa: E731
-    monkeypatch.setattr(run_image_distill, "load_image_classifier", spy)
+    monkeypatch.setattr(distill, "load_image_classifier", spy)
     with pytest.raises(ValueError, match="predicts 7 classes but the student"):
         run_image_distill.main(_argv(folders, tmp_path / "b", "--student", folders["student"], "--teacher",
                                      folders["teacher7"], "--loss", "kd"))  # fmt: skip

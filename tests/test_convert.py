@@ -329,7 +329,7 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    assert "python -m hfkd.convert" in text and "--arch" in text and "cifar_teachers.tar" in text
+    assert "hfkd convert" in text and "--arch" in text and "cifar_teachers.tar" in text
 
 
 def test_a_run_from_the_converted_teacher_says_it_is_the_released_one(tmp_path: Path, converted: Path) -> None:
@@ -358,5 +358,5 @@ def test_the_module_runs_as_its_own_entry_point():
     """`import hfkd` does not import the converter, so `python -m hfkd.convert` runs without runpy's warning that
     the module was already imported (it was, through the teacher's provenance check)."""
     run = subprocess.run([sys.executable, "-m", "hfkd.convert", "--help"], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0 and "usage: python -m hfkd.convert" in run.stdout
+    assert run.returncode == 0 and "usage: hfkd convert" in run.stdout
     assert "RuntimeWarning" not in run.stderr, run.stderr

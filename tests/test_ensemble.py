@@ -14,6 +14,7 @@ from PIL import Image as PILImage
 from transformers import ViTImageProcessor
 
 from hfkd import DistillationArguments, DistillationTrainer
+from hfkd.commands import distill
 from hfkd.commands.arguments import parse_args
 from hfkd.teachers.combine import ensemble_logits
 from hfkd.teachers.ensemble import EnsembleTeacher
@@ -225,9 +226,9 @@ def test_the_script_distils_from_an_ensemble_and_reports_every_teacher(folders, 
 
 def test_the_script_refuses_a_teacher_of_another_label_space_before_loading(folders, tmp_path, monkeypatch):
     loaded = []
-    original = run_image_distill.load_image_classifier
+    original = distill.load_image_classifier  # the example loads its models with hfkd distill's step
     spy = lambda *a, **k: loaded.append(a) or original(*a, **k)  # noqa: E731
-    monkeypatch.setattr(run_image_distill, "load_image_classifier", spy)
+    monkeypatch.setattr(distill, "load_image_classifier", spy)
     argv = ["--dataset", folders["data"], "--output_dir", str(tmp_path / "x"), "--student", folders["student"],
             "--teacher", folders["t16"], "--teacher", folders["t7"], "--use_cpu", "--report_to", "none"]  # fmt: skip
     with pytest.raises(ValueError, match="predicts 7 classes"):

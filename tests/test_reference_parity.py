@@ -34,6 +34,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from transformers import TrainerCallback
 
 from hfkd import DistillationTrainer
+from hfkd.commands import distill
 from hfkd.commands.arguments import build_parser
 from hfkd.models.convert import CIFAR100_FINE_LABELS, convert_checkpoint
 from hfkd.training.schedulers import multistep_lambda, optimizer_steps_per_epoch, step_decay_lambda
@@ -146,12 +147,12 @@ def run_recipe(recipe: str, workspace: dict[str, Path], out: Path, *overrides: s
         "--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no", "--disable_tqdm", "true",
         "--evaluate_teacher", "false", *overrides,
     ]  # fmt: skip
-    original = run_image_distill.DistillationTrainer
-    run_image_distill.DistillationTrainer = recording_trainer(record)
+    original = distill.DistillationTrainer  # the example builds its trainer with hfkd distill's step
+    distill.DistillationTrainer = recording_trainer(record)
     try:
         run_image_distill.main(argv)
     finally:
-        run_image_distill.DistillationTrainer = original
+        distill.DistillationTrainer = original
     assert len(record.batches) == len(record.states) == STEPS
     return record
 

@@ -296,10 +296,11 @@ def test_a_single_teacher_cache_keeps_its_fields(tmp_path):
 
 
 def test_the_command_builds_an_ensemble_cache(tmp_path):
-    parse = teacher_cache._parser().parse_args
-    common = ["--dataset", "d", "--output_dir", "o"]
-    assert parse(["--teacher", "a", "--teacher", "b", *common]).teacher == ["a", "b"]
-    assert parse(["--teacher", "a", "b", "--teacher_weights", "0.7", "0.3", *common]).teacher == ["a", "b"]
+    def teachers(*argv: str) -> list[str]:
+        return teacher_cache.parse_args([*argv, "--dataset", "d", "--output_dir", "o"])[0].teacher_model_name_or_path
+
+    assert teachers("--teacher", "a", "--teacher", "b") == ["a", "b"]
+    assert teachers("--teacher", "a", "b", "--teacher_weights", "0.7", "0.3") == ["a", "b"]
     first = _saved_teacher(tmp_path / "first", seed=2)
     second = tmp_path / "second"
     _teacher(3).save_pretrained(second)

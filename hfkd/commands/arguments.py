@@ -2,12 +2,16 @@
 
 `ModelArguments` (which models), `DataArguments` (which data, prepared how), `RunArguments` (what the run does besides
 training) and `hfkd.DistillationArguments` (the teacher, the loss, and every `TrainingArguments` flag), parsed by
-`HfkdParser` with `--config recipe.yaml` defaults.
+`HfkdParser` with `--config recipe.yaml` defaults. Another command that takes some of these flags (`hfkd cache`: the
+teacher and the data) takes the fields themselves, through `shared_arguments`, so that each is defined once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +23,7 @@ from hfkd.data.streaming import check_streaming_arguments
 from hfkd.data.transforms import INTERPOLATIONS, check_rand_augment
 from hfkd.training.arguments import DistillationArguments
 from hfkd.utils.errors import UsageError
+from hfkd.utils.local_names import is_local_path
 
 logger = logging.get_logger(__name__)
 
@@ -238,15 +243,15 @@ class RunArguments:
 DESCRIPTION = """Distil an image classifier (the teacher) into a smaller one (the student) with hfkd.
 
   # distil a Hub teacher into a student, with DIST
-  accelerate launch examples/run_image_distill.py --teacher microsoft/swin-large --student resnet-50 \\
+  {launch} --teacher microsoft/swin-large --student resnet-50 \\
       --loss dist --dataset imagenet-1k --output_dir runs/swinl-r50-dist --bf16
 
   # reproduce a paper's table cell from its recipe (flags still override it)
-  accelerate launch examples/run_image_distill.py --config recipes/cifar100/dkd/resnet8x4_from_resnet32x4.yaml \\
+  {launch} --config recipes/cifar100/dkd/resnet8x4_from_resnet32x4.yaml \\
       --output_dir runs/dkd-r8x4
 
   # cross-entropy only: fine-tune a teacher on your labels, or train the CE baseline of a student
-  python examples/run_image_distill.py --student resnet-50 --loss ce --dataset <data> --output_dir runs/teacher
+  {run} --student resnet-50 --loss ce --dataset <data> --output_dir runs/teacher
 
 Models: a Hub id, a timm/... id, a local folder, a timm name or an alias (resnet-18, swin-large, resnet8x4, ...).
 Data: a Hub dataset id, a local image folder (<dir>/<class>/<image>), or the embedded fashion-mnist / digits."""
@@ -255,26 +260,43 @@ Data: a Hub dataset id, a local image folder (<dir>/<class>/<image>), or the emb
 EPILOG = "--help-all lists every TrainingArguments flag. A flag's value can also come from --config recipe.yaml."
 
 
-def build_parser(show_all: bool = False) -> HfkdParser:
+COMMAND = "hfkd distill"
+
+
+def build_parser(show_all: bool = False, prog: str = COMMAND) -> HfkdParser:
+    """The parser of `hfkd distill` (`prog`: the program the help and errors name, e.g. `run_image_distill.py`)."""
+    if prog == COMMAND:
+        launch, run = f"accelerate launch -m {COMMAND}", COMMAND
+    else:  # the example script, or a copy of it
+        launch, run = f"accelerate launch examples/{prog}", f"python examples/{prog}"
     return HfkdParser(
         (ModelArguments, DataArguments, RunArguments, DistillationArguments),
         show_all=show_all,
-        prog="run_image_distill.py",
+        prog=prog,
         usage="%(prog)s --student MODEL [--teacher MODEL] [--loss KEY] [--dataset DATA] --output_dir DIR [options]",
-        description=DESCRIPTION,
+        description=DESCRIPTION.format(launch=launch, run=run),
         epilog=EPILOG,
     )
 
 
-def parse_args(argv: list[str] | None) -> tuple[Any, ...]:
-    """(model_args, data_args, run_args, training_args, recipe path). `--smoke` adds its overrides last."""
+def parse_args(argv: list[str] | None, prog: str = COMMAND) -> tuple[Any, ...]:
+    """(model_args, data_args, run_args, training_args, recipe path). `--smoke` adds its overrides last.
+
+    Every error is a `UsageError`, one line on the command line: a `ValueError` raised while the arguments are built
+    (`TrainingArguments`' own checks: `--load_best_model_at_end` with strategies that differ, ...) is one too.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--help-all" in argv:
-        return build_parser(show_all=True).parse(["--help"])
+        return build_parser(show_all=True, prog=prog).parse(["--help"])
     if "--smoke" in argv:
         argv = smoke_argv(argv)
-    parser = build_parser()
-    model_args, data_args, run_args, training_args, recipe = parser.parse(argv)
+    parser = build_parser(prog=prog)
+    try:
+        model_args, data_args, run_args, training_args, recipe = parser.parse(argv)
+    except UsageError:
+        raise
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     explicit = {a.dest for a in parser._actions if any(_given(option, argv) for option in a.option_strings)}
     explicit |= set(parser.read_recipe(recipe)) if recipe else set()
     scratch_learning_rate(model_args, training_args, explicit)
@@ -298,7 +320,20 @@ def parse_args(argv: list[str] | None) -> tuple[Any, ...]:
         if run_args.smoke:
             raise UsageError("--smoke trains on small synthetic data, which is not streamed: drop --streaming.")
         check_streaming_arguments(training_args, data_args)
+    if not run_args.smoke:  # smoke mode reads none of the data
+        for flag in ("dataset", "train_dir", "validation_dir"):
+            check_local_data(flag, getattr(data_args, flag))
     return model_args, data_args, run_args, training_args, recipe
+
+
+def check_local_data(flag: str, path: str | None) -> None:
+    """A local path (`/...`, `./...`, `~/...`) given for data that is not there is refused when the arguments are
+    parsed, before the output folder or any model."""
+    if path is not None and is_local_path(path) and not os.path.exists(os.path.expanduser(path)):
+        raise UsageError(
+            f"--{flag} {path!r} does not exist. Pass an image folder (<dir>/<class>/<image>), data files, a Hub "
+            "dataset id, or the embedded fashion-mnist / digits."
+        )
 
 
 def _given(option: str, argv: list[str]) -> bool:
@@ -323,3 +358,43 @@ def scratch_learning_rate(model_args: ModelArguments, args: DistillationArgument
         f"The student is trained from scratch and no --learning_rate was given: using {args.learning_rate} with "
         f"{optim} (the Trainer's 5e-05 is meant for fine-tuning). Pass --learning_rate to choose."
     )
+
+
+def shared_arguments(
+    name: str,
+    fields: dict[type, tuple[str, ...]],
+    *,
+    required: tuple[str, ...] = (),
+    metadata: dict[str, dict[str, Any]] | None = None,
+    group: str | None = None,
+) -> type:
+    """A dataclass of fields that another command defines (`{owner dataclass: field names}`): their type, default,
+    help and aliases as the owner declares them, so that a flag two commands take is defined once. `hfkd cache`
+    takes the teacher and data fields of `hfkd distill` this way.
+
+    Args:
+        name (`str`): the new dataclass's name.
+        fields (`dict`): the owners and the names of the fields to take from each.
+        required (`tuple[str, ...]`, *optional*): fields that this command requires (their default is dropped).
+        metadata (`dict`, *optional*): per field, what this command adds to its metadata: `aliases` (added to the
+            owner's), or argparse keywords such as `action`.
+        group (`str`, *optional*): the title `--help` lists the fields under.
+    """
+    specs = []
+    for owner, names in fields.items():
+        hints = typing.get_type_hints(owner)
+        for field_name in names:
+            original = owner.__dataclass_fields__[field_name]
+            extra = dict((metadata or {}).get(field_name, {}))
+            aliases = [*original.metadata.get("aliases", []), *extra.pop("aliases", [])]
+            meta = {**original.metadata, **extra, **({"aliases": aliases} if aliases else {})}
+            if field_name in required:
+                spec = field(metadata=meta)
+            elif original.default_factory is not dataclasses.MISSING:
+                spec = field(default_factory=original.default_factory, metadata=meta)
+            else:
+                spec = field(default=original.default, metadata=meta)
+            specs.append((field_name, hints[field_name], spec))
+    specs.sort(key=lambda spec: spec[0] not in required)  # a field without a default comes before those with one
+    namespace = {"_argument_group_name": group} if group else {}
+    return dataclasses.make_dataclass(name, specs, namespace=namespace)

@@ -8,19 +8,19 @@ What it does and writes: `hfkd.models.convert`.
 
 from __future__ import annotations
 
-import argparse
-
+from hfkd.commands.cli import CommandParser
 from hfkd.models.convert import RELEASE_NAME, TEACHER_ARCHS, convert_checkpoint
 from hfkd.models.provenance import describe_provenance, teacher_provenance
+from hfkd.utils.errors import UsageError
 
 
 def main(argv: list[str] | None = None) -> int:
     accepted = ", ".join(f"{reference} / {name}" for reference, name in TEACHER_ARCHS.items())
-    parser = argparse.ArgumentParser(
-        prog="python -m hfkd.convert",
+    parser = CommandParser(
+        prog="hfkd convert",
         description="Convert a released CIFAR-100 teacher checkpoint (RepDistiller / mdistiller cifar_teachers.tar) "
         "into a folder that --teacher loads.",
-        epilog="example: python -m hfkd.convert cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth "
+        epilog="example: hfkd convert cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth "
         "--arch resnet32x4 --output_dir teachers/resnet32x4",
     )
     parser.add_argument("checkpoint", help="The .pth file: {'model': state_dict} or a bare state dict.")
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         output = convert_checkpoint(
             args.checkpoint, args.arch, args.output_dir, overwrite=args.overwrite, release=args.release
         )
-    except ValueError as error:
+    except UsageError as error:
         parser.error(str(error))
     provenance = teacher_provenance(output) or {}
     sha = provenance.get("source_sha256", "")[:12]

@@ -1,13 +1,17 @@
 """The data steps of `hfkd distill`: which rows, from where, prepared how.
 
-`load_data` loads the train and eval splits (a teacher cache's recorded rows when there is one, synthetic images in
-smoke mode) and `prepare_splits` gives each its batch transform: the student's and the teacher's preprocessing on
-one shared random crop per sample (from (seed, epoch, index)), or the cached views of a teacher cache.
+`ImageClassificationData` is the one builder a run gets its data from, in two steps: `load` (through `load_data`)
+reads the train and eval splits (a teacher cache's recorded rows when there is one, synthetic images in smoke mode),
+and `splits` (through `prepare_splits`) gives each its batch transform: the student's and the teacher's
+preprocessing on one shared random crop per sample (from (seed, epoch, index)), or the cached views of a teacher
+cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +35,7 @@ from hfkd.data.saved_preprocessing import record_image_config
 from hfkd.data.streaming import load_streaming_dataset, set_stream_transform
 from hfkd.data.transforms import ImageConfig, build_transforms, image_config_for_model
 from hfkd.losses import get_loss_class
+from hfkd.teachers.build import ensemble_temperature
 from hfkd.teachers.cache.check import cache_summary, check_cache_matches
 from hfkd.teachers.cache.replay import ReplayTransform
 from hfkd.teachers.cached import CachedTeacher
@@ -89,44 +94,11 @@ def load_data(
     rows: dict[str, Any] | None = None,
 ) -> RunData:
     """The train and eval splits with their columns and class names (synthetic data in smoke mode); `rows`, a
-    teacher cache's selection, replaces the seeded one."""
+    teacher cache's selection, replaces the seeded one. Without a teacher (`distilling=False`) the images that
+    `--labelled_samples` leaves unlabelled are dropped."""
     if data_args.streaming:
-        streamed = load_streaming_dataset(
-            data_args.dataset,
-            config_name=data_args.dataset_config,
-            train_split=data_args.train_split,
-            eval_split=data_args.eval_split,
-            data_dirs=data_dirs(data_args),
-            image_column=data_args.image_column,
-            label_column=data_args.label_column,
-            rank=args.process_index,
-            world_size=args.world_size,
-            seed=args.data_seed if args.data_seed is not None else args.seed,
-            shuffle_buffer_size=data_args.shuffle_buffer_size,
-            drop_unlabelled=not distilling,
-            cache_dir=cache_dir,
-        )
-        return RunData(streamed.splits, streamed.image_column, streamed.label_column, streamed.names, streamed.source)
-    if run_args.smoke:
-        dataset = synthetic_dataset(
-            data_args.dataset,
-            data_args.label_column,
-            image_size=run_args.smoke_image_size,
-            num_labels=run_args.smoke_num_labels,
-        )
-    else:
-        dataset = load_image_dataset(
-            data_args.dataset,
-            config_name=data_args.dataset_config,
-            train_split=data_args.train_split,
-            eval_split=data_args.eval_split,
-            seed=args.seed,
-            cache_dir=cache_dir,
-            max_train_samples=data_args.max_train_samples,
-            max_eval_samples=data_args.max_eval_samples,
-            rows=rows,
-            data_dirs=data_dirs(data_args),
-        )
+        return _load_stream(data_args, args, distilling=distilling, cache_dir=cache_dir)
+    dataset = _load_splits(data_args, run_args, args, cache_dir=cache_dir, rows=rows)
     image_column, label_column = detect_columns(dataset["train"], data_args.image_column, data_args.label_column)
     names = class_names(dataset["train"], label_column)
     check_labels(dataset, label_column, len(names))
@@ -141,6 +113,58 @@ def load_data(
         rest = "; the teacher supervises the rest" if distilling else "; the rest are dropped (no teacher)"
         logger.info(f"Labels kept for {data_args.labelled_samples} of the training images{rest}")
     return RunData(dataset, image_column, label_column, names, source)
+
+
+def _load_stream(
+    data_args: DataArguments, args: DistillationArguments, *, distilling: bool, cache_dir: str | None
+) -> RunData:
+    """`--streaming`: this process's shards of both splits, read as they are iterated."""
+    streamed = load_streaming_dataset(
+        data_args.dataset,
+        config_name=data_args.dataset_config,
+        train_split=data_args.train_split,
+        eval_split=data_args.eval_split,
+        data_dirs=data_dirs(data_args),
+        image_column=data_args.image_column,
+        label_column=data_args.label_column,
+        rank=args.process_index,
+        world_size=args.world_size,
+        seed=args.data_seed if args.data_seed is not None else args.seed,
+        shuffle_buffer_size=data_args.shuffle_buffer_size,
+        drop_unlabelled=not distilling,
+        cache_dir=cache_dir,
+    )
+    return RunData(streamed.splits, streamed.image_column, streamed.label_column, streamed.names, streamed.source)
+
+
+def _load_splits(
+    data_args: DataArguments,
+    run_args: RunArguments,
+    args: DistillationArguments,
+    *,
+    cache_dir: str | None,
+    rows: dict[str, Any] | None,
+) -> datasets.DatasetDict:
+    """The map-style train and eval splits (`--smoke`: synthetic images of the dataset's shape)."""
+    if run_args.smoke:
+        return synthetic_dataset(
+            data_args.dataset,
+            data_args.label_column,
+            image_size=run_args.smoke_image_size,
+            num_labels=run_args.smoke_num_labels,
+        )
+    return load_image_dataset(
+        data_args.dataset,
+        config_name=data_args.dataset_config,
+        train_split=data_args.train_split,
+        eval_split=data_args.eval_split,
+        seed=args.seed,
+        cache_dir=cache_dir,
+        max_train_samples=data_args.max_train_samples,
+        max_eval_samples=data_args.max_eval_samples,
+        rows=rows,
+        data_dirs=data_dirs(data_args),
+    )
 
 
 def sized(config: ImageConfig, side: int | None, model: Any) -> ImageConfig:
@@ -169,23 +193,19 @@ def check_teachers_take(teachers: list[Any], config: ImageConfig) -> None:
             )
 
 
-def prepare_splits(
-    data: RunData,
-    data_args: DataArguments,
-    args: DistillationArguments,
-    models: tuple[Any, Any, list[Any], list[Any]],
-    cache: CachedTeacher | None,
-) -> dict[str, Any]:
-    """Both splits with their batch transforms (and, for a teacher cache, the replayed cached views). Each sample's
-    random augmentation comes from (seed, epoch, its index), so that resumed runs and any number of workers agree."""
+def model_image_configs(
+    data_args: DataArguments, models: tuple[Any, Any, list[Any], list[Any]]
+) -> tuple[ImageConfig, list[ImageConfig]]:
+    """The student's image settings (its own, with --image_size, --interpolation, --image_mean and --image_std;
+    recorded in what is saved, so the saved student says how it was trained) and each teacher's (of an ensemble:
+    each member's), logged."""
     student, student_processor, teachers, teacher_processors = models
     student_config = sized(image_config_for_model(student, student_processor), data_args.image_size, student)
     overrides = {"interpolation": data_args.interpolation, "mean": data_args.image_mean, "std": data_args.image_std}
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    if overrides:  # --interpolation, --image_mean, --image_std
+    if overrides:
         student_config = dataclasses.replace(student_config, **overrides)
-    record_image_config(student, student_processor, student_config)  # what is saved says how it was trained
-    # Each teacher (of an ensemble: each member) gets its own preprocessing of the shared crop.
+    record_image_config(student, student_processor, student_config)
     teacher_configs = [
         sized(image_config_for_model(teacher, processor), data_args.teacher_image_size, teacher)
         for teacher, processor in zip(teachers, teacher_processors)
@@ -200,59 +220,133 @@ def prepare_splits(
         f"{student_config.interpolation}, mean {student_config.mean}, std {student_config.std}."
         + (" In training the teachers take the student's tensor (--teacher_input student)." if shared else "")
     )
-    augment = data_args.train_augment
-    # Losses such as MLKD learn from a second, strongly augmented (RandAugment) view of each training image.
-    strong_view = bool(teachers) and get_loss_class(args.distill_loss).needs.strong_view
+    return student_config, teacher_configs
 
-    def transforms(train: bool, strong: bool = False) -> tuple[Any, Any]:
-        def build(config: Any) -> Any:
-            return build_transforms(
-                config, train=train, train_augment=augment, strong=strong,
-                rand_augment=data_args.rand_augment, random_erasing=data_args.random_erasing,
-            )  # fmt: skip
+
+def image_transform(data_args: DataArguments, config: ImageConfig, *, train: bool, strong: bool = False) -> Any:
+    """One model's preprocessing, PIL image -> normalised tensor, as the flags ask (`--train_augment`,
+    `--rand_augment`, `--random_erasing`); `strong`: MLKD's strongly augmented view."""
+    return build_transforms(
+        config, train=train, train_augment=data_args.train_augment, strong=strong,
+        rand_augment=data_args.rand_augment, random_erasing=data_args.random_erasing,
+    )  # fmt: skip
+
+
+def prepare_splits(
+    data: RunData,
+    data_args: DataArguments,
+    args: DistillationArguments,
+    models: tuple[Any, Any, list[Any], list[Any]],
+    cache: CachedTeacher | None,
+    *,
+    transform: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
+    """Both splits with their batch transforms (and, for a teacher cache, the replayed cached views). Each sample's
+    random augmentation comes from (seed, epoch, its index), so that resumed runs and any number of workers agree.
+
+    `transform(config, train=..., strong=...)` builds one model's pipeline (default: `image_transform` with the
+    flags); the teachers' pipelines replay the student's random draws, so every model sees the same crop."""
+    student_config, teacher_configs = model_image_configs(data_args, models)
+    transform = transform or functools.partial(image_transform, data_args)
+
+    def pipelines(train: bool, strong: bool = False) -> tuple[Any, Any]:
+        student = transform(student_config, train=train, strong=strong)
         if train and data_args.teacher_input == "student":
-            return build(student_config), None  # the teachers read the student's tensor (`pixel_values`)
-        return build(student_config), [build(config) for config in teacher_configs] or None
+            return student, None  # the teachers read the student's tensor (`pixel_values`)
+        return student, [transform(config, train=train, strong=strong) for config in teacher_configs] or None
 
+    # Losses such as MLKD learn from a second, strongly augmented (RandAugment) view of each training image.
+    strong_view = bool(models[2]) and get_loss_class(args.distill_loss).needs.strong_view
     splits = {}
     for split, train in (("train", True), ("eval", False)):
-        part = data.splits[split]
-        if data_args.streaming:  # the same transform, applied to the stream as it is read
-            transform = make_transform_fn(
-                *transforms(train),
-                data.image_column,
-                data.label_column,
-                skip_unreadable=data_args.skip_unreadable,
-                strong_transforms=transforms(train, strong=True) if train and strong_view else None,
-                seed=args.data_seed if args.data_seed is not None else args.seed,
-            )
-            splits[split] = set_stream_transform(part, transform, num_labels=len(data.names), train=train)
-            continue
-        if data_args.skip_unreadable:
-            part, skipped = filter_unreadable(part, data.image_column)
-            logger.info(f"{split}: skipped {skipped} unreadable images")
-        part = add_sample_index(part)
-        transform = make_transform_fn(
-            *transforms(train),
+        transform_fn = make_transform_fn(
+            *pipelines(train),
             data.image_column,
             data.label_column,
-            strong_transforms=transforms(train, strong=True) if train and strong_view else None,
+            # A stream cannot be filtered beforehand: its transform drops unreadable images as it reads them.
+            skip_unreadable=data_args.skip_unreadable and data_args.streaming,
+            strong_transforms=pipelines(train, strong=True) if train and strong_view else None,
             seed=args.data_seed if args.data_seed is not None else args.seed,
         )
-        if train and cache is not None:
-            # Offline distillation: the student sees exactly the crops the teacher saw when the cache was built.
-            transform = ReplayTransform(
-                cache.cache,
-                student_config.size,
-                student_config.mean,
-                student_config.std,
-                data.image_column,
-                data.label_column,
-                student_config.num_channels,
-                student_config.interpolation,
-            )
-        splits[split] = set_image_transform(part, transform)
+        if data_args.streaming:
+            part = data.splits[split]
+            splits[split] = set_stream_transform(part, transform_fn, num_labels=len(data.names), train=train)
+        else:
+            replay = _replayed_views(cache, student_config, data) if train and cache is not None else None
+            splits[split] = _transformed_split(data, split, replay or transform_fn, data_args.skip_unreadable)
     return splits
+
+
+def _replayed_views(cache: CachedTeacher, config: ImageConfig, data: RunData) -> ReplayTransform:
+    """Offline distillation: the student sees exactly the crops the teacher saw when the cache was built."""
+    return ReplayTransform(
+        cache.cache, config.size, config.mean, config.std, data.image_column, data.label_column,
+        config.num_channels, config.interpolation,
+    )  # fmt: skip
+
+
+def _transformed_split(data: RunData, split: str, transform_fn: Any, skip_unreadable: bool) -> Any:
+    """A map-style split with its transform: unreadable images filtered out first (when asked), a sample index per
+    row (it seeds each row's augmentation and names a bad row in errors)."""
+    part = data.splits[split]
+    if skip_unreadable:
+        part, skipped = filter_unreadable(part, data.image_column)
+        logger.info(f"{split}: skipped {skipped} unreadable images")
+    return set_image_transform(add_sample_index(part), transform_fn)
+
+
+class ImageClassificationData:
+    """The data of a run and its preprocessing: one builder, used in two steps around the models.
+
+    `load()` reads the train and eval splits (raw images, their columns and class names) before the models load,
+    since the student's head is sized to the class names; `splits(data, models)` then gives each split its batch
+    transform: each model's own preprocessing of one shared random crop per sample, or the cached views of a teacher
+    cache. `hfkd distill` and `examples/run_image_distill.py` build their data with it.
+
+    To preprocess images otherwise, subclass it and override `transform` (one model's pipeline, PIL image -> tensor;
+    the teachers' replay the student's random draws); to read other data, override `load` (a `RunData` whose splits
+    hold raw images). Then build yours where the run builds this one.
+
+    Args:
+        data_args, run_args, args: the run's parsed arguments.
+        cache (`CachedTeacher`, *optional*): the run's teacher cache; its recorded rows select the data, and its
+            stored views replace the training transform.
+        cache_dir (`str`, *optional*): where `datasets` caches what it downloads.
+    """
+
+    def __init__(
+        self,
+        data_args: DataArguments,
+        run_args: RunArguments,
+        args: DistillationArguments,
+        cache: CachedTeacher | None = None,
+        *,
+        cache_dir: str | None = None,
+    ) -> None:
+        self.data_args, self.run_args, self.args = data_args, run_args, args
+        self.cache, self.cache_dir = cache, cache_dir
+
+    def load(self) -> RunData:
+        """The raw splits, their columns and class names; a teacher cache's rows, checked against the cache."""
+        data = load_data(
+            self.data_args,
+            self.run_args,
+            self.args,
+            distilling=self.args.uses_teacher,
+            cache_dir=self.cache_dir,
+            rows=cache_rows(self.cache),
+        )
+        if self.cache is not None:
+            check_cache(self.cache, data, self.data_args, self.args)
+        return data
+
+    def transform(self, config: ImageConfig, *, train: bool, strong: bool = False) -> Any:
+        """One model's pipeline: PIL image -> normalised tensor of `config`'s size, mean and std."""
+        return image_transform(self.data_args, config, train=train, strong=strong)
+
+    def splits(self, data: RunData, models: tuple[Any, Any, list[Any], list[Any]]) -> dict[str, Any]:
+        """`{"train": ..., "eval": ...}`, each with its batch transform, for the trainer."""
+        return prepare_splits(data, self.data_args, self.args, models, self.cache, transform=self.transform)
 
 
 def cache_rows(cache: CachedTeacher | None) -> dict[str, Any] | None:
@@ -288,3 +382,13 @@ def check_cache(cache: CachedTeacher, data: RunData, data_args: DataArguments, a
         teacher_ensemble_temperature=args.teacher_ensemble_temperature,
     )
     logger.info(f"Teacher cache: {cache_summary(cache.cache.config)}; it matches this run's data.")
+    ensemble = cache.cache.config.ensemble
+    if ensemble is not None and ensemble["mode"] == "probs" and args.teacher_ensemble_temperature is None:
+        # Unset, the temperature is the loss's, as with live teachers; a cache, built without a loss, used 1 then.
+        wanted = ensemble_temperature(args)
+        if wanted != ensemble["temperature"]:
+            logger.warning(
+                f"The teacher cache averaged its teachers' distributions at temperature {ensemble['temperature']:g} "
+                f"and this run's loss works at {wanted:g}: live teachers would be averaged at {wanted:g}. For the "
+                f"same targets, rebuild the cache with --teacher_ensemble_temperature {wanted:g}."
+            )

@@ -7,21 +7,21 @@ What a row holds: `hfkd.results.runs`. `--png` needs matplotlib (`pip install "h
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from hfkd.commands.cli import CommandParser
 from hfkd.results.plot import save_png
 from hfkd.results.runs import RUN_FILES, find_run_dirs, read_run, run_name, summarise, to_json, to_markdown
 
 MISSING_MATPLOTLIB = (
-    'hfkd.report --png needs matplotlib, not installed: pip install "hfkd[plots]" (or: pip install matplotlib)\n'
+    'hfkd report --png needs matplotlib, not installed: pip install "hfkd[plots]" (or: pip install matplotlib)\n'
 )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hfkd.report", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="hfkd report", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="Run folders, or folders searched recursively for runs.")
     parser.add_argument("--json", help="Write the summary as JSON to this file.")
     parser.add_argument("--markdown", help="Write the markdown table to this file.")
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if not run_dirs:
         sys.stderr.write(
             f"No finished runs under {', '.join(args.paths)}: a finished run folder holds {', '.join(RUN_FILES)} "
-            "(examples/run_image_distill.py writes them when training and evaluation end).\n"
+            "(hfkd distill writes them when training and evaluation end).\n"
         )
         return 1
     runs = [read_run(d, name=run_name(d, args.paths)) for d in run_dirs]

@@ -80,8 +80,9 @@ def require_view(batch: dict[str, Any], view: str) -> Any:
     if view == STRONG_PIXEL_VALUES:
         raise UsageError(
             "This loss needs a strongly augmented view of each batch (`strong_pixel_values`). "
-            "examples/run_image_distill.py adds it for such losses; with your own data, build the batch transform "
-            "with hfkd.data.make_transform_fn(..., strong_transforms=(...)) and collate with DistillationCollator."
+            "hfkd distill (and examples/run_image_distill.py) adds it for such losses; with your own data, build the "
+            "batch transform with hfkd.data.make_transform_fn(..., strong_transforms=(...)) and collate with "
+            "DistillationCollator."
         )
     raise UsageError(f"The batch has no {view!r} (keys: {sorted(batch)}).")
 

@@ -14,12 +14,9 @@ from huggingface_hub import EvalResult
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from hfkd.losses.base import PaperRef
+from hfkd.losses.registry import CE_ONLY
 from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import is_local_path, neutral_name
-
-# Mirrors `hfkd.arguments.CE_ONLY`, not imported so that building a card never needs `TrainingArguments`.
-CE_ONLY = "ce"
-
 
 _HUB_URL = "https://huggingface.co"
 

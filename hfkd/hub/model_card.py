@@ -12,8 +12,8 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers.utils import logging
 
 from hfkd.hub import card_text as text
-from hfkd.hub.card_text import CE_ONLY
 from hfkd.losses.base import PaperRef
+from hfkd.losses.registry import CE_ONLY
 from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import is_local_path
 

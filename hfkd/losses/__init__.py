@@ -43,6 +43,7 @@ from hfkd.losses.ofd import ofd_loss, ofd_margin
 from hfkd.losses.pkd import pkd_loss
 from hfkd.losses.pkt import pkt_loss
 from hfkd.losses.registry import (
+    CE_ONLY,
     create_loss,
     get_loss_class,
     list_losses,
@@ -58,6 +59,7 @@ from hfkd.losses.sp import sp_loss
 from hfkd.losses.vid import vid_loss
 
 __all__ = [
+    "CE_ONLY",
     "LOGIT_STANDARDIZATION_PAPER",
     "DistillBatch",
     "DistillationLoss",

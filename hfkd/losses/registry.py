@@ -13,6 +13,11 @@ from typing import Any
 from hfkd.losses.base import KNOWN_TASKS, DistillationLoss, LossContext
 from hfkd.utils.errors import UnknownNameError, UsageError
 
+CE_ONLY = "ce"
+"""The loss key that is no distillation loss: cross-entropy on the labels alone, without a teacher (teacher
+fine-tuning and the CE baseline). It is never registered: the arguments, the trainer and the model card test for it."""
+
+
 _LOSSES: dict[str, type[DistillationLoss]] = {}
 
 

@@ -89,7 +89,7 @@ def check_label_space(
         raise UsageError(
             f"Teacher {teacher_name!r} predicts {teacher_labels} classes but the student (and its dataset) "
             f"{num_labels}; distilling its logits needs the same label space. Fine-tune the teacher on this dataset "
-            f"first with `--loss ce` (e.g. `python examples/run_image_distill.py --student {teacher_name} --loss ce "
+            f"first with `--loss ce` (e.g. `hfkd distill --student {teacher_name} --loss ce "
             "--output_dir teacher-ft ...`, then `--teacher teacher-ft`), or map the dataset's classes onto the "
             "teacher's with `--teacher_label_map` (a JSON object of dataset class name to teacher class name or "
             "index)."

@@ -17,6 +17,20 @@ import torch
 from torch import nn
 
 from hfkd.losses import LossNeeds
+from hfkd.utils.local_names import is_local_path, neutral_name
+
+
+def teacher_record(name: str | None, revision: str | None, config: Any) -> dict[str, Any]:
+    """What a run and a teacher cache record of a teacher checkpoint: `name_or_path` (a local folder by its name
+    only, never its absolute path), `local`, `revision` (`None` for a local folder) and `commit` (the Hub commit its
+    config came from, when known)."""
+    local = bool(name) and is_local_path(name)
+    return {
+        "name_or_path": neutral_name(name),
+        "local": local,
+        "revision": None if local else revision,
+        "commit": getattr(config, "_commit_hash", None),
+    }
 
 
 @dataclass

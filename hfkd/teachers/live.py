@@ -24,8 +24,7 @@ from hfkd.losses import LossNeeds, logits_of
 from hfkd.models.features import PreactivationRecorder, is_convolutional, run_for_loss
 from hfkd.models.loading import load_image_classifier, resolve_model_name
 from hfkd.models.provenance import describe_provenance, teacher_provenance
-from hfkd.teachers.base import Teacher, TeacherOutputs
-from hfkd.utils.local_names import is_local_path, neutral_name
+from hfkd.teachers.base import Teacher, TeacherOutputs, teacher_record
 
 logger = logging.get_logger(__name__)
 
@@ -134,12 +133,8 @@ class LiveTeacher(Teacher):
         return logits_of(self._run(teacher_pixels(batch, member=self.member), for_loss=False))
 
     def record(self) -> dict[str, Any]:
-        local = bool(self.name) and is_local_path(self.name)
         return {
-            "name_or_path": neutral_name(self.name),
-            "local": local,
-            "revision": None if local else self.revision,
-            "commit": getattr(self.config, "_commit_hash", None),
+            **teacher_record(self.name, self.revision, self.config),
             "num_labels": getattr(self.config, "num_labels", None),
             "provenance": self.origin,
         }

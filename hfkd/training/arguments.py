@@ -1,7 +1,6 @@
 """DistillationArguments: TrainingArguments plus the teacher and the distillation loss."""
 
 import difflib
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,30 +9,13 @@ from timm.optim import list_optimizers
 from transformers import TrainingArguments
 
 from hfkd.data.mixing import check_mixing_arguments
-from hfkd.losses import get_loss_class, validate_loss_kwargs
+from hfkd.losses import CE_ONLY, get_loss_class, validate_loss_kwargs
 from hfkd.teachers.cached import CachedTeacher
 from hfkd.teachers.combine import check_ensemble_arguments, feature_member_index
 from hfkd.training.reporting import check_reporting
 from hfkd.training.schedulers import check_schedule_arguments
 from hfkd.utils.errors import UnknownNameError, UsageError
-
-CE_ONLY = "ce"
-"""`distill_loss="ce"`: no teacher, plain cross-entropy (teacher fine-tuning and the CE baseline)."""
-
-
-def _parse_json_mapping(name: str, value: Any) -> dict[str, Any]:
-    if value is None or value == "":
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise UsageError(
-                f"`{name}` must be a JSON object such as '{{\"temperature\": 4.0}}', got {value!r} ({err.msg})."
-            ) from None
-    if not isinstance(value, dict):
-        raise UsageError(f"`{name}` must be a mapping (JSON object on the command line), got {value!r}.")
-    return dict(value)
+from hfkd.utils.json_arguments import parse_json_mapping
 
 
 @dataclass
@@ -317,11 +299,11 @@ class DistillationArguments(TrainingArguments):
 
     def _parse_json_fields(self) -> None:
         """The mapping fields as dicts (a JSON string on the command line, a mapping in a recipe, or unset: `{}`)."""
-        self.teacher_model_init_kwargs = _parse_json_mapping(
+        self.teacher_model_init_kwargs = parse_json_mapping(
             "teacher_model_init_kwargs", self.teacher_model_init_kwargs
         )
-        self.distill_loss_kwargs = _parse_json_mapping("distill_loss_kwargs", self.distill_loss_kwargs)
-        self.distill_timm_optimizer_kwargs = _parse_json_mapping(
+        self.distill_loss_kwargs = parse_json_mapping("distill_loss_kwargs", self.distill_loss_kwargs)
+        self.distill_timm_optimizer_kwargs = parse_json_mapping(
             "distill_timm_optimizer_kwargs", self.distill_timm_optimizer_kwargs
         )
 

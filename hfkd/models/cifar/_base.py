@@ -81,7 +81,7 @@ def build_cifar_model(model_cls: type[nn.Module], variant: str, pretrained: bool
         raise UsageError(
             f"There are no pretrained weights for {variant!r} in timm; create it with pretrained=False and load a "
             "checkpoint with `model.load_state_dict(...)` (mdistiller checkpoints load as they are), or convert a "
-            "released teacher with `python -m hfkd.convert`."
+            "released teacher with `hfkd convert`."
         )
     return build_model_with_cfg(
         model_cls,

@@ -1,0 +1,263 @@
+"""`hfkd distill`: distil an image classifier into a smaller one, from the command line.
+
+    hfkd distill --teacher microsoft/swin-large --student resnet-50 --loss dist --dataset imagenet-1k \
+        --output_dir runs/swinl-r50-dist --bf16
+    accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml -m hfkd distill \
+        --config recipes/<dataset>/<method>/<student>_from_<teacher>.yaml --output_dir <dir>
+
+The run reads top to bottom: parse -> resolve the models (offline, no weights) -> data -> load the models ->
+transforms -> trainer -> train -> evaluate -> model card (or push). Each step is a public function of this module (the
+data and its preprocessing: `hfkd.commands.data.ImageClassificationData`), and `examples/run_image_distill.py` is
+`main` written out from the same steps, for a user to copy and change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import datasets
+import transformers
+from transformers import set_seed
+
+from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments, parse_args
+from hfkd.commands.data import ImageClassificationData, RunData
+from hfkd.commands.run_folder import prepare_output_dir, run_settings, start_run
+from hfkd.commands.smoke import apply_smoke
+from hfkd.data.collator import DistillationCollator
+from hfkd.data.demo import card_dataset_name
+from hfkd.models.availability import check_available, config_num_labels
+from hfkd.models.label_space import check_label_space, check_teacher_labels, map_teacher_labels
+from hfkd.models.loading import ModelSpec, load_image_classifier, load_image_processor, resolve_model_name
+from hfkd.teachers.cached import CachedTeacher
+from hfkd.training.arguments import DistillationArguments
+from hfkd.training.trainer import DistillationTrainer
+from hfkd.utils.errors import UsageError
+from hfkd.utils.json_arguments import parse_json_mapping
+
+logger = transformers.utils.logging.get_logger(__name__)
+
+
+def setup_logging(args: DistillationArguments) -> None:
+    """Log to stdout: hfkd's steps at INFO on the main process, transformers' and datasets' warnings."""
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    level = logging.INFO if args.should_log else logging.WARNING
+    logging.getLogger("hfkd").setLevel(level)
+    datasets.utils.logging.set_verbosity(level if args.should_log else logging.ERROR)
+    transformers.utils.logging.set_verbosity(logging.WARNING if args.should_log else logging.ERROR)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def resolve_models(model_args: ModelArguments, args: DistillationArguments) -> tuple[ModelSpec, list[ModelSpec]]:
+    """The student's and the live teachers' specs (one, or the members of an ensemble; none for CE or a cache),
+    without weights; a Hub model that is neither cached nor reachable stops the run here, in one line."""
+    args.check_teacher_given()
+    student = resolve_model_name(model_args.student_model_name_or_path, revision=model_args.student_revision)
+    student = check_available(student, "student", pretrained=model_args.student_pretrained)
+    teachers = []
+    if args.uses_teacher and args.teacher_cache_dir is None:
+        for name in args.teacher_names:
+            teacher = resolve_model_name(name, revision=args.teacher_model_revision)
+            teachers.append(check_available(teacher, "teacher", pretrained=model_args.teacher_pretrained))
+    for role, spec in [("student", student)] + [("teacher", t) for t in teachers]:
+        logger.info(f"{role}: {spec.name!r} -> {spec.source} ({spec.kind})")
+    return student, teachers
+
+
+def run_phases(run_args: RunArguments, model_args: ModelArguments) -> tuple[bool, bool]:
+    """(train, evaluate): both by default; --do_train / --do_eval, when given, as transformers' examples read them
+    (an --eval_strategy alone does not make a run evaluation-only). Evaluating alone needs a trained student: the
+    --student folder."""
+    do_train, do_eval = (bool(asked) for asked in run_args.phases)
+    if not do_train and not do_eval:
+        return True, True
+    if do_eval and not do_train and not model_args.student_pretrained:
+        raise UsageError(
+            "--do_eval without --do_train evaluates a trained student: pass its folder with --student, without "
+            "--student_pretrained false."
+        )
+    return do_train, do_eval
+
+
+def open_cache(args: DistillationArguments) -> CachedTeacher | None:
+    """The teacher cache of `--teacher_cache_dir` (checked when opened), when the run distils from one."""
+    if not args.uses_teacher or args.teacher_cache_dir is None:
+        return None
+    return CachedTeacher(args.teacher_cache_dir, args.device)
+
+
+def _check_heads(
+    student_spec: ModelSpec, teacher_specs: list[ModelSpec], model_args: ModelArguments, num_classes: int
+) -> None:
+    """Decided from the configs, before any weights load: a 1000-class teacher cannot teach 10 classes, and a
+    student whose head must be kept needs the data's class count."""
+    if model_args.teacher_pretrained and model_args.teacher_label_map is None:
+        for spec in teacher_specs:
+            check_label_space(spec.name, config_num_labels(spec), num_classes)
+    if model_args.student_pretrained and not model_args.ignore_mismatched_sizes:
+        student_classes = config_num_labels(student_spec)
+        if student_classes is not None and student_classes != num_classes:
+            raise UsageError(
+                f"--student {student_spec.name!r} has {student_classes} classes and the data has {num_classes}; "
+                "--ignore_mismatched_sizes false keeps its head. Drop that flag to give the student a new head."
+            )
+
+
+def load_models(
+    student_spec: ModelSpec,
+    teacher_specs: list[ModelSpec],
+    model_args: ModelArguments,
+    args: DistillationArguments,
+    names: list[str],
+) -> tuple[Any, Any, list[Any], list[Any]]:
+    """(student, its processor, teachers, their processors): the student gets the dataset's head; each teacher
+    keeps its own (mapped onto the dataset's classes with --teacher_label_map) and must predict the dataset's label
+    space, an ensemble's teachers hence the same one."""
+    _check_heads(student_spec, teacher_specs, model_args, len(names))
+    id2label = dict(enumerate(names))
+    common = {"trust_remote_code": model_args.trust_remote_code, "cache_dir": model_args.cache_dir}
+    student = load_image_classifier(
+        student_spec,
+        num_labels=len(names),
+        id2label=id2label,
+        pretrained=model_args.student_pretrained,
+        drop_path_rate=model_args.drop_path_rate,
+        **common,
+    )
+    student_processor = load_image_processor(student_spec, trust_remote_code=model_args.trust_remote_code)
+    # A random-init teacher gets the dataset's head; a real teacher's head is never touched.
+    head = {} if model_args.teacher_pretrained else {"num_labels": len(names), "id2label": id2label}
+    # --teacher_model_init_kwargs wins over the shared flags (its trust_remote_code included).
+    teacher_kwargs = {**common, **args.teacher_model_init_kwargs}
+    label_map = parse_json_mapping("--teacher_label_map", model_args.teacher_label_map, files=True) or None
+    teachers, processors = [], []
+    for spec in teacher_specs:
+        teacher = load_image_classifier(spec, pretrained=model_args.teacher_pretrained, **head, **teacher_kwargs)
+        if label_map is not None:
+            teacher = map_teacher_labels(teacher, label_map, names)
+        check_teacher_labels(teacher, len(names), id2label)
+        teachers.append(teacher)
+        processors.append(load_image_processor(spec, trust_remote_code=teacher_kwargs["trust_remote_code"]))
+    return student, student_processor, teachers, processors
+
+
+def build_trainer(
+    args: DistillationArguments, models: tuple, splits: dict[str, Any], cache: Any, **record: Any
+) -> DistillationTrainer:
+    """The trainer (it builds the loss for the two models, so a loss that cannot serve them fails here); an output
+    folder that the attempt created is removed again when it fails."""
+    student, student_processor, teachers, _ = models
+    # A timm student's preprocessing lives in its config.json; its processor's save_pretrained only warns.
+    if type(student_processor).__name__ == "TimmWrapperImageProcessor":
+        student_processor = None
+    existed = os.path.exists(args.output_dir)
+    try:
+        return DistillationTrainer(
+            model=student,
+            teacher_model=cache if cache is not None else teachers[0] if len(teachers) == 1 else teachers or None,
+            args=args,
+            train_dataset=splits["train"],
+            eval_dataset=splits["eval"],
+            data_collator=DistillationCollator(),
+            processing_class=student_processor,
+            **record,
+        )
+    except Exception:
+        if not existed and os.path.isdir(args.output_dir) and not os.listdir(args.output_dir):
+            os.rmdir(args.output_dir)
+        raise
+
+
+def train(trainer: DistillationTrainer, args: DistillationArguments) -> None:
+    """Train (resuming when asked), then save the student, its metrics and the trainer's state."""
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+
+
+def evaluate(trainer: DistillationTrainer, run_args: RunArguments) -> tuple[dict[str, float], dict | None]:
+    """The student's metrics and, when asked and possible, the teacher's."""
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    teacher_metrics = None
+    if trainer.teacher_model is not None and run_args.evaluate_teacher:
+        teacher_metrics = trainer.evaluate_teacher()
+        trainer.log_metrics("teacher_eval", teacher_metrics)
+        trainer.save_metrics("teacher_eval", teacher_metrics)
+    if not trainer.args.uses_teacher:
+        logger.info(f"Cross-entropy run finished: top-1 {100 * metrics['eval_accuracy']:.2f} %")
+    return metrics, teacher_metrics
+
+
+def write_card(
+    trainer: DistillationTrainer,
+    student_spec: ModelSpec,
+    model_args: ModelArguments,
+    data: RunData,
+    data_args: DataArguments,
+    results: dict[str, dict | None],
+) -> None:
+    """The model card next to the student (pushed with it under --push_to_hub)."""
+    card_kwargs = {
+        "finetuned_from": student_spec.source if student_spec.kind != "local" else student_spec.name,
+        "student_from_scratch": not model_args.student_pretrained,
+        "tasks": "image-classification",
+        "dataset": card_dataset_name(data_args.dataset, data.source),
+        "dataset_args": data_args.dataset_config,
+        "tags": ["hfkd", f"distill-{trainer.args.distill_loss}"],
+        "is_timm": student_spec.is_timm,
+        **results,
+    }
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub(**card_kwargs)
+    else:
+        trainer.create_model_card(**card_kwargs)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """`hfkd distill [flags]`: the run, step by step; returns the student's evaluation metrics."""
+    model_args, data_args, run_args, training_args, recipe = parse_args(argv, prog="hfkd distill")
+    setup_logging(training_args)
+    if run_args.smoke:
+        apply_smoke(model_args, data_args, run_args, training_args)
+
+    # Everything that can be checked without weights or data is checked first.
+    settings = run_settings(model_args, data_args, training_args)
+    training_args.resume_from_checkpoint = prepare_output_dir(
+        training_args.output_dir,
+        settings,
+        overwrite=run_args.overwrite_output_dir,
+        resume=training_args.resume_from_checkpoint,
+    )
+    student_spec, teacher_specs = resolve_models(model_args, training_args)
+    do_train, do_eval = run_phases(run_args, model_args)
+    baseline = parse_json_mapping("--baseline_metrics", run_args.baseline_metrics, files=True) or None
+    cache = open_cache(training_args)
+    set_seed(training_args.seed)
+
+    # The data and its preprocessing, one builder: its splits are read before the models load (the student's head
+    # takes the class names) and get their transforms after (each model's own preprocessing).
+    data_builder = ImageClassificationData(data_args, run_args, training_args, cache, cache_dir=model_args.cache_dir)
+    data = data_builder.load()
+    models = load_models(student_spec, teacher_specs, model_args, training_args, data.names)
+    splits = data_builder.splits(data, models)
+    trainer = build_trainer(training_args, models, splits, cache, recipe=recipe, data_info=data.info(data_args))
+    if do_train:
+        if training_args.should_save:
+            start_run(training_args.output_dir, settings, overwrite=run_args.overwrite_output_dir)
+        train(trainer, training_args)
+    metrics, teacher_metrics = evaluate(trainer, run_args) if do_eval else ({}, None)
+    if do_train:
+        results = {"student_metrics": metrics, "teacher_metrics": teacher_metrics}
+        write_card(trainer, student_spec, model_args, data, data_args, {**results, "baseline_metrics": baseline})
+    return metrics

@@ -43,7 +43,9 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _logged(trainer: DistillationTrainer, key: str) -> list[float]:
-    return [entry[key] for entry in trainer.state.log_history if key in entry]
+    values = [entry[key] for entry in trainer.state.log_history if key in entry]
+    assert values, f"{key} was never logged (logged: {sorted({k for e in trainer.state.log_history for k in e})})"
+    return values
 
 
 @pytest.mark.parametrize(
@@ -93,9 +95,10 @@ def test_logged_loss_is_the_weighted_sum(tmp_path, student, teacher, train_datas
         model=student, teacher_model=teacher, args=args, train_dataset=train_dataset, data_collator=collate
     )
     trainer.train()
-    for entry in trainer.state.log_history:
-        if "distill/kd" in entry:
-            assert entry["loss"] == pytest.approx(0.1 * entry["distill/ce"] + 0.9 * entry["distill/kd"], rel=1e-4)
+    steps = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(steps) == 3
+    for entry in steps:
+        assert entry["loss"] == pytest.approx(0.1 * entry["distill/ce"] + 0.9 * entry["distill/kd"], rel=1e-4)
 
 
 def test_eval_metrics_match_an_independent_computation(tmp_path, student, teacher, eval_dataset):

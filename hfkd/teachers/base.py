@@ -49,6 +49,11 @@ class Teacher:
         """What evaluation scores, by metric-name infix: the teacher's logits (`""`); an ensemble adds its members'."""
         return {"": self.logits(batch)}
 
+    def batch_keys(self) -> tuple[str, ...]:
+        """The batch entries this teacher reads besides the student's views (its own pixels, cached outputs), which
+        a batch must keep (`remove_unused_columns`)."""
+        return ()
+
     def check_dataset(self, dataset: Any) -> None:
         """Refuse a training set this teacher cannot serve (a cache of another size); nothing to check by default."""
 

@@ -19,7 +19,13 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
-from hfkd.data.batch import STRONG_PIXEL_VALUES, teacher_pixels
+from hfkd.data.batch import (
+    STRONG_PIXEL_VALUES,
+    TEACHER_PIXEL_VALUES,
+    TEACHER_STRONG_PIXEL_VALUES,
+    member_key,
+    teacher_pixels,
+)
 from hfkd.losses import LossNeeds, logits_of
 from hfkd.models.features import PreactivationRecorder, is_convolutional, run_for_loss
 from hfkd.models.loading import load_image_classifier, resolve_model_name
@@ -132,6 +138,9 @@ class LiveTeacher(Teacher):
 
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
         return logits_of(self._run(teacher_pixels(batch, member=self.member), for_loss=False))
+
+    def batch_keys(self) -> tuple[str, ...]:
+        return tuple(member_key(key, self.member) for key in (TEACHER_PIXEL_VALUES, TEACHER_STRONG_PIXEL_VALUES))
 
     def record(self) -> dict[str, Any]:
         local = bool(self.name) and is_local_path(self.name)

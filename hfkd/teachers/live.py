@@ -26,6 +26,7 @@ from hfkd.data.batch import (
     member_key,
     teacher_pixels,
 )
+from hfkd.hub.commits import hub_commit
 from hfkd.losses import LossNeeds, logits_of
 from hfkd.models.features import PreactivationRecorder, is_convolutional, run_for_loss
 from hfkd.models.loading import load_image_classifier, resolve_model_name
@@ -85,7 +86,7 @@ def prepare_teacher(
 def teacher_id(model: nn.Module, fallback: str | None = None) -> str | None:
     """The Hub id or path the teacher was loaded from, when known."""
     config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    name = getattr(config, "name_or_path", None) or getattr(model, "name_or_path", None)
     return name or fallback
 
 
@@ -148,7 +149,7 @@ class LiveTeacher(Teacher):
             "name_or_path": neutral_name(self.name),
             "local": local,
             "revision": None if local else self.revision,
-            "commit": getattr(self.config, "_commit_hash", None),
+            "commit": None if local else hub_commit(self.name, self.revision),
             "num_labels": getattr(self.config, "num_labels", None),
             "provenance": self.origin,
         }

@@ -12,16 +12,16 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNI
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The newest releases inside setup.cfg's bounds, dependencies included (eager), with the torch pair pinned.
 $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --upgrade pip setuptools wheel
-	$(BIN)/pip install $(TORCH_SPEC)
-	$(BIN)/pip install -e ".[tests]"
+	$(BIN)/pip install --upgrade --upgrade-strategy eager $(TORCH_SPEC) -e ".[tests]"
 	touch $@
 
 install: $(STAMP)
 
 lint: install
-	$(BIN)/ruff check hfkd tests examples
+	$(BIN)/ruff check hfkd tests examples benchmarks
 
 test: lint
 	$(OFFLINE) $(BIN)/python -m pytest -q

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image as PILImage
 from transformers import ViTImageProcessor
 
-from hfkd.losses import get_loss_class, list_losses
+from hfkd.losses import get_loss_class, list_losses, resolve_loss_kwargs
 from hfkd.models.loading import load_image_classifier
 
 from .testing_utils import tiny_resnet, tiny_vit
@@ -76,8 +76,13 @@ def test_two_steps_through_the_script(tmp_path, setup, loss, teacher):
     state = json.loads((out / "trainer_state.json").read_text())
     logged = [entry for entry in state["log_history"] if "loss" in entry]
     assert len(logged) == 2 and all(np.isfinite(entry["loss"]) for entry in logged)
-    assert any(key.startswith("distill/") for key in logged[0])
+    # The step's loss is CE plus this loss (both weights 1), each logged on its own.
+    for entry in logged:
+        assert entry["loss"] == pytest.approx(entry["distill/ce"] + entry["distill/loss"], rel=1e-4, abs=1e-6)
     assert (out / "model.safetensors").is_file()
     has_parameters = (out / "distill_adapters.safetensors").is_file()
     assert has_parameters == (loss in {"ctkd", "fitnet", "vid", "ofd", "crd", "reviewkd"}), loss
-    assert get_loss_class(loss).key == loss
+    record = json.loads((out / "distill_config.json").read_text())
+    assert record["distill_loss"] == loss
+    resolved = resolve_loss_kwargs(loss, SMOKE_KWARGS.get(loss, {}))
+    assert record["distill_loss_kwargs"] == json.loads(json.dumps(resolved))  # JSON has lists, not tuples

@@ -85,6 +85,26 @@ def test_unknown_and_missing_flags_are_one_line():
     assert "missing --student_model_name_or_path (or --student, --model_name_or_path)" in missing.stderr
 
 
+def test_a_recipe_sets_defaults_even_of_required_flags_and_the_command_line_wins(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "student_model_name_or_path: from-recipe\nteacher_model_name_or_path: [a, b]\nlearning_rate: 0.3\n"
+        "distill_loss_kwargs: {temperature: 2}\n"
+    )
+    model_args, _, _, args, path = build_parser().parse(["--config", str(recipe), "--output_dir", "o"])
+    assert model_args.student_model_name_or_path == "from-recipe" and path == str(recipe)
+    assert args.teacher_model_name_or_path == ["a", "b"] and args.learning_rate == 0.3
+    assert args.distill_loss_kwargs == {"temperature": 2}
+    model_args, _, _, args, _ = build_parser().parse([
+        "--config", str(recipe), "--output_dir", "o", "--student", "cli", "--teacher", "c", "--learning_rate",
+        "0.1", "--teacher=d", "e",
+    ])  # fmt: skip
+    assert model_args.student_model_name_or_path == "cli" and args.learning_rate == 0.1
+    assert args.teacher_model_name_or_path == ["c", "d", "e"]  # every --teacher of the command line, no recipe's
+    only = build_parser().parse(["--config", str(recipe), "--output_dir", "o", "--teacher", "c"])[3]
+    assert only.teacher_names == ["c"]
+
+
 def test_transformers_example_flags_are_accepted(folders):
     parser = build_parser()
     model_args, data_args, run_args, args, _ = parser.parse([

@@ -123,6 +123,37 @@ def test_each_teacher_keeps_its_own_dtype(tmp_path):
     trainer.train()
 
 
+@pytest.mark.parametrize("collator", ["default", "given"])
+def test_each_teacher_gets_its_own_pixels_when_unused_columns_are_removed(tmp_path, collator):
+    """`remove_unused_columns=True` keeps every teacher's pixels (`teacher_pixel_values_<i>`), which no forward names,
+    with the default collator and with one of the user's (the Trainer then drops columns itself)."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(0)
+    keys = ("pixel_values", "teacher_pixel_values", "teacher_pixel_values_1")
+    columns = {key: torch.randn(4, 3, 32, 32, generator=g).numpy() for key in keys}
+    data = Dataset.from_dict({**columns, "labels": [0, 1, 2, 3], "file": ["a", "b", "c", "d"]})
+    a, b = tiny_resnet(wide=True, seed=2), tiny_resnet(wide=True, seed=3)
+    seen = {}
+    for name, member in (("teacher_pixel_values", a), ("teacher_pixel_values_1", b)):
+        member.register_forward_pre_hook(
+            lambda m, _, kw, name=name: seen.update({name: kw["pixel_values"]}), with_kwargs=True
+        )
+
+    def given(examples):
+        return {key: torch.stack([torch.as_tensor(e[key]) for e in examples]) for key in (*keys, "labels")}
+
+    trainer = DistillationTrainer(
+        model=tiny_resnet(seed=1), teacher_model=[a, b], args=_args(tmp_path, remove_unused_columns=True,
+        per_device_train_batch_size=4, max_steps=1), train_dataset=data,
+        data_collator=given if collator == "given" else None,
+    )  # fmt: skip
+    trainer.train()
+    for key in ("teacher_pixel_values", "teacher_pixel_values_1"):
+        order = [int(np.flatnonzero((columns[key] == row.numpy()).all(axis=(1, 2, 3)))[0]) for row in seen[key]]
+        torch.testing.assert_close(seen[key], torch.as_tensor(columns[key][order]))
+
+
 def test_teachers_of_other_label_spaces_are_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="predicts 4 classes and teacher"):
         DistillationTrainer(

@@ -119,6 +119,56 @@ def test_trainer_from_cache_equals_trainer_with_live_teacher(tmp_path):
     torch.testing.assert_close(losses[0], losses[1])
 
 
+def test_the_data_loader_serves_the_cached_logits_and_the_step_reads_nothing(tmp_path, monkeypatch):
+    """`ReplayTransform` puts each sample's cached logits in the batch (`teacher_logits`), read in the data loader;
+    the training step then neither reads the cache nor copies a tensor to the host (a wait for a GPU)."""
+    from datasets import Dataset
+
+    from hfkd.data.datasets import add_sample_index
+
+    images = _images(4)
+    build_teacher_cache(_teacher(), images, str(tmp_path / "cache"), teacher_name="t", size=SIZE, mean=MEAN,
+                        std=STD, top_k=None, seed=0, progress=False, epochs=2)  # fmt: skip
+    cache = TeacherCache(str(tmp_path / "cache"))
+    rows = [PILImage.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
+    data = add_sample_index(Dataset.from_dict({"img": rows, "label": [0, 1, 2, 3]}))
+    data.set_transform(ReplayTransform(cache, SIZE, MEAN, STD, "img", "label"))
+    batch = data[[2, 0]]
+    torch.testing.assert_close(torch.stack(batch["teacher_logits"]), cache.teacher_logits(0, torch.tensor([2, 0])))
+
+    args = DistillationArguments(output_dir=str(tmp_path / "o"), report_to="none", use_cpu=True, max_steps=4,
+                                 per_device_train_batch_size=2, teacher_cache_dir=str(tmp_path / "cache"),
+                                 save_strategy="no", disable_tqdm=True)  # fmt: skip
+    trainer = DistillationTrainer(model=tiny_resnet(5, seed=1), args=args, train_dataset=data)
+    in_step, reads, served = [], [], []
+    compute_loss, teacher_logits, cpu = trainer.compute_loss, TeacherCache.teacher_logits, torch.Tensor.cpu
+
+    def step(model, inputs, *args, **kwargs):
+        served.append((inputs["sample_index"].clone(), inputs["teacher_logits"].clone()))
+        in_step.append(True)
+        try:
+            return compute_loss(model, inputs, *args, **kwargs)
+        finally:
+            in_step.pop()
+
+    def read(self, epoch, indices):
+        assert not in_step, "the training step read the teacher cache"
+        reads.append(epoch)
+        return teacher_logits(self, epoch, indices)
+
+    def to_host(self, *args, **kwargs):
+        assert not in_step, "the training step copied a tensor to the host"
+        return cpu(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "compute_loss", step)
+    monkeypatch.setattr(TeacherCache, "teacher_logits", read)
+    monkeypatch.setattr(torch.Tensor, "cpu", to_host)
+    trainer.train()
+    assert len(served) == 4 and sorted(set(reads)) == [0, 1]  # two epochs of two batches, read by the transform
+    for number, (index, logits) in enumerate(served):
+        torch.testing.assert_close(logits, teacher_logits(cache, number // 2, index))
+
+
 def test_replayed_views_resample_as_the_student_does(tmp_path):
     """The student's replayed view of a cached crop uses its own resampling (`--interpolation`), as torchvision's
     resized_crop of the same box and flip gives it; the default stays bilinear."""

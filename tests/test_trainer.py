@@ -43,7 +43,9 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _logged(trainer: DistillationTrainer, key: str) -> list[float]:
-    return [entry[key] for entry in trainer.state.log_history if key in entry]
+    values = [entry[key] for entry in trainer.state.log_history if key in entry]
+    assert values, f"{key} was never logged (logged: {sorted({k for e in trainer.state.log_history for k in e})})"
+    return values
 
 
 @pytest.mark.parametrize(
@@ -93,9 +95,10 @@ def test_logged_loss_is_the_weighted_sum(tmp_path, student, teacher, train_datas
         model=student, teacher_model=teacher, args=args, train_dataset=train_dataset, data_collator=collate
     )
     trainer.train()
-    for entry in trainer.state.log_history:
-        if "distill/kd" in entry:
-            assert entry["loss"] == pytest.approx(0.1 * entry["distill/ce"] + 0.9 * entry["distill/kd"], rel=1e-4)
+    steps = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(steps) == 3
+    for entry in steps:
+        assert entry["loss"] == pytest.approx(0.1 * entry["distill/ce"] + 0.9 * entry["distill/kd"], rel=1e-4)
 
 
 def test_eval_metrics_match_an_independent_computation(tmp_path, student, teacher, eval_dataset):
@@ -458,3 +461,148 @@ def test_total_flos_counts_the_student_as_a_bare_student_run_does(tmp_path, stud
         trainer.train()
         flos.append(trainer.state.total_flos)
     assert flos[0] > 0 and flos[0] == flos[1]
+
+
+# --------------------------------------------------------------------------------------------- edge paths (issue 19)
+
+
+def test_a_model_init_student_is_trained_with_its_own_loss_module_and_ema(tmp_path, teacher, train_dataset):
+    """`Trainer.train` calls `model_init` again (each trial of a hyperparameter search): that student is the one
+    wrapped with the loss, trained, and averaged."""
+    from hfkd.training.student_module import DistillationModule
+
+    _perturb(teacher)
+    built = []
+
+    def model_init():
+        built.append(tiny_resnet(seed=1))
+        return built[-1]
+
+    args = _args(tmp_path, distill_ema=True, distill_ema_decay=0.5)
+    trainer = DistillationTrainer(
+        model_init=model_init, teacher_model=teacher, args=args, train_dataset=train_dataset, data_collator=collate
+    )
+    first_ema = trainer.ema
+    initial = _state(tiny_resnet(seed=1))
+    trainer.train()
+    student = built[-1]
+    assert len(built) == 2 and trainer.student is student and trainer.model.student is student
+    assert isinstance(trainer.model, DistillationModule) and trainer.model.distill_loss is trainer.distill_loss
+    assert any(not torch.equal(initial[k], v) for k, v in student.state_dict().items())
+    assert trainer.ema.student is student and trainer.ema is not first_ema
+    callbacks = trainer.callback_handler.callbacks
+    assert trainer.ema in callbacks and first_ema not in callbacks
+    averaged = trainer.ema.state_dict()
+    assert any(not torch.equal(initial[k], averaged[k]) for k in initial if initial[k].is_floating_point())
+    assert len(_logged(trainer, "distill/kd")) == 2
+
+
+def test_fsdp_is_refused_in_one_line(tmp_path, student, teacher, monkeypatch):
+    with pytest.raises(ValueError, match="does not support FSDP.*DDP.*DeepSpeed ZeRO"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=_args(tmp_path, fsdp="full_shard"))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # an `accelerate launch` FSDP config
+    with pytest.raises(ValueError, match="does not support FSDP"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=_args(tmp_path))
+
+
+def test_adapters_are_saved_from_the_gathered_state_dict(tmp_path, adapter_loss, train_dataset):
+    """Under ZeRO-3 a module holds only its part of each parameter: `save_model` gathers the whole state dict and
+    hands it to `_save`, where the student and the loss's parameters must both come from it."""
+    from safetensors.torch import load_file as load_safetensors
+
+    from hfkd.training.student_module import ADAPTERS_NAME
+
+    trainer = DistillationTrainer(
+        model=tiny_resnet(seed=1), teacher_model=tiny_resnet(wide=True, seed=2),
+        args=_args(tmp_path, distill_loss="test_projector"), train_dataset=train_dataset, data_collator=collate,
+    )  # fmt: skip
+    gathered = {k: v + 1.0 if v.is_floating_point() else v for k, v in trainer.model.state_dict().items()}
+    trainer._save(str(tmp_path / "gathered"), state_dict=gathered)
+    adapters = load_safetensors(tmp_path / "gathered" / ADAPTERS_NAME)
+    student = load_safetensors(tmp_path / "gathered" / "model.safetensors")
+    assert set(adapters) == {"projector.weight", "projector.bias"}
+    for key, value in adapters.items():
+        torch.testing.assert_close(value, gathered[f"distill_loss.{key}"], rtol=0, atol=0)
+    for key, value in student.items():
+        torch.testing.assert_close(value, gathered[f"student.{key}"], rtol=0, atol=0)
+    trainer._save(str(tmp_path / "live"))  # no state dict: the module's own weights
+    adapters = load_safetensors(tmp_path / "live" / ADAPTERS_NAME)
+    torch.testing.assert_close(adapters["projector.weight"], trainer.distill_loss.projector.weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "labels,batch_size,steps",
+    [([2, -1, -1, -1], 2, 2), ([0, 1, 2], 2, 2), ([4, -1, 1, -1, -1], 2, 3)],
+    ids=["unequal-labelled-counts", "short-last-micro-batch", "both"],
+)
+def test_accumulation_equals_the_whole_batch_whatever_its_micro_batches_hold(tmp_path, labels, batch_size, steps):
+    """One step over micro-batches with fewer labels (`--labelled_samples`), or a short last one, is the step over
+    their union: a micro-batch's CE weighs by its labelled samples, its distillation loss by its samples."""
+    data = synthetic_dataset(len(labels), seed=3).map(lambda _, i: {"labels": labels[i]}, with_indices=True)
+    teacher = tiny_resnet(wide=True, seed=2)
+    _perturb(teacher)
+    states, losses = [], []
+    for size, accumulation in [(len(labels), 1), (batch_size, steps)]:
+        student = tiny_vit(seed=1)  # LayerNorm only, no dropout: per-sample losses decompose exactly
+        args = _args(
+            tmp_path / f"bs{size}", per_device_train_batch_size=size, gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", distill_loss="kd", distill_ce_weight=0.3,
+            distill_weight=0.7,
+        )  # fmt: skip
+        trainer = DistillationTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=data, data_collator=collate
+        )
+        losses.append(trainer.train().training_loss)
+        states.append(_state(student))
+    initial = _state(tiny_vit(seed=1))
+    assert any(not torch.equal(initial[k], states[0][k]) for k in initial)
+    for key in states[0]:
+        torch.testing.assert_close(states[1][key], states[0][key], rtol=1e-5, atol=1e-6)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_the_student_stays_where_the_trainer_does_not_place_models(tmp_path, teacher):
+    """With `place_model_on_device` false (DeepSpeed, FSDP, a device map, full-precision-cast evaluation) the
+    Trainer leaves the model where it is; so does the student module."""
+
+    class Unplaced(DistillationArguments):
+        @property
+        def place_model_on_device(self) -> bool:
+            return False
+
+    with torch.device("meta"):
+        student = tiny_resnet(seed=1)
+    args = Unplaced(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
+    assert not trainer.place_model_on_device and trainer.model.student is student
+    assert {p.device.type for p in trainer.model.parameters()} == {"meta"}
+
+
+def test_evaluation_scores_every_image_whatever_the_training_loader_drops(tmp_path, student, teacher):
+    """`dataloader_drop_last` (the CIFAR recipes set it for training) must not drop evaluation images, and the
+    teacher evaluates on a set smaller than one batch."""
+    eval_dataset = synthetic_dataset(10, seed=4)  # a batch of 8, and 2 images more
+    args = _args(tmp_path, per_device_eval_batch_size=8, dataloader_drop_last=True)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, eval_dataset=eval_dataset, data_collator=collate
+    )
+    scored = []
+    compute_metrics = trainer.compute_metrics
+    trainer.compute_metrics = lambda predicted: scored.append(len(predicted.label_ids)) or compute_metrics(predicted)
+    metrics = trainer.evaluate()
+    batch = collate([eval_dataset[i] for i in range(10)])
+    student.eval()
+    with torch.no_grad():
+        logits = student(pixel_values=batch["pixel_values"]).logits
+    assert scored == [10]
+    assert metrics["eval_accuracy"] == pytest.approx((logits.argmax(-1) == batch["labels"]).float().mean().item())
+    assert trainer.predict(eval_dataset).predictions.shape[0] == 10
+    assert trainer.args.dataloader_drop_last  # the training loader still drops its last partial batch
+
+    small = synthetic_dataset(3, seed=5)
+    teacher_metrics = trainer.evaluate_teacher(small)
+    batch = collate([small[i] for i in range(3)])
+    with torch.no_grad():
+        expected = (teacher(pixel_values=batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).float().mean()
+    assert teacher_metrics["teacher_eval_accuracy"] == pytest.approx(expected.item())

@@ -22,6 +22,7 @@ from hfkd.commands.smoke import smoke_argv
 from hfkd.data.streaming import check_streaming_arguments
 from hfkd.data.transforms import INTERPOLATIONS, check_rand_augment
 from hfkd.training.arguments import DistillationArguments
+from hfkd.utils import upstream
 from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import is_local_path
 
@@ -297,7 +298,8 @@ def parse_args(argv: list[str] | None, prog: str = COMMAND) -> tuple[Any, ...]:
         raise
     except ValueError as error:
         raise UsageError(str(error)) from error
-    explicit = {a.dest for a in parser._actions if any(_given(option, argv) for option in a.option_strings)}
+    actions = upstream.parser_actions(parser)
+    explicit = {a.dest for a in actions if any(_given(option, argv) for option in a.option_strings)}
     explicit |= set(parser.read_recipe(recipe)) if recipe else set()
     scratch_learning_rate(model_args, training_args, explicit)
     run_args.phases = tuple(getattr(training_args, f) if f in explicit else None for f in ("do_train", "do_eval"))

@@ -167,7 +167,7 @@ def _load_teacher(name: str, revision: str) -> CacheTeacher:
     spec = resolve_model_name(name, revision=revision)
     model = load_image_classifier(spec)
     image_config = image_config_for_model(model, load_image_processor(spec))
-    info = teacher_record(name, revision, model.config)
+    info = teacher_record(name, revision)
     return CacheTeacher(
         model, name, image_config.size, image_config.mean, image_config.std, image_config.num_channels, info
     )

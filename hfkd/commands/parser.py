@@ -20,7 +20,9 @@ from typing import Any, NoReturn, get_type_hints
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from hfkd.utils import upstream
 from hfkd.utils.errors import UsageError
+from hfkd.utils.upstream import HelpFormatterInternals
 
 # (title, description, field names): hfkd's own groups, in the order --help shows them.
 GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -140,31 +142,45 @@ CORE_TRAINING_FLAGS = frozenset(
 )
 
 
-# Flags that may be repeated, each occurrence adding values (`--teacher A --teacher B`, or `--teacher A B`).
+# Flags (fields typed `list[str] | None`) that may be repeated, each occurrence adding values (`--teacher A --teacher
+# B`, or `--teacher A B`): `merge_repeated` joins the occurrences before argparse, where the last would win.
 REPEATABLE = frozenset({"teacher_model_name_or_path"})
 
 
-class _Repeatable(argparse.Action):
-    """Collects every value of a repeated flag into a list. The first occurrence replaces the default (a recipe's
-    value: the command line wins), the next ones add to it."""
+def merge_repeated(argv: Sequence[str], options: set[str]) -> list[str]:
+    """`argv` with every occurrence of a flag of `options` (the spellings of one flag) joined into the first:
+    `--teacher A --lr 1 --teacher B` becomes `--teacher A B --lr 1`."""
+    merged: list[str] = []
+    values: list[str] | None = None
+    tokens = list(argv)
+    i = 0
+    while i < len(tokens):
+        name, equals, inline = tokens[i].partition("=")
+        if name not in options:
+            merged.append(tokens[i])
+            i += 1
+            continue
+        if values is None:
+            values = []
+            merged.append(name)
+            at = len(merged)
+        values.extend([inline] if equals else [])
+        i += 1
+        while i < len(tokens) and not tokens[i].startswith("-"):
+            values.append(tokens[i])
+            i += 1
+    if values is not None:
+        merged[at:at] = values
+    return merged
 
-    class Collected(list):
-        pass
 
-    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
-        current = getattr(namespace, self.dest, None)
-        collected = current if isinstance(current, self.Collected) else self.Collected()
-        collected.extend(values if isinstance(values, list) else [values])
-        setattr(namespace, self.dest, collected)
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(HelpFormatterInternals):
     """One spelling per flag (plus its aliases) and a short placeholder: `--student_model_name_or_path, --student
     VALUE`, not every hyphenated twin with the field name repeated in capitals."""
 
-    def _format_action_invocation(self, action: argparse.Action) -> str:
+    def format_invocation(self, action: argparse.Action) -> str:
         if not action.option_strings:
-            return super()._format_action_invocation(action)
+            return self.default_invocation(action)
         options = [o for o in action.option_strings if not (o.startswith("--") and "-" in o[2:])]
         if action.nargs == 0:
             return ", ".join(options)
@@ -208,8 +224,9 @@ class HfkdParser(HfArgumentParser):
         # No abbreviations: `--lr` must not silently mean one of several flags; unknown flags get suggestions.
         kwargs.setdefault("allow_abbrev", False)
         self._routes: dict[str, Any] = {}
+        self._repeatable_options: set[str] = set()
         # Groups must exist before the fields are added: argparse lists them in creation order.
-        argparse.ArgumentParser.__init__(self, **kwargs)
+        super().__init__(None, **kwargs)
         for title, description, names in GROUPS:
             group = self.add_argument_group(title, description)
             self._routes.update(dict.fromkeys(names, group))
@@ -222,27 +239,35 @@ class HfkdParser(HfArgumentParser):
             "A recipe: flat YAML of these flags (without dashes), used as defaults that the command line "
             "overrides; see recipes/README.md."
         )
-        self._routes["config"].add_argument("--config", metavar="RECIPE.yaml", help=recipe_help)
+        # Read by `parse` before argparse (SUPPRESS: no `config` attribute in the parsed namespace).
+        self._routes["config"].add_argument(
+            "--config", metavar="RECIPE.yaml", help=recipe_help, default=argparse.SUPPRESS
+        )
         self.dataclass_types = list(dataclass_types) if isinstance(dataclass_types, Sequence) else [dataclass_types]
         for dtype in self.dataclass_types:
-            self._add_dataclass_arguments(dtype)
+            self._add_fields(dtype)
+        for _, _, names in GROUPS:  # within a group, the order of GROUPS, whatever the dataclasses' order
+            order = {name: i for i, name in enumerate(names)}
+            upstream.order_group(self._routes[names[0]], key=lambda a, order=order: order.get(a.dest, len(order)))
 
-    def _add_dataclass_arguments(self, dtype: Any) -> None:
-        own = getattr(dtype, "_argument_group_name", None)
+    def _add_fields(self, dtype: Any) -> None:
+        """Add the flags of `dtype`'s fields, each in its group of `GROUPS`, with this parser's help and metavars."""
+        own = upstream.dataclass_group_name(dtype)
         fallback = self.add_argument_group(own) if own else self._training_group
         hints = get_type_hints(dtype)
         trainer_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+        actions = upstream.parser_actions(self)
         for item in dataclasses.fields(dtype):
             if not item.init:
                 continue
             item.type = hints[item.name]
             group = self._routes.get(item.name, fallback)
-            count = len(self._actions)
-            self._parse_dataclass_field(group, item)
+            count = len(actions)
+            upstream.add_dataclass_field(group, item)
             hidden = group is self._training_group and item.name in trainer_fields
-            for action in self._actions[count:]:
+            for action in actions[count:]:
                 if item.name in REPEATABLE:
-                    action.__class__, action.nargs = _Repeatable, "+"
+                    self._repeatable_options.update(action.option_strings)
                 if hidden and not self.show_all and item.name not in CORE_TRAINING_FLAGS:
                     action.help = argparse.SUPPRESS
                 elif action.option_strings[0].startswith("--no_"):
@@ -251,10 +276,6 @@ class HfkdParser(HfArgumentParser):
                 else:
                     action.help = HELP.get(item.name, action.help)
                     action.metavar = METAVARS.get(item.name, action.metavar)
-        for _, _, names in GROUPS:  # within a group, the order of GROUPS, whatever the dataclasses' order
-            group = self._routes[names[0]]
-            order = {name: i for i, name in enumerate(names)}
-            group._group_actions.sort(key=lambda a: order.get(a.dest, len(order)))
 
     def error(self, message: str) -> NoReturn:
         """One line on what is wrong and the fix, instead of argparse's usage dump."""
@@ -290,9 +311,18 @@ class HfkdParser(HfArgumentParser):
             )
         return {key: json.dumps(value) if isinstance(value, dict) else value for key, value in data.items()}
 
+    def required_fields(self) -> set[str]:
+        """The fields without a default, whose flag argparse requires on the command line."""
+        return {
+            f.name
+            for dtype in self.dataclass_types
+            for f in dataclasses.fields(dtype)
+            if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
+
     def _unknown_flags(self, remaining: list[str]) -> NoReturn:
         flags = [token for token in remaining if token.startswith("-")] or remaining
-        known = [option for action in self._actions for option in action.option_strings]
+        known = [option for action in upstream.parser_actions(self) for option in action.option_strings]
         hints = []
         known = [option for option in known if not (option.startswith("--") and "-" in option[2:])]
         for flag in flags:
@@ -308,18 +338,22 @@ class HfkdParser(HfArgumentParser):
         Returns the dataclass instances followed by the recipe path (`None` without `--config`).
         """
         config, rest = _split_config_flag(sys.argv[1:] if argv is None else argv)
+        rest = merge_repeated(rest, self._repeatable_options)
         if config is not None:
-            defaults = self.read_recipe(config)
-            for action in self._actions:
-                if action.dest in defaults:
-                    action.default = defaults[action.dest]
-                    action.required = False
+            recipe = self.read_recipe(config)
+            self.set_defaults(**recipe)
+            # argparse wants a required flag on the command line whatever its default: the recipe's values of required
+            # fields go first on it, where the same flag given after them overrides them.
+            rest = [*_as_flags({k: v for k, v in recipe.items() if k in self.required_fields()}), *rest]
         namespace, remaining = self.parse_known_args(args=rest)
         if remaining:
-            self._unknown_flags(remaining)
-        values = vars(namespace)
-        outputs = []
-        for dtype in self.dataclass_types:
-            names = {f.name for f in dataclasses.fields(dtype) if f.init}
-            outputs.append(dtype(**{name: values[name] for name in names if name in values}))
-        return (*outputs, config)
+            self._unknown_flags(remaining)  # before the dataclasses check their values: the flag may be the mistake
+        return (*self.parse_dict(vars(namespace)), config)
+
+
+def _as_flags(values: dict[str, Any]) -> list[str]:
+    """Command-line tokens that set `values` (field name -> value, or list of values)."""
+    tokens = []
+    for name, value in values.items():
+        tokens += [f"--{name}", *(str(v) for v in (value if isinstance(value, list) else [value]))]
+    return tokens

@@ -4,7 +4,8 @@ student module read.
 A batch always has `pixel_values` (the student's view). The teacher reads `teacher_pixel_values` when the data
 pipeline gives it its own pixels (another size or normalisation, same crop), else `pixel_values`. Losses that learn
 from a second, strongly augmented view (`LossNeeds.strong_view`) get `strong_pixel_values` and, likewise,
-`teacher_strong_pixel_values`. `labels` holds class ids (negative: unlabelled), `sample_index` dataset indices.
+`teacher_strong_pixel_values`. `labels` holds class ids (negative: unlabelled), `sample_index` dataset indices, and
+`teacher_logits` a teacher cache's outputs for those samples (read by the data loader's workers, not by the step).
 In a teacher ensemble, teacher i > 0 reads `teacher_pixel_values_i` (and `teacher_strong_pixel_values_i`) when the
 pipeline gives it pixels of its own, else the student's: `member_key` names them.
 """
@@ -34,6 +35,9 @@ LABELS = "labels"
 SAMPLE_INDEX = "sample_index"
 
 
+TEACHER_LOGITS = "teacher_logits"
+
+
 IMAGE_KEYS = (PIXEL_VALUES, TEACHER_PIXEL_VALUES, STRONG_PIXEL_VALUES, TEACHER_STRONG_PIXEL_VALUES)
 """Image tensors of a batch, stacked by the collator."""
 
@@ -46,8 +50,11 @@ INDEX_KEYS = (LABELS, SAMPLE_INDEX)
 TEACHER_VIEW = {PIXEL_VALUES: TEACHER_PIXEL_VALUES, STRONG_PIXEL_VALUES: TEACHER_STRONG_PIXEL_VALUES}
 
 
-# Never passed to the student's forward: the teacher's pixels, the labels (hfkd computes the CE) and the indices.
-_NOT_STUDENT_INPUTS = frozenset({TEACHER_PIXEL_VALUES, TEACHER_STRONG_PIXEL_VALUES, LABELS, SAMPLE_INDEX})
+# Never passed to the student's forward: the teacher's pixels and outputs, the labels (hfkd computes the CE) and the
+# indices.
+_NOT_STUDENT_INPUTS = frozenset(
+    {TEACHER_PIXEL_VALUES, TEACHER_STRONG_PIXEL_VALUES, LABELS, SAMPLE_INDEX, TEACHER_LOGITS}
+)
 
 
 _MEMBER_KEY = re.compile(rf"({TEACHER_PIXEL_VALUES}|{TEACHER_STRONG_PIXEL_VALUES})_[1-9][0-9]*")

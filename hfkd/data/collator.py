@@ -13,10 +13,10 @@ from datasets import Array3D, Dataset, LargeList, List, Sequence
 from transformers.utils import logging
 
 from hfkd.data.batch import (
-    IMAGE_KEYS,
     INDEX_KEYS,
     LABELS,
     SAMPLE_INDEX,
+    TEACHER_LOGITS,
     is_image_key,
 )
 from hfkd.utils.errors import UsageError
@@ -33,16 +33,17 @@ def _stack(examples: list[dict[str, Any]], key: str) -> torch.Tensor:
 
 
 class DistillationCollator:
-    """Stack what a distillation step reads: the image tensors (`pixel_values`, and the teacher's and strong views
-    when present), `labels` (or a `label` column, as datasets often name it) and `sample_index`. Every other column
-    (the PIL `image` a `dataset.map` kept, file names, ...) is left out of the batch. The trainer's default."""
+    """Stack what a distillation step reads: the image tensors (`pixel_values`, and the teachers' and strong views
+    when present), `labels` (or a `label` column, as datasets often name it), `sample_index`, and `teacher_logits`
+    (a teacher cache's outputs, `hfkd.teachers.cache.replay`). Every other column (the PIL `image` a `dataset.map`
+    kept, file names, ...) is left out of the batch. The trainer's default."""
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not examples:
             raise UsageError("Empty batch: all its images were skipped as unreadable. Run filter_unreadable() first.")
         batch = {}
         for key in examples[0]:
-            if is_image_key(key):
+            if is_image_key(key) or key == TEACHER_LOGITS:
                 batch[key] = _stack(examples, key)
         for key in INDEX_KEYS:
             source = key if key in examples[0] else "label" if key == LABELS and "label" in examples[0] else None
@@ -62,7 +63,7 @@ def fast_tensor_columns(dataset: Any) -> Any:
     """
     if not isinstance(dataset, Dataset) or dataset.format["type"] == "custom":
         return dataset
-    keys = [key for key in IMAGE_KEYS if key in dataset.column_names]
+    keys = [key for key in dataset.column_names if is_image_key(key)]  # every teacher's own pixels too
     if not keys:
         return dataset
     for key in keys:
@@ -75,7 +76,7 @@ def fast_tensor_columns(dataset: Any) -> Any:
             dataset = dataset.cast_column(key, Array3D(shape, dtype="float32"))
         except (ValueError, TypeError, pa.ArrowInvalid) as err:  # rows of other shapes: batching will say so
             logger.info(f"{key} kept as lists ({type(err).__name__}: {err}).")
-    columns = keys + [c for c in (LABELS, "label", SAMPLE_INDEX) if c in dataset.column_names]
+    columns = keys + [c for c in (LABELS, "label", SAMPLE_INDEX, TEACHER_LOGITS) if c in dataset.column_names]
     return dataset.with_format("torch", columns=columns)
 
 

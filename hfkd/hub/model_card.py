@@ -141,7 +141,7 @@ class ModelCardInfo:
         uses_teacher = distill_config["distill_loss"] != CE_ONLY
         return cls(
             model_name=model_name or os.path.basename(os.path.normpath(args.output_dir)),
-            student_name=finetuned_from or getattr(student_config, "_name_or_path", None) or "student",
+            student_name=finetuned_from or getattr(student_config, "name_or_path", None) or "student",
             loss_key=distill_config["distill_loss"],
             teacher_name=teacher.get("name_or_path"),
             teacher_revision=teacher.get("revision"),

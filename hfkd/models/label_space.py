@@ -113,7 +113,7 @@ def check_label_space(
 
 def model_name(model: Any) -> str:
     """How messages name a model object: where it was loaded from, else its class."""
-    return getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+    return getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
 
 
 def check_teacher_labels(teacher: Any, num_labels: int | None, id2label: Mapping[int, str] | None = None) -> None:

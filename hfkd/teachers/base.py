@@ -16,20 +16,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from hfkd.hub.commits import hub_commit
 from hfkd.losses import LossNeeds
 from hfkd.utils.local_names import is_local_path, neutral_name
 
 
-def teacher_record(name: str | None, revision: str | None, config: Any) -> dict[str, Any]:
+def teacher_record(name: str | None, revision: str | None) -> dict[str, Any]:
     """What a run and a teacher cache record of a teacher checkpoint: `name_or_path` (a local folder by its name
     only, never its absolute path), `local`, `revision` (`None` for a local folder) and `commit` (the Hub commit its
-    config came from, when known)."""
+    config came from, read from the local Hub cache, when known)."""
     local = bool(name) and is_local_path(name)
     return {
         "name_or_path": neutral_name(name),
         "local": local,
         "revision": None if local else revision,
-        "commit": getattr(config, "_commit_hash", None),
+        "commit": None if local else hub_commit(name, revision),
     }
 
 
@@ -62,6 +63,11 @@ class Teacher:
     def eval_logits(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """What evaluation scores, by metric-name infix: the teacher's logits (`""`); an ensemble adds its members'."""
         return {"": self.logits(batch)}
+
+    def batch_keys(self) -> tuple[str, ...]:
+        """The batch entries this teacher reads besides the student's views (its own pixels, cached outputs), which
+        a batch must keep (`remove_unused_columns`)."""
+        return ()
 
     def check_dataset(self, dataset: Any) -> None:
         """Refuse a training set this teacher cannot serve (a cache of another size); nothing to check by default."""

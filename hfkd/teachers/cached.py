@@ -1,5 +1,8 @@
 """A cached teacher: outputs read from a teacher cache (`hfkd.teachers.cache`) by sample index and epoch; the model
-never runs. A cache stores logits, so it serves logit losses only (`LossNeeds.beyond_logits`)."""
+never runs. A cache stores logits, so it serves logit losses only (`LossNeeds.beyond_logits`).
+
+The data loader's workers read the rows (`ReplayTransform` puts them in each batch as `teacher_logits`), so that the
+training step does no disk read and reads nothing back from the device."""
 
 from __future__ import annotations
 
@@ -8,20 +11,26 @@ from typing import Any
 
 import torch
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils import logging
 
-from hfkd.data.batch import SAMPLE_INDEX
+from hfkd.data.batch import SAMPLE_INDEX, TEACHER_LOGITS
 from hfkd.losses import LossNeeds
 from hfkd.teachers.base import Teacher, TeacherOutputs
 from hfkd.teachers.cache.store import TeacherCache
 from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import neutral_name
 
+logger = logging.get_logger(__name__)
+
 
 class CachedTeacher(Teacher):
     """Teacher logits read from a cache built by `python -m hfkd.teacher_cache`: the teacher never runs.
 
-    The batch must carry `sample_index`; the student's pixels must be the cached views of those samples in the
-    current epoch (`hfkd.teacher_cache.ReplayTransform`). A cache stores logits only.
+    The batch carries the cached logits of its samples in the current epoch as `teacher_logits`, and the student's
+    pixels are the cached views of those samples (`hfkd.teachers.cache.replay.ReplayTransform` gives both, in the data
+    loader's workers). A batch from a pipeline of one's own may carry `sample_index` instead: the rows are then read
+    here, in the training step, which costs a disk read and a wait for the device at every step. A cache stores logits
+    only.
     """
 
     def __init__(self, cache: TeacherCache | str, device: torch.device | str = "cpu") -> None:
@@ -38,11 +47,26 @@ class CachedTeacher(Teacher):
         return [what for what, flag in wanted if flag]
 
     def __call__(self, batch: dict[str, Any], epoch: float) -> TeacherOutputs:
+        logits = batch.get(TEACHER_LOGITS)
+        if logits is None:
+            logits = self._read_in_step(batch, epoch)
+        return TeacherOutputs(ImageClassifierOutput(logits=logits.to(self.device, non_blocking=True)))
+
+    def _read_in_step(self, batch: dict[str, Any], epoch: float) -> torch.Tensor:
         index = batch.get(SAMPLE_INDEX)
         if index is None:
-            raise UsageError("Training from a teacher cache needs `sample_index` in each batch (add_sample_index).")
-        logits = self.cache.teacher_logits(math.floor(epoch), index.cpu())
-        return TeacherOutputs(ImageClassifierOutput(logits=logits.to(self.device, non_blocking=True)))
+            raise UsageError(
+                "Training from a teacher cache needs `teacher_logits` (ReplayTransform) or `sample_index` "
+                "(add_sample_index) in each batch."
+            )
+        logger.warning_once(
+            "The batches carry no `teacher_logits`: the teacher cache is read in each training step (a disk read and "
+            "a wait for the device). hfkd.teachers.cache.replay.ReplayTransform reads it in the data loader instead."
+        )
+        return self.cache.teacher_logits(math.floor(epoch), index.cpu())
+
+    def batch_keys(self) -> tuple[str, ...]:
+        return (TEACHER_LOGITS, SAMPLE_INDEX)
 
     def check_dataset(self, dataset: Any) -> None:
         size = self.cache.config.num_samples

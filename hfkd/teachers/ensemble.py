@@ -79,6 +79,9 @@ class EnsembleTeacher(Teacher):
             strong = _with_logits(features.strong, self._combine([logits_of(o.strong) for o in outputs]))
         return TeacherOutputs(main, strong)
 
+    def batch_keys(self) -> tuple[str, ...]:
+        return tuple(key for member in self.members for key in member.batch_keys())
+
     def member_logits(self, batch: dict[str, Any]) -> list[torch.Tensor]:
         """Each member's logits on the batch's view, for evaluating them one by one."""
         return [member.logits(batch) for member in self.members]

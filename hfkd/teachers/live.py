@@ -19,7 +19,13 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
-from hfkd.data.batch import STRONG_PIXEL_VALUES, teacher_pixels
+from hfkd.data.batch import (
+    STRONG_PIXEL_VALUES,
+    TEACHER_PIXEL_VALUES,
+    TEACHER_STRONG_PIXEL_VALUES,
+    member_key,
+    teacher_pixels,
+)
 from hfkd.losses import LossNeeds, logits_of
 from hfkd.models.features import PreactivationRecorder, is_convolutional, run_for_loss
 from hfkd.models.loading import load_image_classifier, resolve_model_name
@@ -78,7 +84,7 @@ def prepare_teacher(
 def teacher_id(model: nn.Module, fallback: str | None = None) -> str | None:
     """The Hub id or path the teacher was loaded from, when known."""
     config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    name = getattr(config, "name_or_path", None) or getattr(model, "name_or_path", None)
     return name or fallback
 
 
@@ -132,9 +138,12 @@ class LiveTeacher(Teacher):
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
         return logits_of(self._run(teacher_pixels(batch, member=self.member), for_loss=False))
 
+    def batch_keys(self) -> tuple[str, ...]:
+        return tuple(member_key(key, self.member) for key in (TEACHER_PIXEL_VALUES, TEACHER_STRONG_PIXEL_VALUES))
+
     def record(self) -> dict[str, Any]:
         return {
-            **teacher_record(self.name, self.revision, self.config),
+            **teacher_record(self.name, self.revision),
             "num_labels": getattr(self.config, "num_labels", None),
             "provenance": self.origin,
         }

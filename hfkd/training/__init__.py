@@ -6,7 +6,8 @@
 - `student_module`: `DistillationModule`, the student and the loss in one module (what DDP and the optimiser see);
 - `callbacks` (the non-finite guard, the epoch callback), `checkpoints` (complete checkpoints, resuming, saving),
   `ema` (the student's weight average), `optimization` and `schedulers` (the references' optimisers and lr
-  schedules), `streaming` (the trainer's side of streamed data), `reporting` (the `report_to` check).
+  schedules), `accumulation` (exact gradient accumulation), `evaluation` (every image scored, the teacher's
+  accuracy), `streaming` (the trainer's side of streamed data), `reporting` (the `report_to` check).
 """
 
 from __future__ import annotations

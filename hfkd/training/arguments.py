@@ -98,7 +98,8 @@ class DistillationArguments(TrainingArguments):
         A non-finite loss stops the run (`"error"`) or drops that update (`"skip"`, at most this many times).
     """
 
-    teacher_model_name_or_path: str | None = field(
+    # A list on the command line (`--teacher A B`); one name is kept as a str (`_validate_teachers`).
+    teacher_model_name_or_path: list[str] | None = field(
         default=None,
         metadata={
             "help": "Teacher checkpoint (Hub id or local folder), used when no teacher object is passed; repeat "

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from transformers.utils import logging
 from hfkd.models.export import make_timm_loadable
 from hfkd.training.callbacks import check_finite_weights
 from hfkd.training.student_module import ADAPTERS_NAME, DistillationModule
+from hfkd.utils import upstream
 from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import neutral_name
 
@@ -40,6 +42,11 @@ DISTILL_CONFIG_NAME = "distill_config.json"
 
 
 TRAINING_ARGS_NAME = "training_args.bin"
+
+
+def _entries(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of `state_dict` under `prefix`, without it, contiguous and detached (for safetensors)."""
+    return {k[len(prefix) :]: v.detach().contiguous() for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def save_training_args(args: Any, path: str) -> None:
@@ -65,7 +72,8 @@ def share_like_other_files(folder: str) -> None:
 
 
 class CheckpointMixin:
-    """The saving and resuming overrides of `DistillationTrainer` (see the module docstring)."""
+    """How `DistillationTrainer` saves and resumes (see the module docstring): `train`, `save_model`, and the hooks
+    that `hfkd.utils.upstream.TrainerInternals` calls from the Trainer's private saving and loading methods."""
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         """`Trainer.train`, where `resume_from_checkpoint` may also be `True`, `"true"` or `"latest"`: the newest
@@ -90,17 +98,20 @@ class CheckpointMixin:
         self._guard.check(self.state.global_step)
         check_finite_weights(self.accelerator.unwrap_model(self.model), what)
 
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+    @contextlib.contextmanager
+    def writing_checkpoint(self) -> Iterator[None]:
+        """While the Trainer writes a checkpoint: nothing is written unless every weight is finite, and the
+        checkpoint holds the live weights (to resume from), the EMA beside them."""
         self._check_writable(f"checkpoint-{self.state.global_step}")
-        # Old checkpoints are rotated out only once the new one is complete: a kill while it is written must leave
-        # a complete one behind.
-        limit, self.args.save_total_limit = self.args.save_total_limit, None
-        self._saving_checkpoint = True  # a checkpoint holds the live weights (to resume from), and the EMA beside
+        self._saving_checkpoint = True
         try:
-            super()._save_checkpoint(model, trial)
+            yield
         finally:
-            self.args.save_total_limit, self._saving_checkpoint = limit, False
-        run_dir = self._get_output_dir(trial=trial)
+            self._saving_checkpoint = False
+
+    def finish_checkpoint(self, run_dir: str, limit: int | None) -> None:
+        """Once the Trainer wrote `run_dir/checkpoint-<step>`: the EMA beside it, its completeness marker once every
+        process is done, and only then the rotation of old checkpoints (keeping `limit` complete ones)."""
         folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
         if self.ema is not None and self.args.should_save:
             self.ema.save(folder)
@@ -109,59 +120,60 @@ class CheckpointMixin:
             mark_checkpoint_complete(folder)
             rotate_complete_checkpoints(run_dir, limit, keep=self.state.best_model_checkpoint)
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
+    def write_model(self, output_dir: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the model into `output_dir`, where `save_model` saves it (given the gathered `state_dict` of a model
+        that DeepSpeed ZeRO-3 or FSDP shards): the bare student, loadable with `AutoModelForImageClassification`, and
+        a loss's trainable parameters beside it in `distill_adapters.safetensors`, both taken from `state_dict` when
+        there is one (a sharded module holds only its own part); then `training_args.bin` and
+        `distill_config.json`."""
         wrapper = self.accelerator.unwrap_model(self.model)
-        if isinstance(wrapper, DistillationModule):
-            # The bare student, loadable with AutoModelForImageClassification; adapters beside it.
-            if self.args.should_save:
-                os.makedirs(output_dir, exist_ok=True)
-                student_state = None
-                if state_dict is not None:
-                    student_state = {
-                        k[len("student.") :]: v for k, v in state_dict.items() if k.startswith("student.")
-                    }
-                wrapper.student.save_pretrained(output_dir, state_dict=student_state)
-                adapters = wrapper.adapter_state_dict()
-                if adapters:
-                    save_file(adapters, os.path.join(output_dir, ADAPTERS_NAME), metadata={"format": "pt"})
-                if self.processing_class is not None:
-                    self.processing_class.save_pretrained(output_dir)
-        else:
-            super()._save(output_dir, state_dict=state_dict)
+        if not isinstance(wrapper, DistillationModule):
+            upstream.trainer_save(self, output_dir, state_dict)
+        elif self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            student_state = None if state_dict is None else _entries(state_dict, "student.")
+            wrapper.student.save_pretrained(output_dir, state_dict=student_state)
+            adapters = wrapper.adapter_state_dict() if state_dict is None else _entries(state_dict, "distill_loss.")
+            if adapters:
+                save_file(adapters, os.path.join(output_dir, ADAPTERS_NAME), metadata={"format": "pt"})
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
         if self.args.should_save:
             save_training_args(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
             share_like_other_files(output_dir)
             with open(os.path.join(output_dir, DISTILL_CONFIG_NAME), "w", encoding="utf-8") as f:
                 json.dump(self.distill_config(), f, indent=2, sort_keys=True)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+    def load_checkpoint(self, folder: str, model: nn.Module | None = None) -> None:
+        """Load a checkpoint's weights (resuming, or the best one at the end): the student, the loss's parameters
+        and the EMA."""
         if self.ema is not None:
-            self.ema.load(resume_from_checkpoint)
+            self.ema.load(folder)
         wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
         if not isinstance(wrapper, DistillationModule):
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            upstream.trainer_load_checkpoint(self, folder, model)
             return
-        super()._load_from_checkpoint(resume_from_checkpoint, wrapper.student)
+        upstream.trainer_load_checkpoint(self, folder, wrapper.student)
         if not wrapper.adapter_state_dict():
             return
-        path = os.path.join(resume_from_checkpoint, ADAPTERS_NAME)
+        path = os.path.join(folder, ADAPTERS_NAME)
         if not os.path.isfile(path):
             raise UsageError(
-                f"Checkpoint {resume_from_checkpoint!r} has no {ADAPTERS_NAME}, which loss "
+                f"Checkpoint {folder!r} has no {ADAPTERS_NAME}, which loss "
                 f"{self.args.distill_loss!r} needs to resume. Resume from a checkpoint of a run with this loss."
             )
         wrapper.distill_loss.load_state_dict(load_file(path, device=str(self.args.device)))
 
-    def _load_best_model(self) -> None:
-        # The Trainer loads the best checkpoint's weights into `self.model` non-strictly, which for the wrapper
-        # (keys prefixed `student.`) would load nothing; load the student and the adapters as resume does.
+    def load_best_model(self) -> None:
+        """Load the best checkpoint at the end of training (`load_best_model_at_end`) as resuming does: the
+        Trainer's own loading puts a checkpoint's bare-student keys into the student module non-strictly, which
+        loads nothing."""
         if isinstance(self.accelerator.unwrap_model(self.model), DistillationModule) and not self.is_deepspeed_enabled:
             best = self.state.best_model_checkpoint
             logger.info(f"Loading best model from {best} (score: {self.state.best_metric}).")
-            self._load_from_checkpoint(best)
+            self.load_checkpoint(best)
             return
-        super()._load_best_model()
+        upstream.trainer_load_best_model(self)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the student; a timm student's final folder also loads with `timm.create_model("local-dir:...")`."""

@@ -63,8 +63,10 @@ class OptimizationMixin:
         (`distill_lr_decay_epochs`) when one is set, else the Trainer's schedule."""
         args = self.args
         own_schedule = args.distill_lr_milestones is not None or args.distill_lr_decay_epochs is not None
-        if self.lr_scheduler is not None or not own_schedule:
+        given = self.lr_scheduler is not None and self.lr_scheduler is not getattr(self, "_own_lr_scheduler", None)
+        if given or not own_schedule:
             return super().create_scheduler(num_training_steps, optimizer)
+        # Built anew at each `train()`, as the Trainer rebuilds the schedules it creates (a new run's optimizer).
         optimizer = optimizer or self.optimizer
         steps_per_epoch = self._schedule_steps_per_epoch()
         if args.distill_lr_milestones is not None:
@@ -80,7 +82,7 @@ class OptimizationMixin:
                 args.distill_lr_warmup_lr / args.learning_rate if args.learning_rate else 1.0,
             )
             self.lr_scheduler = LambdaLR(optimizer, factor)
-        self._created_lr_scheduler = True
+        self._own_lr_scheduler = self.lr_scheduler
         return self.lr_scheduler
 
     def _schedule_steps_per_epoch(self) -> float:
@@ -100,8 +102,8 @@ class OptimizationMixin:
             self.args.dataloader_drop_last,
         )
 
-    def _build_ema(self) -> StudentEMA | None:
-        """The student's weight average when `distill_ema` asks for one (before the student is wrapped)."""
+    def _build_ema(self, student: nn.Module) -> StudentEMA | None:
+        """The weight average of `student` (the bare one) when `distill_ema` asks for one."""
         if not self.args.distill_ema:
             return None
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
@@ -109,7 +111,7 @@ class OptimizationMixin:
                 "--distill_ema keeps a whole copy of the student, which DeepSpeed and FSDP shard: train without "
                 "--distill_ema there, or with plain DDP."
             )
-        ema = StudentEMA(self.model, self.args.distill_ema_decay, self.args.distill_ema_warmup)
+        ema = StudentEMA(student, self.args.distill_ema_decay, self.args.distill_ema_warmup)
         self.add_callback(ema)
         return ema
 

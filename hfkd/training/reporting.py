@@ -14,10 +14,7 @@ _REPORT_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet_ml", "flyte":
 def check_reporting(report_to: Any) -> None:
     """Refuse, before any model or data loads, a `--report_to` integration whose package is not installed (the
     Trainer would only fail once it starts)."""
-    from transformers.integrations.integration_utils import (
-        INTEGRATION_TO_CALLBACK,
-        get_available_reporting_integrations,
-    )
+    from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     wanted = [name for name in names if name not in ("none", "all")]

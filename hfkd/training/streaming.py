@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 
 from hfkd.data.streaming import RESUME_NEEDS_IGNORE_DATA_SKIP, check_streaming_arguments, stream_mark
+from hfkd.utils import upstream
 from hfkd.utils.errors import UsageError
 
 
@@ -88,8 +89,8 @@ class StreamingMixin:
         options = ("num_workers", "pin_memory", "persistent_workers", "multiprocessing_context", "prefetch_factor")
         loader = DataLoader(
             self.train_dataset,
-            batch_size=self._train_batch_size,
-            collate_fn=self._get_collator_with_removed_columns(self.data_collator, description="Training"),
+            batch_size=upstream.train_batch_size(self),
+            collate_fn=upstream.collator_without_unused_columns(self, self.data_collator, "Training"),
             drop_last=args.dataloader_drop_last,
             **{option: getattr(args, f"dataloader_{option}") for option in options},
         )

@@ -20,6 +20,7 @@ from hfkd.models.features import (
     require_preactivations,
     run_for_loss,
 )
+from hfkd.utils.upstream import ignore_in_ddp
 
 ADAPTERS_NAME = "distill_adapters.safetensors"
 
@@ -32,14 +33,14 @@ def build_loss(
     probe_batch: Callable[[], dict[str, torch.Tensor] | None],
     *,
     dataset_size: int | None = None,
-    device: torch.device | str = "cpu",
     autocast: Callable[[], Any] = contextlib.nullcontext,
 ) -> DistillationLoss:
     """`create_loss(key, **kwargs, context=...)` with the context its `needs` ask for, read off both models.
 
     Feature losses get the (C, H, W) shapes of every feature map, probed once on `probe_batch()` (a collated batch
-    of a couple of training samples, or `None` without data) so that they can size their adapters; OFD the teacher's
-    BN statistics; SDD the models' classifier heads.
+    of a couple of training samples, or `None` without data, each model's on its own device) so that they can size
+    their adapters; OFD the teacher's BN statistics; SDD the models' classifier heads. The loss is returned on the
+    student's device.
     """
     needs = get_loss_class(key).needs
     num_classes = getattr(getattr(student, "config", None), "num_labels", None)
@@ -50,11 +51,17 @@ def build_loss(
     probe = probe_batch() if needs.hidden_states else None
     if probe is not None:
         with autocast():
-            context.student_feature_shapes = probe_feature_shapes(student, probe[PIXEL_VALUES].to(device))
-            context.teacher_feature_shapes = probe_feature_shapes(teacher_model, teacher_pixels(probe).to(device))
+            context.student_feature_shapes = probe_feature_shapes(student, probe[PIXEL_VALUES].to(device_of(student)))
+            teacher_input = teacher_pixels(probe).to(device_of(teacher_model))
+            context.teacher_feature_shapes = probe_feature_shapes(teacher_model, teacher_input)
     if needs.classifier_heads:
         context.student_head, context.teacher_head = classifier_head(student), classifier_head(teacher_model)
-    return create_loss(key, context=context, **kwargs)
+    return create_loss(key, context=context, **kwargs).to(device_of(student))
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where `model`'s (first) parameter lies."""
+    return next(model.parameters()).device
 
 
 class DistillationModule(nn.Module):
@@ -77,9 +84,7 @@ class DistillationModule(nn.Module):
         # Hooks on the student, installed once; they record only inside `run` (not state, not saved).
         self.preact_recorder = PreactivationRecorder(student, "student") if distill_loss.needs.preactivations else None
         # DDP would re-send these from rank 0 every step (51 MB for CRD on CIFAR); the loss keeps them in sync.
-        self._ddp_params_and_buffers_to_ignore = [
-            f"distill_loss.{name}" for name in distill_loss.rank_synchronized_buffers
-        ]
+        ignore_in_ddp(self, [f"distill_loss.{name}" for name in distill_loss.rank_synchronized_buffers])
 
     @property
     def config(self) -> Any:

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
-from transformers import EvalPrediction, PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer
 
 from hfkd.data.batch import IMAGE_KEYS, INDEX_KEYS, LABELS, PIXEL_VALUES, SAMPLE_INDEX, student_inputs
 from hfkd.data.collator import DistillationCollator, fast_tensor_columns
@@ -28,18 +28,23 @@ from hfkd.models.features import is_convolutional
 from hfkd.models.label_space import check_teacher_labels
 from hfkd.teachers.base import Teacher, TeacherOutputs
 from hfkd.teachers.build import build_teacher
+from hfkd.training.accumulation import StepCounts, batch_size, count_step
 from hfkd.training.arguments import DistillationArguments
 from hfkd.training.callbacks import STUDENT_TERM, TEACHER_TERM, EpochCallback, NonFiniteGuard, check_finite_weights
 from hfkd.training.checkpoints import CheckpointMixin
+from hfkd.training.evaluation import EvaluationMixin
 from hfkd.training.optimization import OptimizationMixin
 from hfkd.training.streaming import StreamingMixin
 from hfkd.training.student_module import DistillationModule, build_loss
 from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import recipe_name
+from hfkd.utils.upstream import TrainerInternals
 from hfkd.version import __version__
 
 
-class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Trainer):
+class DistillationTrainer(
+    CheckpointMixin, OptimizationMixin, StreamingMixin, EvaluationMixin, TrainerInternals, Trainer
+):
     """A [`~transformers.Trainer`] that distils a frozen teacher into the student `model`.
 
     The loss is `args.distill_ce_weight · CE(student, labels) + args.distill_weight · L(student, teacher)`, where
@@ -60,6 +65,8 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
     """
 
     _tag_names = ["hfkd", "knowledge-distillation"]
+    # compute_loss weighs each micro-batch by its share of the optimiser step (hfkd.training.accumulation).
+    loss_is_scaled_for_ga = True
 
     def __init__(
         self,
@@ -91,6 +98,8 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
         if compute_metrics is None:
             compute_metrics = compute_accuracy_metrics
             preprocess_logits_for_metrics = preprocess_logits_for_metrics or top_k_indices
+        # Before Trainer.__init__, which calls call_model_init: its student is adopted once the teacher is built.
+        self.teacher, self.ema, self.distill_loss = None, None, None
         super().__init__(
             model=model,
             args=args,
@@ -105,36 +114,50 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
-        # The Trainer sets this flag in __init__; our losses are per-micro-batch means, so the Trainer must
-        # divide by the accumulation steps itself (exact gradient accumulation).
-        self.model_accepts_loss_kwargs = False
         self.label_names = self.args.label_names or [LABELS]
-        if args.distill_channels_last and is_convolutional(self.model):
-            self.model.to(memory_format=torch.channels_last)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.recipe, self.data_info = recipe, data_info
         self._guard = NonFiniteGuard(args.distill_nonfinite, args.distill_max_skipped_steps, self.accelerator)
         self.add_callback(self._guard)
-        self.ema = self._build_ema()
-        self._mixer = BatchMixer.for_run(self.args, self.model)  # Mixup/CutMix, or None
         self._follow_epochs(self.train_dataset)
         self.teacher = build_teacher(teacher_model, self.args, self.accelerator)
-        self.distill_loss = None
+        if self.teacher is not None:
+            check_teacher_labels(self.teacher, getattr(self.model.config, "num_labels", None))
+            self.teacher.check_dataset(self.train_dataset)
+        self._mixer = BatchMixer.for_run(self.args, self.model)  # Mixup/CutMix, or None
+        self.model = self.model_wrapped = self._adopt_student(self.model)
+
+    def call_model_init(self, trial: Any = None) -> nn.Module:
+        """`Trainer.call_model_init`, which `Trainer.train` calls again for every run with `model_init` (each trial
+        of a hyperparameter search): the new student becomes this trainer's, with its own EMA and a new loss module
+        (built from the arguments as they are then: the trial's values are set on them afterwards)."""
+        student = super().call_model_init(trial)
+        built = getattr(self, "_guard", None) is not None  # not yet inside Trainer.__init__
+        return self._adopt_student(student) if built else student
+
+    def _adopt_student(self, student: nn.Module) -> nn.Module:
+        """Make `student` the one this trainer trains: channels-last if asked, its EMA, and the module that runs it
+        with the distillation loss (placed on the device unless the Trainer leaves placement to DeepSpeed, FSDP or
+        the model's own device map: `place_model_on_device`). Returns what becomes `self.model`."""
+        if self.args.distill_channels_last and is_convolutional(student):
+            student.to(memory_format=torch.channels_last)
+        if self.ema is not None:
+            self.remove_callback(self.ema)
+        self.ema = self._build_ema(student)
         if self.teacher is None:
-            return
-        check_teacher_labels(self.teacher, getattr(self.model.config, "num_labels", None))
-        self.teacher.check_dataset(self.train_dataset)
+            return student
+        dataset = self.train_dataset
         self.distill_loss = build_loss(
-            args.distill_loss,
-            args.distill_loss_kwargs,
-            self.model,
+            self.args.distill_loss,
+            self.args.distill_loss_kwargs,
+            student,
             self.teacher.model,
             self._probe_batch,
-            dataset_size=len(train_dataset) if hasattr(train_dataset, "__len__") else None,
-            device=self.args.device,
+            dataset_size=len(dataset) if hasattr(dataset, "__len__") else None,
             autocast=self.accelerator.autocast,
-        ).to(self.args.device)
-        self.model = self.model_wrapped = DistillationModule(self.model, self.distill_loss).to(self.args.device)
+        )
+        module = DistillationModule(student, self.distill_loss)
+        return module.to(self.args.device) if self.place_model_on_device else module
 
     @property
     def teacher_model(self) -> nn.Module | None:
@@ -157,19 +180,19 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
         examples = examples if examples is not None else list(itertools.islice(iter(dataset), 2))
         return self.data_collator(examples) if examples else None
 
-    def _set_signature_columns_if_needed(self) -> None:
-        # The trainer's model wraps the student with the loss: a batch holds the student's inputs and what the
-        # teacher and the loss read (teacher pixels, strong view, labels, sample indices).
-        if self._signature_columns is None:
-            student_inputs = list(inspect.signature(self.student.forward).parameters)
-            self._signature_columns = [*student_inputs, *IMAGE_KEYS, *INDEX_KEYS, "label", "label_ids"]
+    def batch_columns(self) -> list[str]:
+        """The dataset columns a batch keeps when `remove_unused_columns` is set: the student's inputs, and what the
+        teacher and the loss read (every teacher's own pixels, the strong view, labels, sample indices, cached
+        outputs); the Trainer would keep only what the student module's forward names."""
+        student_inputs = list(inspect.signature(self.student.forward).parameters)
+        teacher_keys = list(self.teacher.batch_keys()) if self.teacher is not None else []
+        return [*student_inputs, *IMAGE_KEYS, *INDEX_KEYS, *teacher_keys, "label", "label_ids"]
 
-    def _remove_unused_columns(self, dataset: Any, description: str | None = None) -> Any:
-        # A dataset with a batch transform (`set_transform`) builds its tensors from raw columns no forward names
-        # (the image, the label): the transform decides what a batch holds, and the collator keeps what a step reads.
-        if ((getattr(dataset, "format", None) or {}).get("type")) == "custom":
-            return dataset
-        return super()._remove_unused_columns(dataset, description)
+    def keeps_all_columns(self, dataset: Any) -> bool:
+        """Whether `remove_unused_columns` leaves `dataset` as it is: a dataset with a batch transform
+        (`set_transform`) builds its tensors from raw columns no forward names (the image, the label), so the
+        transform decides what a batch holds, and the collator keeps what a step reads."""
+        return ((getattr(dataset, "format", None) or {}).get("type")) == "custom"
 
     def _follow_epochs(self, dataset: Any) -> None:
         """A dataset transform whose random draws depend on the epoch (`set_epoch`) is told each epoch's number."""
@@ -186,14 +209,30 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
 
     # ------------------------------------------------------------------------------------------- the step
 
-    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        inputs = super()._prepare_inputs(inputs)
-        if self.args.distill_channels_last:
-            inputs = {
-                k: v.contiguous(memory_format=torch.channels_last) if k.endswith(PIXEL_VALUES) and v.ndim == 4 else v
-                for k, v in inputs.items()
-            }
-        return inputs
+    def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device) -> tuple[list, Any]:
+        """The next optimiser step's micro-batches, and what they hold in all (`StepCounts`), which `compute_loss`
+        gets as `num_items_in_batch` to weigh each micro-batch by its share of the step (`hfkd.training.accumulation`).
+        """
+        batches = list(itertools.islice(epoch_iterator, num_batches))
+        across = self.args.average_tokens_across_devices
+        mixing = self._mixer is not None  # soft targets for every sample
+        return batches, count_step(batches, self.accelerator, all_labelled=mixing, across_processes=across)
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        return super().training_step(model, self._channels_last(inputs), num_items_in_batch)
+
+    def prediction_step(
+        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list | None = None
+    ) -> Any:
+        return super().prediction_step(model, self._channels_last(inputs), prediction_loss_only, ignore_keys)
+
+    def _channels_last(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """`inputs` with their image tensors channels-last when `distill_channels_last` asks for it."""
+        if not self.args.distill_channels_last:
+            return inputs
+        return {
+            k: v.contiguous(memory_format=torch.channels_last) if _is_image(k, v) else v for k, v in inputs.items()
+        }
 
     def compute_loss(
         self,
@@ -205,30 +244,50 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
         if model.training and self._mixer is not None:
             inputs = self._mixer(inputs, self.state.global_step)  # soft labels from here on
         labels = inputs.get(LABELS)
+        shares = self._shares(num_items_in_batch, inputs)
         if self.teacher is None or not model.training:
-            # Evaluation (and CE-only training) runs the student alone: eval_loss is the student's CE.
-            if labels is None:
-                raise UsageError("The batch has no `labels`; the CE-only loss and evaluation need them.")
-            logits = logits_of(model(**student_inputs(inputs)))
-            loss = self._cross_entropy(logits, labels)
-            if model.training:
-                self._guard.observe({"loss": loss, STUDENT_TERM: logits})
+            loss, logits = self._student_loss(model, inputs, labels, shares[0])
             return (loss, {"logits": logits}) if return_outputs else loss
 
         teacher_outputs = self.teacher(inputs, epoch=self.state.epoch or 0.0)
         batch = self._distill_batch(inputs, teacher_outputs)
         student_outputs, loss_dict = model(**student_inputs(inputs), distill=(teacher_outputs, batch))
         logits = logits_of(student_outputs)
-        loss, method_ce = self.args.distill_weight * loss_dict["loss"], loss_dict.pop("ce", None)
-        ce = None
+        method_ce, ce = loss_dict.pop("ce", None), None
         if labels is not None:
             ce = self._cross_entropy(logits, labels) + (0.0 if method_ce is None else method_ce)
-            loss = loss + self.args.distill_ce_weight * ce
+        loss = self._total_loss(ce, loss_dict["loss"], *shares)
         self._record_metrics(ce, loss_dict)
         terms = {f"distill/{name}": value for name, value in loss_dict.items()}
         terms.update({"loss": loss, "distill/ce": ce, STUDENT_TERM: logits})
         self._guard.observe({**terms, TEACHER_TERM: logits_of(teacher_outputs.main)})
         return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _student_loss(
+        self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None, ce_share: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluation (and CE-only training) runs the student alone: the loss (`eval_loss`) is the student's CE."""
+        if labels is None:
+            raise UsageError("The batch has no `labels`; the CE-only loss and evaluation need them.")
+        logits = logits_of(model(**student_inputs(inputs)))
+        loss = self._cross_entropy(logits, labels)
+        if model.training:
+            self._guard.observe({"loss": loss, STUDENT_TERM: logits})
+        return (loss if ce_share is None else loss * ce_share), logits
+
+    def _total_loss(self, ce: torch.Tensor | None, distill: torch.Tensor, ce_share: Any, share: Any) -> torch.Tensor:
+        """`distill_ce_weight · CE + distill_weight · L`, each term times its share of the optimiser step if given."""
+        ce_weight, weight = self.args.distill_ce_weight, self.args.distill_weight
+        loss = distill * (weight if share is None else weight * share)
+        return loss if ce is None else loss + ce * (ce_weight if ce_share is None else ce_weight * ce_share)
+
+    def _shares(self, counts: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
+        """The weights of this micro-batch's CE mean and loss mean in its optimiser step (`StepCounts`, from
+        `get_batch_samples`); `None` outside the Trainer's training loop (evaluation, a step called on its own),
+        where the Trainer may pass a count of its own for a student whose forward takes loss kwargs."""
+        if not isinstance(counts, StepCounts):
+            return None, None
+        return counts.shares(inputs.get(LABELS), batch_size(inputs))
 
     def _distill_batch(self, inputs: dict[str, Any], teacher_outputs: TeacherOutputs) -> DistillBatch:
         """What the loss gets besides both outputs; unlabelled samples (label < 0) take the teacher's top class for
@@ -307,38 +366,6 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
 
     # ------------------------------------------------------------------------------------------- results
 
-    @torch.no_grad()
-    def evaluate_teacher(self, eval_dataset: Any = None, metric_key_prefix: str = "teacher_eval") -> dict[str, float]:
-        """Top-1/top-5 accuracy of the teacher on the evaluation set (its own pixel tensor when it has one), under
-        keys of its own (`teacher_eval_accuracy`, ...), so that no metrics file can mistake them for the student's.
-        For a teacher ensemble these are the ensemble's, and each member's follow as `teacher_eval_member_<i>_...`.
-        """
-        if self.teacher is None:
-            raise UsageError("There is no teacher to evaluate (distill_loss='ce').")
-        dataloader = self.get_eval_dataloader(eval_dataset)
-        predictions: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
-        references = []
-        for inputs in tqdm(dataloader, desc="Teacher evaluation", disable=not self.is_local_process_zero()):
-            inputs = self._prepare_inputs(inputs)
-            ranked = {key: top_k_indices(value) for key, value in self.teacher.eval_logits(inputs).items()}
-            ranked, labels = self.accelerator.gather_for_metrics((ranked, inputs[LABELS]))
-            for key, value in ranked.items():
-                predictions[key].append(value.cpu())
-            references.append(labels.cpu())
-        label_ids = torch.cat(references).numpy()
-        metrics = {}
-        for key, ranks in predictions.items():
-            result = compute_accuracy_metrics(EvalPrediction(torch.cat(ranks).numpy(), label_ids))
-            metrics.update({f"{metric_key_prefix}_{key}{name}": value for name, value in result.items()})
-        return metrics
-
-    def latest_eval_metrics(self) -> dict[str, float] | None:
-        """The most recent logged evaluation metrics (`eval_accuracy`, ...), if any."""
-        for entry in reversed(self.state.log_history):
-            if "eval_accuracy" in entry:
-                return entry
-        return None
-
     def create_model_card(
         self,
         language: str | None = None,
@@ -386,6 +413,10 @@ class DistillationTrainer(CheckpointMixin, OptimizationMixin, StreamingMixin, Tr
         build_model_card(info, output_dir=self.args.output_dir)
 
 
+def _is_image(key: str, value: Any) -> bool:
+    return key.endswith(PIXEL_VALUES) and torch.is_tensor(value) and value.ndim == 4
+
+
 def _map_datasets(function: Callable, datasets: Any) -> Any:
     """`function` over one dataset or a dict of named evaluation datasets."""
     if isinstance(datasets, dict):
@@ -403,3 +434,9 @@ def _check_args(args: Any, compute_loss_func: Callable | None) -> None:
         )
     if compute_loss_func is not None:
         raise UsageError("DistillationTrainer computes its own loss; drop `compute_loss_func`.")
+    if args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes"):
+        raise UsageError(
+            "DistillationTrainer does not support FSDP (its student module wraps the student and the loss, which "
+            "FSDP's auto-wrap cannot see into): train with DDP (`accelerate launch --multi_gpu`), or shard with "
+            "DeepSpeed ZeRO (`--deepspeed`)."
+        )

@@ -1,6 +1,7 @@
 """Two CPU processes through Accelerate (gloo): both ranks train, and the updates (and the student's EMA) equal one
-process with the whole batch. `accelerate launch --cpu --num_processes 2` would start a single process without MPI;
-the form that starts two on CPU is `accelerate launch --multi_gpu --num_processes 2 <script> ... --use_cpu`, where
+process with the whole batch, though only one rank has a labelled sample at each step (the CE averages over the
+labelled samples of all processes). `accelerate launch --cpu --num_processes 2` would start a single process without
+MPI; the form that starts two on CPU is `accelerate launch --multi_gpu --num_processes 2 <script> ... --use_cpu`, where
 `--use_cpu` is the script's TrainingArguments flag (here set in two_ranks.py)."""
 
 import json
@@ -14,6 +15,7 @@ from hfkd import DistillationArguments, DistillationTrainer
 
 from ..testing_utils import perturbed, tiny_resnet, tiny_vit
 from .launch import launch_two, needs_launcher
+from .two_ranks import LABELS, collate
 
 SCRIPT = Path(__file__).with_name("two_ranks.py")
 
@@ -32,7 +34,7 @@ def test_two_ranks_train_and_match_one_process(tmp_path):
     # At each step each rank trained on its own half of the batch.
     assert all(len(r["labels_seen"]) == 2 and all(len(b) == 2 for b in r["labels_seen"]) for r in ranks)
     for step in (0, 1):
-        assert sorted(ranks[0]["labels_seen"][step] + ranks[1]["labels_seen"][step]) == [0, 1, 2, 3]
+        assert sorted(ranks[0]["labels_seen"][step] + ranks[1]["labels_seen"][step]) == sorted(LABELS)
     # distill/* metrics are the mean over processes, identical on both ranks.
     assert ranks[0]["logged"][0]["distill/kd"] == pytest.approx(ranks[1]["logged"][0]["distill/kd"])
     # Only the main process writes the card and distill_config.json (one writer, both present).
@@ -46,13 +48,11 @@ def test_two_ranks_train_and_match_one_process(tmp_path):
         distill_ce_weight=0.3, distill_weight=0.7, save_strategy="no", disable_tqdm=True, seed=0,
         distill_ema=True, distill_ema_decay=0.5,
     )  # fmt: skip
-    from .two_ranks import collate
-
     g = torch.Generator().manual_seed(3)
     from datasets import Dataset
 
     data = Dataset.from_dict(
-        {"pixel_values": torch.randn(4, 3, 32, 32, generator=g).numpy(), "labels": [0, 1, 2, 3]}
+        {"pixel_values": torch.randn(4, 3, 32, 32, generator=g).numpy(), "labels": LABELS}
     ).with_format("torch")
     single = DistillationTrainer(
         model=reference, teacher_model=teacher, args=args, train_dataset=data, data_collator=collate

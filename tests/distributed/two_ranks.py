@@ -1,5 +1,6 @@
-"""Run by tests/distributed/test_two_processes.py under `accelerate launch`: two KD steps on 4 samples with an EMA
-of the student, then each rank writes what it saw, its live weights and its average.
+"""Run by tests/distributed/test_two_processes.py under `accelerate launch`: two KD steps on 4 samples, one of them
+labelled (so that at every step one rank has a label and the other none), with an EMA of the student; then each rank
+writes what it saw, its live weights and its average.
 Usage: two_ranks.py OUTPUT_DIR TEACHER_DIR STUDENT_DIR."""
 
 import json
@@ -11,6 +12,8 @@ from datasets import Dataset
 from transformers import AutoModelForImageClassification
 
 from hfkd import DistillationArguments, DistillationTrainer
+
+LABELS = [2, -1, -1, -1]  # -1: unlabelled (`--labelled_samples`)
 
 
 def collate(examples):
@@ -24,7 +27,7 @@ def main() -> None:
     output_dir, teacher_dir, student_dir = sys.argv[1:4]
     g = torch.Generator().manual_seed(3)
     data = Dataset.from_dict(
-        {"pixel_values": torch.randn(4, 3, 32, 32, generator=g).numpy(), "labels": [0, 1, 2, 3]}
+        {"pixel_values": torch.randn(4, 3, 32, 32, generator=g).numpy(), "labels": LABELS}
     ).with_format("torch")
     student = AutoModelForImageClassification.from_pretrained(student_dir)
     args = DistillationArguments(

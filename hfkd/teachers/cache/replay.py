@@ -1,5 +1,6 @@
 """Replaying a teacher cache: `ReplayTransform` gives the student, for each (epoch, sample), exactly the crop and flip
-the cache's teacher saw, so that the cached outputs belong to the student's view."""
+the cache's teacher saw, and the teacher's cached outputs on that view, so that they belong to the student's view and
+are read in the data loader's workers rather than in the training step."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from hfkd.data.batch import SAMPLE_INDEX, TEACHER_LOGITS
 from hfkd.data.decode import decode_image
 from hfkd.teachers.cache.store import (
     TeacherCache,
@@ -17,7 +19,8 @@ from hfkd.utils.errors import UsageError
 
 
 class ReplayTransform:
-    """`Dataset.set_transform` function that gives the student the cached view of each image in the current epoch.
+    """`Dataset.set_transform` function that gives the student the cached view of each image in the current epoch,
+    and the teacher's logits on it (`teacher_logits`, what `CachedTeacher` serves the loss).
 
     The batch needs a `sample_index` column (`hfkd.data.add_sample_index`); the trainer calls `set_epoch` at the start
     of every epoch. The student's own size, resampling and normalisation apply to the same crop box and flip the
@@ -54,6 +57,8 @@ class ReplayTransform:
             box, flip = self.cache.view(self.epoch, int(index))
             view = apply_view(tensor, box, flip, self.size, self.mean, self.std, self.interpolation)
             out["pixel_values"].append(view)
+        indices = torch.tensor([int(i) for i in out[SAMPLE_INDEX]], dtype=torch.long)
+        out[TEACHER_LOGITS] = list(self.cache.teacher_logits(self.epoch, indices))
         if self.label_column is not None:
             out["labels"] = list(batch[self.label_column])
         return out

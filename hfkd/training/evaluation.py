@@ -1,0 +1,84 @@
+"""Evaluation for `DistillationTrainer`: every image scored, and the teacher's accuracy under keys of its own.
+
+A mixin of `hfkd.training.trainer.DistillationTrainer`:
+
+- evaluation and prediction score every image of their set, whatever the training loader drops: the CIFAR recipes
+  set `dataloader_drop_last` (the references drop the last partial training batch), which the Trainer would apply to
+  its evaluation loader too, scoring 9,984 of CIFAR-100's 10,000 test images where the references score all;
+- `evaluate_teacher`: the teacher's top-1/top-5 accuracy on the evaluation set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from accelerate.utils import send_to_device
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import EvalPrediction
+
+from hfkd.data.batch import LABELS
+from hfkd.metrics import compute_accuracy_metrics, top_k_indices
+from hfkd.utils.errors import UsageError
+
+
+class EvaluationMixin:
+    """The evaluation overrides of `DistillationTrainer` (see the module docstring)."""
+
+    @contextlib.contextmanager
+    def _keeping_every_batch(self) -> Iterator[None]:
+        """Build a loader inside the block without dropping a last partial batch (the Trainer reads
+        `dataloader_drop_last` for every loader it builds)."""
+        drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
+        try:
+            yield
+        finally:
+            self.args.dataloader_drop_last = drop_last
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
+        """`Trainer.get_eval_dataloader`, keeping the last partial batch whatever `dataloader_drop_last` says."""
+        with self._keeping_every_batch():
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset: Any) -> DataLoader:
+        """`Trainer.get_test_dataloader`, keeping the last partial batch whatever `dataloader_drop_last` says."""
+        with self._keeping_every_batch():
+            return super().get_test_dataloader(test_dataset)
+
+    @torch.no_grad()
+    def evaluate_teacher(self, eval_dataset: Any = None, metric_key_prefix: str = "teacher_eval") -> dict[str, float]:
+        """Top-1/top-5 accuracy of the teacher on the evaluation set (its own pixel tensor when it has one), under
+        keys of its own (`teacher_eval_accuracy`, ...), so that no metrics file can mistake them for the student's.
+        For a teacher ensemble these are the ensemble's, and each member's follow as `teacher_eval_member_<i>_...`.
+        """
+        if self.teacher is None:
+            raise UsageError("There is no teacher to evaluate (distill_loss='ce').")
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        predictions: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
+        references = []
+        for inputs in tqdm(dataloader, desc="Teacher evaluation", disable=not self.is_local_process_zero()):
+            inputs = self._channels_last(send_to_device(inputs, self.args.device))
+            ranked = {key: top_k_indices(value) for key, value in self.teacher.eval_logits(inputs).items()}
+            ranked, labels = self.accelerator.gather_for_metrics((ranked, inputs[LABELS]))
+            for key, value in ranked.items():
+                predictions[key].append(value.cpu())
+            references.append(labels.cpu())
+        if not references:
+            raise UsageError("The evaluation set is empty: there is nothing to evaluate the teacher on.")
+        label_ids = torch.cat(references).numpy()
+        metrics = {}
+        for key, ranks in predictions.items():
+            result = compute_accuracy_metrics(EvalPrediction(torch.cat(ranks).numpy(), label_ids))
+            metrics.update({f"{metric_key_prefix}_{key}{name}": value for name, value in result.items()})
+        return metrics
+
+    def latest_eval_metrics(self) -> dict[str, float] | None:
+        """The most recent logged evaluation metrics (`eval_accuracy`, ...), if any."""
+        for entry in reversed(self.state.log_history):
+            if "eval_accuracy" in entry:
+                return entry
+        return None

@@ -22,10 +22,8 @@ from PIL import Image as PILImage
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
+from hfkd.data.batch import IGNORE_INDEX
 from hfkd.utils.errors import UsageError
-
-IGNORE_INDEX = 255
-"""The label of pixels that no loss or metric counts (transformers' `semantic_loss_ignore_index` default)."""
 
 
 @dataclass(frozen=True)

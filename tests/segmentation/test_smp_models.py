@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image as PILImage
 from transformers import AutoModelForSemanticSegmentation, SegformerImageProcessor, pipeline
 
-from hfkd.tasks.segmentation.models import REFERENCE_NETWORKS, SmpSegmentationConfig, reference_network
+from hfkd.models.smp import REFERENCE_NETWORKS, SmpSegmentationConfig, reference_network
 from hfkd.utils.errors import UsageError
 
 

@@ -9,7 +9,7 @@ transformers has neither. `SmpForSemanticSegmentation` wraps an smp model in a `
 imported), adds the FCN auxiliary head the references train (smp has none: its `aux_params` is an image-level
 classifier) and computes their loss: per-pixel CE on the logits resized to the labels, plus 0.4 x the auxiliary CE.
 A saved student therefore loads with `AutoModelForSemanticSegmentation.from_pretrained` and
-`pipeline("image-segmentation")` after `import hfkd.tasks.segmentation.models`, and `model.smp_model` is the plain
+`pipeline("image-segmentation")` after `import hfkd.models.smp`, and `model.smp_model` is the plain
 smp model (`smp_model.save_pretrained(...)` writes smp's own format).
 
 What differs from the references' networks (each recipe repeats it): the stem is timm's `resnet18d`/`resnet101d`
@@ -29,7 +29,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSemanticSegmentation, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from hfkd.tasks.segmentation.transforms import IGNORE_INDEX
+from hfkd.data.batch import IGNORE_INDEX
 from hfkd.utils.errors import UsageError
 
 MODEL_TYPE = "hfkd_smp"

@@ -1,0 +1,160 @@
+"""The task of a run: what differs between image classification, semantic segmentation and object detection.
+
+The trainer, the teachers' evaluation, the card and the command line ask their run's `Task` and never branch on its
+name. A task says:
+
+- which models it trains (`model_suffix`, the end of their transformers class name) and how it is named on the Hub
+  (`pipeline_tag`);
+- its task loss (`task_loss`): classification computes the cross-entropy itself (unlabelled samples, soft targets);
+  segmentation and detection pass `labels` to the student (`model_loss`), whose own loss is the task loss
+  (per-pixel CE with the ignore index; the detector's matching and box losses), as transformers' example scripts
+  train them;
+- how a distillation loss sees both models' outputs (`align`: dense logits of other sizes resized) and which pixels
+  it averages over (`pixel_mask`);
+- how evaluation reduces a batch before anything is gathered (`reduce`: top-5 class indices, per-image pixel counts)
+  and the metrics of the reduced batches (`metrics`), whose headline is `metric` (`eval_<metric>` in the files).
+
+`task_of_config` reads the task from a model's config (its `architectures`, else its `model_type`), without
+weights; `get_task(name)` builds one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+
+from hfkd.data.batch import LABELS, student_inputs
+from hfkd.utils.errors import UnknownNameError, UsageError
+
+CLASSIFICATION = "image-classification"
+SEGMENTATION = "semantic-segmentation"
+DETECTION = "object-detection"
+TASK_NAMES = (CLASSIFICATION, SEGMENTATION, DETECTION)
+
+
+class Task:
+    """What a run's task decides (see the module docstring). Subclasses set the class attributes and implement
+    `task_loss`, `reduce` and `metrics`."""
+
+    name: ClassVar[str] = ""
+    pipeline_tag: ClassVar[str] = ""
+    model_suffix: ClassVar[str] = ""
+    auto_class: ClassVar[str] = ""
+    metric: ClassVar[str] = ""
+    # (metric key, column title) of the card's results table, headline first.
+    card_metrics: ClassVar[tuple[tuple[str, str], ...]] = ()
+    model_loss: ClassVar[bool] = False
+
+    def __init__(self, *, id2label: Mapping[int, str] | None = None, ignore_index: int = -100, **options: Any):
+        self.id2label = dict(id2label or {})
+        self.ignore_index = ignore_index
+
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """What the student's forward takes from `batch` (and the labels when it computes the task loss)."""
+        inputs = student_inputs(batch)
+        if self.model_loss and batch.get(LABELS) is not None:
+            inputs[LABELS] = batch[LABELS]
+        return inputs
+
+    def task_loss(self, outputs: Any, labels: Any, cross_entropy: Callable) -> torch.Tensor:
+        raise NotImplementedError
+
+    def count_labelled(self, labels: Any, size: int) -> torch.Tensor | int:
+        """What the task loss of a micro-batch averages over (gradient accumulation weighs micro-batches by it)."""
+        return size if labels is not None else 0
+
+    def align(self, student_output: Any, teacher_output: Any, labels: Any = None) -> tuple[Any, Any]:
+        """Both outputs as a distillation loss compares them (classification: as they are)."""
+        return student_output, teacher_output
+
+    def pixel_mask(self, labels: Any, teacher_output: Any) -> torch.Tensor | None:
+        """The pixels a dense loss averages over, at the compared logits' resolution (`None`: every one)."""
+        return None
+
+    def reduce(self, logits: Any, labels: Any) -> tuple[Any, Any]:
+        """(predictions, references) of one evaluation batch, as small as the metrics allow."""
+        raise NotImplementedError
+
+    def metrics(self) -> Callable[..., dict[str, float]]:
+        """`compute_metrics` over the reduced batches."""
+        raise NotImplementedError
+
+    def collator(self) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        """The trainer's default collator for this task's batches."""
+        from hfkd.data.collator import DistillationCollator
+
+        return DistillationCollator()
+
+
+def _tasks() -> dict[str, type[Task]]:
+    from hfkd.tasks.classification import ClassificationTask
+    from hfkd.tasks.segmentation.task import SegmentationTask
+
+    return {task.name: task for task in (ClassificationTask, SegmentationTask)}
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """The task of that name (`image-classification`, `semantic-segmentation`, ...), built with `options`."""
+    tasks = _tasks()
+    if name not in tasks:
+        raise UnknownNameError(f"Unknown task {name!r}; hfkd trains {', '.join(tasks)}.")
+    return tasks[name](**options)
+
+
+def task_of_config(config: Any) -> str | None:
+    """The task a model config's model does, from its `architectures` (`SegformerForSemanticSegmentation`, ...) or
+    its `model_type`; `None` when the config does not tell (a bare backbone, a config without architectures)."""
+    get = config.get if isinstance(config, Mapping) else lambda key, default=None: getattr(config, key, default)
+    for architecture in get("architectures", None) or []:
+        for task in _tasks().values():
+            if architecture.endswith(task.model_suffix) or architecture.endswith(f"{task.model_suffix}WithTeacher"):
+                return task.name
+        if architecture.endswith("ForUniversalSegmentation"):
+            return SEGMENTATION
+    model_type = get("model_type", None)
+    if model_type == "hfkd_smp":
+        return SEGMENTATION
+    if model_type == "timm_wrapper" or get("architecture", None) or get("pretrained_cfg", None):
+        return CLASSIFICATION
+    return None
+
+
+def ignore_index_of(config: Any, default: int) -> int:
+    """The label a model's own loss ignores (`semantic_loss_ignore_index`, UperNet's `loss_ignore_index`)."""
+    for name in ("semantic_loss_ignore_index", "loss_ignore_index"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return default
+
+
+def resolve_task(args: Any, model: Any) -> Task:
+    """The task of a run: `args.distill_task` (`--task`) or the student's, refused when they disagree or when the
+    distillation loss does not serve it; built with the student's class names and ignore index."""
+    found = task_of_model(model) if model is not None else None
+    wanted = getattr(args, "distill_task", None)
+    if wanted and found and found != wanted:
+        raise UsageError(
+            f"--task {wanted} was given, but the student ({type(model).__name__}) is a {found} model: pass a "
+            f"{wanted} student, or drop --task (it is read from the models)."
+        )
+    name = wanted or found or CLASSIFICATION
+    if hasattr(args, "check_task"):
+        args.check_task(name)
+    config = getattr(model, "config", None)
+    options: dict[str, Any] = {"id2label": getattr(config, "id2label", None)}
+    if name != CLASSIFICATION:
+        options["ignore_index"] = ignore_index_of(config, getattr(args, "distill_ignore_index", 255))
+        options["logits_size"] = getattr(args, "distill_logits_size", "teacher")
+    return get_task(name, **options)
+
+
+def task_of_model(model: Any) -> str | None:
+    """The task of a loaded model: its class name, else its config."""
+    name = type(model).__name__
+    for task in _tasks().values():
+        if task.model_suffix in name:
+            return task.name
+    return task_of_config(getattr(model, "config", None) or {})

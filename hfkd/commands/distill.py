@@ -31,7 +31,7 @@ from hfkd.data.demo import card_dataset_name
 from hfkd.models.availability import check_available, config_num_labels, model_config
 from hfkd.models.label_space import check_label_space, check_teacher_labels, map_teacher_labels
 from hfkd.models.loading import ModelSpec, load_image_classifier, load_image_processor, resolve_model_name
-from hfkd.tasks.base import CLASSIFICATION, SEGMENTATION, task_of_config
+from hfkd.tasks.base import CLASSIFICATION, SEGMENTATION, get_task, task_of_config
 from hfkd.teachers.cached import CachedTeacher
 from hfkd.training.arguments import DistillationArguments
 from hfkd.training.trainer import DistillationTrainer
@@ -73,21 +73,33 @@ def resolve_models(model_args: ModelArguments, args: DistillationArguments) -> t
 
 
 def run_task(args: DistillationArguments, student: ModelSpec, teachers: list[ModelSpec]) -> str:
-    """The run's task, from `--task` or the models' configs (no weights read): a teacher of another task than the
-    student, or a model of another task than `--task`, is refused here, before anything loads."""
-    tasks = {spec.name: task_of_config(model_config(spec)) for spec in [student, *teachers]}
-    wanted = args.distill_task
-    for name, task in tasks.items():
-        if task is not None and wanted is not None and task != wanted:
-            raise UsageError(
-                f"--task {wanted}, but {name!r} is a {task} model: pass {wanted} models (a segmentation model is "
-                "never trained as a classifier, nor the reverse)."
-            )
-    found = {task for task in tasks.values() if task is not None}
-    if len(found) > 1:
+    """The run's task, from `--task` or the models' configs (no weights read). A teacher must do the run's task; a
+    student checkpoint of another task is refused, unless it is an image classifier whose family the task's Auto
+    class builds (an ImageNet `nvidia/mit-b0` initialising a SegFormer's encoder, as transformers' examples do). A
+    segmentation model is never trained as a classifier."""
+    configs = {spec.name: model_config(spec) for spec in [student, *teachers]}
+    tasks = {name: task_of_config(config) for name, config in configs.items()}
+    wanted, found = args.distill_task, {task for task in tasks.values() if task is not None}
+    if wanted is None and len(found) > 1:
         described = ", ".join(f"{name!r}: {task}" for name, task in tasks.items() if task is not None)
-        raise UsageError(f"Student and teacher do different tasks ({described}); distil between models of one task.")
+        raise UsageError(
+            f"Student and teacher do different tasks ({described}); distil between models of one task, or pass --task "
+            "to initialise the student from a checkpoint of another task."
+        )
     task = wanted or next(iter(found), None) or CLASSIFICATION
+    for spec in [student, *teachers]:
+        other = tasks[spec.name]
+        if other is None or other == task:
+            continue
+        # Only an image classifier's backbone may start a student of a dense task, never the reverse.
+        backbone = other == CLASSIFICATION and get_task(task).builds(configs[spec.name].get("model_type"))
+        if spec is student and backbone:
+            logger.info(f"The {task} student starts from {spec.name!r}, a {other} checkpoint: its encoder's weights.")
+            continue
+        raise UsageError(
+            f"--task {task}, but {spec.name!r} is a {other} model: pass {task} models (a segmentation model is never "
+            "trained as a classifier, nor the reverse)."
+        )
     args.distill_task = task
     args.check_task(task)
     logger.info(f"Task: {task}")

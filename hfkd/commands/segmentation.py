@@ -14,6 +14,7 @@ from transformers.utils import logging
 
 from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments
 from hfkd.commands.data import RunData
+from hfkd.commands.smoke import synthetic_segmentation_dataset
 from hfkd.data.datasets import add_sample_index
 from hfkd.data.transforms import ImageConfig, image_config_for_model
 from hfkd.models.availability import config_num_labels
@@ -82,11 +83,16 @@ class SegmentationData:
     def load(self) -> RunData:
         """The raw splits, their image and mask columns and class names, checked (a sample of rows decoded)."""
         data_args = self.data_args
-        dataset = load_segmentation_dataset(
-            data_args.dataset, config_name=data_args.dataset_config, train_split=data_args.train_split,
-            eval_split=data_args.eval_split, seed=self.args.seed, max_train_samples=data_args.max_train_samples,
-            max_eval_samples=data_args.max_eval_samples, cache_dir=self.cache_dir,
-        )  # fmt: skip
+        if self.run_args.smoke:
+            dataset = synthetic_segmentation_dataset(
+                data_args.dataset, image_size=self.run_args.smoke_image_size, num_labels=self.run_args.smoke_num_labels
+            )
+        else:
+            dataset = load_segmentation_dataset(
+                data_args.dataset, config_name=data_args.dataset_config, train_split=data_args.train_split,
+                eval_split=data_args.eval_split, seed=self.args.seed, max_train_samples=data_args.max_train_samples,
+                max_eval_samples=data_args.max_eval_samples, cache_dir=self.cache_dir,
+            )  # fmt: skip
         columns = detect_segmentation_columns(dataset, data_args.image_column, data_args.label_column)
         image_column, mask_column = columns
         self.lookup = dataset.label_lookup if dataset.label_lookup is not None else None

@@ -46,6 +46,17 @@ class Task:
     # (metric key, column title) of the card's results table, headline first.
     card_metrics: ClassVar[tuple[tuple[str, str], ...]] = ()
     model_loss: ClassVar[bool] = False
+    # transformers' table of the model types its Auto class builds for this task (transformers.models.auto).
+    mapping_names: ClassVar[str] = ""
+    extra_model_types: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def builds(cls, model_type: str | None) -> bool:
+        """Whether this task's Auto class builds a model of `model_type` (a checkpoint of another task of that family,
+        say an ImageNet `nvidia/mit-b0`, then initialises its encoder, as transformers' example scripts do)."""
+        from transformers.models.auto import modeling_auto
+
+        return model_type in getattr(modeling_auto, cls.mapping_names, {}) or model_type in cls.extra_model_types
 
     def __init__(self, *, id2label: Mapping[int, str] | None = None, ignore_index: int = -100, **options: Any):
         self.id2label = dict(id2label or {})

@@ -21,6 +21,8 @@ class ClassificationTask(Task):
     auto_class = "AutoModelForImageClassification"
     metric = "accuracy"
     card_metrics = (("accuracy", "Top-1 (%)"), ("top5_accuracy", "Top-5 (%)"))
+    mapping_names = "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"
+    extra_model_types = frozenset({"timm_wrapper"})
 
     def task_loss(self, outputs: Any, labels: Any, cross_entropy: Callable) -> torch.Tensor:
         return cross_entropy(logits_of(outputs), labels)

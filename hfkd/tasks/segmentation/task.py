@@ -49,6 +49,8 @@ class SegmentationTask(Task):
         ("overall_accuracy", "pixel accuracy (%)"),
     )
     model_loss = True
+    mapping_names = "MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES"
+    extra_model_types = frozenset({"hfkd_smp"})
 
     def __init__(self, *, ignore_index: int = IGNORE_INDEX, logits_size: str = "teacher", **options: Any) -> None:
         super().__init__(ignore_index=ignore_index, **options)

@@ -26,11 +26,11 @@ from typing import Any, ClassVar
 import torch
 
 from hfkd.data.batch import LABELS, student_inputs
+from hfkd.losses.base import IMAGE_CLASSIFICATION, OBJECT_DETECTION, SEMANTIC_SEGMENTATION
 from hfkd.utils.errors import UnknownNameError, UsageError
 
-CLASSIFICATION = "image-classification"
-SEGMENTATION = "semantic-segmentation"
-DETECTION = "object-detection"
+# The task names are the losses' (a loss declares the tasks it serves): defined once, in hfkd.losses.base.
+CLASSIFICATION, SEGMENTATION, DETECTION = IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION, OBJECT_DETECTION
 TASK_NAMES = (CLASSIFICATION, SEGMENTATION, DETECTION)
 
 

@@ -241,8 +241,8 @@ def picture(output_dir: Path, folders: dict[str, str], seed: int, count: int = 5
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--output_dir", default="runs/segmentation_demo")
-    parser.add_argument("--teacher_steps", type=int, default=600, help="teacher optimiser steps (batch 32)")
-    parser.add_argument("--student_steps", type=int, default=250, help="each student's optimiser steps (batch 32)")
+    parser.add_argument("--teacher_steps", type=int, default=1200, help="teacher optimiser steps (batch 32)")
+    parser.add_argument("--student_steps", type=int, default=300, help="each student's optimiser steps (batch 32)")
     parser.add_argument("--data_seed", type=int, default=0, help="seed of the composed scenes")
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir)

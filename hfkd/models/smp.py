@@ -86,7 +86,13 @@ class SmpSegmenterOutput(ModelOutput):
 
 
 def _smp_model(config: SmpSegmentationConfig, encoder_weights: str | None) -> nn.Module:
-    import segmentation_models_pytorch as smp
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        raise UsageError(
+            f"The {config.architecture} network is built by segmentation-models-pytorch, which is not installed: "
+            "pip install 'hfkd[segmentation]'."
+        ) from None
 
     arch = config.architecture.lower()
     kwargs: dict[str, Any] = {"upsampling": 1, **config.smp_kwargs}

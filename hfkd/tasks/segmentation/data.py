@@ -114,8 +114,9 @@ def load_segmentation_dataset(
     cache_dir: str | None = None,
     **kwargs: Any,
 ) -> DatasetDict:
-    """A segmentation dataset as splits "train" and "eval", with its `source` and, for Cityscapes, its `label_lookup`
-    (labelIds -> train ids) and `id2label` attributes.
+    """A segmentation dataset as splits "train" and "eval", with its `source`, its `id2label` (Cityscapes', the demo
+    scenes', or an `id2label.json` in a local folder; else `None`) and, for Cityscapes, its `label_lookup` (labelIds
+    -> train ids).
 
     `name_or_path`: a Hub dataset id (`scene_parse_150`, `segments/sidewalk-semantic`), a local folder saved with
     `save_to_disk`, a local folder of parquet files (`train-*.parquet`, `validation-*.parquet`, ...), a Cityscapes
@@ -147,6 +148,9 @@ def load_segmentation_dataset(
         source = f"Hub {name_or_path}" + (f" ({config_name})" if config_name else "")
     if isinstance(raw, Dataset):
         raw = DatasetDict({train_split: raw})
+    names_file = os.path.join(name_or_path, "id2label.json")
+    if id2label is None and os.path.isfile(names_file):  # as transformers' segmentation datasets ship their names
+        id2label = read_id2label(names_file)
     train, evaluation, _ = _pick_splits(raw, source, train_split, eval_split, eval_fraction, seed)
     dataset = DatasetDict({"train": train, "eval": evaluation})
     for split, limit in (("train", max_train_samples), ("eval", max_eval_samples)):

@@ -323,7 +323,8 @@ def test_registering_module_names_the_smp_model_type():
 
 
 def test_every_task_has_usage_snippets():
-    from hfkd.tasks.base import TASK_NAMES, get_task
+    from hfkd.tasks.base import TASK_NAMES
+    from hfkd.tasks.registry import get_task
     from hfkd.utils.errors import UnknownNameError
 
     for name in TASK_NAMES:

@@ -450,7 +450,8 @@ def test_classification_and_segmentation_runs_are_never_grouped_together(tmp_pat
 
 
 def test_published_line_of_each_task(tmp_path):
-    from hfkd.tasks.base import TASK_NAMES, get_task
+    from hfkd.tasks.base import TASK_NAMES
+    from hfkd.tasks.registry import get_task
     from hfkd.utils.errors import UnknownNameError
 
     assert set(report.HEADLINES) == set(TASK_NAMES)  # every task the report can name

@@ -31,7 +31,8 @@ from hfkd.data.demo import card_dataset_name
 from hfkd.models.availability import check_available, config_num_labels, model_config
 from hfkd.models.label_space import check_label_space, check_teacher_labels, map_teacher_labels
 from hfkd.models.loading import ModelSpec, load_image_classifier, load_image_processor, resolve_model_name
-from hfkd.tasks.base import CLASSIFICATION, SEGMENTATION, get_task, task_of_config
+from hfkd.tasks.base import CLASSIFICATION, SEGMENTATION
+from hfkd.tasks.registry import get_task, task_of_config
 from hfkd.teachers.cached import CachedTeacher
 from hfkd.training.arguments import DistillationArguments
 from hfkd.training.trainer import DistillationTrainer

@@ -14,7 +14,8 @@ from transformers.utils import logging
 from hfkd.hub import card_text as text
 from hfkd.losses.base import PaperRef
 from hfkd.losses.registry import CE_ONLY
-from hfkd.tasks.base import CLASSIFICATION, Task, get_task
+from hfkd.tasks.base import CLASSIFICATION, Task
+from hfkd.tasks.registry import get_task
 from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import is_local_path
 

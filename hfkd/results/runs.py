@@ -74,7 +74,7 @@ def headline(task: str) -> Headline:
 @functools.cache
 def _task(name: str) -> Any:
     # The task's metric and model names; imported here, as hfkd.tasks loads torch, which the tables do not need.
-    from hfkd.tasks.base import get_task
+    from hfkd.tasks.registry import get_task
 
     return get_task(name)
 

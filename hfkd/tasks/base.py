@@ -14,8 +14,8 @@ name. A task says:
 - how evaluation reduces a batch before anything is gathered (`reduce`: top-5 class indices, per-image pixel counts)
   and the metrics of the reduced batches (`metrics`), whose headline is `metric` (`eval_<metric>` in the files).
 
-`task_of_config` reads the task from a model's config (its `architectures`, else its `model_type`), without
-weights; `get_task(name)` builds one.
+The tasks hfkd trains are listed in `hfkd.tasks.registry`, which builds one by name (`get_task`) and reads a model's
+task from its config (`task_of_config`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import torch
 
 from hfkd.data.batch import LABELS, student_inputs
 from hfkd.losses.base import IMAGE_CLASSIFICATION, OBJECT_DETECTION, SEMANTIC_SEGMENTATION
-from hfkd.utils.errors import UnknownNameError, UsageError
 
 # The task names are the losses' (a loss declares the tasks it serves): defined once, in hfkd.losses.base.
 CLASSIFICATION, SEGMENTATION, DETECTION = IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION, OBJECT_DETECTION
@@ -99,39 +98,6 @@ class Task:
         return DistillationCollator()
 
 
-def _tasks() -> dict[str, type[Task]]:
-    from hfkd.tasks.classification import ClassificationTask
-    from hfkd.tasks.segmentation.task import SegmentationTask
-
-    return {task.name: task for task in (ClassificationTask, SegmentationTask)}
-
-
-def get_task(name: str, **options: Any) -> Task:
-    """The task of that name (`image-classification`, `semantic-segmentation`, ...), built with `options`."""
-    tasks = _tasks()
-    if name not in tasks:
-        raise UnknownNameError(f"Unknown task {name!r}; hfkd trains {', '.join(tasks)}.")
-    return tasks[name](**options)
-
-
-def task_of_config(config: Any) -> str | None:
-    """The task a model config's model does, from its `architectures` (`SegformerForSemanticSegmentation`, ...) or
-    its `model_type`; `None` when the config does not tell (a bare backbone, a config without architectures)."""
-    get = config.get if isinstance(config, Mapping) else lambda key, default=None: getattr(config, key, default)
-    for architecture in get("architectures", None) or []:
-        for task in _tasks().values():
-            if architecture.endswith(task.model_suffix) or architecture.endswith(f"{task.model_suffix}WithTeacher"):
-                return task.name
-        if architecture.endswith("ForUniversalSegmentation"):
-            return SEGMENTATION
-    model_type = get("model_type", None)
-    if model_type == "hfkd_smp":
-        return SEGMENTATION
-    if model_type == "timm_wrapper" or get("architecture", None) or get("pretrained_cfg", None):
-        return CLASSIFICATION
-    return None
-
-
 def ignore_index_of(config: Any, default: int) -> int:
     """The label a model's own loss ignores (`semantic_loss_ignore_index`, UperNet's `loss_ignore_index`)."""
     for name in ("semantic_loss_ignore_index", "loss_ignore_index"):
@@ -139,33 +105,3 @@ def ignore_index_of(config: Any, default: int) -> int:
         if isinstance(value, int):
             return value
     return default
-
-
-def resolve_task(args: Any, model: Any) -> Task:
-    """The task of a run: `args.distill_task` (`--task`) or the student's, refused when they disagree or when the
-    distillation loss does not serve it; built with the student's class names and ignore index."""
-    found = task_of_model(model) if model is not None else None
-    wanted = getattr(args, "distill_task", None)
-    if wanted and found and found != wanted:
-        raise UsageError(
-            f"--task {wanted} was given, but the student ({type(model).__name__}) is a {found} model: pass a "
-            f"{wanted} student, or drop --task (it is read from the models)."
-        )
-    name = wanted or found or CLASSIFICATION
-    if hasattr(args, "check_task"):
-        args.check_task(name)
-    config = getattr(model, "config", None)
-    options: dict[str, Any] = {"id2label": getattr(config, "id2label", None)}
-    if name != CLASSIFICATION:
-        options["ignore_index"] = ignore_index_of(config, getattr(args, "distill_ignore_index", 255))
-        options["logits_size"] = getattr(args, "distill_logits_size", "teacher")
-    return get_task(name, **options)
-
-
-def task_of_model(model: Any) -> str | None:
-    """The task of a loaded model: its class name, else its config."""
-    name = type(model).__name__
-    for task in _tasks().values():
-        if task.model_suffix in name:
-            return task.name
-    return task_of_config(getattr(model, "config", None) or {})

@@ -25,7 +25,7 @@ from hfkd.hub.model_card import ModelCardInfo, build_model_card
 from hfkd.losses import DistillBatch, logits_of
 from hfkd.models.features import is_convolutional
 from hfkd.models.label_space import check_teacher_labels
-from hfkd.tasks.base import resolve_task
+from hfkd.tasks.registry import resolve_task
 from hfkd.teachers.base import Teacher, TeacherOutputs
 from hfkd.teachers.build import build_teacher
 from hfkd.training.accumulation import StepCounts, batch_size, count_step

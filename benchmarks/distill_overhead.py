@@ -16,6 +16,10 @@ ResNet-34 -> ResNet-18 (random init, transformers ResNet configs), 64-pixel inpu
 - `memory_ratio`: peak memory above the models' resident size, distillation ÷ (student training + teacher
   inference), measured in fresh processes on CPU (max RSS) or with CUDA's peak allocation counters;
 - `pipeline_images_per_s`: decode + augment throughput of hfkd's training transform, one worker.
+
+`--task semantic-segmentation` measures DIST's Cityscapes pair instead (DeepLabV3-R101 -> DeepLabV3-R18 of
+`hfkd.models.smp`, output stride 8, random init; batch 2, crop 128 x 256 on CPU, 512 x 1024 on a GPU): the
+step overhead and the peak-memory ratio of per-pixel KD, DIST (with its auxiliary term) and CWD, and images/s.
 """
 
 from __future__ import annotations
@@ -75,7 +79,9 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def build_trainer(loss: str, student, teacher, args_ns, output_dir: str, cache_dir: str | None = None):
+def build_trainer(
+    loss: str, student, teacher, args_ns, output_dir: str, cache_dir: str | None = None, loss_kwargs=None
+):
     from hfkd import DistillationArguments, DistillationTrainer
 
     args = DistillationArguments(
@@ -83,6 +89,7 @@ def build_trainer(loss: str, student, teacher, args_ns, output_dir: str, cache_d
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
         distill_loss=loss,
+        distill_loss_kwargs=loss_kwargs,
         per_device_train_batch_size=args_ns.batch_size,
         optim="sgd",
         learning_rate=0.01,
@@ -211,6 +218,155 @@ def measure_speed(args: argparse.Namespace) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------------ semantic segmentation
+
+
+def segmentation_models():
+    """DIST's Cityscapes pair, random init: DeepLabV3-R101 teacher, DeepLabV3-R18 student (hfkd.models.smp)."""
+    from hfkd.models.smp import reference_network
+
+    torch.manual_seed(0)
+    teacher = reference_network("deeplabv3-resnet101", num_labels=19, pretrained=False)
+    student = reference_network("deeplabv3-resnet18", num_labels=19, pretrained=False)
+    return student, teacher
+
+
+def segmentation_batch(args: argparse.Namespace, device: torch.device) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    height, width = args.crop
+    labels = torch.randint(0, 19, (args.batch_size, height, width), generator=g)
+    labels[:, : height // 8] = 255  # some ignored pixels, as Cityscapes has
+    pixels = torch.randn(args.batch_size, 3, height, width, generator=g)
+    return {"pixel_values": pixels.to(device), "labels": labels.to(device)}
+
+
+def measure_segmentation_speed(args: argparse.Namespace) -> dict:
+    """Trainer steps of per-pixel KD, DIST (with the auxiliary head's term, as DIST's recipe) and CWD ÷ (the
+    student's own training step + the teacher's forward)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=args.bf16)
+    batch = segmentation_batch(args, device)
+    student, teacher = segmentation_models()
+    student, teacher = student.to(device), teacher.to(device).eval().requires_grad_(False)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01)
+
+    def student_step() -> None:
+        with autocast:
+            loss = student(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def teacher_forward() -> None:
+        with torch.no_grad(), autocast:
+            teacher(pixel_values=batch["pixel_values"])
+
+    kwargs = {"kd": None, "dist": {"aux_weight": 0.4}, "cwd": None}
+    trainers = {
+        name: build_trainer(name, student, teacher, args, f"{args.workdir}/seg-{name}", loss_kwargs=extra)
+        for name, extra in kwargs.items()
+    }
+    variants: dict[str, Callable[[], object]] = {
+        "student_step": student_step,
+        "teacher_forward": teacher_forward,
+        **{f"trainer_{name}": (lambda t=t: trainer_step(t, dict(batch))) for name, t in trainers.items()},
+    }
+    for fn in variants.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name, fn in variants.items():
+            times[name].append(timed(fn, device))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    base = median["student_step"] + median["teacher_forward"]
+    images_per_s = {name: args.batch_size / median[f"trainer_{name}"] for name in kwargs}
+    return {
+        "median_seconds": median,
+        "step_overhead": {name: median[f"trainer_{name}"] / base for name in kwargs},
+        "images_per_s": images_per_s,
+    }
+
+
+_SEGMENTATION_PROBE = """
+import sys, threading, time, psutil, torch
+sys.path.insert(0, {bench!r})
+sys.path.insert(0, {repo!r})
+import argparse, distill_overhead as b
+from hfkd.losses import cwd_loss, dist_loss, kd_loss
+args = argparse.Namespace(batch_size={batch_size}, crop={crop!r})
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+batch = b.segmentation_batch(args, device)
+student, teacher = b.segmentation_models()
+student, teacher = student.to(device), teacher.to(device).eval().requires_grad_(False)
+opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+process, peak, done = psutil.Process(), [0], [False]
+def sample():
+    while not done[0]:
+        peak[0] = max(peak[0], process.memory_info().rss)
+        time.sleep(0.0005)
+if device.type == "cuda":
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+else:
+    base = process.memory_info().rss
+    thread = threading.Thread(target=sample); thread.start()
+for _ in range(3):
+    if {mode!r} == "teacher":
+        with torch.no_grad():
+            teacher(pixel_values=batch["pixel_values"])
+        continue
+    out = student(**batch)
+    loss = out.loss
+    if {mode!r} != "student":
+        with torch.no_grad():
+            target = teacher(pixel_values=batch["pixel_values"])
+        mask = (batch["labels"] != 255)[:, ::8, ::8]
+        loss = loss + {{"kd": lambda: kd_loss(out.logits, target.logits, temperature=1.0, mask=mask),
+                         "dist": lambda: dist_loss(out.logits, target.logits),
+                         "cwd": lambda: cwd_loss(out.logits, target.logits)}}[{mode!r}]()
+    loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+if device.type == "cuda":
+    print(torch.cuda.max_memory_allocated() - base)
+else:
+    done[0] = True; thread.join()
+    print(peak[0] - base)
+"""
+
+
+def measure_segmentation_memory(args: argparse.Namespace) -> dict:
+    """Peak memory above the resident models: each per-pixel loss's step ÷ (student training + teacher inference)."""
+    peaks = {}
+    for mode in ("student", "teacher", "kd", "dist", "cwd"):
+        code = _SEGMENTATION_PROBE.format(
+            bench=str(Path(__file__).resolve().parent), repo=str(Path(__file__).resolve().parents[1]),
+            batch_size=args.batch_size, crop=tuple(args.crop), mode=mode,
+        )  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+        peaks[mode] = int(out.stdout.strip().splitlines()[-1])
+    base = max(peaks["student"] + peaks["teacher"], 1)
+    return {"peak_bytes": peaks, "ratio": {name: peaks[name] / base for name in ("kd", "dist", "cwd")}}
+
+
+def segmentation_main(args: argparse.Namespace) -> dict:
+    results = measure_segmentation_speed(args)
+    results["memory_ratio"] = measure_segmentation_memory(args)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    results["setting"] = {
+        "pair": "DeepLabV3-R101 -> DeepLabV3-R18 (smp, output stride 8, random init)", "device": device,
+        "crop": list(args.crop), **{k: getattr(args, k) for k in ("batch_size", "repeats", "bf16")},
+    }  # fmt: skip
+    print(f"\n{results['setting']['pair']}, {device}, batch {args.batch_size}, crop {args.crop[0]}x{args.crop[1]}, "
+          f"bf16={args.bf16}")  # fmt: skip
+    print(f"{'measure':<36} {'value':>10}  target")
+    for name in ("kd", "dist", "cwd"):
+        print(f"{'step overhead, ' + name.upper():<36} {results['step_overhead'][name]:>10.3f}  ≤ 1.10")
+        print(f"{'peak memory ratio, ' + name.upper():<36} {results['memory_ratio']['ratio'][name]:>10.3f}  ≤ 1.15")
+        print(f"{'images/s, ' + name.upper():<36} {results['images_per_s'][name]:>10.2f}")
+    return results
+
+
 def _memory_probe(mode: str, args: argparse.Namespace) -> int:
     """Peak memory above the resident models during three steps, in a fresh process: bytes.
 
@@ -300,8 +456,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--channels_last", action="store_true")
     parser.add_argument("--pipeline_seconds", type=float, default=5.0)
     parser.add_argument("--workdir", default="runs/bench")
+    tasks = ["image-classification", "semantic-segmentation"]
+    parser.add_argument("--task", default="image-classification", choices=tasks)
+    parser.add_argument("--crop", type=int, nargs=2, default=None, help="segmentation crop, height width")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.task == "semantic-segmentation":
+        args.crop = args.crop or ([512, 1024] if torch.cuda.is_available() else [128, 256])
+        if args.batch_size == 32:  # the classification default: DIST's segmentation recipes take 2 per GPU
+            args.batch_size = 2
+        results = segmentation_main(args)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return results
 
     results = measure_speed(args)
     results["memory_ratio"] = measure_memory(args)

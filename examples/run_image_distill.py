@@ -16,9 +16,11 @@ trains with cross-entropy only: fine-tune a teacher on your labels, or get the C
 The run reads top to bottom: parse -> resolve the models (offline, no weights) -> data -> load the models ->
 transforms -> trainer -> train -> evaluate -> model card (or push). This is `hfkd distill` written out: the command
 (`hfkd.commands.distill.main`) runs the same steps, in the same order, from the same functions. Copy this file to
-change a step. To read other data or preprocess images otherwise, replace `ImageClassificationData` below with your
-own builder: a subclass that overrides `transform` (one model's pipeline, PIL image -> tensor) or `load` (the raw
-splits and class names).
+change a step. To read other data or preprocess images otherwise, replace `builder = data_builder(...)` below with
+your own builder: for image classification a subclass of `hfkd.commands.data.ImageClassificationData` that overrides
+`transform` (one model's pipeline, PIL image -> tensor) or `load` (the raw splits and class names); segmentation runs
+(`--task semantic-segmentation`, or segmentation models) build theirs with
+`hfkd.commands.segmentation.SegmentationData` (override `transform`: the joint image and mask pipeline).
 """
 
 from __future__ import annotations
@@ -29,15 +31,16 @@ from transformers import set_seed
 
 from hfkd.commands.arguments import parse_args
 from hfkd.commands.cli import run_command
-from hfkd.commands.data import ImageClassificationData
 from hfkd.commands.distill import (
     build_trainer,
+    data_builder,
     evaluate,
-    load_models,
     open_cache,
     resolve_models,
     run_phases,
+    run_task,
     setup_logging,
+    task_models,
     train,
     write_card,
 )
@@ -66,12 +69,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     cache = open_cache(training_args)
     set_seed(training_args.seed)
 
-    # The data and its preprocessing, one builder: its splits are read before the models load (the student's head
-    # takes the class names) and get their transforms after (each model's own preprocessing).
-    data_builder = ImageClassificationData(data_args, run_args, training_args, cache, cache_dir=model_args.cache_dir)
-    data = data_builder.load()
-    models = load_models(student_spec, teacher_specs, model_args, training_args, data.names)
-    splits = data_builder.splits(data, models)
+    # The task (from --task or the models' configs), then the data and its preprocessing, one builder: its splits
+    # are read before the models load (the student's head takes the class names) and get their transforms after
+    # (each model's own preprocessing).
+    task = run_task(training_args, student_spec, teacher_specs)
+    builder = data_builder(task, data_args, run_args, training_args, cache, model_args, teacher_specs)
+    data = builder.load()
+    models = task_models(task, student_spec, teacher_specs, model_args, training_args, data, data_args)
+    splits = builder.splits(data, models)
     trainer = build_trainer(training_args, models, splits, cache, recipe=recipe, data_info=data.info(data_args))
     if do_train:
         if training_args.should_save:

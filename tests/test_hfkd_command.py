@@ -199,7 +199,8 @@ def test_the_data_builder_is_the_one_place_to_change_preprocessing(folders, tmp_
             seen.append((config.size, train))
             return lambda image: pipeline(image.transpose(PILImage.Transpose.FLIP_TOP_BOTTOM))
 
-    monkeypatch.setattr(run_image_distill, "ImageClassificationData", Flipped)
+    # The example's `data_builder(...)` step builds the task's builder: for classification this class.
+    monkeypatch.setattr(distill, "ImageClassificationData", Flipped)
     metrics = run_image_distill.main(_run_argv(folders, tmp_path / "flipped", "--image_size", "12"))
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
     assert ((12, 12), True) in seen and ((16, 16), True) in seen and ((12, 12), False) in seen

@@ -233,3 +233,182 @@ def test_the_card_names_the_schedule_that_ran(tmp_path, schedule, expected):
 
     args = DistillationArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **schedule)
     assert training_hyperparameters(args)["lr_scheduler_type"] == expected
+
+
+# ------------------------------------------------------------------------------------------- semantic segmentation
+
+SEG_STUDENT = {"eval_mean_iou": 0.7402, "eval_mean_accuracy": 0.8123, "eval_overall_accuracy": 0.9551}
+SEG_TEACHER = {
+    "teacher_eval_mean_iou": 0.7812, "teacher_eval_mean_accuracy": 0.8501, "teacher_eval_overall_accuracy": 0.9612
+}  # fmt: skip
+SEG_BASELINE = {"eval_mean_iou": 0.7021, "eval_mean_accuracy": 0.7844, "eval_overall_accuracy": 0.9488}
+SEG_COLUMNS = ["mIoU (%)", "mean accuracy (%)", "pixel accuracy (%)"]
+
+
+def _segmentation_info(**overrides) -> ModelCardInfo:
+    kwargs = {
+        "model_name": "deeplabv3-r18-cwd",
+        "student_name": "deeplabv3-resnet18",
+        "teacher_name": "my-org/deeplabv3-r101",
+        "teacher_revision": "a1b2c3d",
+        "loss_key": "cwd",
+        "dataset_name": "my-org/cityscapes",
+        "task": "semantic-segmentation",
+        "student_model_type": "hfkd_smp",
+        "student_metrics": SEG_STUDENT,
+        "teacher_metrics": SEG_TEACHER,
+        "baseline_metrics": SEG_BASELINE,
+    }
+    kwargs.update(overrides)
+    return ModelCardInfo(**kwargs)
+
+
+def _section(text: str, title: str) -> str:
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_segmentation_card_results_and_model_index(tmp_path):
+    log = [
+        {"loss": 1.5, "step": 10, "epoch": 1.0},
+        {"eval_mean_iou": 0.5, "eval_mean_accuracy": 0.6, "eval_overall_accuracy": 0.9, "eval_loss": 0.4, "step": 10,
+         "epoch": 1.0},
+        {"train_runtime": 1.0, "step": 10},
+    ]  # fmt: skip
+    build_model_card(_segmentation_info(log_history=log), output_dir=str(tmp_path))
+    readme = (tmp_path / "README.md").read_text(encoding="utf-8")
+    results = _section(readme, "Results")
+    assert f"| Model | {' | '.join(SEG_COLUMNS)} |" in results
+    assert _row(results, "Student (this model)")[1:] == ["74.02", "81.23", "95.51"]
+    teacher = _row(results, "Teacher")
+    assert "my-org/deeplabv3-r101" in teacher[0] and teacher[1:] == ["78.12", "85.01", "96.12"]
+    assert _row(results, "CE-only baseline")[1:] == ["70.21", "78.44", "94.88"]
+    assert _row(results, "Δ")[1:] == ["+3.81", "+2.79", "+0.63"]
+    assert "Top-1" not in readme and "Top-5" not in readme
+    training = results.split("### Training results", 1)[1]
+    assert f"| Validation loss | {' | '.join(SEG_COLUMNS)} |" in training
+    assert _row(training, "1.00")[1:] == ["10", "1.5000", "0.4000", "50.00", "60.00", "90.00"]
+    assert "Task: semantic segmentation (the `image-segmentation` pipeline)." in _section(readme, "Distillation")
+
+    data = ModelCard.load(tmp_path / "README.md").data.to_dict()
+    assert data["pipeline_tag"] == "image-segmentation"
+    assert {"hfkd", "distill-cwd", "image-segmentation", "semantic-segmentation"} <= set(data["tags"])
+    assert "image-classification" not in data["tags"]
+    assert data["metrics"] == ["mean_iou", "mean_accuracy", "overall_accuracy"]
+    (result,) = data["model-index"][0]["results"]
+    assert result["task"] == {"type": "image-segmentation", "name": "Semantic Segmentation"}
+    assert result["dataset"] == {"name": "my-org/cityscapes", "type": "my-org/cityscapes"}
+    metrics = {metric["type"]: (metric["name"], metric["value"]) for metric in result["metrics"]}
+    assert metrics == {"mean_iou": ("mIoU", 0.7402), "mean_accuracy": ("mean accuracy", 0.8123),
+                       "overall_accuracy": ("pixel accuracy", 0.9551)}  # fmt: skip
+
+
+@pytest.mark.parametrize(("model_type", "imports_smp"), [("hfkd_smp", True), ("segformer", False), (None, False)])
+def test_segmentation_usage_imports_hfkd_smp_only_for_its_students(tmp_path, model_type, imports_smp):
+    card = build_model_card(_segmentation_info(student_model_type=model_type), output_dir=str(tmp_path / "out"))
+    usage = _section(card.text, "How to use")
+    assert 'pipeline("image-segmentation", model="out")' in usage
+    assert "AutoImageProcessor.from_pretrained" in usage
+    assert 'AutoModelForSemanticSegmentation.from_pretrained("out")' in usage
+    assert "interpolate(logits, size=image.size[::-1]" in usage and "argmax(dim=1)" in usage
+    assert ("import hfkd.models.smp" in usage) is imports_smp
+    assert usage.count("\nimport hfkd.models.smp  #") == (2 if imports_smp else 0)  # in both snippets
+    assert "image-classification" not in usage and "AutoModelForImageClassification" not in usage
+
+
+def test_registering_module_names_the_smp_model_type():
+    from hfkd.hub.model_card import REGISTERING_MODULES
+    from hfkd.models import smp
+
+    assert REGISTERING_MODULES[smp.MODEL_TYPE] == smp.__name__
+
+
+def test_every_task_has_usage_snippets():
+    from hfkd.tasks.base import TASK_NAMES
+    from hfkd.tasks.registry import get_task
+    from hfkd.utils.errors import UnknownNameError
+
+    for name in TASK_NAMES:
+        try:
+            get_task(name)
+        except UnknownNameError:  # a task hfkd does not train yet
+            continue
+        assert resources.files("hfkd.hub").joinpath(f"templates/usage-{name}.md").is_file(), name
+
+
+def test_segmentation_metrics_must_be_fractions():
+    with pytest.raises(ValueError, match="fraction"):
+        build_model_card(_segmentation_info(student_metrics={"eval_mean_iou": 74.02}))
+
+
+def _distill_config(**changes) -> dict:
+    config = {
+        "distill_loss": "kd",
+        "distill_loss_kwargs": {"temperature": 1.0},
+        "distill_ce_weight": 1.0,
+        "distill_weight": 3.0,
+        "teacher": {"name_or_path": "teacher", "local": True, "revision": None},
+        "recipe": None,
+        "data": {"dataset": "my-org/cityscapes", "crop_size": [512, 1024]},
+        "task": "semantic-segmentation",
+    }
+    config.update(changes)
+    return config
+
+
+def test_card_of_a_segmentation_run_says_the_task_and_the_crop(tmp_path):
+    from transformers import SegformerConfig
+
+    from hfkd import DistillationArguments
+    from hfkd.models.smp import SmpSegmentationConfig
+
+    args = DistillationArguments(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True)
+    student_config = SmpSegmentationConfig(num_labels=3)
+    info = ModelCardInfo.for_run(_distill_config(), args, student_config, student_metrics=SEG_STUDENT)
+    assert info.task == "semantic-segmentation" and info.student_model_type == "hfkd_smp"
+    build_model_card(info, output_dir=args.output_dir)
+    readme = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    assert "\n- train_crop: 512 x 1024\n" in _section(readme, "Training hyperparameters")
+    assert "Task: semantic segmentation" in readme and "import hfkd.models.smp" in readme
+    assert _row(readme, "Student (this model)")[1:] == ["74.02", "81.23", "95.51"]
+    assert ModelCard.load(tmp_path / "out" / "README.md").data.pipeline_tag == "image-segmentation"
+
+    segformer = ModelCardInfo.for_run(_distill_config(data={"crop_size": 768}), args, SegformerConfig())
+    segformer = build_model_card(segformer)
+    assert "- train_crop: 768 x 768" in segformer.text and "import hfkd.models.smp" not in segformer.text
+
+    # A run recorded before `distill_config.json` held its task, and without a crop: image classification.
+    older = _distill_config(data={"dataset": "uoft-cs/cifar100"})
+    del older["task"]
+    card = build_model_card(ModelCardInfo.for_run(older, args, student_config))
+    assert card.data.pipeline_tag == "image-classification" and "train_crop" not in card.text
+    assert "| Model | Top-1 (%) | Top-5 (%) |" not in card.text  # no metrics given: no table
+    assert "Task: image classification" in card.text
+
+
+def test_segmentation_card_snippets_run_on_the_saved_student(tmp_path, monkeypatch):
+    """The card's usage code, as written, loads an hfkd smp student saved with a segmentation image processor."""
+    import re
+
+    import numpy as np
+    import torch
+    from PIL import Image as PILImage
+    from transformers import SegformerImageProcessor
+
+    from hfkd.models.smp import reference_network
+
+    torch.manual_seed(0)
+    student = tmp_path / "student"
+    model = reference_network("deeplabv3-resnet18", num_labels=3, id2label={0: "bg", 1: "a", 2: "b"}, pretrained=False)
+    model.eval().save_pretrained(student)
+    SegformerImageProcessor(size={"height": 32, "width": 32}, do_reduce_labels=False).save_pretrained(student)
+    card = build_model_card(_segmentation_info(), output_dir=str(student))
+    PILImage.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "image.png")
+    monkeypatch.chdir(tmp_path)
+    snippets = re.findall(r"```python\n(.*?)```", _section(card.text, "How to use"), re.DOTALL)
+    assert len(snippets) == 2
+    with_pipeline, with_classes = {}, {}
+    exec(snippets[0].replace("path/to/image.jpg", "image.png"), with_pipeline)
+    exec(snippets[1].replace("path/to/image.jpg", "image.png"), with_classes)
+    segments = with_pipeline["segments"]
+    assert segments and {s["label"] for s in segments} <= {"bg", "a", "b"} and segments[0]["mask"].size == (40, 30)
+    assert tuple(with_classes["segmentation"].shape) == (30, 40)  # (height, width) of the image

@@ -8,7 +8,7 @@ import pytest
 
 from hfkd.commands import recipes_index as recipes_index_command
 from hfkd.results import recipes_index
-from hfkd.results.runs import read_published_top1
+from hfkd.results.runs import read_published
 
 from .test_report import make_run
 
@@ -35,9 +35,10 @@ def test_every_recipe_is_listed_once_with_its_header_numbers():
     assert sorted(rows) == recipes
     for recipe, row in rows.items():
         assert row["link"] == recipe and (README.parent / row["link"]).is_file()
-        published = read_published_top1(README.parent / recipe)
+        text = (README.parent / recipe).read_text(encoding="utf-8")
+        published = read_published(README.parent / recipe, recipes_index.recipe_task(text))
         assert row["pub"] == ("see header" if published is None else f"{published:.2f}"), recipe
-        reproduces = re.search(r"^# Reproduces: (.*)$", (README.parent / recipe).read_text(), re.M).group(1)
+        reproduces = re.search(r"^# Reproduces: (.*)$", text, re.M).group(1)
         assert row["cell"] == reproduces.rstrip(".").replace("|", "\\|")
 
 
@@ -86,3 +87,32 @@ def test_check_reports_a_stale_readme_and_a_missing_marker_is_an_error(copy_of_r
     readme.write_text(before.replace(recipes_index.START, ""))
     with pytest.raises(ValueError, match="markers"):
         recipes_index.update_readme(readme)
+
+
+def test_a_segmentation_recipe_lists_its_published_and_measured_miou(copy_of_recipes):
+    from .test_report import SEG_SEEDS, make_segmentation_run, write_segmentation_recipe
+
+    root = copy_of_recipes
+    readme = root / "recipes" / "README.md"
+    recipe = "recipes/cityscapes/cwd/deeplabv3_resnet18_from_resnet101.yaml"
+    write_segmentation_recipe(root, recipe, 75.90)
+    for seed, (mious, final) in SEG_SEEDS.items():
+        make_segmentation_run(root / "runs" / f"s{seed}", mious, final, recipe=recipe)
+    assert recipes_index_command.main(["--readme", str(readme), "--runs", str(root / "runs")]) == 0
+    text = readme.read_text(encoding="utf-8")
+    title = recipes_index.section_of(recipe.removeprefix("recipes/"))
+    assert title.startswith("Cityscapes semantic segmentation")
+    section = text.split(f"### {title} (4)\n", 1)[1]
+    assert section.startswith("\n| recipe | reproduces | published mIoU | measured mIoU (best epoch) |\n")
+    best = [100 * max(mious) for mious, _ in SEG_SEEDS.values()]
+    mean, std = sum(best) / 2, abs(best[0] - best[1]) / 2**0.5
+    row = table_rows(text)[recipe.removeprefix("recipes/")]
+    assert row["pub"] == "75.90" and row["meas"] == f"{mean:.2f} ± {std:.2f} (2 seeds)"
+    assert "| published top-1 | measured top-1 (best epoch) |" in text  # the classification tables keep theirs
+
+    # A table of recipes of several tasks names each published number's metric.
+    (root / recipe).rename(root / "recipes" / "cifar100" / "kd" / "segmentation_in_a_classification_folder.yaml")
+    assert recipes_index_command.main(["--readme", str(readme)]) == 0
+    rows = table_rows(readme.read_text(encoding="utf-8"))
+    assert rows["cifar100/kd/segmentation_in_a_classification_folder.yaml"]["pub"] == "75.90 mIoU"
+    assert rows["cifar100/kd/resnet8x4_from_resnet32x4.yaml"]["pub"].endswith(" top-1")

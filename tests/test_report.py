@@ -286,3 +286,184 @@ def test_no_finished_runs_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "No finished runs" in err and "eval_results.json" in err
     assert not (tmp_path / "out.json").exists()
+
+
+# ------------------------------------------------------------------------------------------- semantic segmentation
+
+SEG_RECIPE = "recipes/cityscapes/cwd/deeplabv3_resnet18_from_resnet101.yaml"
+SMP_STUDENT = {"model_type": "hfkd_smp", "architecture": "DeepLabV3", "encoder_name": "tu-resnet18d",
+               "architectures": ["SmpForSemanticSegmentation"]}  # fmt: skip
+# seed -> per-evaluation mean IoU (fractions) and the final eval_results mean IoU
+SEG_SEEDS = {0: ([0.61, 0.7402, 0.7377], 0.7377), 1: ([0.60, 0.7350, 0.7421], 0.7421)}
+SEG_TEACHER = [0.7781, 0.7779]
+
+
+def make_segmentation_run(
+    folder: Path,
+    mious: list[float],
+    final: float,
+    *,
+    recipe: str | None,
+    loss: str = "cwd",
+    teacher: str | None = "deeplabv3-r101",
+    teacher_miou: float | None = None,
+    student: dict | None = None,
+    dataset: str = "cityscapes",
+) -> Path:
+    """A finished segmentation run folder: `distill_config.json` naming its task, mean IoU in `log_history`, the
+    final evaluation and the teacher's, beside other metrics that must not be read as the headline."""
+    folder.mkdir(parents=True)
+    log = []
+    for epoch, miou in enumerate(mious, start=1):
+        log.append({"epoch": float(epoch), "loss": 1.0 / epoch, "step": 100 * epoch})
+        others = {"eval_mean_accuracy": miou + 0.05, "eval_overall_accuracy": 0.95, "eval_iou_road": 0.97}
+        log.append({"epoch": float(epoch), "eval_mean_iou": miou, **others, "eval_loss": 0.3, "step": 100 * epoch})
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": log}))
+    results = {"epoch": float(len(mious)), "eval_mean_iou": final, "eval_mean_accuracy": 0.99,
+               "eval_overall_accuracy": 0.99}  # fmt: skip
+    (folder / "eval_results.json").write_text(json.dumps(results))
+    if teacher_miou is not None:
+        teacher_results = {"teacher_eval_mean_iou": teacher_miou, "teacher_eval_overall_accuracy": 0.99}
+        (folder / "teacher_eval_results.json").write_text(json.dumps(teacher_results))
+        results = {**results, **teacher_results}
+    (folder / "all_results.json").write_text(json.dumps(results))
+    config = {
+        "task": "semantic-segmentation",
+        "distill_loss": loss,
+        "distill_loss_kwargs": {},
+        "teacher": None if loss == "ce" else {"name_or_path": teacher, "local": True, "provenance": None},
+        "recipe": recipe,
+        "data": {"dataset": dataset, "crop_size": [512, 1024]},
+    }
+    (folder / "distill_config.json").write_text(json.dumps(config))
+    (folder / "config.json").write_text(json.dumps(student or SMP_STUDENT))
+    return folder
+
+
+def write_segmentation_recipe(root: Path, recipe: str, published: float) -> None:
+    (root / recipe).parent.mkdir(parents=True, exist_ok=True)
+    text = f"# Paper: x\n# Reproduces: a cell.\n# published_miou: {published}\ndistill_task: semantic-segmentation\n"
+    (root / recipe).write_text(text)
+
+
+@pytest.fixture
+def segmentation_runs(tmp_path, monkeypatch) -> Path:
+    """Two seeds of a CWD recipe (teacher evaluated) and a two-seed CE baseline of the same student."""
+    monkeypatch.chdir(tmp_path)
+    write_segmentation_recipe(tmp_path, SEG_RECIPE, 75.90)
+    for (seed, (mious, final)), teacher in zip(SEG_SEEDS.items(), SEG_TEACHER):
+        make_segmentation_run(tmp_path / "runs" / f"cwd-seed{seed}", mious, final, recipe=SEG_RECIPE,
+                              teacher_miou=teacher)  # fmt: skip
+    for seed, best in enumerate((0.7012, 0.7030)):
+        make_segmentation_run(tmp_path / "runs" / f"ce-seed{seed}", [0.5, best], best, recipe=None, loss="ce")
+    return tmp_path
+
+
+def test_segmentation_report_gives_best_and_final_miou_next_to_the_published_one(segmentation_runs):
+    assert report_command.main(["runs", "--json", "out.json", "--markdown", "out.md", "--png", "out.png"]) == 0
+    best = np.array([100 * max(mious) for mious, _ in SEG_SEEDS.values()])
+    final = np.array([100 * f for _, f in SEG_SEEDS.values()])
+    baseline, teacher = 100 * np.mean([0.7012, 0.7030]), 100 * np.mean(SEG_TEACHER)
+
+    lines = (segmentation_runs / "out.md").read_text().strip().splitlines()
+    assert lines[0] == (
+        "| run group (recipe) | loss | seeds | best-epoch mIoU | final mIoU | published | best − published "
+        "| CE baseline | teacher | teacher mIoU | teacher origin |"
+    )
+    assert "top-1" not in "\n".join(lines) and len(lines) == 2 + 2
+    row = next(line for line in lines if line.startswith("| cityscapes/cwd/deeplabv3_resnet18_from_resnet101 |"))
+    assert (
+        f"| cwd | 2 | {best.mean():.2f} ± {best.std(ddof=1):.2f} | {final.mean():.2f} ± {final.std(ddof=1):.2f} "
+        f"| 75.90 | {best.mean() - 75.90:+.2f} | {baseline:.2f} | deeplabv3-r101 | {teacher:.2f} |"
+    ) in row
+    ce = next(line for line in lines if "(ce, no teacher)" in line)
+    assert ce.startswith("| DeepLabV3 (tu-resnet18d) (ce, no teacher) | ce | 2 |")
+
+    data = json.loads((segmentation_runs / "out.json").read_text())
+    assert data["metric"] == "mean IoU (%)"
+    group = {g["group"]: g for g in data["groups"]}[SEG_RECIPE]
+    assert group["task"] == "semantic-segmentation" and group["metric"] == "mean IoU (%)"
+    assert group["best_mean"] == pytest.approx(best.mean()) and group["final_mean"] == pytest.approx(final.mean())
+    assert group["published"] == 75.90 and group["diff"] == pytest.approx(best.mean() - 75.90)
+    assert group["teacher_miou"] == pytest.approx(teacher) and group["baseline_miou"] == pytest.approx(baseline)
+    assert not any("top1" in key for key in group)
+    assert (segmentation_runs / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    summaries = report.summarise([report.read_run(d) for d in report.find_run_dirs(["runs"])])
+    figure = report_plot.build_figure(summaries)
+    assert figure.axes[0].get_xlabel().startswith("mean IoU (%), best epoch")
+    assert "teacher's own mIoU" in [t.get_text() for t in figure.legends[0].get_texts()]
+    texts = [t.get_text() for t in figure.findobj(lambda a: hasattr(a, "get_text"))]
+    assert "paper 75.90" in texts and f"{best.mean():.2f} ± {best.std(ddof=1):.2f} (n=2)" in texts
+
+
+def test_a_classification_run_without_a_task_reads_top1(tmp_path):
+    """Runs written before `distill_config.json` recorded the task are image classification (`make_run` writes
+    none); a segmentation run lacking its metric says which one it lacks."""
+    run = report.read_run(make_run(tmp_path / "old", [0.5, 0.7], 0.69, recipe=None))
+    assert run.task == "image-classification" and run.best_value == pytest.approx(70.0)
+    folder = make_segmentation_run(tmp_path / "seg", [0.5], 0.5, recipe=None)
+    (folder / "eval_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
+    with pytest.raises(ValueError, match="no eval_mean_iou"):
+        report.read_run(folder)
+
+
+def test_classification_and_segmentation_runs_are_never_grouped_together(tmp_path, monkeypatch):
+    """Same student config, teacher, loss and dataset, different tasks: two groups, and each task's CE baseline."""
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    make_segmentation_run(runs / "seg-kd", [0.60, 0.72], 0.71, recipe=None, loss="kd", teacher="t")
+    make_segmentation_run(runs / "seg-ce", [0.65], 0.65, recipe=None, loss="ce")
+    for name, loss, accuracies in (("cls-kd", "kd", [0.80, 0.85]), ("cls-ce", "ce", [0.81])):
+        make_run(runs / name, accuracies, accuracies[-1], recipe=None, loss=loss, teacher="t", dataset="cityscapes")
+        (runs / name / "config.json").write_text(json.dumps(SMP_STUDENT))  # the same student_key as the seg runs
+    summaries = {s.group: s for s in report.summarise([report.read_run(d) for d in report.find_run_dirs([runs])])}
+    kd = "DeepLabV3 (tu-resnet18d) ← t (kd)"
+    assert set(summaries) == {f"{kd} (image-classification)", f"{kd} (semantic-segmentation)",
+                              "DeepLabV3 (tu-resnet18d) (ce, no teacher) (image-classification)",
+                              "DeepLabV3 (tu-resnet18d) (ce, no teacher) (semantic-segmentation)"}  # fmt: skip
+    seg, cls = summaries[f"{kd} (semantic-segmentation)"], summaries[f"{kd} (image-classification)"]
+    assert seg.num_runs == cls.num_runs == 1
+    assert seg.task == "semantic-segmentation" and seg.best_mean == pytest.approx(72.0)
+    assert cls.task == "image-classification" and cls.best_mean == pytest.approx(85.0)
+    assert seg.baseline_value == pytest.approx(65.0) and cls.baseline_value == pytest.approx(81.0)
+    assert seg.label == f"{kd} (semantic-segmentation)"
+
+    assert report_command.main(["runs", "--json", "out.json", "--markdown", "out.md", "--png", "out.png"]) == 0
+    markdown = (tmp_path / "out.md").read_text()
+    cls_table, seg_table = markdown.split("### semantic-segmentation (mIoU)\n")
+    assert cls_table.startswith("### image-classification (top-1)\n\n| run group (recipe) |")
+    assert "| best-epoch top-1 | final top-1 |" in cls_table and "mIoU" not in cls_table
+    assert "| best-epoch mIoU | final mIoU |" in seg_table and "top-1" not in seg_table
+    assert f"| {kd} (semantic-segmentation) | kd | 1 | 72.00 ± 0.00 | 71.00 ± 0.00 |" in seg_table
+    assert f"| {kd} (image-classification) | kd | 1 | 85.00 ± 0.00 | 85.00 ± 0.00 |" in cls_table
+    data = json.loads((tmp_path / "out.json").read_text())
+    groups = {g["group"]: g for g in data["groups"]}
+    assert groups[f"{kd} (semantic-segmentation)"]["baseline_miou"] == pytest.approx(65.0)
+    assert groups[f"{kd} (image-classification)"]["baseline_top1"] == pytest.approx(81.0)
+    assert groups[f"{kd} (image-classification)"]["metric"] == "top-1 accuracy (%)"
+    figure = report_plot.build_figure(list(summaries.values()))
+    assert figure.axes[0].get_xlabel().startswith("top-1 accuracy / mean IoU (%)")
+    texts = [t.get_text() for t in figure.findobj(lambda a: hasattr(a, "get_text"))]
+    assert "DeepLabV3 (tu-resnet18d) on cityscapes (mIoU): CE baseline 65.00" in texts
+    assert "DeepLabV3 (tu-resnet18d) on cityscapes (top-1): CE baseline 81.00" in texts
+
+
+def test_published_line_of_each_task(tmp_path):
+    from hfkd.tasks.base import TASK_NAMES
+    from hfkd.tasks.registry import get_task
+    from hfkd.utils.errors import UnknownNameError
+
+    assert set(report.HEADLINES) == set(TASK_NAMES)  # every task the report can name
+    for task in TASK_NAMES:
+        try:
+            assert report.headline_metric(task) == get_task(task).metric
+        except UnknownNameError:  # a task hfkd does not train yet
+            pass
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("# Paper: x\n# published_miou: 75.9\n#published_map:   40.1 \nseed: 0\n")
+    assert report.read_published(recipe, "semantic-segmentation") == 75.9
+    assert report.read_published(recipe, "object-detection") == 40.1
+    assert report.read_published(recipe) is None and report.read_published_top1(recipe) is None
+    with pytest.raises(ValueError, match="pose-estimation"):
+        report.read_published(recipe, "pose-estimation")

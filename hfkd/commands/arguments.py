@@ -187,7 +187,45 @@ class DataArguments:
         default=1000, metadata={"help": "With --streaming: rows in the shuffle buffer (per process)."}
     )
 
+    crop_size: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Segmentation: the training crop, height width (DIST: 512 1024; default: --image_size square, "
+            "else 512 512)."
+        },
+    )
+    scale_range: list[float] = field(
+        default_factory=lambda: [0.5, 2.0],
+        metadata={"help": "Segmentation: range of the random rescale before the crop (DIST, mmseg: 0.5 2.0)."},
+    )
+    scale_step: float | None = field(
+        default=None,
+        metadata={"help": "Segmentation: draw the rescale factor in steps of this (DIST: 0.1); default: uniformly."},
+    )
+    reduce_labels: bool = field(
+        default=False,
+        metadata={
+            "help": "Segmentation: mask value 0 means unlabelled: ignore it and shift the other classes down by 1 "
+            "(ADE20K; transformers' --do_reduce_labels).",
+            "aliases": ["--do_reduce_labels"],
+        },
+    )
+    ignore_index: int = field(
+        default=255, metadata={"help": "Segmentation: the mask value of pixels no loss or metric counts."}
+    )
+    id2label: str | None = field(
+        default=None,
+        metadata={
+            "help": "Segmentation: the class names, a JSON file or string ({\"0\": \"road\", ...}); default: the "
+            "dataset's, else the teacher's."
+        },
+    )
+
     def __post_init__(self) -> None:
+        if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
+            raise UsageError(f"--crop_size takes two positive sides, height width (DIST: 512 1024): {self.crop_size}.")
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise UsageError(f"--scale_range takes low high with 0 < low <= high (0.5 2.0), got {self.scale_range}.")
         if self.interpolation is not None:
             self.interpolation = str(self.interpolation).lower()
             if self.interpolation not in INTERPOLATIONS:

@@ -25,12 +25,14 @@ from transformers import set_seed
 from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments, parse_args
 from hfkd.commands.data import ImageClassificationData, RunData
 from hfkd.commands.run_folder import prepare_output_dir, run_settings, start_run
+from hfkd.commands.segmentation import SegmentationData, load_segmentation_models
 from hfkd.commands.smoke import apply_smoke
-from hfkd.data.collator import DistillationCollator
 from hfkd.data.demo import card_dataset_name
-from hfkd.models.availability import check_available, config_num_labels
+from hfkd.models.availability import check_available, config_num_labels, model_config
 from hfkd.models.label_space import check_label_space, check_teacher_labels, map_teacher_labels
 from hfkd.models.loading import ModelSpec, load_image_classifier, load_image_processor, resolve_model_name
+from hfkd.tasks.base import CLASSIFICATION, SEGMENTATION
+from hfkd.tasks.registry import get_task, task_of_config
 from hfkd.teachers.cached import CachedTeacher
 from hfkd.training.arguments import DistillationArguments
 from hfkd.training.trainer import DistillationTrainer
@@ -69,6 +71,58 @@ def resolve_models(model_args: ModelArguments, args: DistillationArguments) -> t
     for role, spec in [("student", student)] + [("teacher", t) for t in teachers]:
         logger.info(f"{role}: {spec.name!r} -> {spec.source} ({spec.kind})")
     return student, teachers
+
+
+def run_task(args: DistillationArguments, student: ModelSpec, teachers: list[ModelSpec]) -> str:
+    """The run's task, from `--task` or the models' configs (no weights read). A teacher must do the run's task; a
+    student checkpoint of another task is refused, unless it is an image classifier whose family the task's Auto
+    class builds (an ImageNet `nvidia/mit-b0` initialising a SegFormer's encoder, as transformers' examples do). A
+    segmentation model is never trained as a classifier."""
+    configs = {spec.name: model_config(spec) for spec in [student, *teachers]}
+    tasks = {name: task_of_config(config) for name, config in configs.items()}
+    wanted, found = args.distill_task, {task for task in tasks.values() if task is not None}
+    if wanted is None and len(found) > 1:
+        described = ", ".join(f"{name!r}: {task}" for name, task in tasks.items() if task is not None)
+        raise UsageError(
+            f"Student and teacher do different tasks ({described}); distil between models of one task, or pass --task "
+            "to initialise the student from a checkpoint of another task."
+        )
+    task = wanted or next(iter(found), None) or CLASSIFICATION
+    for spec in [student, *teachers]:
+        other = tasks[spec.name]
+        if other is None or other == task:
+            continue
+        # Only an image classifier's backbone may start a student of a dense task, never the reverse.
+        backbone = other == CLASSIFICATION and get_task(task).builds(configs[spec.name].get("model_type"))
+        if spec is student and backbone:
+            logger.info(f"The {task} student starts from {spec.name!r}, a {other} checkpoint: its encoder's weights.")
+            continue
+        raise UsageError(
+            f"--task {task}, but {spec.name!r} is a {other} model: pass {task} models (a segmentation model is never "
+            "trained as a classifier, nor the reverse)."
+        )
+    args.distill_task = task
+    args.check_task(task)
+    logger.info(f"Task: {task}")
+    return task
+
+
+def data_builder(task: str, data_args: DataArguments, run_args: RunArguments, args: DistillationArguments,
+                 cache: Any, model_args: ModelArguments, teachers: list[ModelSpec]) -> Any:  # fmt: skip
+    """The task's data builder (`ImageClassificationData`, `SegmentationData`)."""
+    if task == SEGMENTATION:
+        fallback = model_config(teachers[0]).get("id2label") if teachers else None
+        fallback = {int(k): v for k, v in fallback.items()} if fallback else None
+        return SegmentationData(data_args, run_args, args, cache, cache_dir=model_args.cache_dir, id2label=fallback)
+    return ImageClassificationData(data_args, run_args, args, cache, cache_dir=model_args.cache_dir)
+
+
+def task_models(task: str, student: ModelSpec, teachers: list[ModelSpec], model_args: ModelArguments,
+                args: DistillationArguments, data: RunData, data_args: DataArguments) -> tuple:  # fmt: skip
+    """The task's models: `load_models` (classifiers) or `load_segmentation_models`."""
+    if task == SEGMENTATION:
+        return load_segmentation_models(student, teachers, model_args, args, data.names, data_args.ignore_index)
+    return load_models(student, teachers, model_args, args, data.names)
 
 
 def run_phases(run_args: RunArguments, model_args: ModelArguments) -> tuple[bool, bool]:
@@ -165,7 +219,7 @@ def build_trainer(
             args=args,
             train_dataset=splits["train"],
             eval_dataset=splits["eval"],
-            data_collator=DistillationCollator(),
+            data_collator=None,  # the task's: DistillationCollator, SegmentationCollator
             processing_class=student_processor,
             **record,
         )
@@ -195,7 +249,8 @@ def evaluate(trainer: DistillationTrainer, run_args: RunArguments) -> tuple[dict
         trainer.log_metrics("teacher_eval", teacher_metrics)
         trainer.save_metrics("teacher_eval", teacher_metrics)
     if not trainer.args.uses_teacher:
-        logger.info(f"Cross-entropy run finished: top-1 {100 * metrics['eval_accuracy']:.2f} %")
+        key = f"eval_{trainer.task.metric}"
+        logger.info(f"Cross-entropy run finished: {key} {100 * metrics[key]:.2f} %")
     return metrics, teacher_metrics
 
 
@@ -211,7 +266,7 @@ def write_card(
     card_kwargs = {
         "finetuned_from": student_spec.source if student_spec.kind != "local" else student_spec.name,
         "student_from_scratch": not model_args.student_pretrained,
-        "tasks": "image-classification",
+        "tasks": trainer.task.pipeline_tag,
         "dataset": card_dataset_name(data_args.dataset, data.source),
         "dataset_args": data_args.dataset_config,
         "tags": ["hfkd", f"distill-{trainer.args.distill_loss}"],
@@ -247,10 +302,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # The data and its preprocessing, one builder: its splits are read before the models load (the student's head
     # takes the class names) and get their transforms after (each model's own preprocessing).
-    data_builder = ImageClassificationData(data_args, run_args, training_args, cache, cache_dir=model_args.cache_dir)
-    data = data_builder.load()
-    models = load_models(student_spec, teacher_specs, model_args, training_args, data.names)
-    splits = data_builder.splits(data, models)
+    task = run_task(training_args, student_spec, teacher_specs)
+    builder = data_builder(task, data_args, run_args, training_args, cache, model_args, teacher_specs)
+    data = builder.load()
+    models = task_models(task, student_spec, teacher_specs, model_args, training_args, data, data_args)
+    splits = builder.splits(data, models)
     trainer = build_trainer(training_args, models, splits, cache, recipe=recipe, data_info=data.info(data_args))
     if do_train:
         if training_args.should_save:

@@ -31,10 +31,10 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "drop_path_rate",
         "teacher_model_name_or_path", "teacher_model_revision", "teacher_pretrained", "teacher_model_init_kwargs",
         "teacher_label_map", "teacher_cache_dir", "teacher_weights", "teacher_ensemble",
-        "teacher_ensemble_temperature", "teacher_features_from", "trust_remote_code", "cache_dir",
+        "teacher_ensemble_temperature", "teacher_features_from", "distill_task", "trust_remote_code", "cache_dir",
     )),
     ("loss", "The distillation loss and its weights.", (
-        "distill_loss", "distill_loss_kwargs", "distill_ce_weight", "distill_weight",
+        "distill_loss", "distill_loss_kwargs", "distill_ce_weight", "distill_weight", "distill_logits_size",
     )),
     ("data", "What to train and evaluate on, and how images are prepared.", (
         "dataset", "dataset_config", "train_dir", "validation_dir", "train_split", "eval_split", "image_column",
@@ -43,6 +43,7 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "max_train_samples", "max_eval_samples", "train_augment",
         "rand_augment", "random_erasing", "distill_mixup", "distill_cutmix",
         "labelled_samples", "skip_unreadable", "streaming", "shuffle_buffer_size",
+        "crop_size", "scale_range", "scale_step", "reduce_labels", "ignore_index", "id2label",
     )),
     ("recipe and optimisation", "A recipe file, and what the papers' training code does beyond the Trainer.", (
         "config", "distill_lr_milestones", "distill_lr_gamma", "distill_lr_decay_epochs", "distill_lr_warmup_epochs",
@@ -50,7 +51,7 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "distill_decay_all_parameters", "distill_no_decay_1d",
         "distill_timm_optimizer", "distill_timm_optimizer_kwargs", "distill_ema", "distill_ema_decay",
         "distill_ema_warmup", "distill_nonfinite", "distill_max_skipped_steps", "distill_channels_last",
-        "teacher_compile", "teacher_compile_backend",
+        "teacher_compile", "teacher_compile_backend", "distill_sync_bn",
     )),
     ("output", "Where results go, and what the run does besides training.", (
         "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "do_train", "do_eval", "evaluate_teacher",

@@ -2,7 +2,8 @@
 
     hfkd report runs/ [--json out.json] [--markdown out.md] [--png out.png] [--recipes recipes/]
 
-What a row holds: `hfkd.results.runs`. `--png` needs matplotlib (`pip install "hfkd[plots]"`).
+Each run in its task's headline metric (top-1 for classification, mIoU for segmentation). What a row holds:
+`hfkd.results.runs`. `--png` needs matplotlib (`pip install "hfkd[plots]"`).
 """
 
 from __future__ import annotations

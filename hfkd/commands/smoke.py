@@ -25,6 +25,8 @@ from PIL import Image as PILImage
 from transformers.utils import logging
 
 from hfkd.models.loading import MODEL_ALIASES
+from hfkd.models.smp import REFERENCE_NETWORKS
+from hfkd.tasks.base import SEGMENTATION
 from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
@@ -41,6 +43,10 @@ SMOKE_DATASETS: dict[str, tuple[int, int]] = {
     "fashion-mnist": (28, 10),
     "zalando-datasets/fashion_mnist": (28, 10),
     "digits": (8, 10),
+    # segmentation (smoke images are this size; the recipe's crop is replaced by it)
+    "data/cityscapes": (64, 19),
+    "scene_parse_150": (64, 150),
+    "fashion-mnist-scenes": (64, 11),
 }
 
 
@@ -68,13 +74,16 @@ def apply_smoke(model_args: Any, data_args: Any, run_args: Any, training_args: A
     known_size, known_labels = SMOKE_DATASETS.get(data_args.dataset, (None, None))
     image_size = run_args.smoke_image_size or known_size or 32
     num_labels = run_args.smoke_num_labels or known_labels or 10
+    task = training_args.distill_task
     model_args.student_model_name_or_path, model_args.student_pretrained = smoke_model_name(
-        model_args.student_model_name_or_path, num_labels, image_size
+        model_args.student_model_name_or_path, num_labels, image_size, task
     )
     if training_args.teacher_model_name_or_path is not None:
         training_args.teacher_model_name_or_path, model_args.teacher_pretrained = smoke_model_name(
-            training_args.teacher_model_name_or_path, num_labels, image_size
+            training_args.teacher_model_name_or_path, num_labels, image_size, task
         )
+    if task == SEGMENTATION:  # the recipe's crop (512 x 1024) at the smoke images' size
+        data_args.crop_size, data_args.id2label = [image_size, image_size], None
     args = training_args
     args.distill_loss_kwargs = smoke_loss_kwargs(args.distill_loss, args.distill_loss_kwargs)
 
@@ -102,6 +111,41 @@ def synthetic_dataset(
     result = DatasetDict(splits)
     result.source = f"synthetic smoke data ({count} eval images of {size}x{size}, {classes} classes)"
     return result
+
+
+def synthetic_segmentation_dataset(dataset: str, *, image_size: int | None = None, num_labels: int | None = None):
+    """8 training and 4 evaluation random RGB images of the dataset's size with masks of random rectangles over its
+    classes (and some ignored pixels), the class names `class_<i>`."""
+    known = SMOKE_DATASETS.get(dataset)
+    size, classes = image_size or (known[0] if known else 64), num_labels or (known[1] if known else 10)
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, count in (("train", 8), ("eval", 4)):
+        images, masks = [], []
+        for _ in range(count):
+            mask = np.full((size, size), rng.integers(classes), dtype=np.uint8)
+            for _ in range(3):
+                top, left = rng.integers(0, size // 2, 2)
+                mask[top : top + size // 3, left : left + size // 3] = rng.integers(classes)
+            mask[:2] = 255
+            images.append(PILImage.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)))
+            masks.append(PILImage.fromarray(mask))
+        splits[split] = Dataset.from_dict({"image": images, "label": masks}, features=Features(
+            {"image": Image(), "label": Image()}))  # fmt: skip
+    result = DatasetDict(splits)
+    result.source = f"synthetic smoke data ({count} eval images of {size}x{size}, {classes} classes)"
+    result.label_lookup, result.id2label = None, {i: f"class_{i}" for i in range(classes)}
+    return result
+
+
+def _tiny_segformer(num_labels: int) -> Any:
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    config = SegformerConfig(
+        depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 16, 32, 64], num_attention_heads=[1, 1, 2, 2],
+        decoder_hidden_size=32, num_labels=num_labels,
+    )  # fmt: skip
+    return SegformerForSemanticSegmentation(config)
 
 
 def _tiny_transformers_model(model_type: str, num_labels: int, image_size: int) -> Any:
@@ -146,10 +190,12 @@ def _tiny_transformers_model(model_type: str, num_labels: int, image_size: int) 
     return ResNetForImageClassification(config)
 
 
-def smoke_model_name(name: str, num_labels: int, image_size: int) -> tuple[str, bool]:
+def smoke_model_name(name: str, num_labels: int, image_size: int, task: str | None = None) -> tuple[str, bool]:
     """What to load instead of `name` in smoke mode, and whether to load its weights (False: random init)."""
     if os.path.isdir(name):
         return name, True
+    if task == SEGMENTATION:
+        return _smoke_segmenter(name, num_labels, image_size)
     target = MODEL_ALIASES.get(name.lower(), name)
     if target.startswith("timm/"):
         arch = target[len("timm/") :].split(".")[0]
@@ -171,6 +217,23 @@ def smoke_model_name(name: str, num_labels: int, image_size: int) -> tuple[str, 
 
     ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
     logger.warning(f"Smoke mode: {name!r} -> a tiny random {family} ({folder}); its config needs the Hub.")
+    return folder, True
+
+
+def _smoke_segmenter(name: str, num_labels: int, image_size: int) -> tuple[str, bool]:
+    """A reference network as it is (random init); a run folder named after one (runs/.../deeplabv3_resnet101) that
+    does not exist yet: that network; a transformers Hub model: a tiny random SegFormer."""
+    base = os.path.basename(os.path.normpath(name)).lower().replace("_", "-")
+    if name.lower() in REFERENCE_NETWORKS or base in REFERENCE_NETWORKS:
+        network = name.lower() if name.lower() in REFERENCE_NETWORKS else base
+        logger.warning(f"Smoke mode: {name!r} -> {network!r} with random weights.")
+        return network, False
+    folder = tempfile.mkdtemp(prefix="hfkd-smoke-")
+    _tiny_segformer(num_labels).save_pretrained(folder)
+    from transformers import SegformerImageProcessor
+
+    SegformerImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    logger.warning(f"Smoke mode: {name!r} -> a tiny random SegFormer ({folder}); its config needs the Hub.")
     return folder, True
 
 

@@ -33,6 +33,8 @@ LABELS = "labels"
 
 
 SAMPLE_INDEX = "sample_index"
+IGNORE_INDEX = 255
+"""The label of pixels that no loss or metric counts (transformers' `semantic_loss_ignore_index` default)."""
 
 
 TEACHER_LOGITS = "teacher_logits"

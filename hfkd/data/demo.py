@@ -107,12 +107,11 @@ def _grayscale_dataset(images: np.ndarray, labels: np.ndarray, names: list[str],
     )
 
 
-def load_fashion_mnist_idx(folder: str | os.PathLike | None = None) -> tuple[DatasetDict, str] | None:
-    """Fashion-MNIST ("train" 60000, "test" 10000 rows) and its source from idx files; `None` if any is missing.
-
-    `folder` defaults to `$HFKD_FASHION_MNIST_DIR`, else `/usr/share/datasets/fashion-mnist` (Debian's
-    `dataset-fashion-mnist`). Columns: `image` (28x28 grayscale) and `label` (`ClassLabel`, the 10 class names).
-    """
+def fashion_mnist_arrays(
+    folder: str | os.PathLike | None = None,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str] | None:
+    """Fashion-MNIST as arrays, `{"train": (images, labels), "test": (...)}` (uint8 (N, 28, 28), int (N,)), and its
+    source, from the idx files of `folder` (see `load_fashion_mnist_idx`); `None` if any file is missing."""
     folder = Path(folder or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
     files = {
         (split, kind): _find_idx(folder, prefix, kind)
@@ -121,8 +120,7 @@ def load_fashion_mnist_idx(folder: str | os.PathLike | None = None) -> tuple[Dat
     }
     if any(path is None for path in files.values()):
         return None
-    source = f"Debian dataset-fashion-mnist ({folder})"
-    splits = {}
+    arrays = {}
     for split in ("train", "test"):
         images = read_idx(files[split, "images-idx3-ubyte"])
         labels = read_idx(files[split, "labels-idx1-ubyte"])
@@ -132,7 +130,24 @@ def load_fashion_mnist_idx(folder: str | os.PathLike | None = None) -> tuple[Dat
                 f"{labels.shape} with values {labels.min()}..{labels.max()}. Reinstall dataset-fashion-mnist or "
                 f"point {FASHION_MNIST_ENV} at intact files."
             )
-        splits[split] = _grayscale_dataset(images, labels, FASHION_MNIST_LABELS, source)
+        arrays[split] = (images, labels)
+    return arrays, f"Debian dataset-fashion-mnist ({folder})"
+
+
+def load_fashion_mnist_idx(folder: str | os.PathLike | None = None) -> tuple[DatasetDict, str] | None:
+    """Fashion-MNIST ("train" 60000, "test" 10000 rows) and its source from idx files; `None` if any is missing.
+
+    `folder` defaults to `$HFKD_FASHION_MNIST_DIR`, else `/usr/share/datasets/fashion-mnist` (Debian's
+    `dataset-fashion-mnist`). Columns: `image` (28x28 grayscale) and `label` (`ClassLabel`, the 10 class names).
+    """
+    found = fashion_mnist_arrays(folder)
+    if found is None:
+        return None
+    arrays, source = found
+    splits = {
+        split: _grayscale_dataset(images, labels, FASHION_MNIST_LABELS, source)
+        for split, (images, labels) in arrays.items()
+    }
     return DatasetDict(splits), source
 
 

@@ -1,4 +1,8 @@
-"""The text pieces of a model card: links, names, accuracy look-ups, the results and training-log tables.
+"""The text pieces of a model card: links, names, metric look-ups, the results and training-log tables.
+
+The metric columns are the run's task's `card_metrics` ((metric key, column title) pairs, headline first): top-1 and
+top-5 accuracy for image classification, mean IoU, mean accuracy and pixel accuracy for semantic segmentation. Every
+value is a fraction in [0, 1], shown in percent.
 
 Local models and datasets are named by their folder name, marked as local (`hfkd.local_names`): a card never holds
 an absolute path of the machine it was written on.
@@ -21,9 +25,6 @@ from hfkd.utils.local_names import is_local_path, neutral_name
 _HUB_URL = "https://huggingface.co"
 
 
-_TASK = "image-classification"
-
-
 _MISSING = "–"
 
 
@@ -33,15 +34,24 @@ _PACKAGED_BUILDERS = frozenset(
 )
 
 
-# Where each row's accuracy is looked up: the teacher's metrics carry their own `teacher_eval_` keys, so a merged
+# Where each row's metrics are looked up: the teacher's metrics carry their own `teacher_eval_` keys, so a merged
 # `all_results.json` never lets one model's number stand for the other's.
 METRIC_PREFIXES = {"teacher_metrics": ("teacher_eval_", "eval_", "test_", ""), None: ("eval_", "test_", "")}
 
 
-_TOP1_NAMES = ("accuracy", "top1_accuracy")
+# Other names under which a card metric was recorded (older runs, other callers).
+METRIC_ALIASES: dict[str, tuple[str, ...]] = {"accuracy": ("top1_accuracy",)}
 
 
-_TOP5_NAMES = ("top5_accuracy",)
+# `model-index` entries that are not named after their column: top-5 is an `accuracy` with k=5 on the Hub.
+HUB_METRICS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
+    "accuracy": ("accuracy", "Top-1 Accuracy", None),
+    "top5_accuracy": ("accuracy", "Top-5 Accuracy", {"k": 5}),
+}
+
+
+Columns = tuple[tuple[str, str], ...]
+"""A task's `card_metrics`: (metric key, column title) pairs, headline first."""
 
 
 def hub_id(name: str | None, *, require_namespace: bool) -> str | None:
@@ -63,33 +73,35 @@ def hub_dataset_id(name: str | None) -> str | None:
     return None if repo_id is None or repo_id.lower() in _PACKAGED_BUILDERS else repo_id
 
 
-def pick_accuracy(metrics: dict[str, float] | None, names: tuple[str, ...], which: str) -> float | None:
+def pick_metric(metrics: dict[str, float] | None, key: str, which: str) -> float | None:
+    """Metric `key` (or an alias) of `metrics`, with the prefixes of `METRIC_PREFIXES[which]`; a fraction in [0, 1]."""
     if not metrics:
         return None
     for prefix in METRIC_PREFIXES.get(which, METRIC_PREFIXES[None]):
-        for name in names:
-            key = prefix + name
-            if key not in metrics or metrics[key] is None:
+        for name in (key, *METRIC_ALIASES.get(key, ())):
+            found = prefix + name
+            if found not in metrics or metrics[found] is None:
                 continue
-            value = metrics[key]
+            value = metrics[found]
             if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) <= 1.0:
                 raise UsageError(
-                    f"`{which}[{key!r}]` is {value!r}, which is not an accuracy fraction in [0, 1]. Pass fractions "
-                    "as returned by `Trainer.evaluate()` (e.g. 0.7612, not 76.12)."
+                    f"`{which}[{found!r}]` is {value!r}, which is not a fraction in [0, 1]. Pass fractions as "
+                    "returned by `Trainer.evaluate()` (e.g. 0.7612, not 76.12)."
                 )
             return float(value)
     return None
 
 
-def accuracies(metrics: dict[str, float] | None, which: str) -> tuple[float | None, float | None]:
-    return pick_accuracy(metrics, _TOP1_NAMES, which), pick_accuracy(metrics, _TOP5_NAMES, which)
+def metric_values(metrics: dict[str, float] | None, columns: Columns, which: str) -> tuple[float | None, ...]:
+    """One value per card metric (`None`: not measured)."""
+    return tuple(pick_metric(metrics, key, which) for key, _ in columns)
 
 
-def member_accuracies(metrics: dict[str, float] | None, member: int) -> tuple[float | None, float | None]:
+def member_values(metrics: dict[str, float] | None, member: int, columns: Columns) -> tuple[float | None, ...]:
     """Teacher `member` of an ensemble: its `teacher_eval_member_<i>_` metrics (`Trainer.evaluate_teacher`)."""
     prefix = f"teacher_eval_member_{member}_"
     mine = {key.removeprefix(prefix): value for key, value in (metrics or {}).items() if key.startswith(prefix)}
-    return accuracies(mine, f"teacher_metrics (member {member})")
+    return metric_values(mine, columns, f"teacher_metrics (member {member})")
 
 
 def ensemble_text(ensemble: dict[str, Any], members: list[dict[str, Any]]) -> str:
@@ -148,10 +160,25 @@ def dataset_link(name: str, config: str | None) -> str:
     return f"{link} (config `{config}`)" if config else link
 
 
+def hub_metric(key: str, title: str) -> tuple[str, str, dict[str, Any] | None]:
+    """(type, name, args) of a card metric in the `model-index`: `HUB_METRICS`, else its key and column title."""
+    return HUB_METRICS.get(key, (key, title.removesuffix(" (%)"), None))
+
+
+def hub_metric_types(columns: Columns) -> list[str]:
+    """The metadata's `metrics`: the card metrics' `model-index` types, each once."""
+    return list(dict.fromkeys(hub_metric(key, title)[0] for key, title in columns))
+
+
 def eval_results(
-    top1: float | None, top5: float | None, dataset_name: str | None, dataset_config: str | None
+    values: tuple[float | None, ...],
+    columns: Columns,
+    task: tuple[str, str],
+    dataset_name: str | None,
+    dataset_config: str | None,
 ) -> list[EvalResult] | None:
-    if top1 is None and top5 is None:
+    """The `model-index` results: one per measured card metric; `task` is (pipeline tag, readable name)."""
+    if not known(values):
         return None
     dataset_type = hub_dataset_id(dataset_name)
     if dataset_type is not None:
@@ -165,45 +192,57 @@ def eval_results(
     else:
         dataset_type, pretty_name = "custom", "custom"
     common = {
-        "task_type": _TASK,
-        "task_name": "Image Classification",
+        "task_type": task[0],
+        "task_name": task[1],
         "dataset_type": dataset_type,
         "dataset_name": pretty_name,
         "dataset_config": dataset_config,
-        "metric_type": "accuracy",
     }
     results = []
-    if top1 is not None:
-        results.append(EvalResult(metric_value=top1, metric_name="Top-1 Accuracy", **common))
-    if top5 is not None:
-        results.append(EvalResult(metric_value=top5, metric_name="Top-5 Accuracy", metric_args={"k": 5}, **common))
+    for value, (key, title) in zip(values, columns):
+        if value is not None:
+            metric_type, name, metric_args = hub_metric(key, title)
+            metric = {"metric_type": metric_type, "metric_name": name, "metric_args": metric_args}
+            results.append(EvalResult(metric_value=value, **metric, **common))
     return results
 
 
+def _row(label: str, values: tuple[float | None, ...]) -> dict[str, Any]:
+    return {"label": label, "values": [percent(value) for value in values]}
+
+
 def results_rows(
-    student: tuple[float | None, float | None],
-    teacher: tuple[float | None, float | None],
-    baseline: tuple[float | None, float | None],
+    student: tuple[float | None, ...],
+    teacher: tuple[float | None, ...],
+    baseline: tuple[float | None, ...],
     teacher_name: str | None,
-    members: list[tuple[str, tuple[float | None, float | None]]] | None = None,
-) -> list[dict[str, str]]:
-    """The results table: the student, the teacher (an ensemble's members, then the ensemble), the CE baseline."""
-    rows = [{"label": "Student (this model)", "top1": percent(student[0]), "top5": percent(student[1])}]
-    for i, (name, accuracy) in enumerate(members or []):
-        label = f"Teacher {i + 1} (`{cell(neutral_name(name))}`)"
-        rows.append({"label": label, "top1": percent(accuracy[0]), "top5": percent(accuracy[1])})
+    members: list[tuple[str, tuple[float | None, ...]]] | None = None,
+) -> list[dict[str, Any]]:
+    """The results table, one value per card metric: the student, the teacher (an ensemble's members, then the
+    ensemble), the CE baseline and the student's difference from it in points."""
+    rows = [_row("Student (this model)", student)]
+    for i, (name, values) in enumerate(members or []):
+        rows.append(_row(f"Teacher {i + 1} (`{cell(neutral_name(name))}`)", values))
     if members:
-        rows.append({"label": "Teacher ensemble", "top1": percent(teacher[0]), "top5": percent(teacher[1])})
+        rows.append(_row("Teacher ensemble", teacher))
     elif teacher_name or known(teacher):
-        label = f"Teacher (`{cell(neutral_name(teacher_name))}`)" if teacher_name else "Teacher"
-        rows.append({"label": label, "top1": percent(teacher[0]), "top5": percent(teacher[1])})
+        rows.append(_row(f"Teacher (`{cell(neutral_name(teacher_name))}`)" if teacher_name else "Teacher", teacher))
     if known(baseline):
-        label = "CE-only baseline (same student, no teacher)"
-        rows.append({"label": label, "top1": percent(baseline[0]), "top5": percent(baseline[1])})
-        deltas = {"top1": delta(student[0], baseline[0]), "top5": delta(student[1], baseline[1])}
-        if deltas != {"top1": _MISSING, "top5": _MISSING}:
-            rows.append({"label": "Δ student − baseline (points)", **deltas})
+        rows.append(_row("CE-only baseline (same student, no teacher)", baseline))
+        deltas = [delta(s, b) for s, b in zip(student, baseline)]
+        if any(d != _MISSING for d in deltas):
+            rows.append({"label": "Δ student − baseline (points)", "values": deltas})
     return rows
+
+
+def task_title(task: str) -> str:
+    """A task's name as the `model-index` writes it: `semantic-segmentation` -> `Semantic Segmentation`."""
+    return task.replace("-", " ").title()
+
+
+def task_text(task: str, pipeline_tag: str) -> str:
+    """The task as the card's text names it, with the pipeline that serves it."""
+    return f"{task.replace('-', ' ')} (the `{pipeline_tag}` pipeline)"
 
 
 def student_text(name: str, from_scratch: bool, architecture: str | None) -> str:
@@ -245,22 +284,34 @@ def repo_reference(hub_model_id: str | None, output_dir: str | None, model_name:
     return model_name
 
 
-def training_log_rows(log_history: list[dict[str, Any]] | None) -> list[dict[str, str]]:
+def training_log_rows(log_history: list[dict[str, Any]] | None, columns: Columns) -> list[dict[str, Any]]:
     """One row per evaluation during training (as transformers' cards list them), with the last training loss before
-    it. The evaluations after training (the final one, on the same or the best checkpoint) are the Results table's:
-    they come after the `train_runtime` summary and are not repeated here."""
+    it and the card metrics (`eval_<key>`). The evaluations after training (the final one, on the same or the best
+    checkpoint) are the Results table's: they come after the `train_runtime` summary and are not repeated here."""
     rows, last_loss = [], None
+    keys = [f"eval_{key}" for key, _ in columns]
     for entry in log_history or []:
         if "train_runtime" in entry:
             break
         if "loss" in entry:
             last_loss = entry["loss"]
-        if "eval_accuracy" in entry:
+        if any(key in entry for key in keys):
             row = {"epoch": _number(entry.get("epoch"), 2), "step": str(entry.get("step", _MISSING))}
             row.update(train_loss=_number(last_loss, 4), eval_loss=_number(entry.get("eval_loss"), 4))
-            row.update(top1=percent(entry.get("eval_accuracy")), top5=percent(entry.get("eval_top5_accuracy")))
+            row["values"] = [percent(entry.get(key)) for key in keys]
             rows.append(row)
     return rows
+
+
+def crop_text(crop: Any) -> str:
+    """A training crop as `height x width` (`[512, 1024]`, `{"height": 512, "width": 1024}`; one side: square)."""
+    if isinstance(crop, dict) and {"height", "width"} <= set(crop):
+        crop = [crop["height"], crop["width"]]
+    if isinstance(crop, Integral) and not isinstance(crop, bool):
+        crop = [crop, crop]
+    if isinstance(crop, (list, tuple)) and len(crop) == 2:
+        return f"{value_text(crop[0])} x {value_text(crop[1])}"
+    return value_text(crop)
 
 
 def _number(value: Any, digits: int) -> str:

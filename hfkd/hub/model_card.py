@@ -14,6 +14,8 @@ from transformers.utils import logging
 from hfkd.hub import card_text as text
 from hfkd.losses.base import PaperRef
 from hfkd.losses.registry import CE_ONLY
+from hfkd.tasks.base import CLASSIFICATION, Task
+from hfkd.tasks.registry import get_task
 from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import is_local_path
 
@@ -23,7 +25,12 @@ logger = logging.get_logger(__name__)
 _TEMPLATE = "templates/model_card.md"
 
 
-_TASK = "image-classification"
+# The usage snippets of a task: `templates/usage-<task name>.md`.
+_USAGE_TEMPLATE = "templates/usage-{task}.md"
+
+
+# Students whose model type transformers' Auto classes know only once an hfkd module registered it.
+REGISTERING_MODULES = {"hfkd_smp": "hfkd.models.smp"}
 
 
 @dataclass
@@ -58,8 +65,10 @@ class ModelCardInfo:
         dataset_config (`str`, *optional*):
             Dataset configuration name.
         student_metrics (`dict[str, float]`, *optional*):
-            Evaluation metrics of the student, e.g. `{"eval_accuracy": 0.76, "eval_top5_accuracy": 0.93}`. Keys
-            `accuracy` / `top1_accuracy` and `top5_accuracy` are looked up with an `eval_`, `test_` or no prefix.
+            Evaluation metrics of the student, e.g. `{"eval_accuracy": 0.76, "eval_top5_accuracy": 0.93}`: the keys of
+            the task's `card_metrics` (`accuracy` (or `top1_accuracy`) and `top5_accuracy`; `mean_iou`,
+            `mean_accuracy` and `overall_accuracy`), fractions in [0, 1], looked up with an `eval_`, `test_` or no
+            prefix.
         teacher_metrics (`dict[str, float]`, *optional*):
             Same keys, for the teacher.
         baseline_metrics (`dict[str, float]`, *optional*):
@@ -87,6 +96,12 @@ class ModelCardInfo:
             names every teacher with its accuracy (`teacher_eval_member_<i>_*`) and the ensemble's.
         log_history (`list[dict]`, *optional*):
             `TrainerState.log_history`: every evaluation of the run becomes a row of the training-results table.
+        task (`str`, *optional*, defaults to `"image-classification"`):
+            The run's task (`hfkd.tasks`): the card's metric columns (`Task.card_metrics`), `pipeline_tag`, task tag
+            and usage snippets.
+        student_model_type (`str`, *optional*):
+            The student config's `model_type`: a type that an hfkd module registers with transformers' Auto classes
+            (`hfkd_smp`) puts that import into the usage snippets.
     """
 
     model_name: str
@@ -114,6 +129,8 @@ class ModelCardInfo:
     teacher_note: str | None = None
     log_history: list[dict[str, Any]] | None = None
     teacher_ensemble: dict[str, Any] | None = None
+    task: str = CLASSIFICATION
+    student_model_type: str | None = None
 
     @classmethod
     def for_run(
@@ -135,8 +152,13 @@ class ModelCardInfo:
         **metrics: dict[str, float] | None,
     ) -> ModelCardInfo:
         """The card of a `DistillationTrainer` run: its `distill_config()`, arguments and student config, plus the
-        `Trainer.create_model_card` arguments (`finetuned_from`, `dataset`, ...) and the `*_metrics`."""
+        `Trainer.create_model_card` arguments (`finetuned_from`, `dataset`, ...) and the `*_metrics`. Runs recorded
+        before `distill_config.json` held a `task` were image classification."""
         teacher = distill_config["teacher"] or {}
+        hyperparameters = {**training_hyperparameters(args), "drop_path_rate": _drop_path_rate(student_config)}
+        crop = (distill_config.get("data") or {}).get("crop_size")
+        if crop:
+            hyperparameters["train_crop"] = text.crop_text(crop)
         extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
         uses_teacher = distill_config["distill_loss"] != CE_ONLY
         return cls(
@@ -151,7 +173,7 @@ class ModelCardInfo:
             distill_weight=distill_config["distill_weight"] if uses_teacher else 0.0,
             dataset_name=dataset if isinstance(dataset, str) else (dataset[0] if dataset else None),
             dataset_config=dataset_args if isinstance(dataset_args, str) else None,
-            hyperparameters={**training_hyperparameters(args), "drop_path_rate": _drop_path_rate(student_config)},
+            hyperparameters=hyperparameters,
             is_timm=getattr(student_config, "model_type", None) == "timm_wrapper" if is_timm is None else is_timm,
             hub_model_id=args.hub_model_id if args.push_to_hub else None,
             license=license,
@@ -162,6 +184,8 @@ class ModelCardInfo:
             teacher_note=teacher.get("provenance"),
             log_history=log_history,
             teacher_ensemble={**teacher["ensemble"], "members": teacher["members"]} if "ensemble" in teacher else None,
+            task=distill_config.get("task") or CLASSIFICATION,
+            student_model_type=getattr(student_config, "model_type", None),
             **metrics,
         )
 
@@ -176,34 +200,39 @@ def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> Mode
     Builds the model card of a distilled student from `info` and, when `output_dir` is given, writes it to
     `output_dir/README.md` (creating the folder).
 
-    The YAML metadata carries `library_name`, the tags (`hfkd`, `knowledge-distillation`, `distill-<loss_key>`,
-    `image-classification`), `base_model` and `datasets` (Hub ids only, never local paths), `metrics` and a
-    `model-index` holding the student's top-1 and top-5 accuracy as **fractions in [0, 1]**, exactly as passed.
-    The body (template `hfkd/templates/model_card.md`) shows them as percentages.
+    The run's task (`info.task`) decides the metric columns (its `card_metrics`), the `pipeline_tag` and task tags
+    and the usage snippets (`templates/usage-<task>.md`). The YAML metadata carries `library_name`, the tags
+    (`hfkd`, `knowledge-distillation`, `distill-<loss_key>`, the task's), `base_model` and `datasets` (Hub ids
+    only, never local paths), `metrics` and a `model-index` holding the student's card metrics as **fractions in
+    [0, 1]**, exactly as passed. The body (template `hfkd/hub/templates/model_card.md`) shows them as percentages.
 
     Returns:
         [`huggingface_hub.ModelCard`]: the rendered card.
     """
     _check_card_info(info)
-    student_acc = text.accuracies(info.student_metrics, "student_metrics")
-    teacher_acc = text.accuracies(info.teacher_metrics, "teacher_metrics")
-    baseline_acc = text.accuracies(info.baseline_metrics, "baseline_metrics")
-    card_data = _card_metadata(info, student_acc)
+    task = get_task(info.task)
+    columns = task.card_metrics
+    student_values = text.metric_values(info.student_metrics, columns, "student_metrics")
+    teacher_values = text.metric_values(info.teacher_metrics, columns, "teacher_metrics")
+    baseline_values = text.metric_values(info.baseline_metrics, columns, "baseline_metrics")
+    card_data = _card_metadata(info, task, student_values)
 
     model_name, loss_key, teacher_name = info.model_name, info.loss_key, info.teacher_name
     student = text.student_text(info.student_name, info.student_from_scratch, info.student_architecture)
-    teacher, teacher_local, members = _teacher_text(info)
+    teacher, teacher_local, members = _teacher_text(info, columns)
     dataset_text = text.dataset_link(info.dataset_name, info.dataset_config) if info.dataset_name else None
     loss_kwargs = sorted((info.loss_kwargs or {}).items())
     hyperparameters = [(k, text.value_text(v)) for k, v in (info.hyperparameters or {}).items() if v is not None]
     card = ModelCard.from_template(
         card_data,
-        template_str=resources.files(__package__).joinpath(_TEMPLATE).read_text(encoding="utf-8"),
+        template_str=_read_template(_TEMPLATE),
         hfkd_title=model_name,
         hfkd_summary=text.summary(student, teacher, loss_key, info.paper, dataset_text),
-        hfkd_results=text.results_rows(student_acc, teacher_acc, baseline_acc, teacher_name, members),
-        hfkd_has_metrics=text.known(student_acc + teacher_acc + baseline_acc),
-        hfkd_training_log=text.training_log_rows(info.log_history),
+        hfkd_task=text.task_text(task.name, task.pipeline_tag),
+        hfkd_columns=[title for _, title in columns],
+        hfkd_results=text.results_rows(student_values, teacher_values, baseline_values, teacher_name, members),
+        hfkd_has_metrics=text.known(student_values + teacher_values + baseline_values),
+        hfkd_training_log=text.training_log_rows(info.log_history, columns),
         hfkd_ce_only=loss_key == CE_ONLY,
         hfkd_student=student,
         hfkd_student_from_scratch=info.student_from_scratch,
@@ -218,8 +247,7 @@ def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> Mode
         hfkd_distill_weight=text.value_text(float(info.distill_weight)),
         hfkd_paper=info.paper,
         hfkd_hyperparameters=hyperparameters,
-        hfkd_repo_literal=json.dumps(text.repo_reference(info.hub_model_id, output_dir, model_name)),
-        hfkd_timm_refs=text.timm_refs(info.hub_model_id, output_dir, model_name) if info.is_timm else [],
+        hfkd_usage=_usage(info, task, output_dir),
     )
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
@@ -227,6 +255,28 @@ def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> Mode
         card.save(path)
         logger.info(f"Model card written to {path}")
     return card
+
+
+def _read_template(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def _usage(info: ModelCardInfo, task: Task, output_dir: str | None) -> str:
+    """The "How to use" snippets of the task's usage template: the pipeline, the Auto classes (after the import that
+    registers the student's model type, where one does) and, for a timm student, `timm.create_model`."""
+    import jinja2  # as `ModelCard.from_template` does: needed only when a card is written
+
+    template = _USAGE_TEMPLATE.format(task=task.name)
+    if not resources.files(__package__).joinpath(template).is_file():
+        raise UsageError(f"hfkd has no usage snippets for {task.name} models: add hfkd/hub/{template}.")
+    model_name = info.model_name
+    return jinja2.Template(_read_template(template)).render(
+        repo_literal=json.dumps(text.repo_reference(info.hub_model_id, output_dir, model_name)),
+        pipeline_tag=task.pipeline_tag,
+        auto_class=task.auto_class,
+        register_module=REGISTERING_MODULES.get(info.student_model_type or ""),
+        timm_refs=text.timm_refs(info.hub_model_id, output_dir, model_name) if info.is_timm else [],
+    )
 
 
 def _check_card_info(info: ModelCardInfo) -> None:
@@ -239,37 +289,43 @@ def _check_card_info(info: ModelCardInfo) -> None:
         raise UsageError(f"`extra_tags` must be a list of non-empty strings, got {info.extra_tags!r}.")
 
 
-def _card_metadata(info: ModelCardInfo, student_acc: tuple[float | None, float | None]) -> ModelCardData:
+def _card_metadata(info: ModelCardInfo, task: Task, student_values: tuple[float | None, ...]) -> ModelCardData:
     """The card's YAML metadata (see `build_model_card`)."""
     hub_dataset = text.hub_dataset_id(info.dataset_name)
-    eval_results = text.eval_results(*student_acc, info.dataset_name, info.dataset_config)
-    tags = ["hfkd", "knowledge-distillation", f"distill-{info.loss_key}", _TASK] + (["timm"] if info.is_timm else [])
+    task_type = (task.pipeline_tag, text.task_title(task.name))
+    eval_results = text.eval_results(
+        student_values, task.card_metrics, task_type, info.dataset_name, info.dataset_config
+    )
+    tags = ["hfkd", "knowledge-distillation", f"distill-{info.loss_key}", task.pipeline_tag, task.name]
+    tags = list(dict.fromkeys(tags + (["timm"] if info.is_timm else [])))
     return ModelCardData(
         library_name="timm" if info.is_timm else "transformers",
         license=info.license,
-        tags=tags + list(info.extra_tags or []),
+        tags=tags + [tag for tag in info.extra_tags or [] if tag not in tags],
         base_model=None if info.student_from_scratch else text.hub_id(info.student_name, require_namespace=True),
         datasets=[hub_dataset] if hub_dataset else None,
-        metrics=["accuracy"],
-        pipeline_tag=_TASK,
+        metrics=text.hub_metric_types(task.card_metrics),
+        pipeline_tag=task.pipeline_tag,
         model_name=info.model_name if eval_results else None,
         eval_results=eval_results,
     )
 
 
 def _teacher_text(
-    info: ModelCardInfo,
-) -> tuple[str | None, bool, list[tuple[str, tuple[float | None, float | None]]] | None]:
+    info: ModelCardInfo, columns: text.Columns
+) -> tuple[str | None, bool, list[tuple[str, tuple[float | None, ...]]] | None]:
     """How the card names the teacher, whether it is local (no Hub link), and an ensemble's members with their
-    accuracies (None for a single teacher)."""
+    card metrics (None for a single teacher)."""
     teacher_name = info.teacher_name
     teacher_local = info.teacher_local if info.teacher_local is not None else is_local_path(teacher_name or "")
     teacher = text.model_link(teacher_name, teacher_local) if teacher_name else None
     members = None
-    if info.teacher_ensemble is not None:  # several teachers: each by name and accuracy, then the ensemble
+    if info.teacher_ensemble is not None:  # several teachers: each by name and metrics, then the ensemble
         records = info.teacher_ensemble["members"]
         teacher = text.ensemble_text(info.teacher_ensemble, records)
-        members = [(m["name_or_path"], text.member_accuracies(info.teacher_metrics, i)) for i, m in enumerate(records)]
+        members = [
+            (m["name_or_path"], text.member_values(info.teacher_metrics, i, columns)) for i, m in enumerate(records)
+        ]
     return teacher, teacher_local, members
 
 

@@ -10,7 +10,16 @@ import torch.nn.functional as F
 
 from hfkd.losses._feature_functional import check_stages, feature_pairs, pool_to_common_size, without_autocast
 from hfkd.losses._feature_maps import StageSpec, select_features
-from hfkd.losses.base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative, check_positive
+from hfkd.losses.base import (
+    IMAGE_CLASSIFICATION,
+    SEMANTIC_SEGMENTATION,
+    DistillationLoss,
+    DistillBatch,
+    LossNeeds,
+    PaperRef,
+    check_non_negative,
+    check_positive,
+)
 from hfkd.losses.registry import register_loss
 
 
@@ -69,6 +78,8 @@ class ATLoss(DistillationLoss):
     """
 
     needs = LossNeeds(hidden_states=True)
+    # Feature maps of segmentation backbones too (SegFormer, UperNet's backbone, the smp encoders).
+    tasks = frozenset({IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION})
     paper = PaperRef(
         title=(
             "Paying More Attention to Attention: Improving the Performance of Convolutional Neural Networks via "

@@ -35,6 +35,14 @@ class PaperRef:
         return f"https://arxiv.org/abs/{self.arxiv_id}" if self.arxiv_id else self.code_url
 
 
+BEYOND_LOGITS = {
+    "hidden_states": "feature maps",
+    "strong_view": "a strong view",
+    "classifier_heads": "the teacher's classifier head",
+}
+"""The needs a teacher's logits on the batch's view cannot meet, and how messages name them."""
+
+
 @dataclass(frozen=True)
 class LossNeeds:
     """What a loss needs besides both models' logits; each loss declares it once, as its `needs` class attribute.
@@ -56,6 +64,11 @@ class LossNeeds:
     preactivations: bool = False
     strong_view: bool = False
     classifier_heads: bool = False
+
+    def beyond_logits(self) -> list[str]:
+        """What of the teacher these needs ask for besides its logits on the batch's view (`BEYOND_LOGITS`): what a
+        teacher cache, which stores logits only, cannot serve."""
+        return [what for field_name, what in BEYOND_LOGITS.items() if getattr(self, field_name)]
 
     def __post_init__(self) -> None:
         if self.preactivations and not self.hidden_states:

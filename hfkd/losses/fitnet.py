@@ -11,7 +11,16 @@ from torch import nn
 from hfkd.losses._adapters import ConvReg, pick_maps, require_feature_shapes, resolve_stage_pairs
 from hfkd.losses._feature_functional import check_stages, feature_pairs
 from hfkd.losses._feature_maps import StageSpec, feature_maps
-from hfkd.losses.base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative
+from hfkd.losses.base import (
+    IMAGE_CLASSIFICATION,
+    SEMANTIC_SEGMENTATION,
+    DistillationLoss,
+    DistillBatch,
+    LossContext,
+    LossNeeds,
+    PaperRef,
+    check_non_negative,
+)
 from hfkd.losses.registry import register_loss
 from hfkd.utils.errors import UsageError
 
@@ -67,6 +76,8 @@ class FitNetLoss(DistillationLoss):
     """
 
     needs = LossNeeds(hidden_states=True)
+    # Feature maps of segmentation backbones too (SegFormer, UperNet's backbone, the smp encoders).
+    tasks = frozenset({IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION})
     paper = PaperRef(
         title="FitNets: Hints for Thin Deep Nets",
         authors="Adriana Romero, Nicolas Ballas, Samira Ebrahimi Kahou, Antoine Chassang, Carlo Gatta, Yoshua Bengio",

@@ -16,7 +16,15 @@ from hfkd.losses._feature_functional import (
     without_autocast,
 )
 from hfkd.losses._feature_maps import StageSpec, select_features
-from hfkd.losses.base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative
+from hfkd.losses.base import (
+    IMAGE_CLASSIFICATION,
+    SEMANTIC_SEGMENTATION,
+    DistillationLoss,
+    DistillBatch,
+    LossNeeds,
+    PaperRef,
+    check_non_negative,
+)
 from hfkd.losses.registry import register_loss
 from hfkd.utils.errors import UsageError
 
@@ -121,6 +129,8 @@ class KDSVDLoss(DistillationLoss):
     """
 
     needs = LossNeeds(hidden_states=True)
+    # Feature maps of segmentation backbones too (SegFormer, UperNet's backbone, the smp encoders).
+    tasks = frozenset({IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION})
     paper = PaperRef(
         title="Self-supervised Knowledge Distillation Using Singular Value Decomposition",
         authors="Seung Hyun Lee, Dae Ha Kim, Byung Cheol Song",

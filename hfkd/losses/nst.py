@@ -10,7 +10,15 @@ import torch.nn.functional as F
 
 from hfkd.losses._feature_functional import check_stages, feature_pairs, pool_to_common_size, without_autocast
 from hfkd.losses._feature_maps import StageSpec, select_features
-from hfkd.losses.base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative
+from hfkd.losses.base import (
+    IMAGE_CLASSIFICATION,
+    SEMANTIC_SEGMENTATION,
+    DistillationLoss,
+    DistillBatch,
+    LossNeeds,
+    PaperRef,
+    check_non_negative,
+)
 from hfkd.losses.registry import register_loss
 
 
@@ -68,6 +76,8 @@ class NSTLoss(DistillationLoss):
     """
 
     needs = LossNeeds(hidden_states=True)
+    # Feature maps of segmentation backbones too (SegFormer, UperNet's backbone, the smp encoders).
+    tasks = frozenset({IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION})
     paper = PaperRef(
         title="Like What You Like: Knowledge Distill via Neuron Selectivity Transfer",
         authors="Zehao Huang, Naiyan Wang",

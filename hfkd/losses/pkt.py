@@ -8,7 +8,15 @@ import torch
 
 from hfkd.losses._feature_functional import feature_pairs, without_autocast
 from hfkd.losses._feature_maps import pooled_features
-from hfkd.losses.base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative
+from hfkd.losses.base import (
+    IMAGE_CLASSIFICATION,
+    SEMANTIC_SEGMENTATION,
+    DistillationLoss,
+    DistillBatch,
+    LossNeeds,
+    PaperRef,
+    check_non_negative,
+)
 from hfkd.losses.registry import register_loss
 
 _EPS = 1e-7
@@ -59,6 +67,8 @@ class PKTLoss(DistillationLoss):
     """
 
     needs = LossNeeds(hidden_states=True)
+    # Feature maps of segmentation backbones too (SegFormer, UperNet's backbone, the smp encoders).
+    tasks = frozenset({IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION})
     paper = PaperRef(
         title="Learning Deep Representations with Probabilistic Knowledge Transfer",
         authors="Nikolaos Passalis, Anastasios Tefas",

@@ -16,7 +16,16 @@ from hfkd.losses._adapters import ABF, pick_maps, preact_feature_maps, require_f
 from hfkd.losses._feature_functional import check_stages, feature_pairs
 from hfkd.losses._feature_maps import StageSpec, feature_maps, pooled_features
 from hfkd.losses._functional import warmup_factor
-from hfkd.losses.base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, check_non_negative
+from hfkd.losses.base import (
+    IMAGE_CLASSIFICATION,
+    SEMANTIC_SEGMENTATION,
+    DistillationLoss,
+    DistillBatch,
+    LossContext,
+    LossNeeds,
+    PaperRef,
+    check_non_negative,
+)
 from hfkd.losses.registry import register_loss
 from hfkd.utils.errors import UsageError
 
@@ -84,6 +93,8 @@ class ReviewKDLoss(DistillationLoss):
     """
 
     needs = LossNeeds(hidden_states=True)
+    # Feature maps of segmentation backbones too (SegFormer, UperNet's backbone, the smp encoders).
+    tasks = frozenset({IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION})
     paper = PaperRef(
         title="Distilling Knowledge via Knowledge Review",
         authors="Pengguang Chen, Shu Liu, Hengshuang Zhao, Jiaya Jia",

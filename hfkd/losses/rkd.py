@@ -9,7 +9,15 @@ import torch.nn.functional as F
 
 from hfkd.losses._feature_functional import feature_pairs, pairwise_distances, without_autocast
 from hfkd.losses._feature_maps import pooled_features
-from hfkd.losses.base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative
+from hfkd.losses.base import (
+    IMAGE_CLASSIFICATION,
+    SEMANTIC_SEGMENTATION,
+    DistillationLoss,
+    DistillBatch,
+    LossNeeds,
+    PaperRef,
+    check_non_negative,
+)
 from hfkd.losses.registry import register_loss
 
 
@@ -78,6 +86,8 @@ class RKDLoss(DistillationLoss):
     """
 
     needs = LossNeeds(hidden_states=True)
+    # Feature maps of segmentation backbones too (SegFormer, UperNet's backbone, the smp encoders).
+    tasks = frozenset({IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION})
     paper = PaperRef(
         title="Relational Knowledge Distillation",
         authors="Wonpyo Park, Dongju Kim, Yan Lu, Minsu Cho",

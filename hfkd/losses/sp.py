@@ -10,7 +10,15 @@ import torch.nn.functional as F
 
 from hfkd.losses._feature_functional import check_stages, feature_pairs, without_autocast
 from hfkd.losses._feature_maps import StageSpec, select_features
-from hfkd.losses.base import DistillationLoss, DistillBatch, LossNeeds, PaperRef, check_non_negative
+from hfkd.losses.base import (
+    IMAGE_CLASSIFICATION,
+    SEMANTIC_SEGMENTATION,
+    DistillationLoss,
+    DistillBatch,
+    LossNeeds,
+    PaperRef,
+    check_non_negative,
+)
 from hfkd.losses.registry import register_loss
 
 
@@ -58,6 +66,8 @@ class SPLoss(DistillationLoss):
     """
 
     needs = LossNeeds(hidden_states=True)
+    # Feature maps of segmentation backbones too (SegFormer, UperNet's backbone, the smp encoders).
+    tasks = frozenset({IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION})
     paper = PaperRef(
         title="Similarity-Preserving Knowledge Distillation",
         authors="Frederick Tung, Greg Mori",

@@ -14,6 +14,8 @@ from hfkd.losses._adapters import pick_maps, require_feature_shapes, resolve_sta
 from hfkd.losses._feature_functional import check_stages, feature_pairs, pool_to_common_size
 from hfkd.losses._feature_maps import StageSpec, feature_maps
 from hfkd.losses.base import (
+    IMAGE_CLASSIFICATION,
+    SEMANTIC_SEGMENTATION,
     DistillationLoss,
     DistillBatch,
     LossContext,
@@ -84,6 +86,8 @@ class VIDLoss(DistillationLoss):
     """
 
     needs = LossNeeds(hidden_states=True)
+    # Feature maps of segmentation backbones too (SegFormer, UperNet's backbone, the smp encoders).
+    tasks = frozenset({IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION})
     paper = PaperRef(
         title="Variational Information Distillation for Knowledge Transfer",
         authors="Sungsoo Ahn, Shell Xu Hu, Andreas Damianou, Neil D. Lawrence, Zhenwen Dai",

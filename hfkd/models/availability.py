@@ -15,12 +15,14 @@ import json
 import os
 import urllib.error
 import urllib.request
+from typing import Any
 
 from huggingface_hub import constants, try_to_load_from_cache
 from timm.models import get_pretrained_cfg
 from transformers import AutoConfig
 
 from hfkd.models.loading import ModelSpec
+from hfkd.models.smp import REFERENCE_NETWORKS
 from hfkd.utils.errors import UsageError
 
 _TRUTHY = {"1", "true", "yes", "on"}
@@ -49,8 +51,9 @@ def hub_repo(spec: ModelSpec) -> str | None:
     """The Hub repo a spec loads from, or None (a local folder, a random-init timm architecture)."""
     if spec.kind in ("hub", "timm_hub"):
         return spec.source
-    if spec.kind == "timm_arch":
-        cfg = get_pretrained_cfg(spec.source)
+    if spec.kind in ("timm_arch", "smp"):  # a reference segmentation network: its timm encoder's ImageNet weights
+        name = spec.source if spec.kind == "timm_arch" else REFERENCE_NETWORKS[spec.source][1].removeprefix("tu-")
+        cfg = get_pretrained_cfg(name)
         return cfg.hf_hub_id if cfg is not None and (cfg.hf_hub_id or "").count("/") else None
     return None
 
@@ -58,7 +61,7 @@ def hub_repo(spec: ModelSpec) -> str | None:
 def check_available(spec: ModelSpec, role: str, *, pretrained: bool = True) -> ModelSpec:
     """`spec`, loadable now: a local folder, a random-init architecture, a cached Hub model (then loaded from the
     cache without network when the Hub is unreachable) or a reachable Hub model; else a one-line ValueError."""
-    if spec.kind == "local" or (spec.kind == "timm_arch" and not pretrained):
+    if spec.kind == "local" or (spec.kind in ("timm_arch", "smp") and not pretrained):
         return spec
     repo = hub_repo(spec)
     if repo is None:
@@ -87,5 +90,22 @@ def config_num_labels(spec: ModelSpec) -> int | None:
     if spec.kind == "timm_arch":
         cfg = get_pretrained_cfg(spec.source)
         return getattr(cfg, "num_classes", None)
+    if spec.kind == "smp":
+        return None  # a reference network is built with the data's classes
     local = {"local_files_only": True} if spec.local_files_only else {}
     return getattr(AutoConfig.from_pretrained(spec.source, revision=spec.revision, **local), "num_labels", None)
+
+
+def model_config(spec: ModelSpec) -> dict[str, Any]:
+    """What a model's config says (`architectures`, `model_type`, ...), read without its weights: its config.json,
+    the Hub config (cached or fetched), `{"model_type": "timm_wrapper"}` for a timm model and
+    `{"model_type": "hfkd_smp"}` for a reference segmentation network."""
+    if spec.kind == "local":
+        with open(os.path.join(spec.source, "config.json"), encoding="utf-8") as f:
+            return json.load(f)
+    if spec.is_timm or spec.kind == "timm_arch":
+        return {"model_type": "timm_wrapper"}
+    if spec.kind == "smp":
+        return {"model_type": "hfkd_smp"}
+    local = {"local_files_only": True} if spec.local_files_only else {}
+    return AutoConfig.from_pretrained(spec.source, revision=spec.revision, **local).to_dict()

@@ -29,6 +29,7 @@ from transformers import (
 from transformers.utils import logging
 
 from hfkd.models.cifar import CIFAR_ALIASES
+from hfkd.models.smp import REFERENCE_NETWORKS
 from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
@@ -98,7 +99,8 @@ _TIMM_PREFIX = "timm_model."
 _ACCEPTED_FORMS = (
     "a transformers Hub id (`microsoft/resnet-50`), a timm Hub id (`timm/resnet18.a1_in1k`), a local folder "
     "written by `save_pretrained`, a timm architecture name (`resnet18`, see `timm.list_models()`), or an alias "
-    "(`hfkd.models.MODEL_ALIASES`: " + ", ".join(k for k in MODEL_ALIASES if "/" not in k) + ")"
+    "(`hfkd.models.MODEL_ALIASES`: " + ", ".join(k for k in MODEL_ALIASES if "/" not in k) + "; segmentation: "
+    + ", ".join(REFERENCE_NETWORKS) + ")"
 )
 
 
@@ -110,7 +112,8 @@ class ModelSpec:
     Args:
         name (`str`): What the user typed.
         source (`str`): The resolved Hub id, absolute local path, or timm architecture name.
-        kind (`str`): One of `"hub"`, `"timm_hub"`, `"local"` or `"timm_arch"`.
+        kind (`str`): One of `"hub"`, `"timm_hub"`, `"local"`, `"timm_arch"` or `"smp"` (a reference segmentation
+            network of `hfkd.models.smp`, built by segmentation-models-pytorch).
         revision (`str`, *optional*): Hub revision (branch, tag or commit); `None` for local folders.
         is_timm (`bool`): Whether the model loads through `TimmWrapperForImageClassification`.
         local_files_only (`bool`): Load from the local Hugging Face cache only (`hfkd.hub.check_available` sets it
@@ -166,6 +169,8 @@ def resolve_model_name(name: str, *, revision: str | None = None) -> ModelSpec:
         spec = _resolve_local(name, path.resolve())
         if revision not in (None, "main"):
             logger.warning(f"Ignoring revision={revision!r} for the local folder {spec.source!r}.")
+    elif name.lower() in REFERENCE_NETWORKS:  # DIST's / CWD's segmentation networks, built by smp
+        spec = ModelSpec(name, name.lower(), "smp", None, False)
     elif name.lower() in MODEL_ALIASES:
         target = MODEL_ALIASES[name.lower()]
         if "/" not in target:  # a timm architecture (the CIFAR zoo): random init or a local checkpoint

@@ -1,5 +1,5 @@
-"""The chart of `hfkd report --png`: each group's best-epoch top-1 beside its CE baseline, its teacher and the
-published number, on an axis from 0 (or a clearly marked broken one)."""
+"""The chart of `hfkd report --png`: each group's best-epoch headline metric (top-1, mIoU: its task's) beside its CE
+baseline, its teacher and the published number, on an axis from 0 (or a clearly marked broken one)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hfkd.results.runs import headline
+
 if TYPE_CHECKING:
     from hfkd.results.runs import GroupSummary
 
@@ -15,21 +17,29 @@ if TYPE_CHECKING:
 COLORS = {"bar": "#4c72b0", "ce": "#a5aab3", "baseline": "#3b3b3b", "teacher": "#dd8452", "published": "#c44e52"}
 
 
+def _metric_names(summaries: list[GroupSummary], attribute: str) -> str:
+    """The metrics of the charted groups' tasks (`top-1`, `mIoU`), each once."""
+    return " / ".join(dict.fromkeys(getattr(headline(s.task), attribute) for s in summaries))
+
+
 def _plot_rows(summaries: list[GroupSummary]) -> list[GroupSummary | str]:
-    """Bars grouped by (dataset, student) under a header line naming the block's CE baseline and teacher."""
-    blocks: dict[tuple[str, str], list[GroupSummary]] = {}
+    """Bars grouped by (task, dataset, student) under a header line naming the block's CE baseline and teacher (and
+    the metric, when the chart holds several tasks)."""
+    blocks: dict[tuple[str, str, str], list[GroupSummary]] = {}
     for s in summaries:
-        blocks.setdefault((s.dataset or "", s.student_key or ""), []).append(s)
+        blocks.setdefault((s.task, s.dataset or "", s.student_key or ""), []).append(s)
+    several_tasks = len({task for task, _, _ in blocks}) > 1
     rows: list[GroupSummary | str] = []
     for key in sorted(blocks):
         members = sorted(blocks[key], key=lambda s: (s.loss != "ce", s.label))
         header = f"{members[0].student or 'student'}" + (f" on {members[0].dataset}" if members[0].dataset else "")
-        baseline = next((s.baseline_top1 for s in members if s.baseline_top1 is not None), None)
+        header += f" ({headline(key[0]).name})" if several_tasks else ""
+        baseline = next((s.baseline_value for s in members if s.baseline_value is not None), None)
         header += f": CE baseline {baseline:.2f}" if baseline is not None else ": no CE baseline run"
-        teachers = {(s.teacher, s.teacher_origin, round(s.teacher_top1, 2)) for s in members if s.teacher_top1}
+        teachers = {(s.teacher, s.teacher_origin, round(s.teacher_value, 2)) for s in members if s.teacher_value}
         if len(teachers) == 1:
-            name, origin, top1 = teachers.pop()
-            header += f", teacher {name} {top1:.2f}" + (f" ({origin})" if origin else "")
+            name, origin, value = teachers.pop()
+            header += f", teacher {name} {value:.2f}" + (f" ({origin})" if origin else "")
         rows += [header, *members]
     return rows
 
@@ -68,9 +78,11 @@ def build_figure(summaries: list[GroupSummary]) -> Any:
         ax.set_xscale("function", functions=squeeze)
     printed = [_draw_bar(ax, y, s) for y, s in bars]
     by_axes_x = blended_transform_factory(ax.transAxes, ax.transData)
-    for y, row in enumerate(rows):
-        if isinstance(row, str):
-            ax.text(0.005, y, row, transform=by_axes_x, va="center", fontsize=9.5, fontweight="bold")
+    headers = [
+        ax.text(0.005, y, row, transform=by_axes_x, va="center", fontsize=9.5, fontweight="bold")
+        for y, row in enumerate(rows)
+        if isinstance(row, str)
+    ]
     ax.set_yticks([y for y, _ in bars], [s.label for _, s in bars], fontsize=9)
     ax.set_ylim(len(rows) - 0.5, -0.6)
     ax.grid(axis="x", color="#e3e3e3", zorder=0)
@@ -81,7 +93,7 @@ def build_figure(summaries: list[GroupSummary]) -> Any:
     ticks = MaxNLocator(8, steps=[1, 2, 5, 10]).tick_values(cut or 0.0, min(xmax, 100.0))
     ax.xaxis.set_major_locator(FixedLocator([0.0] * bool(cut) + [t for t in ticks if (cut or 0.0) <= t <= xmax]))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    xlabel = "top-1 accuracy (%), best epoch, mean ± std over n seeds"
+    xlabel = f"{_metric_names([s for _, s in bars], 'long_name')} (%), best epoch, mean ± std over n seeds"
     if cut:
         xlabel += f"    [axis broken at //: 0 to {cut:g} squeezed, bars start at 0]"
         at = ax.transLimits.transform(ax.transScale.transform((cut, 0)))[0]
@@ -98,12 +110,13 @@ def build_figure(summaries: list[GroupSummary]) -> Any:
                 zorder=6,
             )
     ax.set_xlabel(xlabel, fontsize=10)
+    _fit_texts(fig, [*headers, ax.xaxis.label])  # widening gives the printed values more room, never less
     fig.legend(handles=_legend([s for _, s in bars]), loc="outside upper center", ncol=5, fontsize=9, frameon=False)
     return fig
 
 
 def _reference_values(s: GroupSummary) -> list[float]:
-    values = (s.best_mean + s.best_std, s.best_mean - s.best_std, s.published, s.baseline_top1, s.teacher_top1)
+    values = (s.best_mean + s.best_std, s.best_mean - s.best_std, s.published, s.baseline_value, s.teacher_value)
     return [v for v in values if v is not None]
 
 
@@ -115,10 +128,10 @@ def _draw_bar(ax: Any, y: int, s: GroupSummary) -> tuple[float, Any]:
     color = COLORS["ce"] if s.loss == "ce" else COLORS["bar"]
     errors = {"capsize": 3, "elinewidth": 1, "ecolor": "#222222"}
     ax.barh(y, s.best_mean, xerr=s.best_std or None, height=0.62, color=color, zorder=2, error_kw=errors)
-    if s.baseline_top1 is not None:
-        ax.vlines(s.baseline_top1, y - 0.5, y + 0.5, color=COLORS["baseline"], ls=(0, (4, 2)), lw=1.3, zorder=3)
-    if s.teacher_top1 is not None:
-        ax.vlines(s.teacher_top1, y - 0.5, y + 0.5, color=COLORS["teacher"], lw=2, zorder=3)
+    if s.baseline_value is not None:
+        ax.vlines(s.baseline_value, y - 0.5, y + 0.5, color=COLORS["baseline"], ls=(0, (4, 2)), lw=1.3, zorder=3)
+    if s.teacher_value is not None:
+        ax.vlines(s.teacher_value, y - 0.5, y + 0.5, color=COLORS["teacher"], lw=2, zorder=3)
     spread = f" ± {s.best_std:.2f}" if s.num_runs > 1 else ""
     end = max(s.best_mean + s.best_std, s.published or 0.0)
     text = ax.annotate(f"{s.best_mean:.2f}{spread} (n={s.num_runs})", (end, y), xytext=(6, 0), **style)
@@ -139,11 +152,11 @@ def _legend(shown: list[GroupSummary]) -> list[Any]:
         (Patch(color=COLORS["ce"], label="student, CE only"), any(s.loss == "ce" for s in shown)),
         (
             Line2D([], [], color=COLORS["baseline"], ls=(0, (4, 2)), label="CE baseline of the same student"),
-            any(s.baseline_top1 is not None for s in shown),
+            any(s.baseline_value is not None for s in shown),
         ),
         (
-            Line2D([], [], color=COLORS["teacher"], lw=2, label="teacher's own top-1"),
-            any(s.teacher_top1 is not None for s in shown),
+            Line2D([], [], color=COLORS["teacher"], lw=2, label=f"teacher's own {_metric_names(shown, 'name')}"),
+            any(s.teacher_value is not None for s in shown),
         ),
         (
             Line2D([], [], color=COLORS["published"], marker="D", ls="none", label="published (paper)"),
@@ -151,6 +164,18 @@ def _legend(shown: list[GroupSummary]) -> list[Any]:
         ),
     ]
     return [handle for handle, present in entries if present]
+
+
+def _fit_texts(fig: Any, texts: list[Any]) -> None:
+    """Widen the figure until `texts` (the block headers, written from the axes' left edge; the axis label) end inside
+    it, with a margin: text widths vary a little with the resolution the chart is saved at."""
+    for _ in range(4):
+        fig.draw_without_rendering()
+        end = max((text.get_window_extent().x1 for text in texts), default=0.0)
+        overflow = end + 0.3 * fig.dpi - fig.bbox.x1
+        if overflow <= 0:
+            return
+        fig.set_figwidth(fig.get_figwidth() + overflow / fig.dpi)
 
 
 def _fit_printed_values(fig: Any, ax: Any, high: float, printed: list[tuple[float, Any]]) -> None:
@@ -172,6 +197,6 @@ def _fit_printed_values(fig: Any, ax: Any, high: float, printed: list[tuple[floa
 
 
 def save_png(summaries: list[GroupSummary], path: str | Path) -> None:
-    """One bar per group (best-epoch top-1, mean ± std over seeds) from 0 (or a marked broken axis), the value
-    printed, the CE baseline and the teacher as reference lines and the published number as a red diamond."""
+    """One bar per group (its task's best-epoch metric, mean ± std over seeds) from 0 (or a marked broken axis), the
+    value printed, the CE baseline and the teacher as reference lines and the published number as a red diamond."""
     build_figure(summaries).savefig(path, dpi=110)

@@ -2,9 +2,12 @@
 
 The tables between the `<!-- recipes-index:start -->` and `<!-- recipes-index:end -->` markers are generated: one
 row per recipe under the README's folder, with the cell it reproduces (its `# Reproduces:` header line), its
-published top-1 (`# published_top1:`) and the measured best-epoch top-1 (mean ± std over seeds, as `hfkd report`
-computes it) of the finished runs found under `--runs`. A recipe with no run keeps the measured number already in
-the README, so numbers measured on another machine are not lost.
+published number in its task's headline metric (`# published_top1:` for classification, `# published_miou:` for
+segmentation: `hfkd.results.runs.HEADLINES`) and the measured best-epoch number (mean ± std over seeds, as
+`hfkd report` computes it) of the finished runs found under `--runs`. A recipe's task is its `distill_task` key, else
+the task whose published line its header holds, else image classification; a table whose recipes share one task
+names the metric in its columns (`published top-1`), a mixed one after each published number. A recipe with no run
+keeps the measured number already in the README, so numbers measured on another machine are not lost.
 """
 
 from __future__ import annotations
@@ -12,7 +15,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hfkd.results.runs import GroupSummary, find_run_dirs, read_published_top1, read_run, summarise
+from hfkd.results.runs import (
+    CLASSIFICATION,
+    HEADLINES,
+    GroupSummary,
+    find_run_dirs,
+    headline,
+    published_line,
+    read_published,
+    read_run,
+    summarise,
+)
 from hfkd.utils.errors import UsageError
 
 START = "<!-- recipes-index:start -->"
@@ -33,6 +46,9 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("Streamlined KD CIFAR-100 table (StreamLined README)", r"cifar100/streamlined/"),
     ("MDistiller ImageNet (DKD paper)", r"imagenet/(kd|dkd)/"),
     ("DIST ImageNet tables", r"imagenet/dist/"),
+    ("Cityscapes teachers and baselines (cross-entropy; train the teachers first)", r"cityscapes/(teachers|ce)/"),
+    ("Cityscapes semantic segmentation: DIST's table and mmrazor's CWD row", r"cityscapes/(dist|cwd)/"),
+    ("ADE20K semantic segmentation (Hugging Face models; no published distillation number)", r"ade20k/"),
 )
 
 
@@ -45,6 +61,15 @@ ROW = re.compile(r"^\| \[`(?P<recipe>[^`]+)`\]\([^)]*\) \|.*\| (?P<measured>[^|]
 def _header_line(text: str, key: str) -> str:
     match = re.search(rf"^#\s*{re.escape(key)}:\s*(.*)$", text, re.MULTILINE)
     return match.group(1).strip() if match else ""
+
+
+def recipe_task(text: str) -> str:
+    """The task of a recipe's text: its `distill_task` key, else the task whose `# published_<key>:` line its header
+    holds, else image classification."""
+    match = re.search(r"^distill_task:\s*[\"']?([\w-]+)", text, re.MULTILINE)
+    if match:
+        return match.group(1)
+    return next((task for task in HEADLINES if published_line(task).search(text)), CLASSIFICATION)
 
 
 def section_of(recipe: str) -> str:
@@ -78,17 +103,22 @@ def render_index(recipes_dir: str | Path, measured: dict[str, str] | None = None
     for title in [t for t, _ in SECTIONS] + [OTHER_SECTION]:
         if title not in grouped:
             continue
+        texts = {recipe: (recipes_dir / recipe).read_text(encoding="utf-8") for recipe in grouped[title]}
+        tasks = {recipe: recipe_task(text) for recipe, text in texts.items()}
+        names = {task: headline(task).name for task in tasks.values()}
+        # One task: the columns name its metric; several: each published number names its own.
+        column = f" {next(iter(names.values()))}" if len(names) == 1 else ""
         rows = [
             f"### {title} ({len(grouped[title])})",
             "",
-            "| recipe | reproduces | published top-1 | measured top-1 (best epoch) |",
+            f"| recipe | reproduces | published{column} | measured{column} (best epoch) |",
             "|:--|:--|--:|--:|",
         ]
-        for recipe in grouped[title]:
-            text = (recipes_dir / recipe).read_text(encoding="utf-8")
+        for recipe, text in texts.items():
             reproduces = _header_line(text, "Reproduces").rstrip(".").replace("|", "\\|")
-            published = read_published_top1(recipes_dir / recipe)
-            shown = f"{published:.2f}" if published is not None else "see header"
+            published = read_published(recipes_dir / recipe, tasks[recipe])
+            metric = "" if column else f" {names[tasks[recipe]]}"
+            shown = "see header" if published is None else f"{published:.2f}{metric}"
             rows.append(f"| [`{recipe}`]({recipe}) | {reproduces} | {shown} | {measured.get(recipe, NO_RUN)} |")
         blocks.append("\n".join(rows))
     return "\n\n".join(blocks) + "\n"

@@ -1,20 +1,24 @@
 """Finished distillation runs read back and grouped into a results table next to the published numbers.
 
 A finished run is a folder holding `distill_config.json`, `trainer_state.json` and `eval_results.json` (what
-`hfkd distill` writes at the end). Runs are grouped by the recipe they were launched with (else by
-student, teacher and loss), so the seeds of one recipe form one row. Each row gives the mean ± std over seeds of
-the best-epoch top-1 (the maximum `eval_accuracy` over the evaluations in `log_history`, which is what the papers
-report) and of the final top-1 (`eval_results.json`), next to the published top-1 read from the recipe's
-`# published_top1: <number>` header line, the difference best − published, the CE baseline (the best-epoch top-1
-of the `distill_loss: ce` runs of the same student architecture on the same dataset), the teacher's own top-1
-(`teacher_eval_results.json`) and where the teacher came from: `released` (a released checkpoint converted by
-`hfkd convert`), `hfkd-trained`, `Hub` (a Hub or timm checkpoint of unrecorded origin) or `—` (not known).
-The chart (`hfkd.results.plot`) draws one bar per row, grouped by student, with the CE baseline, the teacher and the
-published number beside it.
+`hfkd distill` writes at the end). A run is judged by its task's headline metric (`Task.metric` of the `task` in
+`distill_config.json`; runs written before it was recorded are image classification): top-1 accuracy
+(`eval_accuracy`) for classification, mean IoU (`eval_mean_iou`) for semantic segmentation. Runs are grouped by the
+recipe they were launched with (else by student, teacher and loss), so the seeds of one recipe form one row; runs of
+different tasks never share a group. Each row gives the mean ± std over seeds of the best-epoch metric (its maximum
+over the evaluations in `log_history`, which is what the papers report) and of the final one (`eval_results.json`),
+next to the published number read from the recipe's header line (`# published_top1: <number>`,
+`# published_miou:`, `# published_map:`: `HEADLINES`), the difference best − published, the CE baseline (the
+best-epoch metric of the `distill_loss: ce` runs of the same task and student architecture on the same dataset), the
+teacher's own number (`teacher_eval_<metric>` in `teacher_eval_results.json`) and where the teacher came from:
+`released` (a released checkpoint converted by `hfkd convert`), `hfkd-trained`, `Hub` (a Hub or timm checkpoint of
+unrecorded origin) or `—` (not known). Numbers are in percent. The chart (`hfkd.results.plot`) draws one bar per
+row, grouped by student, with the CE baseline, the teacher and the published number beside it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -29,19 +33,61 @@ from hfkd.utils.local_names import is_local_path
 RUN_FILES = ("distill_config.json", "trainer_state.json", "eval_results.json")
 
 
-PUBLISHED_LINE = re.compile(r"^#\s*published_top1:\s*(\S+)\s*$", re.MULTILINE)
+CLASSIFICATION = "image-classification"
+"""The task of a run whose `distill_config.json` names none (`hfkd.tasks.base.CLASSIFICATION`)."""
 
 
-# Config fields that tell two transformers students of one class apart (timm configs name the model itself).
+@dataclass(frozen=True)
+class Headline:
+    """How the report names a task's headline metric (its `Task.metric`): `key` in the recipe header line of the
+    published number (`# published_<key>:`) and in JSON keys (`teacher_<key>`), `name` in table columns, `long_name`
+    on the chart's axis and in the JSON."""
+
+    key: str
+    name: str
+    long_name: str
+
+
+# By task name (`hfkd.tasks.base.TASK_NAMES`; spelled out so that the report's tables need no torch).
+HEADLINES = {
+    CLASSIFICATION: Headline("top1", "top-1", "top-1 accuracy"),
+    "semantic-segmentation": Headline("miou", "mIoU", "mean IoU"),
+    "object-detection": Headline("map", "mAP", "box mAP"),
+}
+
+
+# Config fields that tell two transformers students of one class apart (timm configs name the model itself; smp
+# configs their architecture and encoder).
 STRUCTURE_KEYS = (
     "model_type model_args embedding_size hidden_sizes depths hidden_size num_hidden_layers num_attention_heads "
-    "intermediate_size patch_size image_size"
+    "intermediate_size patch_size image_size encoder_name output_stride decoder_channels"
 ).split()
+
+
+def headline(task: str) -> Headline:
+    """How the report names the headline metric of `task`."""
+    if task not in HEADLINES:
+        raise UsageError(f"hfkd report does not know the task {task!r}: add it to hfkd.results.runs.HEADLINES.")
+    return HEADLINES[task]
+
+
+@functools.cache
+def _task(name: str) -> Any:
+    # The task's metric and model names; imported here, as hfkd.tasks loads torch, which the tables do not need.
+    from hfkd.tasks.registry import get_task
+
+    return get_task(name)
+
+
+def headline_metric(task: str) -> str:
+    """The metric a run of `task` is judged by (`eval_<metric>` in its files): the task's `Task.metric`."""
+    return _task(task).metric
 
 
 @dataclass
 class RunResult:
-    """One finished run: where it is, what it distilled, and its top-1 (and its teacher's) in percent."""
+    """One finished run: where it is, what it distilled, and its task's headline metric (best epoch, final, and its
+    teacher's) in percent."""
 
     path: str
     group: str
@@ -49,21 +95,28 @@ class RunResult:
     student: str | None
     teacher: str | None
     loss: str | None
-    best_top1: float
-    final_top1: float
+    best_value: float
+    final_value: float
     best_epoch: float | None
     name: str = ""
     dataset: str | None = None
     student_key: str | None = None
-    teacher_top1: float | None = None
+    teacher_value: float | None = None
     teacher_origin: str | None = None
     teacher_provenance: str | None = None
     recipe_file: str | None = None
+    task: str = CLASSIFICATION
+
+    # The names of the classification-only report.
+    best_top1 = property(lambda self: self.best_value)
+    final_top1 = property(lambda self: self.final_value)
+    teacher_top1 = property(lambda self: self.teacher_value)
 
 
 @dataclass
 class GroupSummary:
-    """The runs of one recipe (or student/teacher/loss triple) across seeds; `label` is the short display name."""
+    """The runs of one recipe (or student/teacher/loss triple) of one task across seeds, in percent of the task's
+    headline metric; `label` is the short display name."""
 
     group: str
     recipe: str | None
@@ -80,12 +133,17 @@ class GroupSummary:
     student: str | None = None
     dataset: str | None = None
     teacher: str | None = None
-    teacher_top1: float | None = None
+    teacher_value: float | None = None
     teacher_origin: str | None = None
     teacher_provenance: str | None = None
-    baseline_top1: float | None = None
+    baseline_value: float | None = None
     baseline_runs: int = 0
     student_key: str | None = None
+    task: str = CLASSIFICATION
+
+    # The names of the classification-only report.
+    teacher_top1 = property(lambda self: self.teacher_value)
+    baseline_top1 = property(lambda self: self.baseline_value)
 
 
 def _read_json(path: Path) -> Any:
@@ -113,19 +171,30 @@ def run_name(run_dir: str | Path, roots: list[str | Path]) -> str:
     return run_dir.name
 
 
-def read_published_top1(recipe: str | Path) -> float | None:
-    """The number on the recipe's `# published_top1:` line; `None` when absent, `null` or unreadable."""
+def published_line(task: str) -> re.Pattern[str]:
+    """The recipe header line of a `task`'s published number: `# published_<key>: <number>` (`HEADLINES`)."""
+    return re.compile(rf"^#\s*published_{re.escape(headline(task).key)}:\s*(\S+)\s*$", re.MULTILINE)
+
+
+def read_published(recipe: str | Path, task: str = CLASSIFICATION) -> float | None:
+    """The number on the recipe's `# published_<key>:` line for `task` (`# published_top1:` for classification,
+    `# published_miou:` for segmentation); `None` when absent, `null` or unreadable."""
     try:
         text = Path(recipe).read_text(encoding="utf-8")
     except OSError:
         return None
-    match = PUBLISHED_LINE.search(text)
+    match = published_line(task).search(text)
     if match is None or match.group(1).lower() in ("null", "none", "~"):
         return None
     try:
         return float(match.group(1))
     except ValueError:
         return None
+
+
+def read_published_top1(recipe: str | Path) -> float | None:
+    """The number on the recipe's `# published_top1:` line; `None` when absent, `null` or unreadable."""
+    return read_published(recipe, CLASSIFICATION)
 
 
 def _normalise_recipe(recipe: str | None) -> str | None:
@@ -161,7 +230,7 @@ def short_model_name(name: Any, local: bool | None = None) -> str | None:
     return name
 
 
-def _student(run_dir: Path) -> tuple[str | None, str | None]:
+def _student(run_dir: Path, task: str) -> tuple[str | None, str | None]:
     config_file = run_dir / "config.json"
     if not config_file.is_file():
         return None, None
@@ -170,9 +239,11 @@ def _student(run_dir: Path) -> tuple[str | None, str | None]:
     name = (
         config.get("architecture")
         or short_model_name(config.get("_name_or_path"))
-        or (architectures[0] or "").removesuffix("ForImageClassification")
+        or (architectures[0] or "").removesuffix(_task(task).model_suffix)
         or config.get("model_type")
     )
+    if config.get("encoder_name"):  # an smp network: its architecture on which encoder
+        name = f"{name} ({config['encoder_name']})"
     structure = {key: config[key] for key in STRUCTURE_KEYS if key in config}
     return name, f"{name} {json.dumps(structure, sort_keys=True)}"
 
@@ -190,27 +261,33 @@ def teacher_origin_kind(teacher: dict[str, Any] | None) -> str | None:
     return "Hub" if teacher and teacher.get("local") is False else None
 
 
-def _teacher_top1(run_dir: Path) -> float | None:
+def _teacher_value(run_dir: Path, metric: str) -> float | None:
+    key = f"teacher_eval_{metric}"
     for name in ("teacher_eval_results.json", "all_results.json"):
-        if (run_dir / name).is_file() and "teacher_eval_accuracy" in (results := _read_json(run_dir / name)):
-            return 100.0 * float(results["teacher_eval_accuracy"])
+        if (run_dir / name).is_file() and key in (results := _read_json(run_dir / name)):
+            return 100.0 * float(results[key])
     return None
 
 
 def read_run(run_dir: str | Path, name: str | None = None) -> RunResult:
-    """Read one finished run folder into a [`RunResult`] (top-1 in percent); `name` labels it (its folder name)."""
+    """Read one finished run folder into a [`RunResult`] (its task's headline metric in percent); `name` labels it
+    (its folder name)."""
     run_dir = Path(run_dir)
     config = _read_json(run_dir / "distill_config.json")
     state = _read_json(run_dir / "trainer_state.json")
     final = _read_json(run_dir / "eval_results.json")
-    if "eval_accuracy" not in final:
-        raise UsageError(f"{run_dir / 'eval_results.json'} has no eval_accuracy; was the run evaluated?")
-    final_top1 = 100.0 * float(final["eval_accuracy"])
-    evals = [(float(e["eval_accuracy"]), e.get("epoch")) for e in state.get("log_history", []) if "eval_accuracy" in e]
-    best_acc, best_epoch = max(evals, key=lambda pair: pair[0]) if evals else (float(final["eval_accuracy"]), None)
+    task = config.get("task") or CLASSIFICATION
+    headline(task)  # a task the report can name
+    metric = headline_metric(task)
+    key = f"eval_{metric}"
+    if key not in final:
+        raise UsageError(f"{run_dir / 'eval_results.json'} has no {key}; was the run evaluated?")
+    final_value = 100.0 * float(final[key])
+    evals = [(float(e[key]), e.get("epoch")) for e in state.get("log_history", []) if key in e]
+    best, best_epoch = max(evals, key=lambda pair: pair[0]) if evals else (float(final[key]), None)
     teacher_record = config.get("teacher") or None
     teacher = short_model_name((teacher_record or {}).get("name_or_path"), (teacher_record or {}).get("local"))
-    (student, student_key), loss = _student(run_dir), config.get("distill_loss")
+    (student, student_key), loss = _student(run_dir, task), config.get("distill_loss")
     recipe = _normalise_recipe(config.get("recipe"))
     group = recipe or (f"{student} ← {teacher} ({loss})" if teacher else f"{student} ({loss}, no teacher)")
     return RunResult(
@@ -220,16 +297,17 @@ def read_run(run_dir: str | Path, name: str | None = None) -> RunResult:
         student=student,
         teacher=teacher,
         loss=loss,
-        best_top1=max(100.0 * best_acc, final_top1),
-        final_top1=final_top1,
+        best_value=max(100.0 * best, final_value),
+        final_value=final_value,
         best_epoch=best_epoch,
         name=name or run_dir.name,
         dataset=short_model_name((config.get("data") or {}).get("dataset")),
         student_key=student_key,
-        teacher_top1=_teacher_top1(run_dir),
+        teacher_value=_teacher_value(run_dir, metric),
         teacher_origin=teacher_origin_kind(teacher_record),
         teacher_provenance=(teacher_record or {}).get("provenance"),
         recipe_file=config.get("recipe"),
+        task=task,
     )
 
 
@@ -244,32 +322,42 @@ def _joined(values: list[str | None]) -> str | None:
     return " / ".join(distinct) if distinct else None
 
 
+def _group_suffix(keys: list[tuple[str, str | None, str]], group: str, dataset: str | None, task: str) -> str:
+    """What tells a group from others of its name: runs of one group on different datasets, or of different tasks,
+    are not seeds of one result."""
+    same = [(d, t) for g, d, t in keys if g == group]
+    suffix = f" on {dataset}" if len({d for d, _ in same}) > 1 else ""
+    return suffix + (f" ({task})" if len({t for _, t in same}) > 1 else "")
+
+
 def summarise(runs: list[RunResult], recipes_dir: str | Path | None = None) -> list[GroupSummary]:
-    """Group `runs` by recipe (else student/teacher/loss), sorted by group name, with the published numbers, the CE
-    baseline of the same student and dataset (`None` for the CE groups themselves) and the teacher's top-1."""
+    """Group `runs` by task and recipe (else student/teacher/loss), sorted by group name, with the published numbers,
+    the CE baseline of the same task, student and dataset (`None` for the CE groups themselves) and the teacher's
+    number."""
     recipes_root = Path(recipes_dir) if recipes_dir is not None else None
-    by_data: dict[tuple[str, str | None], list[RunResult]] = {}
-    baselines: dict[tuple[str | None, str | None], list[float]] = {}
+    by_data: dict[tuple[str, str | None, str], list[RunResult]] = {}
+    baselines: dict[tuple[str, str | None, str | None], list[float]] = {}
     for run in runs:
-        by_data.setdefault((run.group, run.dataset), []).append(run)
+        by_data.setdefault((run.group, run.dataset, run.task), []).append(run)
         if run.loss == "ce":
-            baselines.setdefault((run.student_key, run.dataset), []).append(run.best_top1)
-    # Runs of one group on different datasets are not seeds of one result: such groups are named with the dataset.
-    shared = {group for group, _ in by_data if sum(g == group for g, _ in by_data) > 1}
-    groups = {(f"{g} on {d}" if g in shared else g): members for (g, d), members in by_data.items()}
+            baselines.setdefault((run.task, run.student_key, run.dataset), []).append(run.best_value)
+    groups = {}
+    for key, members in by_data.items():
+        suffix = _group_suffix(list(by_data), *key)
+        groups[key[0] + suffix] = (suffix, members)
     summaries = []
     for name in sorted(groups):
-        members = groups[name]
+        suffix, members = groups[name]
         first = members[0]
         label = recipe_label(first.recipe) if first.recipe else first.group
-        best_mean, best_std = _mean_std([r.best_top1 for r in members])
-        final_mean, final_std = _mean_std([r.final_top1 for r in members])
+        best_mean, best_std = _mean_std([r.best_value for r in members])
+        final_mean, final_std = _mean_std([r.final_value for r in members])
         published = None
         if first.recipe is not None:
             located = _locate_recipe(first, recipes_root)
-            published = read_published_top1(located) if located is not None else None
-        teacher_runs = [r.teacher_top1 for r in members if r.teacher_top1 is not None]
-        baseline = baselines.get((first.student_key, first.dataset), []) if first.loss != "ce" else []
+            published = read_published(located, first.task) if located is not None else None
+        teacher_runs = [r.teacher_value for r in members if r.teacher_value is not None]
+        baseline = baselines.get((first.task, first.student_key, first.dataset), []) if first.loss != "ce" else []
         summaries.append(
             GroupSummary(
                 group=name,
@@ -283,16 +371,17 @@ def summarise(runs: list[RunResult], recipes_dir: str | Path | None = None) -> l
                 published=published,
                 diff=None if published is None else best_mean - published,
                 runs=[r.name for r in members],
-                label=label if name == first.group else f"{label} on {first.dataset}",
+                label=label + suffix,
                 student=first.student,
                 dataset=first.dataset,
                 teacher=_joined([r.teacher for r in members]),
-                teacher_top1=statistics.fmean(teacher_runs) if teacher_runs else None,
+                teacher_value=statistics.fmean(teacher_runs) if teacher_runs else None,
                 teacher_origin=_joined([r.teacher_origin for r in members]),
                 teacher_provenance=_joined([r.teacher_provenance for r in members]),
-                baseline_top1=statistics.fmean(baseline) if baseline else None,
+                baseline_value=statistics.fmean(baseline) if baseline else None,
                 baseline_runs=len(baseline),
                 student_key=first.student_key,
+                task=first.task,
             )
         )
     return summaries
@@ -304,23 +393,51 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
-def to_markdown(summaries: list[GroupSummary]) -> str:
-    """A markdown table: one row per group."""
+def _by_task(summaries: list[GroupSummary]) -> dict[str, list[GroupSummary]]:
+    """The summaries of each task, in the order of `HEADLINES`."""
+    order = {task: i for i, task in enumerate(HEADLINES)}
+    tasks = sorted({s.task for s in summaries}, key=lambda task: (order.get(task, len(order)), task))
+    return {task: [s for s in summaries if s.task == task] for task in tasks}
+
+
+def _table(summaries: list[GroupSummary], name: str) -> list[str]:
     lines = [
-        "| run group (recipe) | loss | seeds | best-epoch top-1 | final top-1 | published | best − published "
-        "| CE baseline | teacher | teacher top-1 | teacher origin |",
+        f"| run group (recipe) | loss | seeds | best-epoch {name} | final {name} | published | best − published "
+        f"| CE baseline | teacher | teacher {name} | teacher origin |",
         "|:--|:--|--:|--:|--:|--:|--:|--:|:--|--:|:--|",
     ]
     for s in summaries:
         lines.append(
             f"| {s.label} | {s.loss or '—'} | {s.num_runs} | {s.best_mean:.2f} ± {s.best_std:.2f} "
             f"| {s.final_mean:.2f} ± {s.final_std:.2f} | {_fmt(s.published)} | {_fmt(s.diff, signed=True)} "
-            f"| {_fmt(s.baseline_top1)} | {s.teacher or '—'} | {_fmt(s.teacher_top1)} | {s.teacher_origin or '—'} |"
+            f"| {_fmt(s.baseline_value)} | {s.teacher or '—'} | {_fmt(s.teacher_value)} | {s.teacher_origin or '—'} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def to_markdown(summaries: list[GroupSummary]) -> str:
+    """A markdown table, one row per group, whose columns name the task's metric (`best-epoch top-1`,
+    `best-epoch mIoU`); runs of several tasks give one table per task, under its name."""
+    by_task = _by_task(summaries)
+    if len(by_task) <= 1:
+        task = next(iter(by_task), CLASSIFICATION)
+        return "\n".join(_table(summaries, headline(task).name)) + "\n"
+    blocks = []
+    for task, members in by_task.items():
+        name = headline(task).name
+        blocks.append("\n".join([f"### {task} ({name})", "", *_table(members, name)]))
+    return "\n\n".join(blocks) + "\n"
 
 
 def to_json(summaries: list[GroupSummary]) -> dict[str, Any]:
-    """The summaries as a JSON-serialisable dict (top-1 in percent)."""
-    groups = [{k: v for k, v in asdict(s).items() if k != "student_key"} for s in summaries]
-    return {"metric": "top-1 accuracy (%)", "groups": groups}
+    """The summaries as a JSON-serialisable dict, in percent of each group's metric (`metric`), its teacher's and CE
+    baseline's numbers under keys that name it (`teacher_top1`, `baseline_miou`, ...)."""
+    groups = []
+    for s in summaries:
+        named = headline(s.task)
+        renamed = {"teacher_value": f"teacher_{named.key}", "baseline_value": f"baseline_{named.key}"}
+        group = {renamed.get(k, k): v for k, v in asdict(s).items() if k != "student_key"}
+        groups.append({**group, "metric": f"{named.long_name} (%)"})
+    metrics = list(dict.fromkeys(f"{headline(task).long_name} (%)" for task in _by_task(summaries)))
+    metric = metrics[0] if len(metrics) == 1 else "each group's own (groups[].metric)"
+    return {"metric": metric if metrics else f"{HEADLINES[CLASSIFICATION].long_name} (%)", "groups": groups}

@@ -39,12 +39,7 @@ class CachedTeacher(Teacher):
 
     @classmethod
     def unsupported(cls, needs: LossNeeds) -> list[str]:
-        wanted = (
-            ("feature maps", needs.hidden_states),
-            ("a strong view", needs.strong_view),
-            ("the teacher's classifier head", needs.classifier_heads),
-        )
-        return [what for what, flag in wanted if flag]
+        return needs.beyond_logits()
 
     def __call__(self, batch: dict[str, Any], epoch: float) -> TeacherOutputs:
         logits = batch.get(TEACHER_LOGITS)

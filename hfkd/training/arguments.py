@@ -10,7 +10,7 @@ from transformers import TrainingArguments
 
 from hfkd.data.mixing import check_mixing_arguments
 from hfkd.losses import CE_ONLY, get_loss_class, validate_loss_kwargs
-from hfkd.teachers.cached import CachedTeacher
+from hfkd.tasks.base import CLASSIFICATION, TASK_NAMES
 from hfkd.teachers.combine import check_ensemble_arguments, feature_member_index
 from hfkd.training.reporting import check_reporting
 from hfkd.training.schedulers import check_schedule_arguments
@@ -73,6 +73,15 @@ class DistillationArguments(TrainingArguments):
     distill_lr_milestones_unit (`str`, *optional*, defaults to `"epochs"`):
         `"steps"`: the milestones (and the `step` schedule's lengths) are optimiser steps (the lr decays from step m
         on), for streamed data whose epochs have no known length.
+    distill_task (`str`, *optional*, defaults to `None`):
+        The task (`--task`): `"image-classification"`, `"semantic-segmentation"` or `"object-detection"`; by default
+        the student's (`hfkd.tasks`). A student of another task, or a loss that does not serve it, is refused.
+    distill_logits_size (`str`, *optional*, defaults to `"teacher"`):
+        Dense tasks: dense logits of different sizes are compared at the teacher's size (the student's resized,
+        bilinear), or at the label size (`"labels"`: both resized).
+    distill_sync_bn (`bool`, *optional*, defaults to `False`):
+        The student's BatchNorm layers as `SyncBatchNorm` under multi-GPU DDP (`--sync_bn`), as the segmentation
+        references train; GPUs only.
     distill_channels_last (`bool`, *optional*, defaults to `False`):
         Channels-last memory format for convolutional students and teachers (`--channels_last`).
     distill_mixup (`float`, *optional*, defaults to `0`), distill_cutmix (`float`, *optional*, defaults to `0`):
@@ -185,6 +194,31 @@ class DistillationArguments(TrainingArguments):
     distill_lr_milestones_unit: str = field(
         default="epochs",
         metadata={"help": "Unit of the milestones and step schedule: epochs, or steps (for streamed data)."},
+    )
+    distill_task: str | None = field(
+        default=None,
+        metadata={
+            "help": "The task: image-classification, semantic-segmentation or object-detection (default: the "
+            "student's, read from its config).",
+            "aliases": ["--task"],
+            "choices": list(TASK_NAMES),
+        },
+    )
+    distill_logits_size: str = field(
+        default="teacher",
+        metadata={
+            "help": "Dense tasks: where student and teacher logits of other sizes are compared: 'teacher' (the "
+            "student's resized to the teacher's) or 'labels' (both resized to the label size).",
+            "choices": ["teacher", "labels"],
+        },
+    )
+    distill_sync_bn: bool = field(
+        default=False,
+        metadata={
+            "help": "Synchronise the student's BatchNorm statistics across GPUs under DDP (SyncBatchNorm), as the "
+            "segmentation references train.",
+            "aliases": ["--sync_bn"],
+        },
     )
     distill_channels_last: bool = field(
         default=False,
@@ -351,8 +385,10 @@ class DistillationArguments(TrainingArguments):
             loss_cls = get_loss_class(self.distill_loss)  # KeyError with close matches
         except KeyError as err:
             raise UnknownNameError(f"{err.args[0]} Or {CE_ONLY!r}: cross-entropy only, without a teacher.") from None
+        if self.distill_task is not None:
+            self.check_task(self.distill_task)
         if self.teacher_cache_dir is not None:
-            missing = CachedTeacher.unsupported(loss_cls.needs)
+            missing = loss_cls.needs.beyond_logits()
             if missing:
                 raise UsageError(
                     f"Loss {self.distill_loss!r} needs {' and '.join(missing)} of the teacher, but a teacher cache "
@@ -363,6 +399,24 @@ class DistillationArguments(TrainingArguments):
             validate_loss_kwargs(self.distill_loss, self.distill_loss_kwargs)
         except (TypeError, ValueError) as err:
             raise UsageError(f"`distill_loss_kwargs`: {err}") from None
+
+    def check_task(self, task: str) -> None:
+        """Refuse what cannot serve `task`: a loss for other tasks; for dense tasks, Mixup/CutMix and a teacher cache
+        (both are classification's). Called when the arguments are built with `--task`, and by the trainer with the
+        task it read from the models."""
+        loss_cls = get_loss_class(self.distill_loss) if self.uses_teacher else None
+        if loss_cls is not None and task not in loss_cls.tasks:
+            raise UsageError(
+                f"Loss {self.distill_loss!r} serves {', '.join(sorted(loss_cls.tasks))}, not {task}. Pick a loss for "
+                f"{task} (kd, dist, cwd for segmentation; see the README's loss table)."
+            )
+        if task != CLASSIFICATION and self.mixes_batches:
+            raise UsageError(f"--mixup / --cutmix mix image classification batches; {task} runs take neither.")
+        if task != CLASSIFICATION and self.teacher_cache_dir is not None:
+            raise UsageError(
+                f"A teacher cache stores a classifier's logits per view; {task} runs distil from a live teacher: "
+                "drop --teacher_cache_dir."
+            )
 
     @property
     def mixes_batches(self) -> bool:

@@ -5,7 +5,7 @@ A mixin of `hfkd.training.trainer.DistillationTrainer`:
 - evaluation and prediction score every image of their set, whatever the training loader drops: the CIFAR recipes
   set `dataloader_drop_last` (the references drop the last partial training batch), which the Trainer would apply to
   its evaluation loader too, scoring 9,984 of CIFAR-100's 10,000 test images where the references score all;
-- `evaluate_teacher`: the teacher's top-1/top-5 accuracy on the evaluation set.
+- `evaluate_teacher`: the teacher's metrics on the evaluation set (the task's: accuracy, mean IoU, ...).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from transformers import EvalPrediction
 
 from hfkd.data.batch import LABELS
-from hfkd.metrics import compute_accuracy_metrics, top_k_indices
 from hfkd.utils.errors import UsageError
 
 
@@ -51,9 +50,10 @@ class EvaluationMixin:
 
     @torch.no_grad()
     def evaluate_teacher(self, eval_dataset: Any = None, metric_key_prefix: str = "teacher_eval") -> dict[str, float]:
-        """Top-1/top-5 accuracy of the teacher on the evaluation set (its own pixel tensor when it has one), under
-        keys of its own (`teacher_eval_accuracy`, ...), so that no metrics file can mistake them for the student's.
-        For a teacher ensemble these are the ensemble's, and each member's follow as `teacher_eval_member_<i>_...`.
+        """The task's metrics of the teacher on the evaluation set (its own pixel tensor when it has one: top-1/top-5
+        accuracy, mean IoU, ...), under keys of their own (`teacher_eval_accuracy`, ...), so that no metrics file can
+        mistake them for the student's. For a teacher ensemble these are the ensemble's, and each member's follow as
+        `teacher_eval_member_<i>_...`. Each batch is reduced as the student's are (`Task.reduce`).
         """
         if self.teacher is None:
             raise UsageError("There is no teacher to evaluate (distill_loss='ce').")
@@ -62,23 +62,26 @@ class EvaluationMixin:
         references = []
         for inputs in tqdm(dataloader, desc="Teacher evaluation", disable=not self.is_local_process_zero()):
             inputs = self._channels_last(send_to_device(inputs, self.args.device))
-            ranked = {key: top_k_indices(value) for key, value in self.teacher.eval_logits(inputs).items()}
-            ranked, labels = self.accelerator.gather_for_metrics((ranked, inputs[LABELS]))
-            for key, value in ranked.items():
-                predictions[key].append(value.cpu())
-            references.append(labels.cpu())
+            reduced = {
+                key: self.task.reduce(value, inputs[LABELS]) for key, value in self.teacher.eval_logits(inputs).items()
+            }
+            reduced = self.accelerator.gather_for_metrics(reduced)
+            for key, (prediction, _) in reduced.items():
+                predictions[key].append(prediction.cpu())
+            references.append(next(iter(reduced.values()))[1].cpu())
         if not references:
             raise UsageError("The evaluation set is empty: there is nothing to evaluate the teacher on.")
         label_ids = torch.cat(references).numpy()
         metrics = {}
-        for key, ranks in predictions.items():
-            result = compute_accuracy_metrics(EvalPrediction(torch.cat(ranks).numpy(), label_ids))
+        for key, parts in predictions.items():
+            result = self.task.metrics()(EvalPrediction(torch.cat(parts).numpy(), label_ids))
             metrics.update({f"{metric_key_prefix}_{key}{name}": value for name, value in result.items()})
         return metrics
 
     def latest_eval_metrics(self) -> dict[str, float] | None:
-        """The most recent logged evaluation metrics (`eval_accuracy`, ...), if any."""
+        """The most recent logged evaluation metrics (`eval_accuracy`, `eval_mean_iou`, ...), if any."""
+        key = f"eval_{self.task.metric}"
         for entry in reversed(self.state.log_history):
-            if "eval_accuracy" in entry:
+            if key in entry:
                 return entry
         return None

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hfkd.data.batch import PIXEL_VALUES, STRONG_PIXEL_VALUES, require_view, teacher_pixels
+from hfkd.data.batch import LABELS, PIXEL_VALUES, STRONG_PIXEL_VALUES, require_view, teacher_pixels
 from hfkd.losses import DistillationLoss, LossContext, create_loss, get_loss_class
 from hfkd.models.features import (
     PreactivationRecorder,
@@ -77,10 +77,12 @@ class DistillationModule(nn.Module):
     `(student_output, loss_dict)`.
     """
 
-    def __init__(self, student: nn.Module, distill_loss: DistillationLoss) -> None:
+    def __init__(self, student: nn.Module, distill_loss: DistillationLoss, align: Callable | None = None) -> None:
         super().__init__()
         self.student = student
         self.distill_loss = distill_loss
+        # The task's view of both outputs for the loss (dense logits of other sizes resized); as they are by default.
+        self.align = align or (lambda student_output, teacher_output, labels=None: (student_output, teacher_output))
         # Hooks on the student, installed once; they record only inside `run` (not state, not saved).
         self.preact_recorder = PreactivationRecorder(student, "student") if distill_loss.needs.preactivations else None
         # DDP would re-send these from rank 0 every step (51 MB for CRD on CIFAR); the loss keeps them in sync.
@@ -115,7 +117,8 @@ class DistillationModule(nn.Module):
         if needs.strong_view:
             strong = require_view({STRONG_PIXEL_VALUES: strong}, STRONG_PIXEL_VALUES)
             batch.student_strong = run_for_loss(self.student, None, needs.hidden_states, pixel_values=strong)
-        return student_output, self.distill_loss(student_output, teacher_outputs.main, batch)
+        compared = self.align(student_output, teacher_outputs.main, inputs.get(LABELS))
+        return student_output, self.distill_loss(*compared, batch)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The loss's parameters and buffers, contiguous and detached, for `distill_adapters.safetensors`."""

@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 
-from hfkd.data.batch import IMAGE_KEYS, INDEX_KEYS, LABELS, PIXEL_VALUES, SAMPLE_INDEX, student_inputs
+from hfkd.data.batch import IMAGE_KEYS, INDEX_KEYS, LABELS, PIXEL_VALUES, SAMPLE_INDEX
 from hfkd.data.collator import DistillationCollator, fast_tensor_columns
 from hfkd.data.mixing import BatchMixer
 from hfkd.hub.model_card import ModelCardInfo, build_model_card
 from hfkd.losses import DistillBatch, logits_of
-from hfkd.metrics import compute_accuracy_metrics, top_k_indices
 from hfkd.models.features import is_convolutional
 from hfkd.models.label_space import check_teacher_labels
+from hfkd.tasks.registry import resolve_task
 from hfkd.teachers.base import Teacher, TeacherOutputs
 from hfkd.teachers.build import build_teacher
 from hfkd.training.accumulation import StepCounts, batch_size, count_step
@@ -90,14 +90,16 @@ class DistillationTrainer(
     ) -> None:
         _check_args(args, compute_loss_func)
         args.check_teacher_given(teacher_model)
+        self.task = resolve_task(args, model if model is not None else None)
         if data_collator is None or isinstance(data_collator, DistillationCollator):
             # The default batches only what a step reads, from fixed-shape tensors when a dataset holds lists.
-            data_collator = data_collator or DistillationCollator()
+            data_collator = data_collator or self.task.collator()
             train_dataset = fast_tensor_columns(train_dataset)
             eval_dataset = _map_datasets(fast_tensor_columns, eval_dataset)
-        if compute_metrics is None:
-            compute_metrics = compute_accuracy_metrics
-            preprocess_logits_for_metrics = preprocess_logits_for_metrics or top_k_indices
+        # The task's metrics reduce each evaluation batch (top-5 classes, per-image pixel counts) in
+        # prediction_step, so that evaluation keeps no logits and no label maps.
+        self._task_metrics = compute_metrics is None and preprocess_logits_for_metrics is None
+        compute_metrics = self.task.metrics() if compute_metrics is None else compute_metrics
         # Before Trainer.__init__, which calls call_model_init: its student is adopted once the teacher is built.
         self.teacher, self.ema, self.distill_loss = None, None, None
         super().__init__(
@@ -141,6 +143,8 @@ class DistillationTrainer(
         the model's own device map: `place_model_on_device`). Returns what becomes `self.model`."""
         if self.args.distill_channels_last and is_convolutional(student):
             student.to(memory_format=torch.channels_last)
+        if self.args.distill_sync_bn:
+            student = self._sync_batch_norm(student)
         if self.ema is not None:
             self.remove_callback(self.ema)
         self.ema = self._build_ema(student)
@@ -156,8 +160,17 @@ class DistillationTrainer(
             dataset_size=len(dataset) if hasattr(dataset, "__len__") else None,
             autocast=self.accelerator.autocast,
         )
-        module = DistillationModule(student, self.distill_loss)
+        module = DistillationModule(student, self.distill_loss, align=self.task.align)
         return module.to(self.args.device) if self.place_model_on_device else module
+
+    def _sync_batch_norm(self, student: nn.Module) -> nn.Module:
+        """`--sync_bn`: the student's BatchNorm layers as `SyncBatchNorm` when DDP runs on GPUs (one process: as
+        they are; torch's SyncBatchNorm has no CPU kernel, so a CPU run is refused in one line)."""
+        if self.args.world_size <= 1:
+            return student
+        if self.args.device.type == "cpu":
+            raise UsageError("--sync_bn synchronises BatchNorm across GPUs; this run is on the CPU: drop --sync_bn.")
+        return nn.SyncBatchNorm.convert_sync_batchnorm(student)
 
     @property
     def teacher_model(self) -> nn.Module | None:
@@ -216,7 +229,10 @@ class DistillationTrainer(
         batches = list(itertools.islice(epoch_iterator, num_batches))
         across = self.args.average_tokens_across_devices
         mixing = self._mixer is not None  # soft targets for every sample
-        return batches, count_step(batches, self.accelerator, all_labelled=mixing, across_processes=across)
+        counts = count_step(
+            batches, self.accelerator, counter=self.task.count_labelled, all_labelled=mixing, across_processes=across
+        )
+        return batches, counts
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         return super().training_step(model, self._channels_last(inputs), num_items_in_batch)
@@ -224,7 +240,14 @@ class DistillationTrainer(
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list | None = None
     ) -> Any:
-        return super().prediction_step(model, self._channels_last(inputs), prediction_loss_only, ignore_keys)
+        """`Trainer.prediction_step`; with the task's metrics, each batch's logits and labels reduced to what they
+        need (`Task.reduce`) before the Trainer gathers and keeps them."""
+        loss, logits, labels = super().prediction_step(
+            model, self._channels_last(inputs), prediction_loss_only, ignore_keys
+        )
+        if self._task_metrics and logits is not None and labels is not None:
+            logits, labels = self.task.reduce(logits, labels)
+        return loss, logits, labels
 
     def _channels_last(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """`inputs` with their image tensors channels-last when `distill_channels_last` asks for it."""
@@ -251,11 +274,12 @@ class DistillationTrainer(
 
         teacher_outputs = self.teacher(inputs, epoch=self.state.epoch or 0.0)
         batch = self._distill_batch(inputs, teacher_outputs)
-        student_outputs, loss_dict = model(**student_inputs(inputs), distill=(teacher_outputs, batch))
+        student_outputs, loss_dict = model(**self.task.model_inputs(inputs), distill=(teacher_outputs, batch))
         logits = logits_of(student_outputs)
         method_ce, ce = loss_dict.pop("ce", None), None
         if labels is not None:
-            ce = self._cross_entropy(logits, labels) + (0.0 if method_ce is None else method_ce)
+            ce = self.task.task_loss(student_outputs, labels, self._cross_entropy)
+            ce = ce + (0.0 if method_ce is None else method_ce)
         loss = self._total_loss(ce, loss_dict["loss"], *shares)
         self._record_metrics(ce, loss_dict)
         terms = {f"distill/{name}": value for name, value in loss_dict.items()}
@@ -266,11 +290,12 @@ class DistillationTrainer(
     def _student_loss(
         self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None, ce_share: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Evaluation (and CE-only training) runs the student alone: the loss (`eval_loss`) is the student's CE."""
+        """Evaluation (and CE-only training) runs the student alone: the loss (`eval_loss`) is its task loss."""
         if labels is None:
             raise UsageError("The batch has no `labels`; the CE-only loss and evaluation need them.")
-        logits = logits_of(model(**student_inputs(inputs)))
-        loss = self._cross_entropy(logits, labels)
+        outputs = model(**self.task.model_inputs(inputs))
+        logits = logits_of(outputs)
+        loss = self.task.task_loss(outputs, labels, self._cross_entropy)
         if model.training:
             self._guard.observe({"loss": loss, STUDENT_TERM: logits})
         return (loss if ce_share is None else loss * ce_share), logits
@@ -294,7 +319,7 @@ class DistillationTrainer(
         losses that split on the target class."""
         labels = inputs.get(LABELS)
         loss_labels = labels
-        if labels is not None and self.distill_loss.needs.labels:
+        if labels is not None and self.distill_loss.needs.labels and labels.ndim == 1:
             loss_labels = torch.where(labels >= 0, labels, logits_of(teacher_outputs.main).argmax(-1))
         return DistillBatch(
             labels=loss_labels,
@@ -302,6 +327,7 @@ class DistillationTrainer(
             sample_index=inputs.get(SAMPLE_INDEX),
             teacher_strong=teacher_outputs.strong,
             cross_entropy=None if labels is None else lambda logits: self._cross_entropy(logits, labels),
+            pixel_mask=self.task.pixel_mask(labels, teacher_outputs.main),
         )
 
     def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -355,6 +381,7 @@ class DistillationTrainer(
         args = self.args
         return {
             "hfkd_version": __version__,
+            "task": self.task.name,
             "distill_loss": args.distill_loss,
             "distill_loss_kwargs": self.distill_loss.hparams() if self.distill_loss is not None else {},
             "distill_ce_weight": args.distill_ce_weight,

@@ -1,0 +1,107 @@
+"""The task of a run: what differs between image classification, semantic segmentation and object detection.
+
+The trainer, the teachers' evaluation, the card and the command line ask their run's `Task` and never branch on its
+name. A task says:
+
+- which models it trains (`model_suffix`, the end of their transformers class name) and how it is named on the Hub
+  (`pipeline_tag`);
+- its task loss (`task_loss`): classification computes the cross-entropy itself (unlabelled samples, soft targets);
+  segmentation and detection pass `labels` to the student (`model_loss`), whose own loss is the task loss
+  (per-pixel CE with the ignore index; the detector's matching and box losses), as transformers' example scripts
+  train them;
+- how a distillation loss sees both models' outputs (`align`: dense logits of other sizes resized) and which pixels
+  it averages over (`pixel_mask`);
+- how evaluation reduces a batch before anything is gathered (`reduce`: top-5 class indices, per-image pixel counts)
+  and the metrics of the reduced batches (`metrics`), whose headline is `metric` (`eval_<metric>` in the files).
+
+The tasks hfkd trains are listed in `hfkd.tasks.registry`, which builds one by name (`get_task`) and reads a model's
+task from its config (`task_of_config`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+
+from hfkd.data.batch import LABELS, student_inputs
+from hfkd.losses.base import IMAGE_CLASSIFICATION, OBJECT_DETECTION, SEMANTIC_SEGMENTATION
+
+# The task names are the losses' (a loss declares the tasks it serves): defined once, in hfkd.losses.base.
+CLASSIFICATION, SEGMENTATION, DETECTION = IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION, OBJECT_DETECTION
+TASK_NAMES = (CLASSIFICATION, SEGMENTATION, DETECTION)
+
+
+class Task:
+    """What a run's task decides (see the module docstring). Subclasses set the class attributes and implement
+    `task_loss`, `reduce` and `metrics`."""
+
+    name: ClassVar[str] = ""
+    pipeline_tag: ClassVar[str] = ""
+    model_suffix: ClassVar[str] = ""
+    auto_class: ClassVar[str] = ""
+    metric: ClassVar[str] = ""
+    # (metric key, column title) of the card's results table, headline first.
+    card_metrics: ClassVar[tuple[tuple[str, str], ...]] = ()
+    model_loss: ClassVar[bool] = False
+    # transformers' table of the model types its Auto class builds for this task (transformers.models.auto).
+    mapping_names: ClassVar[str] = ""
+    extra_model_types: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def builds(cls, model_type: str | None) -> bool:
+        """Whether this task's Auto class builds a model of `model_type` (a checkpoint of another task of that family,
+        say an ImageNet `nvidia/mit-b0`, then initialises its encoder, as transformers' example scripts do)."""
+        from transformers.models.auto import modeling_auto
+
+        return model_type in getattr(modeling_auto, cls.mapping_names, {}) or model_type in cls.extra_model_types
+
+    def __init__(self, *, id2label: Mapping[int, str] | None = None, ignore_index: int = -100, **options: Any):
+        self.id2label = dict(id2label or {})
+        self.ignore_index = ignore_index
+
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """What the student's forward takes from `batch` (and the labels when it computes the task loss)."""
+        inputs = student_inputs(batch)
+        if self.model_loss and batch.get(LABELS) is not None:
+            inputs[LABELS] = batch[LABELS]
+        return inputs
+
+    def task_loss(self, outputs: Any, labels: Any, cross_entropy: Callable) -> torch.Tensor:
+        raise NotImplementedError
+
+    def count_labelled(self, labels: Any, size: int) -> torch.Tensor | int:
+        """What the task loss of a micro-batch averages over (gradient accumulation weighs micro-batches by it)."""
+        return size if labels is not None else 0
+
+    def align(self, student_output: Any, teacher_output: Any, labels: Any = None) -> tuple[Any, Any]:
+        """Both outputs as a distillation loss compares them (classification: as they are)."""
+        return student_output, teacher_output
+
+    def pixel_mask(self, labels: Any, teacher_output: Any) -> torch.Tensor | None:
+        """The pixels a dense loss averages over, at the compared logits' resolution (`None`: every one)."""
+        return None
+
+    def reduce(self, logits: Any, labels: Any) -> tuple[Any, Any]:
+        """(predictions, references) of one evaluation batch, as small as the metrics allow."""
+        raise NotImplementedError
+
+    def metrics(self) -> Callable[..., dict[str, float]]:
+        """`compute_metrics` over the reduced batches."""
+        raise NotImplementedError
+
+    def collator(self) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        """The trainer's default collator for this task's batches."""
+        from hfkd.data.collator import DistillationCollator
+
+        return DistillationCollator()
+
+
+def ignore_index_of(config: Any, default: int) -> int:
+    """The label a model's own loss ignores (`semantic_loss_ignore_index`, UperNet's `loss_ignore_index`)."""
+    for name in ("semantic_loss_ignore_index", "loss_ignore_index"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return default

@@ -1,0 +1,70 @@
+"""The tasks hfkd trains, by name: `get_task(name)` builds one, `task_of_config` reads a model's task from its config
+(its `architectures`, else its `model_type`) without weights, `resolve_task` decides a run's task from its arguments
+and student. A new task adds its `Task` subclass to `TASKS`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hfkd.tasks.base import CLASSIFICATION, SEGMENTATION, Task, ignore_index_of
+from hfkd.tasks.classification import ClassificationTask
+from hfkd.tasks.segmentation.task import SegmentationTask
+from hfkd.utils.errors import UnknownNameError, UsageError
+
+TASKS: dict[str, type[Task]] = {task.name: task for task in (ClassificationTask, SegmentationTask)}
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """The task of that name (`image-classification`, `semantic-segmentation`, ...), built with `options`."""
+    if name not in TASKS:
+        raise UnknownNameError(f"Unknown task {name!r}; hfkd trains {', '.join(TASKS)}.")
+    return TASKS[name](**options)
+
+
+def task_of_config(config: Any) -> str | None:
+    """The task a model config's model does, from its `architectures` (`SegformerForSemanticSegmentation`, ...) or
+    its `model_type`; `None` when the config does not tell (a bare backbone, a config without architectures)."""
+    get = config.get if isinstance(config, Mapping) else lambda key, default=None: getattr(config, key, default)
+    for architecture in get("architectures", None) or []:
+        for task in TASKS.values():
+            if architecture.endswith(task.model_suffix) or architecture.endswith(f"{task.model_suffix}WithTeacher"):
+                return task.name
+        if architecture.endswith("ForUniversalSegmentation"):
+            return SEGMENTATION
+    model_type = get("model_type", None)
+    if model_type == "hfkd_smp":
+        return SEGMENTATION
+    if model_type == "timm_wrapper" or get("architecture", None) or get("pretrained_cfg", None):
+        return CLASSIFICATION
+    return None
+
+
+def resolve_task(args: Any, model: Any) -> Task:
+    """The task of a run: `args.distill_task` (`--task`) or the student's, refused when they disagree or when the
+    distillation loss does not serve it; built with the student's class names and ignore index."""
+    found = task_of_model(model) if model is not None else None
+    wanted = getattr(args, "distill_task", None)
+    if wanted and found and found != wanted:
+        raise UsageError(
+            f"--task {wanted} was given, but the student ({type(model).__name__}) is a {found} model: pass a "
+            f"{wanted} student, or drop --task (it is read from the models)."
+        )
+    name = wanted or found or CLASSIFICATION
+    if hasattr(args, "check_task"):
+        args.check_task(name)
+    config = getattr(model, "config", None)
+    options: dict[str, Any] = {"id2label": getattr(config, "id2label", None)}
+    if name != CLASSIFICATION:
+        options["ignore_index"] = ignore_index_of(config, getattr(args, "distill_ignore_index", 255))
+        options["logits_size"] = getattr(args, "distill_logits_size", "teacher")
+    return get_task(name, **options)
+
+
+def task_of_model(model: Any) -> str | None:
+    """The task of a loaded model: its class name, else its config."""
+    name = type(model).__name__
+    for task in TASKS.values():
+        if task.model_suffix in name:
+            return task.name
+    return task_of_config(getattr(model, "config", None) or {})

@@ -23,8 +23,15 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check hfkd tests examples benchmarks
 
+# `make test`: the quick suite (tests marked slow are deselected by setup.cfg's addopts). The slow ones (runs of two
+# processes, killed-and-resumed runs, the smoke run of every recipe) run under `make test-all`, which CI runs too.
 test: lint
 	$(OFFLINE) $(BIN)/python -m pytest -q
+
+test-slow: lint
+	$(OFFLINE) $(BIN)/python -m pytest -q -m slow
+
+test-all: test test-slow
 
 # The demo's data: Debian's dataset-fashion-mnist when apt can install it; otherwise the demo falls back to the
 # Hub copy (online) or scikit-learn's digits, and says which it used.

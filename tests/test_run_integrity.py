@@ -22,7 +22,7 @@ from hfkd.commands.run_folder import ADDED_SETTINGS, differing_settings, run_set
 from hfkd.training.callbacks import NonFiniteError
 from hfkd.training.checkpoints import CHECKPOINT_MARKER
 
-from .testing_utils import tiny_resnet
+from .testing_utils import slow, tiny_resnet
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
@@ -195,6 +195,7 @@ def test_skip_mode_drops_non_finite_updates_and_counts_them(tmp_path, setup):
 # -------------------------------------------------------------------------------------------- 3. exact resume
 
 
+@slow
 def test_killed_runs_resume_exactly_with_augmentation(tmp_path, setup):
     """SIGKILL after step 5 (checkpoint-4 complete), and SIGKILL while checkpoint-4 is written (so checkpoint-2 is the
     newest complete one): the same command again resumes and ends with the uninterrupted run's weights, bit for

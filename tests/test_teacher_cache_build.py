@@ -21,7 +21,7 @@ from hfkd.teachers.cache.check import cache_summary, check_cache_matches
 from hfkd.teachers.cache.store import TeacherCache, logits_from_topk
 from hfkd.utils.hashing import weights_sha256
 
-from .testing_utils import perturbed, tiny_resnet
+from .testing_utils import perturbed, slow, tiny_resnet
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "tests" / "distributed" / "cache_fault_runner.py"
@@ -73,6 +73,7 @@ def _saved_teacher(folder: Path, seed: int = 2, num_labels: int = 5) -> str:
     return str(folder)
 
 
+@slow
 def test_a_killed_build_resumes_where_it_stopped_and_equals_an_uninterrupted_one(tmp_path, monkeypatch, one_thread):
     teacher = _saved_teacher(tmp_path / "teacher")
 

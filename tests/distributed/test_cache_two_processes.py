@@ -10,10 +10,11 @@ from transformers import ViTImageProcessor
 
 from hfkd.commands import cache as teacher_cache
 
-from ..testing_utils import perturbed, tiny_resnet
+from ..testing_utils import perturbed, slow, tiny_resnet
 from .launch import launch_two, needs_launcher
 
 
+@slow
 @needs_launcher
 def test_two_processes_build_the_cache_one_process_builds(tmp_path):
     teacher = perturbed(tiny_resnet(5, wide=True, seed=2), seed=7)

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 
-from ..testing_utils import tiny_resnet
+from ..testing_utils import slow, tiny_resnet
 from .launch import launch_two, needs_launcher
 from .streaming_data import write_parquet_dataset
 
 SCRIPT = Path(__file__).with_name("streaming_two_ranks.py")
 
 
+@slow
 @needs_launcher
 def test_two_processes_train_on_disjoint_parts_of_a_stream(tmp_path):
     data = write_parquet_dataset(tmp_path / "data")  # 4 files of 12 rows: 2 whole files per process

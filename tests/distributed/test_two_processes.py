@@ -13,13 +13,14 @@ from transformers import AutoModelForImageClassification
 
 from hfkd import DistillationArguments, DistillationTrainer
 
-from ..testing_utils import perturbed, tiny_resnet, tiny_vit
+from ..testing_utils import perturbed, slow, tiny_resnet, tiny_vit
 from .launch import launch_two, needs_launcher
 from .two_ranks import LABELS, collate
 
 SCRIPT = Path(__file__).with_name("two_ranks.py")
 
 
+@slow
 @needs_launcher
 def test_two_ranks_train_and_match_one_process(tmp_path):
     teacher = perturbed(tiny_resnet(4, wide=True, seed=2), seed=5, scale=0.5)

@@ -79,6 +79,14 @@ def run_task(args: DistillationArguments, student: ModelSpec, teachers: list[Mod
     class builds (an ImageNet `nvidia/mit-b0` initialising a SegFormer's encoder, as transformers' examples do). A
     segmentation model is never trained as a classifier."""
     configs = {spec.name: model_config(spec) for spec in [student, *teachers]}
+    for name, config in configs.items():
+        universal = [a for a in config.get("architectures") or [] if a.endswith("ForUniversalSegmentation")]
+        if universal:
+            raise UsageError(
+                f"{name!r} is a {universal[0]} (mask classification: Mask2Former, OneFormer, MaskFormer), which hfkd "
+                "does not distil yet: pass a *ForSemanticSegmentation model (SegFormer, UperNet, DPT, BEiT, "
+                "MobileViT-DeepLabV3) or a reference network (deeplabv3-resnet101, pspnet-resnet101)."
+            )
     tasks = {name: task_of_config(config) for name, config in configs.items()}
     wanted, found = args.distill_task, {task for task in tasks.values() if task is not None}
     if wanted is None and len(found) > 1:

@@ -119,6 +119,20 @@ def test_models_of_another_task_are_refused_before_anything_loads(setup, tmp_pat
     assert not os.path.exists(out / "model.safetensors")
 
 
+def test_a_mask_classification_teacher_is_refused_by_name_before_its_weights_load(setup, tmp_path):
+    from transformers import Mask2FormerConfig
+
+    root, _ = setup
+    config = Mask2FormerConfig(num_labels=11)
+    config.architectures = ["Mask2FormerForUniversalSegmentation"]
+    config.save_pretrained(tmp_path / "mask2former")  # a config and no weights: the refusal must not need them
+    argv = _argv(root, tmp_path / "run", "--loss", "kd")
+    argv[argv.index("--teacher") + 1] = str(tmp_path / "mask2former")
+    with pytest.raises(UsageError, match=r"mask2former' is a Mask2FormerForUniversalSegmentation .* does not distil"):
+        main(argv)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_mask_of_another_size_is_named_before_training(setup, tmp_path):
     root, names = setup
     from datasets import load_from_disk

@@ -184,7 +184,9 @@ def measure_speed(args: argparse.Namespace) -> dict:
             progress=False,
         )
     cached_trainer = build_trainer("kd", student, None, args, f"{args.workdir}/cached", cache_dir=cache_dir)
-    cached_batch = {**batch, "sample_index": torch.arange(args.batch_size, device=device)}
+    # The rows as the data loader's workers put them in the batch (ReplayTransform): the step itself reads nothing.
+    teacher_logits = cached_trainer.teacher.cache.teacher_logits(0, torch.arange(args.batch_size))
+    cached_batch = {**batch, "teacher_logits": torch.as_tensor(teacher_logits).to(device)}
     variants: dict[str, Callable[[], object]] = {
         "student_step": student_step,
         "teacher_forward": teacher_forward,
@@ -213,7 +215,8 @@ def measure_speed(args: argparse.Namespace) -> dict:
             "measured": measured,
             "predicted": predicted,
             "relative_error": abs(measured - predicted) / predicted,
-            "note": "DistillationTrainer KD step from a teacher cache ÷ the same step with the live teacher",
+            "note": "DistillationTrainer KD step from a teacher cache (its rows in the batch, as the data loader's "
+            "workers give them) ÷ the same step with the live teacher",
         },
     }
 

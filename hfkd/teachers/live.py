@@ -135,8 +135,12 @@ class LiveTeacher(Teacher):
             strong = self._run(teacher_pixels(batch, STRONG_PIXEL_VALUES, self.member), for_loss=True)
         return TeacherOutputs(main, strong)
 
+    def outputs(self, batch: dict[str, Any]) -> Any:
+        """The teacher's whole output on the batch's teacher view (evaluation: a detector's boxes and logits)."""
+        return self._run(teacher_pixels(batch, member=self.member), for_loss=False)
+
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
-        return logits_of(self._run(teacher_pixels(batch, member=self.member), for_loss=False))
+        return logits_of(self.outputs(batch))
 
     def batch_keys(self) -> tuple[str, ...]:
         return tuple(member_key(key, self.member) for key in (TEACHER_PIXEL_VALUES, TEACHER_STRONG_PIXEL_VALUES))

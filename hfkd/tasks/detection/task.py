@@ -1,0 +1,128 @@
+"""Object detection as a task: DETR-family students and teachers (`AutoModelForObjectDetection`), trained on their own
+loss (transformers' Hungarian matching of predictions to the labelled boxes) and distilled on matched queries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from hfkd.losses import DistillationLoss
+from hfkd.tasks.base import DETECTION, Task
+from hfkd.tasks.detection.distill import DetrDistillation, uses_sigmoid
+from hfkd.utils.errors import UsageError
+
+TOP_K = 100
+"""Detections kept per image for the metrics (COCO's maxDets)."""
+
+PADDING = -1.0
+"""The label (and score) of a row that holds no detection or no box in the reduced evaluation tensors."""
+
+
+class DetectionTask(Task):
+    """Object detection with DETR-family models. `labels` is a list of per-image dicts (`class_labels`, `boxes` in
+    normalised (cx, cy, w, h), `orig_size`), as transformers' detectors take them; evaluation keeps each image's top
+    `TOP_K` detections and its boxes, in pixels of the original image, and computes COCO's AP over them."""
+
+    name = DETECTION
+    pipeline_tag = "object-detection"
+    model_suffix = "ForObjectDetection"
+    auto_class = "AutoModelForObjectDetection"
+    metric = "map"
+    card_metrics = (("map", "mAP (%)"), ("map_50", "AP50 (%)"), ("map_75", "AP75 (%)"))
+    model_loss = True
+    mapping_names = "MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES"
+
+    def __init__(self, *, score_threshold: float | None = None, **options: Any) -> None:
+        options.pop("logits_size", None)
+        super().__init__(**options)
+        self.score_threshold = score_threshold
+
+    def task_loss(self, outputs: Any, labels: Any, cross_entropy: Callable) -> torch.Tensor:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else getattr(outputs, "loss", None)
+        if loss is None:
+            raise UsageError(
+                f"The student ({type(outputs).__name__}) returned no loss for the batch's labels: a detection student "
+                "computes its matching loss from `labels` (transformers' *ForObjectDetection models do)."
+            )
+        return loss
+
+    def count_labelled(self, labels: Any, size: int) -> int:
+        """The images with labels (the detectors' losses are means over a micro-batch's boxes and queries)."""
+        return 0 if labels is None else len(labels)
+
+    def distill_loss(self, loss: DistillationLoss, student: Any) -> DistillationLoss:
+        num_labels = getattr(getattr(student, "config", None), "num_labels", None) or len(self.id2label)
+        return DetrDistillation(loss, num_labels, score_threshold=self.score_threshold)
+
+    def predictions(self, outputs: Any) -> Any:
+        return outputs.logits, outputs.pred_boxes
+
+    def teacher_predictions(self, teacher: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        outputs = getattr(teacher, "outputs", None)
+        if outputs is None:
+            raise UsageError(f"A {type(teacher).__name__} cannot be evaluated on object detection: pass one teacher.")
+        return {"": self.predictions(outputs(batch))}
+
+    def reduce(self, logits: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, boxes = logits if isinstance(logits, (tuple, list)) else (logits.logits, logits.pred_boxes)
+        sizes = torch.stack([torch.as_tensor(label["orig_size"]) for label in labels]).to(boxes.device)
+        sigmoid = uses_sigmoid(scores, len(self.id2label)) if self.id2label else scores.shape[-1] != 1
+        return detections_table(scores, boxes, sizes, sigmoid), references_table(labels)
+
+    def metrics(self) -> Callable[..., dict[str, float]]:
+        from hfkd.tasks.detection.metrics import table_metrics
+
+        return table_metrics(self.id2label)
+
+    def collator(self) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        from hfkd.tasks.detection.data import DetectionCollator
+
+        return DetectionCollator()
+
+
+def _to_corners(boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Normalised (cx, cy, w, h) to (x1, y1, x2, y2) in pixels of images of `sizes` (h, w)."""
+    cx, cy, w, h = boxes.unbind(-1)
+    corners = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+    scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], dim=-1).to(corners.dtype)
+    return corners * (scale[:, None, :] if corners.dim() == 3 else scale)
+
+
+def detections_table(logits: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    """(B, TOP_K, 6): each image's best detections as (x1, y1, x2, y2, score, label) in pixels of its original size,
+    as transformers' `post_process_object_detection` picks them (sigmoid: the top scores over queries × classes;
+    softmax: each query's best class other than no-object); rows without a detection hold `PADDING`."""
+    logits, boxes = logits.float(), boxes.float()
+    batch, queries = logits.shape[:2]
+    if sigmoid:
+        probs = logits.sigmoid().flatten(1)
+        k = min(TOP_K, probs.shape[1])
+        scores, index = probs.topk(k, dim=1)
+        labels, query = index % logits.shape[-1], index // logits.shape[-1]
+    else:
+        scores, labels = logits.softmax(-1)[..., :-1].max(-1)
+        k = min(TOP_K, queries)
+        scores, query = scores.topk(k, dim=1)
+        labels = labels.gather(1, query)
+    picked = boxes.gather(1, query[..., None].expand(-1, -1, 4))
+    table = torch.full((batch, TOP_K, 6), PADDING, device=logits.device)
+    table[:, :k, :4] = _to_corners(picked, sizes)
+    table[:, :k, 4], table[:, :k, 5] = scores, labels.float()
+    return table
+
+
+def references_table(labels: list[dict[str, Any]]) -> torch.Tensor:
+    """(B, M, 5): each image's labelled boxes as (x1, y1, x2, y2, label) in pixels of its original size, M the most
+    boxes of an image in the batch; rows past an image's boxes hold `PADDING`."""
+    most = max([len(label["class_labels"]) for label in labels] + [1])
+    device = labels[0]["boxes"].device if labels else "cpu"
+    table = torch.full((len(labels), most, 5), PADDING, device=device)
+    for i, label in enumerate(labels):
+        count = len(label["class_labels"])
+        if count:
+            size = torch.as_tensor(label["orig_size"], device=device)[None]
+            table[i, :count, :4] = _to_corners(label["boxes"].float(), size)
+            table[i, :count, 4] = label["class_labels"].float()
+    return table

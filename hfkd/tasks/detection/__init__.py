@@ -1,0 +1,1 @@
+"""Object detection: COCO box metrics and the DETR family's post-processing."""

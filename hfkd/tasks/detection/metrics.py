@@ -263,3 +263,23 @@ class DetectionMetrics:
     def reset(self) -> None:
         """Forget every image added."""
         self._metric.reset()
+
+
+def table_metrics(id2label: Mapping[int, str] | None = None) -> Any:
+    """The Trainer's `compute_metrics` over `DetectionTask.reduce`'s tables: predictions (N, K, 6) rows of (x1, y1, x2,
+    y2, score, label) and references (N, M, 5) rows of (x1, y1, x2, y2, label), one image per row group, rows whose
+    label is negative (padding, the Trainer's -100 included) left out; COCO's metrics of the N images."""
+
+    def compute(eval_prediction: Any) -> dict[str, float]:
+        metrics = DetectionMetrics(id2label)
+        predictions = torch.as_tensor(eval_prediction.predictions)
+        references = torch.as_tensor(eval_prediction.label_ids)
+        for found, truth in zip(predictions, references):
+            found, truth = found[found[:, 5] >= 0], truth[truth[:, 4] >= 0]
+            metrics.update(
+                [{"boxes": found[:, :4], "scores": found[:, 4], "labels": found[:, 5].long()}],
+                [{"boxes": truth[:, :4], "labels": truth[:, 4].long()}],
+            )
+        return metrics.compute()
+
+    return compute

@@ -68,7 +68,7 @@ class DetectionTask(Task):
     def reduce(self, logits: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
         scores, boxes = logits if isinstance(logits, (tuple, list)) else (logits.logits, logits.pred_boxes)
         sizes = torch.stack([torch.as_tensor(label["orig_size"]) for label in labels]).to(boxes.device)
-        sigmoid = uses_sigmoid(scores, len(self.id2label)) if self.id2label else scores.shape[-1] != 1
+        sigmoid = uses_sigmoid(scores, len(self.id2label))
         return detections_table(scores, boxes, sizes, sigmoid), references_table(labels)
 
     def metrics(self) -> Callable[..., dict[str, float]]:
@@ -82,47 +82,27 @@ class DetectionTask(Task):
         return DetectionCollator()
 
 
-def _to_corners(boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-    """Normalised (cx, cy, w, h) to (x1, y1, x2, y2) in pixels of images of `sizes` (h, w)."""
-    cx, cy, w, h = boxes.unbind(-1)
-    corners = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-    scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], dim=-1).to(corners.dtype)
-    return corners * (scale[:, None, :] if corners.dim() == 3 else scale)
-
-
 def detections_table(logits: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor, sigmoid: bool) -> torch.Tensor:
-    """(B, TOP_K, 6): each image's best detections as (x1, y1, x2, y2, score, label) in pixels of its original size,
-    as transformers' `post_process_object_detection` picks them (sigmoid: the top scores over queries × classes;
-    softmax: each query's best class other than no-object); rows without a detection hold `PADDING`."""
-    logits, boxes = logits.float(), boxes.float()
-    batch, queries = logits.shape[:2]
-    if sigmoid:
-        probs = logits.sigmoid().flatten(1)
-        k = min(TOP_K, probs.shape[1])
-        scores, index = probs.topk(k, dim=1)
-        labels, query = index % logits.shape[-1], index // logits.shape[-1]
-    else:
-        scores, labels = logits.softmax(-1)[..., :-1].max(-1)
-        k = min(TOP_K, queries)
-        scores, query = scores.topk(k, dim=1)
-        labels = labels.gather(1, query)
-    picked = boxes.gather(1, query[..., None].expand(-1, -1, 4))
-    table = torch.full((batch, TOP_K, 6), PADDING, device=logits.device)
-    table[:, :k, :4] = _to_corners(picked, sizes)
-    table[:, :k, 4], table[:, :k, 5] = scores, labels.float()
+    """(B, TOP_K, 6): each image's best detections as (x1, y1, x2, y2, score, label) in pixels at `sizes`, picked by
+    transformers' own post-processing (`hfkd.tasks.detection.metrics.post_process`); rows past them hold `PADDING`."""
+    from hfkd.tasks.detection.metrics import post_process
+
+    table = torch.full((len(logits), TOP_K, 6), PADDING, device=logits.device)
+    for i, found in enumerate(post_process(logits, boxes, sizes, use_sigmoid=sigmoid, top_k=TOP_K)):
+        k = len(found["scores"])
+        table[i, :k, :4], table[i, :k, 4], table[i, :k, 5] = found["boxes"], found["scores"], found["labels"].float()
     return table
 
 
 def references_table(labels: list[dict[str, Any]]) -> torch.Tensor:
     """(B, M, 5): each image's labelled boxes as (x1, y1, x2, y2, label) in pixels of its original size, M the most
     boxes of an image in the batch; rows past an image's boxes hold `PADDING`."""
-    most = max([len(label["class_labels"]) for label in labels] + [1])
+    from hfkd.tasks.detection.metrics import targets_to_xyxy
+
+    targets = targets_to_xyxy(labels)
     device = labels[0]["boxes"].device if labels else "cpu"
-    table = torch.full((len(labels), most, 5), PADDING, device=device)
-    for i, label in enumerate(labels):
-        count = len(label["class_labels"])
-        if count:
-            size = torch.as_tensor(label["orig_size"], device=device)[None]
-            table[i, :count, :4] = _to_corners(label["boxes"].float(), size)
-            table[i, :count, 4] = label["class_labels"].float()
+    table = torch.full((len(labels), max([len(t["labels"]) for t in targets] + [1]), 5), PADDING, device=device)
+    for i, target in enumerate(targets):
+        count = len(target["labels"])
+        table[i, :count, :4], table[i, :count, 4] = target["boxes"].to(device), target["labels"].to(device).float()
     return table

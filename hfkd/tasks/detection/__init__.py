@@ -1,0 +1,1 @@
+"""Object detection: the `objects` data layout, COCO folders, the demo scenes, box transforms and the collator."""

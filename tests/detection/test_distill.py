@@ -130,3 +130,43 @@ def test_a_loss_without_a_detr_form_is_refused_when_the_arguments_are_checked(tm
         _args(tmp_path, loss).check_task("object-detection")
     with pytest.raises(UsageError, match="serves image-classification, not object-detection"):
         _args(tmp_path, "dkd").check_task("object-detection")
+
+
+def test_evaluation_puts_the_boxes_of_padded_images_back_on_their_original_pixels():
+    from hfkd.tasks.detection.data import DetectionCollator
+    from hfkd.tasks.detection.task import frame_sizes, references_table
+
+    # Two images resized to 40 x 60 and 50 x 30 (from originals of 80 x 120 and 100 x 60), one box each in pixels of
+    # the originals; the collator pads both to 50 x 60 and re-normalises the boxes to that canvas.
+    originals = [torch.tensor([[10.0, 20.0, 50.0, 60.0]]), torch.tensor([[0.0, 30.0, 60.0, 100.0]])]
+    examples = []
+    for (h, w), (oh, ow), box in zip([(40, 60), (50, 30)], [(80, 120), (100, 60)], originals):
+        x1, y1, x2, y2 = (box[0] / torch.tensor([ow, oh, ow, oh])).tolist()
+        normalised = torch.tensor([[(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]])
+        labels = {"class_labels": torch.tensor([1]), "boxes": normalised, "orig_size": torch.tensor([oh, ow]),
+                  "size": torch.tensor([h, w])}  # fmt: skip
+        examples.append({"pixel_values": torch.zeros(3, h, w), "labels": labels})
+    batch = DetectionCollator()(examples)
+    assert batch["pixel_values"].shape[-2:] == (50, 60)
+    table = references_table(batch["labels"], frame_sizes(batch["labels"]))
+    for row, box in zip(table, originals):
+        torch.testing.assert_close(row[0, :4], box[0], rtol=0, atol=1e-4)
+        assert row[0, 4] == 1
+
+
+def test_the_teacher_sees_the_padding_mask_the_student_sees():
+    from hfkd.losses import LossNeeds
+    from hfkd.teachers.live import LiveTeacher
+
+    teacher = tiny_detr(0).eval()
+    pixels = torch.rand(2, 3, 48, 48)
+    mask = torch.ones(2, 48, 48, dtype=torch.long)
+    mask[1, 16:] = 0  # the second image is 16 rows high, padded to 48
+    live = LiveTeacher(teacher, LossNeeds())
+    batch = {"pixel_values": pixels, "pixel_mask": mask}
+    with torch.no_grad():
+        expected = teacher(pixel_values=pixels, pixel_mask=mask)
+        unmasked = teacher(pixel_values=pixels)
+    for output in (live(batch, epoch=0.0).main, live.outputs(batch)):
+        torch.testing.assert_close(output.logits, expected.logits)
+    assert not torch.allclose(unmasked.logits[1], expected.logits[1])  # the mask matters to a DETR

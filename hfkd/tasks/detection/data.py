@@ -28,7 +28,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from hfkd.data.batch import LABELS, PIXEL_VALUES, SAMPLE_INDEX, TEACHER_PIXEL_VALUES, member_key
+from hfkd.data.batch import LABELS, PIXEL_MASK, PIXEL_VALUES, SAMPLE_INDEX, TEACHER_PIXEL_VALUES, member_key
 from hfkd.data.datasets import IMAGE_COLUMN_NAMES
 from hfkd.data.decode import decode_image
 from hfkd.data.transforms import ImageConfig, sample_seed
@@ -37,7 +37,6 @@ from hfkd.utils.errors import UsageError
 
 OBJECTS_COLUMN_NAMES = ("objects", "annotations")
 
-PIXEL_MASK = "pixel_mask"
 """The collator's mask of real (1) and padded (0) pixels, as transformers' DETR image processors return it."""
 
 BOX_FORMATS = ("cxcywh", "xyxy")
@@ -502,6 +501,7 @@ class DetectionCollator:
             real_h, real_w = (int(v) for v in target["size"])
             scale = torch.tensor([real_w / width, real_h / height] * 2, dtype=torch.float32)
             target["boxes"] = torch.as_tensor(target["boxes"], dtype=torch.float32) * scale
+            target["unpadded_size"] = torch.tensor([real_h, real_w], dtype=torch.long)  # evaluation scales back by it
             target["size"] = torch.tensor([height, width], dtype=torch.long)
         return target
 

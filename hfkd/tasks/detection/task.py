@@ -67,9 +67,9 @@ class DetectionTask(Task):
 
     def reduce(self, logits: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
         scores, boxes = logits if isinstance(logits, (tuple, list)) else (logits.logits, logits.pred_boxes)
-        sizes = torch.stack([torch.as_tensor(label["orig_size"]) for label in labels]).to(boxes.device)
+        sizes = frame_sizes(labels).to(boxes.device)
         sigmoid = uses_sigmoid(scores, len(self.id2label))
-        return detections_table(scores, boxes, sizes, sigmoid), references_table(labels)
+        return detections_table(scores, boxes, sizes, sigmoid), references_table(labels, sizes)
 
     def metrics(self) -> Callable[..., dict[str, float]]:
         from hfkd.tasks.detection.metrics import table_metrics
@@ -80,6 +80,19 @@ class DetectionTask(Task):
         from hfkd.tasks.detection.data import DetectionCollator
 
         return DetectionCollator()
+
+
+def frame_sizes(labels: list[dict[str, Any]]) -> torch.Tensor:
+    """(B, 2): the (h, w) in pixels of each original image of the frame its normalised boxes are relative to: its
+    original size, or when the collator padded it (`unpadded_size`, the padded `size`), the padded frame scaled back
+    to the original image (`orig_size · size / unpadded_size`), so that boxes land on the original pixels."""
+    sizes = []
+    for label in labels:
+        size = torch.as_tensor(label["orig_size"]).double()
+        if "unpadded_size" in label:
+            size = size * torch.as_tensor(label["size"]).double() / torch.as_tensor(label["unpadded_size"]).double()
+        sizes.append(size)
+    return torch.stack(sizes)
 
 
 def detections_table(logits: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor, sigmoid: bool) -> torch.Tensor:
@@ -94,12 +107,12 @@ def detections_table(logits: torch.Tensor, boxes: torch.Tensor, sizes: torch.Ten
     return table
 
 
-def references_table(labels: list[dict[str, Any]]) -> torch.Tensor:
-    """(B, M, 5): each image's labelled boxes as (x1, y1, x2, y2, label) in pixels of its original size, M the most
+def references_table(labels: list[dict[str, Any]], sizes: torch.Tensor) -> torch.Tensor:
+    """(B, M, 5): each image's labelled boxes as (x1, y1, x2, y2, label) in pixels at `sizes`, M the most
     boxes of an image in the batch; rows past an image's boxes hold `PADDING`."""
     from hfkd.tasks.detection.metrics import targets_to_xyxy
 
-    targets = targets_to_xyxy(labels)
+    targets = targets_to_xyxy(labels, sizes)
     device = labels[0]["boxes"].device if labels else "cpu"
     table = torch.full((len(labels), max([len(t["labels"]) for t in targets] + [1]), 5), PADDING, device=device)
     for i, target in enumerate(targets):

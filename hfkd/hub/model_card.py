@@ -244,6 +244,7 @@ def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> Mode
         hfkd_loss_name=loss_key.upper(),
         hfkd_loss_kwargs=[(text.cell(str(k)), text.cell(text.value_text(v))) for k, v in loss_kwargs],
         hfkd_ce_weight=text.value_text(float(info.ce_weight)),
+        hfkd_task_loss_name=task.task_loss_name,
         hfkd_distill_weight=text.value_text(float(info.distill_weight)),
         hfkd_paper=info.paper,
         hfkd_hyperparameters=hyperparameters,

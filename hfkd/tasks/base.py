@@ -48,6 +48,8 @@ class Task:
     # (metric key, column title) of the card's results table, headline first.
     card_metrics: ClassVar[tuple[tuple[str, str], ...]] = ()
     model_loss: ClassVar[bool] = False
+    # The task loss as the card's objective names it (`loss = w × CE + w' × KD`).
+    task_loss_name: ClassVar[str] = "CE"
     # transformers' table of the model types its Auto class builds for this task (transformers.models.auto).
     mapping_names: ClassVar[str] = ""
     extra_model_types: ClassVar[frozenset[str]] = frozenset()

@@ -16,10 +16,11 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 from PIL import Image as PILImage
 
+from hfkd.data.demo import DETECTION_SCENES_NAME
 from hfkd.tasks.detection.data import detection_features
 from hfkd.tasks.segmentation.demo import INK, load_demo_items
 
-DEMO_NAME = "fashion-mnist-detection-scenes"
+DEMO_NAME = DETECTION_SCENES_NAME
 """`--dataset fashion-mnist-detection-scenes` (`--task object-detection`)."""
 
 MAX_IOU = 0.3

@@ -32,6 +32,7 @@ class DetectionTask(Task):
     metric = "map"
     card_metrics = (("map", "mAP (%)"), ("map_50", "AP50 (%)"), ("map_75", "AP75 (%)"))
     model_loss = True
+    task_loss_name = "detector loss"
     mapping_names = "MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES"
 
     def __init__(self, *, score_threshold: float | None = None, **options: Any) -> None:

@@ -13,9 +13,9 @@ import numpy as np
 from datasets import Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
-from hfkd.data.demo import FASHION_MNIST_LABELS, fashion_mnist_arrays, load_demo_dataset
+from hfkd.data.demo import FASHION_MNIST_LABELS, SCENES_NAME, fashion_mnist_arrays, load_demo_dataset
 
-DEMO_NAME = "fashion-mnist-scenes"
+DEMO_NAME = SCENES_NAME
 """`--dataset fashion-mnist-scenes` (`--task semantic-segmentation`)."""
 
 CANVAS = 64

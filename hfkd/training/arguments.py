@@ -415,6 +415,11 @@ class DistillationArguments(TrainingArguments):
                 f"--loss {self.distill_loss} has no form for DETR-family detectors; pass "
                 f"{' or '.join(f'--loss {key}' for key in DETECTION_LOSSES)} (matched queries' classes and boxes)."
             )
+        if task == DETECTION and len(self.teacher_names) > 1:
+            raise UsageError(
+                "A teacher ensemble averages classifiers' outputs; detectors' queries do not pair up across models: "
+                "pass one --teacher for object detection."
+            )
         if task != CLASSIFICATION and self.mixes_batches:
             raise UsageError(f"--mixup / --cutmix mix image classification batches; {task} runs take neither.")
         if task != CLASSIFICATION and self.teacher_cache_dir is not None:

@@ -130,6 +130,9 @@ def test_a_loss_without_a_detr_form_is_refused_when_the_arguments_are_checked(tm
         _args(tmp_path, loss).check_task("object-detection")
     with pytest.raises(UsageError, match="serves image-classification, not object-detection"):
         _args(tmp_path, "dkd").check_task("object-detection")
+    ensemble = _args(tmp_path, "kd", teacher_model_name_or_path=["a", "b"])
+    with pytest.raises(UsageError, match="pass one --teacher for object detection"):
+        ensemble.check_task("object-detection")
 
 
 def test_evaluation_puts_the_boxes_of_padded_images_back_on_their_original_pixels():

@@ -196,8 +196,7 @@ def _architecture(config: Any) -> str | None:
 
 
 def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> ModelCard:
-    r"""
-    Builds the model card of a distilled student from `info` and, when `output_dir` is given, writes it to
+    r"""Builds the model card of a distilled student from `info` and, when `output_dir` is given, writes it to
     `output_dir/README.md` (creating the folder).
 
     The run's task (`info.task`) decides the metric columns (its `card_metrics`), the `pipeline_tag` and task tags

@@ -17,6 +17,17 @@ The box costs and losses use transformers' `generalized_box_iou` (from `transfor
 which transformers' top level does not export; this module is the only place hfkd imports it) and
 `center_to_corners_format` (`transformers.image_transforms`). Like transformers' losses, `generalized_box_iou` raises
 a `ValueError` on a box with a negative width or height.
+
+The terms of `detr_distill_loss`, over the N matched (student, teacher) query pairs of a micro-batch:
+
+- `cls`: with `loss="kd"`, T² · mean over pairs of KL(softmax(t/T) ‖ softmax(s/T)) over all C classes, the
+  no-object class included; with `use_sigmoid`, T² · mean over pairs of Σ_c KL(Bern(σ(t_c/T)) ‖ Bern(σ(s_c/T))).
+  With `loss="dist"`, `dist_loss` on the N matched rows (β = `beta`, γ = `gamma`, τ = `temperature`, σ instead
+  of the softmax with `use_sigmoid`); its intra-class term correlates the classes over the matched queries of
+  the whole micro-batch, so it depends on the batch;
+- `box_l1`: mean over pairs of Σ |b_s − b_t| over (cx, cy, w, h); `box_giou`: mean over pairs of 1 − GIoU;
+- `no_object`: over the student queries left unmatched, mean of −log softmax(s)[no-object] (the last class), or
+  with `use_sigmoid` of Σ_c −log(1 − σ(s_c)), every class pushed toward 0.
 """
 
 from __future__ import annotations
@@ -236,16 +247,8 @@ def detr_distill_loss(
     `matches` are per-image `(student_indices, teacher_indices)` pairs (`match_queries`); without them the queries
     are matched here by `match_queries` with its default costs, over the teacher queries whose score
     (`detection_scores`) exceeds `score_threshold` (all of them when it is None). Over the N matched pairs of the
-    micro-batch (DETR normalises its box losses by the number of boxes, not of images):
-
-    - `cls`: with `loss="kd"`, T² · mean over pairs of KL(softmax(t/T) ‖ softmax(s/T)) over all C classes, the
-      no-object class included; with `use_sigmoid`, T² · mean over pairs of Σ_c KL(Bern(σ(t_c/T)) ‖ Bern(σ(s_c/T))).
-      With `loss="dist"`, `dist_loss` on the N matched rows (β = `beta`, γ = `gamma`, τ = `temperature`, σ instead
-      of the softmax with `use_sigmoid`); its intra-class term correlates the classes over the matched queries of
-      the whole micro-batch, so it depends on the batch;
-    - `box_l1`: mean over pairs of Σ |b_s − b_t| over (cx, cy, w, h); `box_giou`: mean over pairs of 1 − GIoU;
-    - `no_object`: over the student queries left unmatched, mean of −log softmax(s)[no-object] (the last class), or
-      with `use_sigmoid` of Σ_c −log(1 − σ(s_c)), every class pushed toward 0.
+    micro-batch (DETR normalises its box losses by the number of boxes, not of images) it returns the terms the
+    module docstring defines.
 
     A term with no pair (or no unmatched query) is 0, so images without matches add nothing and no NaN arises.
     `loss` = cls + box_weight · box_l1 + giou_weight · box_giou + no_object_weight · no_object; the four terms are

@@ -20,6 +20,10 @@ ResNet-34 -> ResNet-18 (random init, transformers ResNet configs), 64-pixel inpu
 `--task semantic-segmentation` measures DIST's Cityscapes pair instead (DeepLabV3-R101 -> DeepLabV3-R18 of
 `hfkd.models.smp`, output stride 8, random init; batch 2, crop 128 x 256 on CPU, 512 x 1024 on a GPU): the
 step overhead and the peak-memory ratio of per-pixel KD, DIST (with its auxiliary term) and CWD, and images/s.
+`--task object-detection` measures the same for DETR-R50 -> DETR-R18 (transformers DETR on ResNet-50- and
+ResNet-18-shaped backbones, 80 classes, 100 queries, random init; batch 2, 320 x 320 images with 5 random boxes each
+on CPU, 800 x 1333 on a GPU) with KD and DIST in their DETR form (hfkd.tasks.detection.distill: matched queries'
+classes and boxes, unmatched queries to no-object).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -111,6 +116,18 @@ def trainer_step(trainer, batch) -> None:
     trainer.training_step(model, batch)
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def median_times(variants: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each variant over `repeats` interleaved rounds (after one warm-up call each), so that
+    drift of the machine affects all variants alike."""
+    for fn in variants.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(timed(fn, device))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def measure_speed(args: argparse.Namespace) -> dict:
@@ -196,13 +213,7 @@ def measure_speed(args: argparse.Namespace) -> dict:
         **{f"trainer_{name}": (lambda t=t: trainer_step(t, dict(batch))) for name, t in trainers.items()},
         **{f"loss_{name}": fn for name, fn in loss_fns.items()},
     }
-    for fn in variants.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            times[name].append(timed(fn, device))
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = median_times(variants, args.repeats, device)
     base = median["student_step"] + median["teacher_forward"]
     predicted = 3 * median["student_forward"] / (3 * median["student_forward"] + median["teacher_forward"])
     measured = median["trainer_cached_kd"] / median["trainer_kd"]
@@ -221,7 +232,7 @@ def measure_speed(args: argparse.Namespace) -> dict:
     }
 
 
-# ------------------------------------------------------------------------------------------ semantic segmentation
+# ----------------------------------------------------------------------- semantic segmentation, object detection
 
 
 def segmentation_models():
@@ -243,14 +254,104 @@ def segmentation_batch(args: argparse.Namespace, device: torch.device) -> dict[s
     return {"pixel_values": pixels.to(device), "labels": labels.to(device)}
 
 
-def measure_segmentation_speed(args: argparse.Namespace) -> dict:
-    """Trainer steps of per-pixel KD, DIST (with the auxiliary head's term, as DIST's recipe) and CWD ÷ (the
-    student's own training step + the teacher's forward)."""
+def segmentation_probe_loss(mode: str, out, target, batch) -> torch.Tensor:
+    from hfkd.losses import cwd_loss, dist_loss, kd_loss
+
+    mask = (batch["labels"] != 255)[:, ::8, ::8]
+    return {"kd": lambda: kd_loss(out.logits, target.logits, temperature=1.0, mask=mask),
+            "dist": lambda: dist_loss(out.logits, target.logits),
+            "cwd": lambda: cwd_loss(out.logits, target.logits)}[mode]()  # fmt: skip
+
+
+def detection_models():
+    """DETR on a ResNet-50 backbone (teacher) and on a ResNet-18 backbone (student), COCO's 80 classes and 100
+    queries, random init (transformers configs, no timm, nothing downloaded)."""
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+    def detr(backbone: ResNetConfig) -> DetrForObjectDetection:
+        config = DetrConfig(
+            backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False, num_labels=80,
+            num_queries=100,
+        )  # fmt: skip
+        return DetrForObjectDetection(config)
+
+    torch.manual_seed(0)
+    teacher = detr(ResNetConfig())  # ResNet-50
+    resnet18 = ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512],
+                            out_features=["stage4"])  # fmt: skip
+    return detr(resnet18), teacher
+
+
+def detection_batch(args: argparse.Namespace, device: torch.device) -> dict:
+    """Images of the crop's size with 5 random boxes each (normalised cx, cy, w, h) and their classes, as
+    run_object_detection.py's collator gives them to a DETR."""
+    g = torch.Generator().manual_seed(0)
+    height, width = args.crop
+    labels = []
+    for _ in range(args.batch_size):
+        size = torch.rand(5, 2, generator=g) * 0.4 + 0.05
+        centre = size / 2 + torch.rand(5, 2, generator=g) * (1 - size)
+        labels.append({
+            "class_labels": torch.randint(0, 80, (5,), generator=g).to(device),
+            "boxes": torch.cat([centre, size], dim=1).to(device),
+            "orig_size": torch.tensor([height, width], device=device),
+        })  # fmt: skip
+    pixels = torch.randn(args.batch_size, 3, height, width, generator=g)
+    return {"pixel_values": pixels.to(device), "labels": labels}
+
+
+def detection_probe_loss(mode: str, out, target, batch) -> torch.Tensor:
+    from hfkd.losses._detr import detr_distill_loss
+
+    hparams = {"kd": {"temperature": 4.0}, "dist": {}}[mode]  # the trainer's defaults for KD and DIST
+    return detr_distill_loss(out.logits, out.pred_boxes, target.logits, target.pred_boxes, loss=mode,
+                             use_sigmoid=False, **hparams)["loss"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DenseTask:
+    """A `--task` measured as segmentation's pair is: step overhead and peak-memory ratio of each loss, images/s."""
+
+    pair: str
+    models: Callable[[], tuple]  # () -> (student, teacher)
+    batch: Callable[[argparse.Namespace, torch.device], dict]
+    probe_loss: Callable[..., torch.Tensor]  # (mode, student output, teacher output, batch) -> distillation term
+    loss_kwargs: dict[str, dict | None]  # DistillationTrainer's `distill_loss_kwargs` of each loss
+    crop: dict[str, list[int]]  # height, width on "cuda" and "cpu"
+    batch_size: int
+
+
+DENSE_TASKS = {
+    "semantic-segmentation": DenseTask(
+        pair="DeepLabV3-R101 -> DeepLabV3-R18 (smp, output stride 8, random init)",
+        models=segmentation_models,
+        batch=segmentation_batch,
+        probe_loss=segmentation_probe_loss,
+        # DIST with the auxiliary head's term, as DIST's recipe.
+        loss_kwargs={"kd": None, "dist": {"aux_weight": 0.4}, "cwd": None},
+        crop={"cuda": [512, 1024], "cpu": [128, 256]},
+        batch_size=2,  # DIST's segmentation recipes: 2 per GPU
+    ),
+    "object-detection": DenseTask(
+        pair="DETR-R50 -> DETR-R18 (transformers, 80 classes, 100 queries, random init)",
+        models=detection_models,
+        batch=detection_batch,
+        probe_loss=detection_probe_loss,
+        # The trainer wraps both into their DETR form (hfkd.tasks.detection.distill), on matched queries.
+        loss_kwargs={"kd": None, "dist": None},
+        crop={"cuda": [800, 1333], "cpu": [320, 320]},
+        batch_size=2,
+    ),
+}
+
+
+def measure_dense_speed(args: argparse.Namespace, task: DenseTask) -> dict:
+    """Trainer steps of each of the task's losses ÷ (the student's own training step + the teacher's forward)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     autocast = torch.autocast(device.type, dtype=dtype, enabled=args.bf16)
-    batch = segmentation_batch(args, device)
-    student, teacher = segmentation_models()
+    batch = task.batch(args, device)
+    student, teacher = task.models()
     student, teacher = student.to(device), teacher.to(device).eval().requires_grad_(False)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01)
 
@@ -265,42 +366,36 @@ def measure_segmentation_speed(args: argparse.Namespace) -> dict:
         with torch.no_grad(), autocast:
             teacher(pixel_values=batch["pixel_values"])
 
-    kwargs = {"kd": None, "dist": {"aux_weight": 0.4}, "cwd": None}
     trainers = {
-        name: build_trainer(name, student, teacher, args, f"{args.workdir}/seg-{name}", loss_kwargs=extra)
-        for name, extra in kwargs.items()
+        name: build_trainer(name, student, teacher, args, f"{args.workdir}/{args.task}-{name}", loss_kwargs=extra)
+        for name, extra in task.loss_kwargs.items()
     }
+    for trainer in trainers.values():  # the task the trainer read from the student (its class name)
+        assert trainer.task.name == args.task, (trainer.task.name, args.task)
     variants: dict[str, Callable[[], object]] = {
         "student_step": student_step,
         "teacher_forward": teacher_forward,
         **{f"trainer_{name}": (lambda t=t: trainer_step(t, dict(batch))) for name, t in trainers.items()},
     }
-    for fn in variants.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            times[name].append(timed(fn, device))
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = median_times(variants, args.repeats, device)
     base = median["student_step"] + median["teacher_forward"]
-    images_per_s = {name: args.batch_size / median[f"trainer_{name}"] for name in kwargs}
     return {
         "median_seconds": median,
-        "step_overhead": {name: median[f"trainer_{name}"] / base for name in kwargs},
-        "images_per_s": images_per_s,
+        "step_overhead": {name: median[f"trainer_{name}"] / base for name in trainers},
+        "images_per_s": {name: args.batch_size / median[f"trainer_{name}"] for name in trainers},
     }
 
 
-_SEGMENTATION_PROBE = """
+_DENSE_PROBE = """
 import sys, threading, time, psutil, torch
 sys.path.insert(0, {bench!r})
 sys.path.insert(0, {repo!r})
 import argparse, distill_overhead as b
-from hfkd.losses import cwd_loss, dist_loss, kd_loss
+task = b.DENSE_TASKS[{task!r}]
 args = argparse.Namespace(batch_size={batch_size}, crop={crop!r})
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-batch = b.segmentation_batch(args, device)
-student, teacher = b.segmentation_models()
+batch = task.batch(args, device)
+student, teacher = task.models()
 student, teacher = student.to(device), teacher.to(device).eval().requires_grad_(False)
 opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
 process, peak, done = psutil.Process(), [0], [False]
@@ -324,10 +419,7 @@ for _ in range(3):
     if {mode!r} != "student":
         with torch.no_grad():
             target = teacher(pixel_values=batch["pixel_values"])
-        mask = (batch["labels"] != 255)[:, ::8, ::8]
-        loss = loss + {{"kd": lambda: kd_loss(out.logits, target.logits, temperature=1.0, mask=mask),
-                         "dist": lambda: dist_loss(out.logits, target.logits),
-                         "cwd": lambda: cwd_loss(out.logits, target.logits)}}[{mode!r}]()
+        loss = loss + task.probe_loss({mode!r}, out, target, batch)
     loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
 if device.type == "cuda":
     print(torch.cuda.max_memory_allocated() - base)
@@ -337,33 +429,33 @@ else:
 """
 
 
-def measure_segmentation_memory(args: argparse.Namespace) -> dict:
-    """Peak memory above the resident models: each per-pixel loss's step ÷ (student training + teacher inference)."""
+def measure_dense_memory(args: argparse.Namespace, task: DenseTask) -> dict:
+    """Peak memory above the resident models: each loss's step ÷ (student training + teacher inference)."""
     peaks = {}
-    for mode in ("student", "teacher", "kd", "dist", "cwd"):
-        code = _SEGMENTATION_PROBE.format(
+    for mode in ("student", "teacher", *task.loss_kwargs):
+        code = _DENSE_PROBE.format(
             bench=str(Path(__file__).resolve().parent), repo=str(Path(__file__).resolve().parents[1]),
-            batch_size=args.batch_size, crop=tuple(args.crop), mode=mode,
+            task=args.task, batch_size=args.batch_size, crop=tuple(args.crop), mode=mode,
         )  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
         peaks[mode] = int(out.stdout.strip().splitlines()[-1])
     base = max(peaks["student"] + peaks["teacher"], 1)
-    return {"peak_bytes": peaks, "ratio": {name: peaks[name] / base for name in ("kd", "dist", "cwd")}}
+    return {"peak_bytes": peaks, "ratio": {name: peaks[name] / base for name in task.loss_kwargs}}
 
 
-def segmentation_main(args: argparse.Namespace) -> dict:
-    results = measure_segmentation_speed(args)
-    results["memory_ratio"] = measure_segmentation_memory(args)
+def dense_main(args: argparse.Namespace) -> dict:
+    task = DENSE_TASKS[args.task]
+    results = measure_dense_speed(args, task)
+    results["memory_ratio"] = measure_dense_memory(args, task)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     results["setting"] = {
-        "pair": "DeepLabV3-R101 -> DeepLabV3-R18 (smp, output stride 8, random init)", "device": device,
-        "crop": list(args.crop), **{k: getattr(args, k) for k in ("batch_size", "repeats", "bf16")},
+        "task": args.task, "pair": task.pair, "device": device, "crop": list(args.crop),
+        **{k: getattr(args, k) for k in ("batch_size", "repeats", "bf16")},
     }  # fmt: skip
-    print(f"\n{results['setting']['pair']}, {device}, batch {args.batch_size}, crop {args.crop[0]}x{args.crop[1]}, "
-          f"bf16={args.bf16}")  # fmt: skip
+    print(f"\n{task.pair}, {device}, batch {args.batch_size}, crop {args.crop[0]}x{args.crop[1]}, bf16={args.bf16}")
     print(f"{'measure':<36} {'value':>10}  target")
-    for name in ("kd", "dist", "cwd"):
+    for name in task.loss_kwargs:
         print(f"{'step overhead, ' + name.upper():<36} {results['step_overhead'][name]:>10.3f}  ≤ 1.10")
         print(f"{'peak memory ratio, ' + name.upper():<36} {results['memory_ratio']['ratio'][name]:>10.3f}  ≤ 1.15")
         print(f"{'images/s, ' + name.upper():<36} {results['images_per_s'][name]:>10.2f}")
@@ -459,16 +551,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--channels_last", action="store_true")
     parser.add_argument("--pipeline_seconds", type=float, default=5.0)
     parser.add_argument("--workdir", default="runs/bench")
-    tasks = ["image-classification", "semantic-segmentation"]
-    parser.add_argument("--task", default="image-classification", choices=tasks)
-    parser.add_argument("--crop", type=int, nargs=2, default=None, help="segmentation crop, height width")
+    parser.add_argument("--task", default="image-classification", choices=["image-classification", *DENSE_TASKS])
+    parser.add_argument("--crop", type=int, nargs=2, default=None, help="segmentation or detection crop, height width")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.task == "semantic-segmentation":
-        args.crop = args.crop or ([512, 1024] if torch.cuda.is_available() else [128, 256])
-        if args.batch_size == 32:  # the classification default: DIST's segmentation recipes take 2 per GPU
-            args.batch_size = 2
-        results = segmentation_main(args)
+    if args.task in DENSE_TASKS:
+        task = DENSE_TASKS[args.task]
+        args.crop = args.crop or task.crop["cuda" if torch.cuda.is_available() else "cpu"]
+        if args.batch_size == 32:  # the classification default
+            args.batch_size = task.batch_size
+        results = dense_main(args)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(results, indent=2))

@@ -216,14 +216,29 @@ class DataArguments:
     id2label: str | None = field(
         default=None,
         metadata={
-            "help": "Segmentation: the class names, a JSON file or string ({\"0\": \"road\", ...}); default: the "
-            "dataset's, else the teacher's."
+            "help": "Segmentation and detection: the class names, a JSON file or string ({\"0\": \"road\", ...}); "
+            "default: the dataset's, else the teacher's."
         },
+    )
+    shortest_edge: list[int] = field(
+        default_factory=lambda: [800],
+        metadata={
+            "help": "Detection: the training images' shorter side, or several to draw from (multi-scale; mdistiller: "
+            "640 672 704 736 768 800); evaluation takes the largest. --image_size N resizes to N x N instead."
+        },
+    )
+    longest_edge: int = field(
+        default=1333, metadata={"help": "Detection: the longer side's bound after the resize (DETR, mmdet: 1333)."}
     )
 
     def __post_init__(self) -> None:
         if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
             raise UsageError(f"--crop_size takes two positive sides, height width (DIST: 512 1024): {self.crop_size}.")
+        if not self.shortest_edge or min(self.shortest_edge) < 1 or self.longest_edge < 1:
+            raise UsageError(
+                f"--shortest_edge and --longest_edge take positive sides (800 and 1333), got {self.shortest_edge} and "
+                f"{self.longest_edge}."
+            )
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise UsageError(f"--scale_range takes low high with 0 < low <= high (0.5 2.0), got {self.scale_range}.")
         if self.interpolation is not None:

@@ -24,6 +24,7 @@ from transformers import set_seed
 
 from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments, parse_args
 from hfkd.commands.data import ImageClassificationData, RunData
+from hfkd.commands.detection import DetectionData, load_detection_models
 from hfkd.commands.run_folder import prepare_output_dir, run_settings, start_run
 from hfkd.commands.segmentation import SegmentationData, load_segmentation_models
 from hfkd.commands.smoke import apply_smoke
@@ -31,7 +32,7 @@ from hfkd.data.demo import card_dataset_name
 from hfkd.models.availability import check_available, config_num_labels, model_config
 from hfkd.models.label_space import check_label_space, check_teacher_labels, map_teacher_labels
 from hfkd.models.loading import ModelSpec, load_image_classifier, load_image_processor, resolve_model_name
-from hfkd.tasks.base import CLASSIFICATION, SEGMENTATION
+from hfkd.tasks.base import CLASSIFICATION, DETECTION, SEGMENTATION
 from hfkd.tasks.registry import get_task, task_of_config
 from hfkd.teachers.cached import CachedTeacher
 from hfkd.training.arguments import DistillationArguments
@@ -117,19 +118,22 @@ def run_task(args: DistillationArguments, student: ModelSpec, teachers: list[Mod
 
 def data_builder(task: str, data_args: DataArguments, run_args: RunArguments, args: DistillationArguments,
                  cache: Any, model_args: ModelArguments, teachers: list[ModelSpec]) -> Any:  # fmt: skip
-    """The task's data builder (`ImageClassificationData`, `SegmentationData`)."""
-    if task == SEGMENTATION:
+    """The task's data builder (`ImageClassificationData`, `SegmentationData`, `DetectionData`)."""
+    if task in (SEGMENTATION, DETECTION):
         fallback = model_config(teachers[0]).get("id2label") if teachers else None
         fallback = {int(k): v for k, v in fallback.items()} if fallback else None
-        return SegmentationData(data_args, run_args, args, cache, cache_dir=model_args.cache_dir, id2label=fallback)
+        builder = SegmentationData if task == SEGMENTATION else DetectionData
+        return builder(data_args, run_args, args, cache, cache_dir=model_args.cache_dir, id2label=fallback)
     return ImageClassificationData(data_args, run_args, args, cache, cache_dir=model_args.cache_dir)
 
 
 def task_models(task: str, student: ModelSpec, teachers: list[ModelSpec], model_args: ModelArguments,
                 args: DistillationArguments, data: RunData, data_args: DataArguments) -> tuple:  # fmt: skip
-    """The task's models: `load_models` (classifiers) or `load_segmentation_models`."""
+    """The task's models: `load_models` (classifiers), `load_segmentation_models` or `load_detection_models`."""
     if task == SEGMENTATION:
         return load_segmentation_models(student, teachers, model_args, args, data.names, data_args.ignore_index)
+    if task == DETECTION:
+        return load_detection_models(student, teachers, model_args, args, data.names)
     return load_models(student, teachers, model_args, args, data.names)
 
 

@@ -31,6 +31,9 @@ TEACHER_STRONG_PIXEL_VALUES = "teacher_strong_pixel_values"
 
 LABELS = "labels"
 
+PIXEL_MASK = "pixel_mask"
+"""1 on an image's own pixels, 0 on the padding that batches images of different sizes (detection)."""
+
 
 SAMPLE_INDEX = "sample_index"
 IGNORE_INDEX = 255

@@ -232,9 +232,15 @@ def load_demo_dataset(
     return load_digits_dataset(eval_fraction=eval_fraction, seed=seed, split=split_digits)
 
 
+SCENES_NAME, DETECTION_SCENES_NAME = "fashion-mnist-scenes", "fashion-mnist-detection-scenes"
+"""The segmentation and detection demos' embedded scenes (`hfkd.tasks.*.demo`): composed here, on no Hub page."""
+
+
 def card_dataset_name(dataset: str, source: str | None) -> str | None:
     """The dataset as the model card names it: the embedded Fashion-MNIST is the Hub's copy; digits (also when
-    Fashion-MNIST fell back to them) has none."""
+    Fashion-MNIST fell back to them) and the demos' composed scenes have none."""
+    if dataset in (SCENES_NAME, DETECTION_SCENES_NAME):
+        return None
     canonical = DEMO_DATASETS.get(dataset.lower())
     if canonical is not None and "digits" in (source or ""):
         return None

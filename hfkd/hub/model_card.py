@@ -196,8 +196,7 @@ def _architecture(config: Any) -> str | None:
 
 
 def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> ModelCard:
-    r"""
-    Builds the model card of a distilled student from `info` and, when `output_dir` is given, writes it to
+    r"""Builds the model card of a distilled student from `info` and, when `output_dir` is given, writes it to
     `output_dir/README.md` (creating the folder).
 
     The run's task (`info.task`) decides the metric columns (its `card_metrics`), the `pipeline_tag` and task tags
@@ -244,6 +243,7 @@ def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> Mode
         hfkd_loss_name=loss_key.upper(),
         hfkd_loss_kwargs=[(text.cell(str(k)), text.cell(text.value_text(v))) for k, v in loss_kwargs],
         hfkd_ce_weight=text.value_text(float(info.ce_weight)),
+        hfkd_task_loss_name=task.task_loss_name,
         hfkd_distill_weight=text.value_text(float(info.distill_weight)),
         hfkd_paper=info.paper,
         hfkd_hyperparameters=hyperparameters,

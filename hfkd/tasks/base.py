@@ -26,11 +26,14 @@ from typing import Any, ClassVar
 import torch
 
 from hfkd.data.batch import LABELS, student_inputs
+from hfkd.losses import logits_of
 from hfkd.losses.base import IMAGE_CLASSIFICATION, OBJECT_DETECTION, SEMANTIC_SEGMENTATION
 
 # The task names are the losses' (a loss declares the tasks it serves): defined once, in hfkd.losses.base.
 CLASSIFICATION, SEGMENTATION, DETECTION = IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION, OBJECT_DETECTION
 TASK_NAMES = (CLASSIFICATION, SEGMENTATION, DETECTION)
+# The losses that have a form for DETR-family detectors (hfkd.tasks.detection.distill): on matched queries.
+DETECTION_LOSSES = ("kd", "dist")
 
 
 class Task:
@@ -45,6 +48,8 @@ class Task:
     # (metric key, column title) of the card's results table, headline first.
     card_metrics: ClassVar[tuple[tuple[str, str], ...]] = ()
     model_loss: ClassVar[bool] = False
+    # The task loss as the card's objective names it (`loss = w × CE + w' × KD`).
+    task_loss_name: ClassVar[str] = "CE"
     # transformers' table of the model types its Auto class builds for this task (transformers.models.auto).
     mapping_names: ClassVar[str] = ""
     extra_model_types: ClassVar[frozenset[str]] = frozenset()
@@ -82,6 +87,18 @@ class Task:
     def pixel_mask(self, labels: Any, teacher_output: Any) -> torch.Tensor | None:
         """The pixels a dense loss averages over, at the compared logits' resolution (`None`: every one)."""
         return None
+
+    def distill_loss(self, loss: Any, student: Any) -> Any:
+        """The run's distillation loss in this task's form (detection: on matched queries); as built by default."""
+        return loss
+
+    def predictions(self, outputs: Any) -> Any:
+        """What evaluation keeps of a model's output before `reduce` (the logits; a detector's boxes too)."""
+        return logits_of(outputs)
+
+    def teacher_predictions(self, teacher: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        """The teacher's `predictions` on an evaluation batch, by metric-name infix (an ensemble adds its members')."""
+        return teacher.eval_logits(batch)
 
     def reduce(self, logits: Any, labels: Any) -> tuple[Any, Any]:
         """(predictions, references) of one evaluation batch, as small as the metrics allow."""

@@ -9,10 +9,11 @@ from typing import Any
 
 from hfkd.tasks.base import CLASSIFICATION, SEGMENTATION, Task, ignore_index_of
 from hfkd.tasks.classification import ClassificationTask
+from hfkd.tasks.detection.task import DetectionTask
 from hfkd.tasks.segmentation.task import SegmentationTask
 from hfkd.utils.errors import UnknownNameError, UsageError
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (ClassificationTask, SegmentationTask)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (ClassificationTask, SegmentationTask, DetectionTask)}
 
 
 def get_task(name: str, **options: Any) -> Task:

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from hfkd.data.batch import (
+    PIXEL_MASK,
     STRONG_PIXEL_VALUES,
     TEACHER_PIXEL_VALUES,
     TEACHER_STRONG_PIXEL_VALUES,
@@ -117,7 +118,7 @@ class LiveTeacher(Teacher):
         self.origin, self.member = origin, member
         self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
-    def _run(self, pixel_values: torch.Tensor, for_loss: bool) -> Any:
+    def _run(self, pixel_values: torch.Tensor, for_loss: bool, **extra: Any) -> Any:
         # Eval mode again at every call: a user callback or `model.train()` on a container must not put the
         # teacher's BatchNorm/dropout into training mode.
         self.model.eval()
@@ -125,18 +126,23 @@ class LiveTeacher(Teacher):
             pixel_values = pixel_values.to(self.dtype)  # a teacher kept in its own dtype (e.g. bf16 in fp32 training)
         with torch.no_grad(), self.autocast():
             if not for_loss:
-                return self.model(pixel_values=pixel_values)
-            return run_for_loss(self.model, self.recorder, self.needs.hidden_states, pixel_values=pixel_values)
+                return self.model(pixel_values=pixel_values, **extra)
+            inputs = {"pixel_values": pixel_values, **extra}
+            return run_for_loss(self.model, self.recorder, self.needs.hidden_states, **inputs)
 
     def __call__(self, batch: dict[str, Any], epoch: float) -> TeacherOutputs:
-        main = self._run(teacher_pixels(batch, member=self.member), for_loss=True)
+        main = self._run(teacher_pixels(batch, member=self.member), for_loss=True, **_padding(batch))
         strong = None
         if self.needs.strong_view:
             strong = self._run(teacher_pixels(batch, STRONG_PIXEL_VALUES, self.member), for_loss=True)
         return TeacherOutputs(main, strong)
 
+    def outputs(self, batch: dict[str, Any]) -> Any:
+        """The teacher's whole output on the batch's teacher view (evaluation: a detector's boxes and logits)."""
+        return self._run(teacher_pixels(batch, member=self.member), for_loss=False, **_padding(batch))
+
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
-        return logits_of(self._run(teacher_pixels(batch, member=self.member), for_loss=False))
+        return logits_of(self.outputs(batch))
 
     def batch_keys(self) -> tuple[str, ...]:
         return tuple(member_key(key, self.member) for key in (TEACHER_PIXEL_VALUES, TEACHER_STRONG_PIXEL_VALUES))
@@ -162,3 +168,9 @@ def teacher_origin(model: nn.Module, name: str | None) -> str | None:
         config = json.load(f)
     how = f"recipe {config['recipe']}" if config.get("recipe") else f"--loss {config.get('distill_loss')}"
     return f"trained with hfkd ({how}), not a released checkpoint"
+
+
+def _padding(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch's `pixel_mask` (detection batches of images padded to one size), which the teacher takes as the
+    student does; nothing for batches without one."""
+    return {PIXEL_MASK: batch[PIXEL_MASK]} if batch.get(PIXEL_MASK) is not None else {}

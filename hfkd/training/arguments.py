@@ -10,7 +10,7 @@ from transformers import TrainingArguments
 
 from hfkd.data.mixing import check_mixing_arguments
 from hfkd.losses import CE_ONLY, get_loss_class, validate_loss_kwargs
-from hfkd.tasks.base import CLASSIFICATION, TASK_NAMES
+from hfkd.tasks.base import CLASSIFICATION, DETECTION, DETECTION_LOSSES, TASK_NAMES
 from hfkd.teachers.combine import check_ensemble_arguments, feature_member_index
 from hfkd.training.reporting import check_reporting
 from hfkd.training.schedulers import check_schedule_arguments
@@ -409,6 +409,16 @@ class DistillationArguments(TrainingArguments):
             raise UsageError(
                 f"Loss {self.distill_loss!r} serves {', '.join(sorted(loss_cls.tasks))}, not {task}. Pick a loss for "
                 f"{task} (kd, dist, cwd for segmentation; see the README's loss table)."
+            )
+        if task == DETECTION and self.uses_teacher and self.distill_loss not in DETECTION_LOSSES:
+            raise UsageError(
+                f"--loss {self.distill_loss} has no form for DETR-family detectors; pass "
+                f"{' or '.join(f'--loss {key}' for key in DETECTION_LOSSES)} (matched queries' classes and boxes)."
+            )
+        if task == DETECTION and len(self.teacher_names) > 1:
+            raise UsageError(
+                "A teacher ensemble averages classifiers' outputs; detectors' queries do not pair up across models: "
+                "pass one --teacher for object detection."
             )
         if task != CLASSIFICATION and self.mixes_batches:
             raise UsageError(f"--mixup / --cutmix mix image classification batches; {task} runs take neither.")

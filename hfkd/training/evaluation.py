@@ -63,7 +63,8 @@ class EvaluationMixin:
         for inputs in tqdm(dataloader, desc="Teacher evaluation", disable=not self.is_local_process_zero()):
             inputs = self._channels_last(send_to_device(inputs, self.args.device))
             reduced = {
-                key: self.task.reduce(value, inputs[LABELS]) for key, value in self.teacher.eval_logits(inputs).items()
+                key: self.task.reduce(value, inputs[LABELS])
+                for key, value in self.task.teacher_predictions(self.teacher, inputs).items()
             }
             reduced = self.accelerator.gather_for_metrics(reduced)
             for key, (prediction, _) in reduced.items():
@@ -71,10 +72,10 @@ class EvaluationMixin:
             references.append(next(iter(reduced.values()))[1].cpu())
         if not references:
             raise UsageError("The evaluation set is empty: there is nothing to evaluate the teacher on.")
-        label_ids = torch.cat(references).numpy()
+        label_ids = _cat_rows(references).numpy()
         metrics = {}
         for key, parts in predictions.items():
-            result = self.task.metrics()(EvalPrediction(torch.cat(parts).numpy(), label_ids))
+            result = self.task.metrics()(EvalPrediction(_cat_rows(parts).numpy(), label_ids))
             metrics.update({f"{metric_key_prefix}_{key}{name}": value for name, value in result.items()})
         return metrics
 
@@ -85,3 +86,13 @@ class EvaluationMixin:
             if key in entry:
                 return entry
         return None
+
+
+def _cat_rows(parts: list[torch.Tensor], padding: float = -100) -> torch.Tensor:
+    """The batches' reduced tensors one after the other; those with rows of their own (a detector's boxes per image,
+    as many as the batch's most) padded with `padding` to the longest, as the Trainer's evaluation loop pads them."""
+    if parts and parts[0].dim() > 1 and len({p.shape[1] for p in parts}) > 1:
+        longest = max(p.shape[1] for p in parts)
+        pad = [p.new_full((p.shape[0], longest - p.shape[1], *p.shape[2:]), padding) for p in parts]
+        parts = [torch.cat([p, q], 1) for p, q in zip(parts, pad)]
+    return torch.cat(parts)

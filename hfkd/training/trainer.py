@@ -160,6 +160,7 @@ class DistillationTrainer(
             dataset_size=len(dataset) if hasattr(dataset, "__len__") else None,
             autocast=self.accelerator.autocast,
         )
+        self.distill_loss = self.task.distill_loss(self.distill_loss, student)
         module = DistillationModule(student, self.distill_loss, align=self.task.align)
         return module.to(self.args.device) if self.place_model_on_device else module
 
@@ -294,11 +295,10 @@ class DistillationTrainer(
         if labels is None:
             raise UsageError("The batch has no `labels`; the CE-only loss and evaluation need them.")
         outputs = model(**self.task.model_inputs(inputs))
-        logits = logits_of(outputs)
         loss = self.task.task_loss(outputs, labels, self._cross_entropy)
         if model.training:
-            self._guard.observe({"loss": loss, STUDENT_TERM: logits})
-        return (loss if ce_share is None else loss * ce_share), logits
+            self._guard.observe({"loss": loss, STUDENT_TERM: logits_of(outputs)})
+        return (loss if ce_share is None else loss * ce_share), self.task.predictions(outputs)
 
     def _total_loss(self, ce: torch.Tensor | None, distill: torch.Tensor, ce_share: Any, share: Any) -> torch.Tensor:
         """`distill_ce_weight · CE + distill_weight · L`, each term times its share of the optimiser step if given."""
@@ -319,7 +319,7 @@ class DistillationTrainer(
         losses that split on the target class."""
         labels = inputs.get(LABELS)
         loss_labels = labels
-        if labels is not None and self.distill_loss.needs.labels and labels.ndim == 1:
+        if torch.is_tensor(labels) and self.distill_loss.needs.labels and labels.ndim == 1:
             loss_labels = torch.where(labels >= 0, labels, logits_of(teacher_outputs.main).argmax(-1))
         return DistillBatch(
             labels=loss_labels,

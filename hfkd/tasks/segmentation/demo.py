@@ -13,9 +13,9 @@ import numpy as np
 from datasets import Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
-from hfkd.data.demo import FASHION_MNIST_LABELS, fashion_mnist_arrays, load_demo_dataset
+from hfkd.data.demo import FASHION_MNIST_LABELS, SCENES_NAME, fashion_mnist_arrays, load_demo_dataset
 
-DEMO_NAME = "fashion-mnist-scenes"
+DEMO_NAME = SCENES_NAME
 """`--dataset fashion-mnist-scenes` (`--task semantic-segmentation`)."""
 
 CANVAS = 64
@@ -52,14 +52,8 @@ def load_demo_scenes(
     *, train_scenes: int = 3000, eval_scenes: int = 500, seed: int = 0
 ) -> tuple[DatasetDict, list[str], str]:
     """(splits "train" and "validation", the class names with "background" first, the source of the items)."""
-    found = fashion_mnist_arrays()
-    if found is not None:
-        arrays, source = found
-        names = ["background", *FASHION_MNIST_LABELS]
-    else:  # the classification demo's fallback (the Hub copy, else scikit-learn's digits), decoded once
-        items, source = load_demo_dataset("fashion-mnist", seed=seed)
-        arrays = {split: _arrays(items[split]) for split in ("train", "test")}
-        names = ["background", *items["train"].features["label"].names]
+    arrays, items, source = load_demo_items(seed=seed)
+    names = ["background", *items]
     parts = {}
     for split, source_split, count, offset in (
         ("train", "train", train_scenes, 0),
@@ -68,6 +62,19 @@ def load_demo_scenes(
         pixels, labels = arrays[source_split]
         parts[split] = _split(pixels, labels, count, seed * 2 + offset)
     return DatasetDict(parts), names, source
+
+
+def load_demo_items(*, seed: int = 0) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str], str]:
+    """The items the demo scenes are made of: `{"train": (images, labels), "test": (...)}` (uint8 (N, H, W), int
+    (N,)), their class names and their source. Fashion-MNIST's idx files when on the machine, else the classification
+    demo's fallback (the Hub copy, else scikit-learn's digits), decoded once."""
+    found = fashion_mnist_arrays()
+    if found is not None:
+        arrays, source = found
+        return arrays, list(FASHION_MNIST_LABELS), source
+    items, source = load_demo_dataset("fashion-mnist", seed=seed)
+    arrays = {split: _arrays(items[split]) for split in ("train", "test")}
+    return arrays, list(items["train"].features["label"].names), source
 
 
 def _arrays(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,179 @@
+"""The object-detection steps of `hfkd distill` (`--task object-detection`, or detection models): the data and its
+box-safe transforms (`DetectionData`, the same two steps as `ImageClassificationData`) and the models
+(`load_detection_models`: transformers' `AutoModelForObjectDetection` checkpoints of the DETR family).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from transformers import AutoConfig, AutoModelForObjectDetection
+from transformers.utils import logging
+
+from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments
+from hfkd.commands.data import RunData
+from hfkd.data.datasets import add_sample_index
+from hfkd.data.transforms import ImageConfig, image_config_for_model
+from hfkd.models.availability import config_num_labels
+from hfkd.models.loading import ModelSpec, load_image_processor
+from hfkd.tasks.detection.data import DetectionTransform, check_detection_rows, detect_detection_columns
+from hfkd.tasks.detection.datasets import load_detection_dataset
+from hfkd.tasks.segmentation.data import read_id2label
+from hfkd.training.arguments import DistillationArguments
+from hfkd.utils.errors import UsageError
+
+logger = logging.get_logger(__name__)
+
+
+class DetectionRunData(RunData):
+    """A detection run's data; its record adds the training sizes."""
+
+    def info(self, data_args: DataArguments) -> dict[str, Any]:
+        sizes = {"image_size": data_args.image_size} if data_args.image_size else {
+            "shortest_edge": list(data_args.shortest_edge), "longest_edge": data_args.longest_edge,
+        }  # fmt: skip
+        return {**super().info(data_args), **sizes}
+
+
+class DetectionData:
+    """A detection run's data and its preprocessing, in the two steps of `ImageClassificationData`: `load()` reads
+    the splits (an image and an `objects` column, the class names) and checks every row's boxes before the models
+    load; `splits(data, models)` gives each its box-safe transform (`DetectionTransform`). Override `transform` to
+    preprocess otherwise."""
+
+    def __init__(
+        self, data_args: DataArguments, run_args: RunArguments, args: DistillationArguments, cache: Any = None, *,
+        cache_dir: str | None = None, id2label: dict[int, str] | None = None,
+    ) -> None:  # fmt: skip
+        if cache is not None:
+            raise UsageError("A teacher cache holds a classifier's logits; detection runs use a live teacher.")
+        if data_args.streaming or data_args.labelled_samples is not None:
+            raise UsageError("--streaming and --labelled_samples are image classification's; drop them here.")
+        if run_args.smoke:
+            raise UsageError("--smoke has no detection data yet: run on a few images (--max_train_samples 8).")
+        self.data_args, self.run_args, self.args, self.cache_dir = data_args, run_args, args, cache_dir
+        self.fallback_id2label = id2label
+
+    def load(self) -> RunData:
+        """The raw splits, their image and objects columns and class names, every row's boxes checked."""
+        data_args = self.data_args
+        dataset = load_detection_dataset(
+            data_args.dataset, config_name=data_args.dataset_config, train_split=data_args.train_split,
+            eval_split=data_args.eval_split, seed=self.args.seed, max_train_samples=data_args.max_train_samples,
+            max_eval_samples=data_args.max_eval_samples, cache_dir=self.cache_dir,
+        )  # fmt: skip
+        image_column, objects_column = detect_detection_columns(
+            dataset["train"], data_args.image_column, data_args.label_column
+        )
+        id2label = self._id2label(dataset)
+        names = [id2label[i] for i in range(len(id2label))]
+        for split in ("train", "eval"):
+            check_detection_rows(dataset[split], image_column, objects_column, len(names), split=split)
+        logger.info(f"Data: {dataset.source}; {len(names)} classes; boxes in column {objects_column!r}")
+        return DetectionRunData(dataset, image_column, objects_column, names, dataset.source)
+
+    def _id2label(self, dataset: Any) -> dict[int, str]:
+        """The class names: `--id2label`, the dataset's (its ClassLabel, a COCO folder's categories), else the
+        teacher's."""
+        if self.data_args.id2label is not None:
+            id2label = read_id2label(self.data_args.id2label)
+        else:
+            id2label = dataset.id2label or self.fallback_id2label
+        if not id2label:
+            raise UsageError(
+                f"{dataset.source} does not name its classes: pass --id2label (a JSON file or string such as "
+                '\'{"0": "person", "1": "car"}\').'
+            )
+        if sorted(id2label) != list(range(len(id2label))):
+            raise UsageError(f"--id2label must name classes 0..N-1 without gaps, got ids {sorted(id2label)[:10]}.")
+        return id2label
+
+    def transform(self, student: ImageConfig, teachers: list[ImageConfig], *, train: bool) -> DetectionTransform:
+        """The box-safe image pipeline of one split."""
+        data_args = self.data_args
+        return DetectionTransform(
+            self.image_column, self.objects_column, student, teachers, num_labels=self.num_labels, train=train,
+            scales=data_args.shortest_edge, max_size=data_args.longest_edge, image_size=data_args.image_size,
+            seed=self.args.seed,
+        )  # fmt: skip
+
+    def splits(self, data: RunData, models: tuple[Any, Any, list[Any], list[Any]]) -> dict[str, Any]:
+        """`{"train": ..., "eval": ...}`, each with its transform, for the trainer; the student's image processor is
+        set to resize as evaluation does, so that the saved student preprocesses in `pipeline("object-detection")`
+        as it was evaluated."""
+        student, student_processor, teachers, teacher_processors = models
+        self.image_column, self.objects_column, self.num_labels = data.image_column, data.label_column, len(data.names)
+        student_config = image_config_for_model(student, student_processor)
+        overrides = {"mean": self.data_args.image_mean, "std": self.data_args.image_std}
+        student_config = dataclasses.replace(student_config, **{k: v for k, v in overrides.items() if v is not None})
+        teacher_configs = [image_config_for_model(t, p) for t, p in zip(teachers, teacher_processors)]
+        _match_processor(student_processor, self.data_args, student_config)
+        splits = {}
+        for split, train in (("train", True), ("eval", False)):
+            part = add_sample_index(data.splits[split])
+            part.set_transform(self.transform(student_config, teacher_configs, train=train))
+            splits[split] = part
+        return splits
+
+
+def _match_processor(processor: Any, data_args: DataArguments, image: ImageConfig) -> None:
+    if processor is None:
+        return
+    size = {"height": data_args.image_size, "width": data_args.image_size} if data_args.image_size else {
+        "shortest_edge": max(data_args.shortest_edge), "longest_edge": data_args.longest_edge,
+    }  # fmt: skip
+    processor.size, processor.image_mean, processor.image_std = size, list(image.mean), list(image.std)
+
+
+def _load_one(spec: ModelSpec, *, pretrained: bool, id2label: dict[int, str] | None, **kwargs: Any) -> Any:
+    labels = {} if id2label is None else {
+        "num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()},
+    }  # fmt: skip
+    local = {"local_files_only": True} if spec.local_files_only else {}
+    if not pretrained:
+        config = AutoConfig.from_pretrained(spec.source, revision=spec.revision, **local, **labels)
+        return AutoModelForObjectDetection.from_config(config)
+    mismatched = {"ignore_mismatched_sizes": True} if labels else {}
+    return AutoModelForObjectDetection.from_pretrained(
+        spec.source, revision=spec.revision, **local, **labels, **mismatched, **kwargs
+    )
+
+
+def _processor(spec: ModelSpec, trust_remote_code: bool) -> Any:
+    try:
+        return load_image_processor(spec, trust_remote_code=trust_remote_code)
+    except OSError:  # a folder saved from a config alone: DETR's processor, which the pipeline takes
+        from transformers import DetrImageProcessor
+
+        logger.warning(f"{spec.name!r} has no image processor: using DetrImageProcessor (ImageNet mean/std).")
+        return DetrImageProcessor()
+
+
+def load_detection_models(
+    student_spec: ModelSpec,
+    teacher_specs: list[ModelSpec],
+    model_args: ModelArguments,
+    args: DistillationArguments,
+    names: list[str],
+) -> tuple[Any, Any, list[Any], list[Any]]:
+    """(student, its processor, teachers, their processors): the student gets the data's classes (a new head when
+    its checkpoint has others); a trained teacher must predict them (refused from its config before its weights
+    load)."""
+    id2label = dict(enumerate(names))
+    trust = {"trust_remote_code": model_args.trust_remote_code}
+    for spec in teacher_specs if model_args.teacher_pretrained else []:
+        classes = config_num_labels(spec)
+        if classes is not None and classes != len(names):
+            raise UsageError(
+                f"The teacher {spec.name!r} predicts {classes} classes and the data has {len(names)}: a detection "
+                "teacher must predict the data's classes (fine-tune it first with --loss ce)."
+            )
+    student = _load_one(student_spec, pretrained=model_args.student_pretrained, id2label=id2label, **trust)
+    teachers = [
+        _load_one(spec, pretrained=model_args.teacher_pretrained,
+                  id2label=None if model_args.teacher_pretrained else id2label, **trust)  # fmt: skip
+        for spec in teacher_specs
+    ]
+    processors = [_processor(spec, model_args.trust_remote_code) for spec in teacher_specs]
+    return student, _processor(student_spec, model_args.trust_remote_code), teachers, processors

@@ -1,0 +1,122 @@
+"""Object detection as a task: DETR-family students and teachers (`AutoModelForObjectDetection`), trained on their own
+loss (transformers' Hungarian matching of predictions to the labelled boxes) and distilled on matched queries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from hfkd.losses import DistillationLoss
+from hfkd.tasks.base import DETECTION, Task
+from hfkd.tasks.detection.distill import DetrDistillation, uses_sigmoid
+from hfkd.utils.errors import UsageError
+
+TOP_K = 100
+"""Detections kept per image for the metrics (COCO's maxDets)."""
+
+PADDING = -1.0
+"""The label (and score) of a row that holds no detection or no box in the reduced evaluation tensors."""
+
+
+class DetectionTask(Task):
+    """Object detection with DETR-family models. `labels` is a list of per-image dicts (`class_labels`, `boxes` in
+    normalised (cx, cy, w, h), `orig_size`), as transformers' detectors take them; evaluation keeps each image's top
+    `TOP_K` detections and its boxes, in pixels of the original image, and computes COCO's AP over them."""
+
+    name = DETECTION
+    pipeline_tag = "object-detection"
+    model_suffix = "ForObjectDetection"
+    auto_class = "AutoModelForObjectDetection"
+    metric = "map"
+    card_metrics = (("map", "mAP (%)"), ("map_50", "AP50 (%)"), ("map_75", "AP75 (%)"))
+    model_loss = True
+    task_loss_name = "detector loss"
+    mapping_names = "MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES"
+
+    def __init__(self, *, score_threshold: float | None = None, **options: Any) -> None:
+        options.pop("logits_size", None)
+        super().__init__(**options)
+        self.score_threshold = score_threshold
+
+    def task_loss(self, outputs: Any, labels: Any, cross_entropy: Callable) -> torch.Tensor:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else getattr(outputs, "loss", None)
+        if loss is None:
+            raise UsageError(
+                f"The student ({type(outputs).__name__}) returned no loss for the batch's labels: a detection student "
+                "computes its matching loss from `labels` (transformers' *ForObjectDetection models do)."
+            )
+        return loss
+
+    def count_labelled(self, labels: Any, size: int) -> int:
+        """The images with labels (the detectors' losses are means over a micro-batch's boxes and queries)."""
+        return 0 if labels is None else len(labels)
+
+    def distill_loss(self, loss: DistillationLoss, student: Any) -> DistillationLoss:
+        num_labels = getattr(getattr(student, "config", None), "num_labels", None) or len(self.id2label)
+        return DetrDistillation(loss, num_labels, score_threshold=self.score_threshold)
+
+    def predictions(self, outputs: Any) -> Any:
+        return outputs.logits, outputs.pred_boxes
+
+    def teacher_predictions(self, teacher: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        outputs = getattr(teacher, "outputs", None)
+        if outputs is None:
+            raise UsageError(f"A {type(teacher).__name__} cannot be evaluated on object detection: pass one teacher.")
+        return {"": self.predictions(outputs(batch))}
+
+    def reduce(self, logits: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, boxes = logits if isinstance(logits, (tuple, list)) else (logits.logits, logits.pred_boxes)
+        sizes = frame_sizes(labels).to(boxes.device)
+        sigmoid = uses_sigmoid(scores, len(self.id2label))
+        return detections_table(scores, boxes, sizes, sigmoid), references_table(labels, sizes)
+
+    def metrics(self) -> Callable[..., dict[str, float]]:
+        from hfkd.tasks.detection.metrics import table_metrics
+
+        return table_metrics(self.id2label)
+
+    def collator(self) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        from hfkd.tasks.detection.data import DetectionCollator
+
+        return DetectionCollator()
+
+
+def frame_sizes(labels: list[dict[str, Any]]) -> torch.Tensor:
+    """(B, 2): the (h, w) in pixels of each original image of the frame its normalised boxes are relative to: its
+    original size, or when the collator padded it (`unpadded_size`, the padded `size`), the padded frame scaled back
+    to the original image (`orig_size · size / unpadded_size`), so that boxes land on the original pixels."""
+    sizes = []
+    for label in labels:
+        size = torch.as_tensor(label["orig_size"]).double()
+        if "unpadded_size" in label:
+            size = size * torch.as_tensor(label["size"]).double() / torch.as_tensor(label["unpadded_size"]).double()
+        sizes.append(size)
+    return torch.stack(sizes)
+
+
+def detections_table(logits: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    """(B, TOP_K, 6): each image's best detections as (x1, y1, x2, y2, score, label) in pixels at `sizes`, picked by
+    transformers' own post-processing (`hfkd.tasks.detection.metrics.post_process`); rows past them hold `PADDING`."""
+    from hfkd.tasks.detection.metrics import post_process
+
+    table = torch.full((len(logits), TOP_K, 6), PADDING, device=logits.device)
+    for i, found in enumerate(post_process(logits, boxes, sizes, use_sigmoid=sigmoid, top_k=TOP_K)):
+        k = len(found["scores"])
+        table[i, :k, :4], table[i, :k, 4], table[i, :k, 5] = found["boxes"], found["scores"], found["labels"].float()
+    return table
+
+
+def references_table(labels: list[dict[str, Any]], sizes: torch.Tensor) -> torch.Tensor:
+    """(B, M, 5): each image's labelled boxes as (x1, y1, x2, y2, label) in pixels at `sizes`, M the most
+    boxes of an image in the batch; rows past an image's boxes hold `PADDING`."""
+    from hfkd.tasks.detection.metrics import targets_to_xyxy
+
+    targets = targets_to_xyxy(labels, sizes)
+    device = labels[0]["boxes"].device if labels else "cpu"
+    table = torch.full((len(labels), max([len(t["labels"]) for t in targets] + [1]), 5), PADDING, device=device)
+    for i, target in enumerate(targets):
+        count = len(target["labels"])
+        table[i, :count, :4], table[i, :count, 4] = target["boxes"].to(device), target["labels"].to(device).float()
+    return table

@@ -19,6 +19,7 @@ from hfkd.models.availability import config_num_labels
 from hfkd.models.loading import ModelSpec, load_image_processor
 from hfkd.tasks.detection.data import DetectionTransform, check_detection_rows, detect_detection_columns
 from hfkd.tasks.detection.datasets import load_detection_dataset
+from hfkd.tasks.detection.task import require_detection_extra
 from hfkd.tasks.segmentation.data import read_id2label
 from hfkd.training.arguments import DistillationArguments
 from hfkd.utils.errors import UsageError
@@ -50,6 +51,7 @@ class DetectionData:
             raise UsageError("A teacher cache holds a classifier's logits; detection runs use a live teacher.")
         if data_args.streaming or data_args.labelled_samples is not None:
             raise UsageError("--streaming and --labelled_samples are image classification's; drop them here.")
+        require_detection_extra()
         if run_args.smoke:
             raise UsageError("--smoke has no detection data yet: run on a few images (--max_train_samples 8).")
         self.data_args, self.run_args, self.args, self.cache_dir = data_args, run_args, args, cache_dir

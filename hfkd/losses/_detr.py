@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from transformers.image_transforms import center_to_corners_format
 from transformers.loss.loss_for_object_detection import generalized_box_iou
 
@@ -51,6 +50,15 @@ DETR_DISTILL_TERMS = ("cls", "box_l1", "box_giou", "no_object")
 """The terms `detr_distill_loss` returns besides `loss`."""
 
 Matches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _linear_sum_assignment():
+    """scipy's Hungarian solver, which only detection needs: `pip install "hfkd[detection]"` installs it."""
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError as error:
+        raise ImportError('Matching detectors\' queries needs scipy: pip install "hfkd[detection]".') from error
+    return linear_sum_assignment
 
 
 def _check_detections(logits: torch.Tensor, boxes: torch.Tensor, role: str) -> None:
@@ -152,7 +160,7 @@ def match_queries(
         cost = cost - giou_cost * giou
         max_value = torch.finfo(cost.dtype).max
         cost = torch.nan_to_num(cost, nan=max_value, posinf=max_value, neginf=max_value)
-        student_indices, target_indices = linear_sum_assignment(cost.cpu().numpy())
+        student_indices, target_indices = _linear_sum_assignment()(cost.cpu().numpy())
         student_indices = torch.as_tensor(student_indices, dtype=torch.int64)
         teacher_indices = selected.cpu()[torch.as_tensor(target_indices, dtype=torch.int64)]
         matches.append((student_indices, teacher_indices))

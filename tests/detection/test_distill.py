@@ -173,3 +173,33 @@ def test_the_teacher_sees_the_padding_mask_the_student_sees():
     for output in (live(batch, epoch=0.0).main, live.outputs(batch)):
         torch.testing.assert_close(output.logits, expected.logits)
     assert not torch.allclose(unmasked.logits[1], expected.logits[1])  # the mask matters to a DETR
+
+
+def test_the_trainer_imports_without_the_detection_extra():
+    """scipy, torchmetrics and faster-coco-eval come with `hfkd[detection]`: a classification user's install has
+    none of them, and the trainer (which knows every task) must import; matching queries says what to install."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('scipy', 'scipy.optimize', 'torchmetrics', 'faster_coco_eval', 'pycocotools'):\n"
+        "    sys.modules[name] = None\n"
+        "import torch, hfkd\n"
+        "hfkd.DistillationTrainer\n"
+        "from hfkd.losses._detr import match_queries\n"
+        "from hfkd.tasks.registry import get_task\n"
+        "try:\n"
+        "    get_task('object-detection')\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+        "try:\n"
+        "    match_queries(torch.zeros(1, 2, 3), torch.rand(1, 2, 4), torch.zeros(1, 2, 3), torch.rand(1, 2, 4))\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 'needs scipy: pip install "hfkd[detection]"' in out.stdout
+    assert 'needs scipy, torchmetrics, faster-coco-eval, which are not installed: pip install "hfkd[detection]"' in (
+        out.stdout
+    )

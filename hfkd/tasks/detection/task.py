@@ -3,6 +3,7 @@ loss (transformers' Hungarian matching of predictions to the labelled boxes) and
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,19 @@ TOP_K = 100
 
 PADDING = -1.0
 """The label (and score) of a row that holds no detection or no box in the reduced evaluation tensors."""
+
+
+DETECTION_EXTRA = {"scipy": "scipy", "torchmetrics": "torchmetrics", "faster_coco_eval": "faster-coco-eval"}
+"""The modules object detection needs beyond hfkd's own (`hfkd[detection]`), by the package that installs each."""
+
+
+def require_detection_extra() -> None:
+    """Stop before any work when the detection extra is missing (the matching needs scipy, COCO AP torchmetrics)."""
+    missing = [package for module, package in DETECTION_EXTRA.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise UsageError(
+            f"Object detection needs {', '.join(missing)}, which are not installed: pip install \"hfkd[detection]\"."
+        )
 
 
 class DetectionTask(Task):
@@ -37,6 +51,7 @@ class DetectionTask(Task):
 
     def __init__(self, *, score_threshold: float | None = None, **options: Any) -> None:
         options.pop("logits_size", None)
+        require_detection_extra()
         super().__init__(**options)
         self.score_threshold = score_threshold
 

@@ -66,6 +66,9 @@ class EvaluationMixin:
                 key: self.task.reduce(value, inputs[LABELS])
                 for key, value in self.task.teacher_predictions(self.teacher, inputs).items()
             }
+            # Rows of their own per image (a detector's boxes) differ in number across processes: padded as the
+            # Trainer's evaluation loop pads them, then gathered.
+            reduced = self.accelerator.pad_across_processes(reduced, dim=1, pad_index=-100)
             reduced = self.accelerator.gather_for_metrics(reduced)
             for key, (prediction, _) in reduced.items():
                 predictions[key].append(prediction.cpu())

@@ -392,3 +392,42 @@ def check_cache(cache: CachedTeacher, data: RunData, data_args: DataArguments, a
                 f"and this run's loss works at {wanted:g}: live teachers would be averaged at {wanted:g}. For the "
                 f"same targets, rebuild the cache with --teacher_ensemble_temperature {wanted:g}."
             )
+
+
+def dense_class_names(
+    data_args: DataArguments, dataset: Any, fallback: dict[int, str] | None, example: str
+) -> dict[int, str]:
+    """A dense task's class names: `--id2label`, else the dataset's, else `fallback` (the teacher's); refused when
+    none names them (`example`: an --id2label value for the task) or when they leave gaps."""
+    from hfkd.tasks.segmentation.data import read_id2label
+
+    id2label = read_id2label(data_args.id2label) if data_args.id2label is not None else None
+    id2label = id2label or dataset.id2label or fallback
+    if not id2label:
+        raise UsageError(f"{dataset.source} does not name its classes: pass --id2label (a JSON file or string such as "
+                         f"{example}).")  # fmt: skip
+    if sorted(id2label) != list(range(len(id2label))):
+        raise UsageError(f"--id2label must name classes 0..N-1 without gaps, got ids {sorted(id2label)[:10]}.")
+    return id2label
+
+
+def dense_image_configs(
+    models: tuple[Any, Any, list[Any], list[Any]], data_args: DataArguments
+) -> tuple[ImageConfig, list[ImageConfig]]:
+    """A dense task's image settings: the student's normalisation (its processor's, `--image_mean` / `--image_std`
+    winning) and each teacher's."""
+    student, student_processor, teachers, teacher_processors = models
+    student_config = image_config_for_model(student, student_processor)
+    overrides = {"mean": data_args.image_mean, "std": data_args.image_std}
+    student_config = dataclasses.replace(student_config, **{k: v for k, v in overrides.items() if v is not None})
+    return student_config, [image_config_for_model(t, p) for t, p in zip(teachers, teacher_processors)]
+
+
+def transformed_splits(data: RunData, transform: Callable[..., Any]) -> dict[str, Any]:
+    """`{"train": ..., "eval": ...}`: each split numbered (`sample_index`) with `transform(train=...)` set on it."""
+    splits = {}
+    for split, train in (("train", True), ("eval", False)):
+        part = add_sample_index(data.splits[split])
+        part.set_transform(transform(train=train))
+        splits[split] = part
+    return splits

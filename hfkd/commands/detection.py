@@ -5,22 +5,20 @@ box-safe transforms (`DetectionData`, the same two steps as `ImageClassification
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from typing import Any
 
 from transformers import AutoConfig, AutoModelForObjectDetection
 from transformers.utils import logging
 
 from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments
-from hfkd.commands.data import RunData
-from hfkd.data.datasets import add_sample_index
-from hfkd.data.transforms import ImageConfig, image_config_for_model
+from hfkd.commands.data import RunData, dense_class_names, dense_image_configs, transformed_splits
+from hfkd.data.transforms import ImageConfig
 from hfkd.models.availability import config_num_labels
 from hfkd.models.loading import ModelSpec, load_image_processor
 from hfkd.tasks.detection.data import DetectionTransform, check_detection_rows, detect_detection_columns
 from hfkd.tasks.detection.datasets import load_detection_dataset
 from hfkd.tasks.detection.task import require_detection_extra
-from hfkd.tasks.segmentation.data import read_id2label
 from hfkd.training.arguments import DistillationArguments
 from hfkd.utils.errors import UsageError
 
@@ -68,28 +66,12 @@ class DetectionData:
         image_column, objects_column = detect_detection_columns(
             dataset["train"], data_args.image_column, data_args.label_column
         )
-        id2label = self._id2label(dataset)
+        id2label = dense_class_names(data_args, dataset, self.fallback_id2label, '\'{"0": "person", "1": "car"}\'')
         names = [id2label[i] for i in range(len(id2label))]
         for split in ("train", "eval"):
             check_detection_rows(dataset[split], image_column, objects_column, len(names), split=split)
         logger.info(f"Data: {dataset.source}; {len(names)} classes; boxes in column {objects_column!r}")
         return DetectionRunData(dataset, image_column, objects_column, names, dataset.source)
-
-    def _id2label(self, dataset: Any) -> dict[int, str]:
-        """The class names: `--id2label`, the dataset's (its ClassLabel, a COCO folder's categories), else the
-        teacher's."""
-        if self.data_args.id2label is not None:
-            id2label = read_id2label(self.data_args.id2label)
-        else:
-            id2label = dataset.id2label or self.fallback_id2label
-        if not id2label:
-            raise UsageError(
-                f"{dataset.source} does not name its classes: pass --id2label (a JSON file or string such as "
-                '\'{"0": "person", "1": "car"}\').'
-            )
-        if sorted(id2label) != list(range(len(id2label))):
-            raise UsageError(f"--id2label must name classes 0..N-1 without gaps, got ids {sorted(id2label)[:10]}.")
-        return id2label
 
     def transform(self, student: ImageConfig, teachers: list[ImageConfig], *, train: bool) -> DetectionTransform:
         """The box-safe image pipeline of one split."""
@@ -104,19 +86,10 @@ class DetectionData:
         """`{"train": ..., "eval": ...}`, each with its transform, for the trainer; the student's image processor is
         set to resize as evaluation does, so that the saved student preprocesses in `pipeline("object-detection")`
         as it was evaluated."""
-        student, student_processor, teachers, teacher_processors = models
         self.image_column, self.objects_column, self.num_labels = data.image_column, data.label_column, len(data.names)
-        student_config = image_config_for_model(student, student_processor)
-        overrides = {"mean": self.data_args.image_mean, "std": self.data_args.image_std}
-        student_config = dataclasses.replace(student_config, **{k: v for k, v in overrides.items() if v is not None})
-        teacher_configs = [image_config_for_model(t, p) for t, p in zip(teachers, teacher_processors)]
-        _match_processor(student_processor, self.data_args, student_config)
-        splits = {}
-        for split, train in (("train", True), ("eval", False)):
-            part = add_sample_index(data.splits[split])
-            part.set_transform(self.transform(student_config, teacher_configs, train=train))
-            splits[split] = part
-        return splits
+        student_config, teacher_configs = dense_image_configs(models, self.data_args)
+        _match_processor(models[1], self.data_args, student_config)
+        return transformed_splits(data, functools.partial(self.transform, student_config, teacher_configs))
 
 
 def _match_processor(processor: Any, data_args: DataArguments, image: ImageConfig) -> None:

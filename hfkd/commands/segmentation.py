@@ -6,17 +6,16 @@ DeepLabV3 / PSPNet networks of `hfkd.models.smp`).
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from typing import Any
 
 from transformers import AutoModelForSemanticSegmentation, SegformerImageProcessor
 from transformers.utils import logging
 
 from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments
-from hfkd.commands.data import RunData
+from hfkd.commands.data import RunData, dense_class_names, dense_image_configs, transformed_splits
 from hfkd.commands.smoke import synthetic_segmentation_dataset
-from hfkd.data.datasets import add_sample_index
-from hfkd.data.transforms import ImageConfig, image_config_for_model
+from hfkd.data.transforms import ImageConfig
 from hfkd.models.availability import config_num_labels
 from hfkd.models.loading import ModelSpec, load_image_processor
 from hfkd.models.smp import reference_network
@@ -25,7 +24,6 @@ from hfkd.tasks.segmentation.data import (
     check_segmentation_rows,
     detect_segmentation_columns,
     load_segmentation_dataset,
-    read_id2label,
     reduce_labels_lookup,
 )
 from hfkd.tasks.segmentation.transforms import CropSettings
@@ -33,6 +31,8 @@ from hfkd.training.arguments import DistillationArguments
 from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
+
+SEGMENTATION_NAMES_EXAMPLE = '\'{"0": "road", "1": "sidewalk"}\'; transformers\' datasets ship an id2label.json'
 
 DEFAULT_CROP = 512
 
@@ -98,7 +98,7 @@ class SegmentationData:
         self.lookup = dataset.label_lookup if dataset.label_lookup is not None else None
         if data_args.reduce_labels:
             self.lookup = reduce_labels_lookup() if self.lookup is None else reduce_labels_lookup()[self.lookup]
-        id2label = self._id2label(dataset)
+        id2label = dense_class_names(data_args, dataset, self.fallback_id2label, SEGMENTATION_NAMES_EXAMPLE)
         names = [id2label[i] for i in range(len(id2label))]
         for split in ("train", "eval"):
             check_segmentation_rows(
@@ -107,21 +107,6 @@ class SegmentationData:
             )  # fmt: skip
         logger.info(f"Data: {dataset.source}; {len(names)} classes; masks in column {mask_column!r}")
         return SegmentationRunData(dataset, image_column, mask_column, names, dataset.source)
-
-    def _id2label(self, dataset: Any) -> dict[int, str]:
-        """The class names: `--id2label`, the dataset's (Cityscapes, the demo scenes), else the teacher's."""
-        if self.data_args.id2label is not None:
-            id2label = read_id2label(self.data_args.id2label)
-        else:
-            id2label = dataset.id2label or self.fallback_id2label
-        if not id2label:
-            raise UsageError(
-                f"{dataset.source} does not name its classes: pass --id2label (a JSON file or string such as "
-                '\'{"0": "road", "1": "sidewalk"}\'; transformers\' datasets ship an id2label.json).'
-            )
-        if sorted(id2label) != list(range(len(id2label))):
-            raise UsageError(f"--id2label must name classes 0..N-1 without gaps, got ids {sorted(id2label)[:10]}.")
-        return id2label
 
     def transform(self, student: ImageConfig, teachers: list[ImageConfig], *, train: bool) -> SegmentationTransform:
         """The joint image and mask pipeline of one split."""
@@ -133,23 +118,14 @@ class SegmentationData:
 
     def splits(self, data: RunData, models: tuple[Any, Any, list[Any], list[Any]]) -> dict[str, Any]:
         """`{"train": ..., "eval": ...}`, each with its joint transform, for the trainer."""
-        student, student_processor, teachers, teacher_processors = models
         self.image_column, self.mask_column, self.num_labels = data.image_column, data.label_column, len(data.names)
-        student_config = image_config_for_model(student, student_processor)
-        overrides = {"mean": self.data_args.image_mean, "std": self.data_args.image_std}
-        student_config = dataclasses.replace(student_config, **{k: v for k, v in overrides.items() if v is not None})
-        teacher_configs = [image_config_for_model(t, p) for t, p in zip(teachers, teacher_processors)]
+        student_config, teacher_configs = dense_image_configs(models, self.data_args)
         crop = crop_settings(self.data_args)
         logger.info(
             f"Training crop {crop.crop_size[0]}x{crop.crop_size[1]}, rescale {crop.scale_range}, flip; evaluation on "
             f"whole images; student mean {student_config.mean}, std {student_config.std}."
         )
-        splits = {}
-        for split, train in (("train", True), ("eval", False)):
-            part = add_sample_index(data.splits[split])
-            part.set_transform(self.transform(student_config, teacher_configs, train=train))
-            splits[split] = part
-        return splits
+        return transformed_splits(data, functools.partial(self.transform, student_config, teacher_configs))
 
 
 def _segmentation_processor(model: Any, spec: ModelSpec, trust_remote_code: bool) -> Any:

@@ -10,12 +10,15 @@ from transformers import TrainingArguments
 
 from hfkd.data.mixing import check_mixing_arguments
 from hfkd.losses import CE_ONLY, get_loss_class, validate_loss_kwargs
-from hfkd.tasks.base import CLASSIFICATION, DETECTION, DETECTION_LOSSES, TASK_NAMES
+from hfkd.tasks.base import CLASSIFICATION, DETECTION, DETECTION_LOSSES, SEGMENTATION, TASK_NAMES
 from hfkd.teachers.combine import check_ensemble_arguments, feature_member_index
 from hfkd.training.reporting import check_reporting
 from hfkd.training.schedulers import check_schedule_arguments
 from hfkd.utils.errors import UnknownNameError, UsageError
 from hfkd.utils.json_arguments import parse_json_mapping
+
+# The losses the "Pick a loss" message names for each dense task.
+TASK_LOSS_HINTS = {SEGMENTATION: "kd, dist, cwd", DETECTION: " or ".join(DETECTION_LOSSES)}
 
 
 @dataclass
@@ -408,7 +411,7 @@ class DistillationArguments(TrainingArguments):
         if loss_cls is not None and task not in loss_cls.tasks:
             raise UsageError(
                 f"Loss {self.distill_loss!r} serves {', '.join(sorted(loss_cls.tasks))}, not {task}. Pick a loss for "
-                f"{task} (kd, dist, cwd for segmentation; see the README's loss table)."
+                f"{task} ({TASK_LOSS_HINTS.get(task, 'kd, dkd, dist')}; see the README's loss table)."
             )
         if task == DETECTION and self.uses_teacher and self.distill_loss not in DETECTION_LOSSES:
             raise UsageError(

@@ -1,6 +1,7 @@
 """The object-detection steps of `hfkd distill` (`--task object-detection`, or detection models): the data and its
 box-safe transforms (`DetectionData`, the same two steps as `ImageClassificationData`) and the models
-(`load_detection_models`: transformers' `AutoModelForObjectDetection` checkpoints of the DETR family).
+(`load_detection_models`: transformers' `AutoModelForObjectDetection` checkpoints of the DETR family, and
+torchvision's Faster R-CNN / RetinaNet by name (`fasterrcnn_resnet50_fpn`, ...) or from a folder hfkd saved).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from transformers.utils import logging
 from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments
 from hfkd.commands.data import RunData, dense_class_names, dense_image_configs, transformed_splits
 from hfkd.data.transforms import ImageConfig
-from hfkd.models.availability import config_num_labels
+from hfkd.models.availability import config_num_labels, model_config
 from hfkd.models.loading import ModelSpec, load_image_processor
+from hfkd.models.torchvision_detection import DETECTION_NETWORKS, torchvision_detector
 from hfkd.tasks.detection.data import DetectionTransform, check_detection_rows, detect_detection_columns
 from hfkd.tasks.detection.datasets import load_detection_dataset
 from hfkd.tasks.detection.task import require_detection_extra
+from hfkd.tasks.detection.torchvision_distill import check_detector_losses
 from hfkd.training.arguments import DistillationArguments
 from hfkd.utils.errors import UsageError
 
@@ -89,6 +92,7 @@ class DetectionData:
         self.image_column, self.objects_column, self.num_labels = data.image_column, data.label_column, len(data.names)
         student_config, teacher_configs = dense_image_configs(models, self.data_args)
         _match_processor(models[1], self.data_args, student_config)
+        _match_sizes(models[0], self.data_args)
         return transformed_splits(data, functools.partial(self.transform, student_config, teacher_configs))
 
 
@@ -99,6 +103,15 @@ def _match_processor(processor: Any, data_args: DataArguments, image: ImageConfi
         "shortest_edge": max(data_args.shortest_edge), "longest_edge": data_args.longest_edge,
     }  # fmt: skip
     processor.size, processor.image_mean, processor.image_std = size, list(image.mean), list(image.std)
+
+
+def _match_sizes(student: Any, data_args: DataArguments) -> None:
+    """A torchvision student's own preprocessing (`model.detector` used alone) resizes as the run trained it."""
+    config = student.config
+    if getattr(config, "model_type", None) == "hfkd_torchvision_detection":
+        shorter = data_args.image_size or max(data_args.shortest_edge)
+        config.min_size, config.max_size = shorter, data_args.image_size or data_args.longest_edge
+        student.detector.transform.min_size, student.detector.transform.max_size = (shorter,), config.max_size
 
 
 def _load_one(spec: ModelSpec, *, pretrained: bool, id2label: dict[int, str] | None, **kwargs: Any) -> Any:
@@ -115,7 +128,25 @@ def _load_one(spec: ModelSpec, *, pretrained: bool, id2label: dict[int, str] | N
     )
 
 
+def spec_family(spec: ModelSpec) -> str:
+    """A detector's family read without its weights: `"faster_rcnn"`, `"retinanet"` (torchvision) or `"detr"`."""
+    if spec.kind == "torchvision":
+        return DETECTION_NETWORKS[spec.source][0]
+    network = model_config(spec).get("network") if spec.kind == "local" else None
+    return DETECTION_NETWORKS[network][0] if network in DETECTION_NETWORKS else "detr"
+
+
+def _load_detector(spec: ModelSpec, role: str, *, pretrained: bool, id2label: dict[int, str] | None, **kwargs: Any):
+    if spec.kind == "torchvision":
+        return torchvision_detector(spec.source, id2label=id2label, pretrained=pretrained, role=role)
+    return _load_one(spec, pretrained=pretrained, id2label=id2label, **kwargs)
+
+
 def _processor(spec: ModelSpec, trust_remote_code: bool) -> Any:
+    if spec.kind == "torchvision":  # torchvision's detectors normalise with ImageNet's mean/std, as DETR's processor
+        from transformers import DetrImageProcessor
+
+        return DetrImageProcessor()
     try:
         return load_image_processor(spec, trust_remote_code=trust_remote_code)
     except OSError:  # a folder saved from a config alone: DETR's processor, which the pipeline takes
@@ -137,6 +168,9 @@ def load_detection_models(
     load)."""
     id2label = dict(enumerate(names))
     trust = {"trust_remote_code": model_args.trust_remote_code}
+    if args.uses_teacher:
+        check_detector_losses(args.distill_loss, args.distill_feature_loss, spec_family(student_spec),
+                              spec_family(teacher_specs[0]) if teacher_specs else None)  # fmt: skip
     for spec in teacher_specs if model_args.teacher_pretrained else []:
         classes = config_num_labels(spec)
         if classes is not None and classes != len(names):
@@ -144,10 +178,16 @@ def load_detection_models(
                 f"The teacher {spec.name!r} predicts {classes} classes and the data has {len(names)}: a detection "
                 "teacher must predict the data's classes (fine-tune it first with --loss ce)."
             )
-    student = _load_one(student_spec, pretrained=model_args.student_pretrained, id2label=id2label, **trust)
+    student = _load_detector(student_spec, "student", pretrained=model_args.student_pretrained, id2label=id2label,
+                             **trust)  # fmt: skip
     teachers = [
-        _load_one(spec, pretrained=model_args.teacher_pretrained,
-                  id2label=None if model_args.teacher_pretrained else id2label, **trust)  # fmt: skip
+        _load_detector(
+            spec,
+            "teacher",
+            pretrained=model_args.teacher_pretrained,
+            id2label=id2label if spec.kind == "torchvision" or not model_args.teacher_pretrained else None,
+            **trust,
+        )  # fmt: skip
         for spec in teacher_specs
     ]
     processors = [_processor(spec, model_args.trust_remote_code) for spec in teacher_specs]

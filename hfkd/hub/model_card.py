@@ -30,7 +30,12 @@ _USAGE_TEMPLATE = "templates/usage-{task}.md"
 
 
 # Students whose model type transformers' Auto classes know only once an hfkd module registered it.
-REGISTERING_MODULES = {"hfkd_smp": "hfkd.models.smp"}
+REGISTERING_MODULES = {
+    "hfkd_smp": "hfkd.models.smp",
+    "hfkd_torchvision_detection": "hfkd.models.torchvision_detection",
+}
+# Students whose usage differs from their task's snippets: `templates/usage-<task>-<variant>.md`, by model type.
+USAGE_VARIANTS = {"hfkd_torchvision_detection": "torchvision"}
 
 
 @dataclass
@@ -240,7 +245,7 @@ def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> Mode
         hfkd_teacher_revision=info.teacher_revision,
         hfkd_teacher_note=info.teacher_note,
         hfkd_loss_key=loss_key,
-        hfkd_loss_name=loss_key.upper(),
+        hfkd_loss_name=_loss_name(loss_key, dict(loss_kwargs).get("feature_loss")),
         hfkd_loss_kwargs=[(text.cell(str(k)), text.cell(text.value_text(v))) for k, v in loss_kwargs],
         hfkd_ce_weight=text.value_text(float(info.ce_weight)),
         hfkd_task_loss_name=task.task_loss_name,
@@ -257,6 +262,11 @@ def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> Mode
     return card
 
 
+def _loss_name(loss_key: str, feature_loss: Any) -> str:
+    """The distillation term of the objective: `DIST`, or `(DIST + MIMIC)` with a detector's feature loss."""
+    return f"({loss_key.upper()} + {str(feature_loss).upper()})" if feature_loss else loss_key.upper()
+
+
 def _read_template(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
@@ -266,7 +276,8 @@ def _usage(info: ModelCardInfo, task: Task, output_dir: str | None) -> str:
     registers the student's model type, where one does) and, for a timm student, `timm.create_model`."""
     import jinja2  # as `ModelCard.from_template` does: needed only when a card is written
 
-    template = _USAGE_TEMPLATE.format(task=task.name)
+    variant = USAGE_VARIANTS.get(info.student_model_type or "")
+    template = _USAGE_TEMPLATE.format(task=task.name + (f"-{variant}" if variant else ""))
     if not resources.files(__package__).joinpath(template).is_file():
         raise UsageError(f"hfkd has no usage snippets for {task.name} models: add hfkd/hub/{template}.")
     model_name = info.model_name

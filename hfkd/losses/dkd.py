@@ -11,6 +11,8 @@ import torch
 
 from hfkd.losses._functional import as_loss_dtype, standardize_logits, target_mask, warmup_factor
 from hfkd.losses.base import (
+    IMAGE_CLASSIFICATION,
+    OBJECT_DETECTION,
     DistillationLoss,
     DistillBatch,
     LossNeeds,
@@ -127,6 +129,8 @@ class DKDLoss(DistillationLoss):
     """
 
     needs = LossNeeds(labels=True)
+    # Detection: on a Faster R-CNN's sampled RoIs, background included (hfkd.tasks.detection.torchvision_distill).
+    tasks = frozenset({IMAGE_CLASSIFICATION, OBJECT_DETECTION})
     paper = PaperRef(
         title="Decoupled Knowledge Distillation",
         authors="Borui Zhao, Quan Cui, Renjie Song, Yiyu Qiu, Jiajun Liang",

@@ -90,7 +90,7 @@ def config_num_labels(spec: ModelSpec) -> int | None:
     if spec.kind == "timm_arch":
         cfg = get_pretrained_cfg(spec.source)
         return getattr(cfg, "num_classes", None)
-    if spec.kind == "smp":
+    if spec.kind in ("smp", "torchvision"):
         return None  # a reference network is built with the data's classes
     local = {"local_files_only": True} if spec.local_files_only else {}
     return getattr(AutoConfig.from_pretrained(spec.source, revision=spec.revision, **local), "num_labels", None)
@@ -107,5 +107,7 @@ def model_config(spec: ModelSpec) -> dict[str, Any]:
         return {"model_type": "timm_wrapper"}
     if spec.kind == "smp":
         return {"model_type": "hfkd_smp"}
+    if spec.kind == "torchvision":
+        return {"model_type": "hfkd_torchvision_detection", "architectures": ["TorchvisionForObjectDetection"]}
     local = {"local_files_only": True} if spec.local_files_only else {}
     return AutoConfig.from_pretrained(spec.source, revision=spec.revision, **local).to_dict()

@@ -30,6 +30,7 @@ from transformers.utils import logging
 
 from hfkd.models.cifar import CIFAR_ALIASES
 from hfkd.models.smp import REFERENCE_NETWORKS
+from hfkd.models.torchvision_detection import DETECTION_NETWORKS
 from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
@@ -100,7 +101,7 @@ _ACCEPTED_FORMS = (
     "a transformers Hub id (`microsoft/resnet-50`), a timm Hub id (`timm/resnet18.a1_in1k`), a local folder "
     "written by `save_pretrained`, a timm architecture name (`resnet18`, see `timm.list_models()`), or an alias "
     "(`hfkd.models.MODEL_ALIASES`: " + ", ".join(k for k in MODEL_ALIASES if "/" not in k) + "; segmentation: "
-    + ", ".join(REFERENCE_NETWORKS) + ")"
+    + ", ".join(REFERENCE_NETWORKS) + "; detection: " + ", ".join(DETECTION_NETWORKS) + ")"
 )
 
 
@@ -112,8 +113,9 @@ class ModelSpec:
     Args:
         name (`str`): What the user typed.
         source (`str`): The resolved Hub id, absolute local path, or timm architecture name.
-        kind (`str`): One of `"hub"`, `"timm_hub"`, `"local"`, `"timm_arch"` or `"smp"` (a reference segmentation
-            network of `hfkd.models.smp`, built by segmentation-models-pytorch).
+        kind (`str`): One of `"hub"`, `"timm_hub"`, `"local"`, `"timm_arch"`, `"smp"` (a reference segmentation
+            network of `hfkd.models.smp`, built by segmentation-models-pytorch) or `"torchvision"` (a Faster R-CNN /
+            RetinaNet of `hfkd.models.torchvision_detection`).
         revision (`str`, *optional*): Hub revision (branch, tag or commit); `None` for local folders.
         is_timm (`bool`): Whether the model loads through `TimmWrapperForImageClassification`.
         local_files_only (`bool`): Load from the local Hugging Face cache only (`hfkd.hub.check_available` sets it
@@ -171,6 +173,8 @@ def resolve_model_name(name: str, *, revision: str | None = None) -> ModelSpec:
             logger.warning(f"Ignoring revision={revision!r} for the local folder {spec.source!r}.")
     elif name.lower() in REFERENCE_NETWORKS:  # DIST's / CWD's segmentation networks, built by smp
         spec = ModelSpec(name, name.lower(), "smp", None, False)
+    elif name.lower() in DETECTION_NETWORKS:  # Faster R-CNN / RetinaNet, built by torchvision
+        spec = ModelSpec(name, name.lower(), "torchvision", None, False)
     elif name.lower() in MODEL_ALIASES:
         target = MODEL_ALIASES[name.lower()]
         if "/" not in target:  # a timm architecture (the CIFAR zoo): random init or a local checkpoint
@@ -188,6 +192,7 @@ def resolve_model_name(name: str, *, revision: str | None = None) -> ModelSpec:
         spec = ModelSpec(name, name, "timm_arch", None, True)
     else:
         candidates = {k.lower(): k for k in MODEL_ALIASES} | {m: m for m in timm.list_models()}
+        candidates |= {m: m for m in [*REFERENCE_NETWORKS, *DETECTION_NETWORKS]}
         close = [candidates[m] for m in difflib.get_close_matches(name.lower(), list(candidates), n=5, cutoff=0.6)]
         what = "no local folder" if any(sep in name for sep in ("/", os.sep)) else "no alias or timm model"
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -32,8 +32,16 @@ from hfkd.losses.base import IMAGE_CLASSIFICATION, OBJECT_DETECTION, SEMANTIC_SE
 # The task names are the losses' (a loss declares the tasks it serves): defined once, in hfkd.losses.base.
 CLASSIFICATION, SEGMENTATION, DETECTION = IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION, OBJECT_DETECTION
 TASK_NAMES = (CLASSIFICATION, SEGMENTATION, DETECTION)
-# The losses that have a form for DETR-family detectors (hfkd.tasks.detection.distill): on matched queries.
-DETECTION_LOSSES = ("kd", "dist")
+# The losses with a form for each detector family (hfkd.tasks.detection): DETR's matched queries, Faster R-CNN's
+# sampled RoIs (the teacher's box head run on the student's), RetinaNet's sigmoid scores per level; the neck (FPN)
+# losses serve the torchvision detectors, as the run's loss or as its `--feature_loss`.
+NECK_LOSSES = ("mimic", "pkd", "cwd")
+DETECTOR_LOSSES = {
+    "detr": ("kd", "dist"),
+    "faster_rcnn": ("kd", "dist", "dkd", *NECK_LOSSES),
+    "retinanet": ("dist", *NECK_LOSSES),
+}
+DETECTION_LOSSES = tuple(dict.fromkeys(key for keys in DETECTOR_LOSSES.values() for key in keys))
 
 
 class Task:
@@ -88,7 +96,7 @@ class Task:
         """The pixels a dense loss averages over, at the compared logits' resolution (`None`: every one)."""
         return None
 
-    def distill_loss(self, loss: Any, student: Any) -> Any:
+    def distill_loss(self, loss: Any, student: Any, teacher: Any = None) -> Any:
         """The run's distillation loss in this task's form (detection: on matched queries); as built by default."""
         return loss
 

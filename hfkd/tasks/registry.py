@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hfkd.tasks.base import CLASSIFICATION, SEGMENTATION, Task, ignore_index_of
+from hfkd.tasks.base import CLASSIFICATION, DETECTION, SEGMENTATION, Task, ignore_index_of
 from hfkd.tasks.classification import ClassificationTask
 from hfkd.tasks.detection.task import DetectionTask
 from hfkd.tasks.segmentation.task import SegmentationTask
@@ -36,6 +36,8 @@ def task_of_config(config: Any) -> str | None:
     model_type = get("model_type", None)
     if model_type == "hfkd_smp":
         return SEGMENTATION
+    if model_type == "hfkd_torchvision_detection":
+        return DETECTION
     if model_type == "timm_wrapper" or get("architecture", None) or get("pretrained_cfg", None):
         return CLASSIFICATION
     return None
@@ -59,6 +61,9 @@ def resolve_task(args: Any, model: Any) -> Task:
     if name != CLASSIFICATION:
         options["ignore_index"] = ignore_index_of(config, getattr(args, "distill_ignore_index", 255))
         options["logits_size"] = getattr(args, "distill_logits_size", "teacher")
+    if name == DETECTION:
+        options["feature_loss"] = getattr(args, "distill_feature_loss", None)
+        options["feature_loss_kwargs"] = getattr(args, "distill_feature_loss_kwargs", None)
     return get_task(name, **options)
 
 

@@ -10,7 +10,7 @@ from transformers import TrainingArguments
 
 from hfkd.data.mixing import check_mixing_arguments
 from hfkd.losses import CE_ONLY, get_loss_class, validate_loss_kwargs
-from hfkd.tasks.base import CLASSIFICATION, DETECTION, DETECTION_LOSSES, SEGMENTATION, TASK_NAMES
+from hfkd.tasks.base import CLASSIFICATION, DETECTION, DETECTION_LOSSES, NECK_LOSSES, SEGMENTATION, TASK_NAMES
 from hfkd.teachers.combine import check_ensemble_arguments, feature_member_index
 from hfkd.training.reporting import check_reporting
 from hfkd.training.schedulers import check_schedule_arguments
@@ -18,7 +18,7 @@ from hfkd.utils.errors import UnknownNameError, UsageError
 from hfkd.utils.json_arguments import parse_json_mapping
 
 # The losses the "Pick a loss" message names for each dense task.
-TASK_LOSS_HINTS = {SEGMENTATION: "kd, dist, cwd", DETECTION: " or ".join(DETECTION_LOSSES)}
+TASK_LOSS_HINTS = {SEGMENTATION: "kd, dist, cwd", DETECTION: ", ".join(DETECTION_LOSSES)}
 
 
 @dataclass
@@ -58,6 +58,11 @@ class DistillationArguments(TrainingArguments):
     distill_loss_kwargs (`dict` or `str`, *optional*, defaults to `None`):
         Hyperparameters of the loss, bound against its constructor (a JSON string on the command line).
         Unset keys take the paper's defaults.
+    distill_feature_loss (`str`, *optional*, defaults to `None`):
+        Object detection with Faster R-CNN / RetinaNet: a neck loss (`mimic`, `pkd` or `cwd`) added to the run's
+        loss on the FPN levels (`--loss dist --feature_loss mimic`: DIST + mimic). Its weight is its `loss_weight`.
+    distill_feature_loss_kwargs (`dict` or `str`, *optional*, defaults to `None`):
+        Hyperparameters of the feature loss (`{"loss_weight": 6}`).
     distill_ce_weight (`float`, *optional*, defaults to `1.0`):
         Weight of the student's cross-entropy with the labels.
     distill_weight (`float`, *optional*, defaults to `1.0`):
@@ -162,6 +167,19 @@ class DistillationArguments(TrainingArguments):
             "the paper defaults.",
             "aliases": ["--loss_kwargs"],
         },
+    )
+    distill_feature_loss: str | None = field(
+        default=None,
+        metadata={
+            "help": "Object detection (Faster R-CNN, RetinaNet): a neck loss (mimic, pkd, cwd) added to --loss on the "
+            "FPN levels, e.g. --loss dist --feature_loss mimic.",
+            "aliases": ["--feature_loss"],
+        },
+    )
+    distill_feature_loss_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "JSON hyperparameters of --feature_loss, e.g. '{\"loss_weight\": 6}'.",
+                  "aliases": ["--feature_loss_kwargs"]},  # fmt: skip
     )
     distill_ce_weight: float = field(
         default=1.0, metadata={"help": "Weight of the student's cross-entropy with the labels."}
@@ -341,6 +359,9 @@ class DistillationArguments(TrainingArguments):
             "teacher_model_init_kwargs", self.teacher_model_init_kwargs
         )
         self.distill_loss_kwargs = parse_json_mapping("distill_loss_kwargs", self.distill_loss_kwargs)
+        self.distill_feature_loss_kwargs = parse_json_mapping(
+            "distill_feature_loss_kwargs", self.distill_feature_loss_kwargs
+        )
         self.distill_timm_optimizer_kwargs = parse_json_mapping(
             "distill_timm_optimizer_kwargs", self.distill_timm_optimizer_kwargs
         )
@@ -402,6 +423,30 @@ class DistillationArguments(TrainingArguments):
             validate_loss_kwargs(self.distill_loss, self.distill_loss_kwargs)
         except (TypeError, ValueError) as err:
             raise UsageError(f"`distill_loss_kwargs`: {err}") from None
+        self._validate_feature_loss()
+
+    def _validate_feature_loss(self) -> None:
+        """`distill_feature_loss`: a neck loss other than the run's, with kwargs that bind; kwargs need it."""
+        feature = self.distill_feature_loss
+        if feature is None:
+            if self.distill_feature_loss_kwargs:
+                raise UsageError("`distill_feature_loss_kwargs` needs `distill_feature_loss` (mimic, pkd or cwd).")
+            return
+        self.distill_feature_loss = feature = feature.strip().lower()
+        if feature not in NECK_LOSSES:
+            raise UsageError(
+                f"--feature_loss {feature!r} is not a neck loss: pass one of {', '.join(NECK_LOSSES)} (the run's "
+                "--loss takes the logit losses)."
+            )
+        if feature == self.distill_loss or self.distill_loss == CE_ONLY:
+            raise UsageError(
+                f"--feature_loss {feature} comes on top of a distillation loss of another kind: pass --loss kd, dist "
+                f"or dkd with it, or --loss {feature} alone."
+            )
+        try:
+            validate_loss_kwargs(feature, self.distill_feature_loss_kwargs)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"`distill_feature_loss_kwargs`: {err}") from None
 
     def check_task(self, task: str) -> None:
         """Refuse what cannot serve `task`: a loss for other tasks; for dense tasks, Mixup/CutMix and a teacher cache
@@ -415,8 +460,13 @@ class DistillationArguments(TrainingArguments):
             )
         if task == DETECTION and self.uses_teacher and self.distill_loss not in DETECTION_LOSSES:
             raise UsageError(
-                f"--loss {self.distill_loss} has no form for DETR-family detectors; pass "
-                f"{' or '.join(f'--loss {key}' for key in DETECTION_LOSSES)} (matched queries' classes and boxes)."
+                f"--loss {self.distill_loss} has no form for detectors; pass one of {', '.join(DETECTION_LOSSES)} "
+                "(the README's detection table says which serves DETR, Faster R-CNN and RetinaNet)."
+            )
+        if self.distill_feature_loss is not None and task != DETECTION:
+            raise UsageError(
+                f"--feature_loss {self.distill_feature_loss} distils a detector's neck (object detection); drop it "
+                f"for {task}."
             )
         if task == DETECTION and len(self.teacher_names) > 1:
             raise UsageError(

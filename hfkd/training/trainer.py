@@ -160,7 +160,7 @@ class DistillationTrainer(
             dataset_size=len(dataset) if hasattr(dataset, "__len__") else None,
             autocast=self.accelerator.autocast,
         )
-        self.distill_loss = self.task.distill_loss(self.distill_loss, student)
+        self.distill_loss = self.task.distill_loss(self.distill_loss, student, self.teacher.model)
         module = DistillationModule(student, self.distill_loss, align=self.task.align)
         return module.to(self.args.device) if self.place_model_on_device else module
 

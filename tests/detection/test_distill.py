@@ -123,13 +123,19 @@ def test_a_teacher_that_predicts_the_labels_scores_map_one(tmp_path):
     assert metrics["eval_map"] == pytest.approx(1.0) and metrics["eval_map_50"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("loss", ["mimic", "pkd", "cwd"])
-def test_a_loss_without_a_detr_form_is_refused_when_the_arguments_are_checked(tmp_path, loss):
-    # Detection losses on a neck's features: DETR-family models have no such neck output yet.
-    with pytest.raises(UsageError, match=f"--loss {loss} has no form for DETR-family detectors; pass --loss kd or"):
-        _args(tmp_path, loss).check_task("object-detection")
-    with pytest.raises(UsageError, match="serves image-classification, not object-detection"):
-        _args(tmp_path, "dkd").check_task("object-detection")
+@pytest.mark.parametrize("loss", ["mimic", "pkd", "cwd", "dkd"])
+def test_a_loss_without_a_detr_form_is_refused_for_a_detr_student(tmp_path, loss):
+    # The neck losses and DKD serve torchvision's detectors (RoI rows, FPN levels): the arguments take them for
+    # object detection, the task refuses them for a DETR student by name.
+    from hfkd.losses import create_loss
+    from hfkd.tasks.registry import get_task
+
+    _args(tmp_path, loss).check_task("object-detection")
+    task = get_task("object-detection", id2label=dict(enumerate(NAMES)))
+    with pytest.raises(UsageError, match=f"--loss {loss} has no form for DETR-family students: pass one of kd, dist"):
+        task.distill_loss(create_loss(loss), tiny_detr(0), tiny_detr(1))
+    with pytest.raises(UsageError, match="serves image-classification, semantic-segmentation, not object-detection"):
+        _args(tmp_path, "at").check_task("object-detection")
     ensemble = _args(tmp_path, "kd", teacher_model_name_or_path=["a", "b"])
     with pytest.raises(UsageError, match="pass one --teacher for object detection"):
         ensemble.check_task("object-detection")

@@ -112,7 +112,7 @@ def test_models_of_another_task_are_refused_before_anything_loads(setup, tmp_pat
     argv[argv.index("--teacher") + 1] = str(classifier)
     with pytest.raises(UsageError, match="do different tasks"):
         main(argv)
-    with pytest.raises(UsageError, match="serves image-classification, not semantic-segmentation"):
+    with pytest.raises(UsageError, match="serves image-classification, object-detection, not semantic-segmentation"):
         main(_argv(root, out, "--loss", "dkd"))
     with pytest.raises(UsageError, match="mix image classification batches"):
         main(_argv(root, out, "--loss", "kd", "--task", "semantic-segmentation", "--mixup", "0.8"))

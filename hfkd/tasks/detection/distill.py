@@ -18,12 +18,12 @@ import torch
 from hfkd.losses import DistillationLoss
 from hfkd.losses._detr import detr_distill_loss
 from hfkd.losses.base import OBJECT_DETECTION
-from hfkd.tasks.base import DETECTION_LOSSES
+from hfkd.tasks.base import DETECTOR_LOSSES
 from hfkd.utils.errors import UsageError
 
 # The hyperparameters each of the run's losses hands on to its DETR form.
 DETR_LOSSES = {"kd": ("temperature",), "dist": ("beta", "gamma", "temperature")}
-assert tuple(DETR_LOSSES) == DETECTION_LOSSES
+assert tuple(DETR_LOSSES) == DETECTOR_LOSSES["detr"]
 
 
 def uses_sigmoid(logits: torch.Tensor, num_labels: int) -> bool:

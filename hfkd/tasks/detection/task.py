@@ -1,5 +1,8 @@
-"""Object detection as a task: DETR-family students and teachers (`AutoModelForObjectDetection`), trained on their own
-loss (transformers' Hungarian matching of predictions to the labelled boxes) and distilled on matched queries."""
+"""Object detection as a task: DETR-family students and teachers (`AutoModelForObjectDetection`) and torchvision's
+Faster R-CNN / RetinaNet (`hfkd.models.torchvision_detection`), each trained on its own loss (transformers' Hungarian
+matching of predictions to the labelled boxes; torchvision's RPN + RoI head or focal losses) and distilled in its
+family's form: on matched queries (DETR), on the student's sampled RoIs or per level (torchvision), and on the FPN
+neck (`--feature_loss`)."""
 
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ def require_detection_extra() -> None:
     missing = [package for module, package in DETECTION_EXTRA.items() if importlib.util.find_spec(module) is None]
     if missing:
         raise UsageError(
-            f"Object detection needs {', '.join(missing)}, which are not installed: pip install \"hfkd[detection]\"."
+            f'Object detection needs {", ".join(missing)}, which are not installed: pip install "hfkd[detection]".'
         )
 
 
@@ -49,11 +52,19 @@ class DetectionTask(Task):
     task_loss_name = "detector loss"
     mapping_names = "MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES"
 
-    def __init__(self, *, score_threshold: float | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        score_threshold: float | None = None,
+        feature_loss: str | None = None,
+        feature_loss_kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
         options.pop("logits_size", None)
         require_detection_extra()
         super().__init__(**options)
         self.score_threshold = score_threshold
+        self.feature_loss, self.feature_loss_kwargs = feature_loss, dict(feature_loss_kwargs or {})
 
     def task_loss(self, outputs: Any, labels: Any, cross_entropy: Callable) -> torch.Tensor:
         loss = outputs.get("loss") if isinstance(outputs, dict) else getattr(outputs, "loss", None)
@@ -68,11 +79,30 @@ class DetectionTask(Task):
         """The images with labels (the detectors' losses are means over a micro-batch's boxes and queries)."""
         return 0 if labels is None else len(labels)
 
-    def distill_loss(self, loss: DistillationLoss, student: Any) -> DistillationLoss:
+    def distill_loss(self, loss: DistillationLoss, student: Any, teacher: Any = None) -> DistillationLoss:
+        from hfkd.tasks.detection.torchvision_distill import (
+            TorchvisionDetectorDistillation,
+            build_feature_loss,
+            check_detector_losses,
+            detector_family,
+        )
+
+        family = detector_family(student)
+        if family != "detr":
+            feature = build_feature_loss(self.feature_loss, self.feature_loss_kwargs)
+            return TorchvisionDetectorDistillation(loss, student, teacher, feature)
+        check_detector_losses(
+            loss.key, self.feature_loss, family, None if teacher is None else detector_family(teacher)
+        )
         num_labels = getattr(getattr(student, "config", None), "num_labels", None) or len(self.id2label)
         return DetrDistillation(loss, num_labels, score_threshold=self.score_threshold)
 
     def predictions(self, outputs: Any) -> Any:
+        """DETR: (logits, pred_boxes); a torchvision detector: its (B, 100, 6) detections, relative to the input (its
+        logits in training, where it detects nothing)."""
+        if getattr(outputs, "pred_boxes", None) is None:
+            detections = getattr(outputs, "detections", None)
+            return detections if detections is not None else outputs.logits
         return outputs.logits, outputs.pred_boxes
 
     def teacher_predictions(self, teacher: Any, batch: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +112,9 @@ class DetectionTask(Task):
         return {"": self.predictions(outputs(batch))}
 
     def reduce(self, logits: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.is_tensor(logits):  # a torchvision detector's detections, boxes relative to the padded input
+            sizes = frame_sizes(labels).to(logits.device)
+            return scaled_detections(logits, sizes), references_table(labels, sizes)
         scores, boxes = logits if isinstance(logits, (tuple, list)) else (logits.logits, logits.pred_boxes)
         sizes = frame_sizes(labels).to(boxes.device)
         sigmoid = uses_sigmoid(scores, len(self.id2label))
@@ -120,6 +153,16 @@ def detections_table(logits: torch.Tensor, boxes: torch.Tensor, sizes: torch.Ten
     for i, found in enumerate(post_process(logits, boxes, sizes, use_sigmoid=sigmoid, top_k=TOP_K)):
         k = len(found["scores"])
         table[i, :k, :4], table[i, :k, 4], table[i, :k, 5] = found["boxes"], found["scores"], found["labels"].float()
+    return table
+
+
+def scaled_detections(table: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """(B, K, 6) detections with boxes relative to each image's frame, in pixels at `sizes` ((B, 2) as (h, w));
+    padding rows (`PADDING`) kept as they are."""
+    table = table.clone()
+    scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], -1).to(table.dtype)[:, None, :]
+    real = table[..., 4:5] != PADDING
+    table[..., :4] = torch.where(real, table[..., :4] * scale, table[..., :4])
     return table
 
 

@@ -182,7 +182,9 @@ def picture(output_dir: Path, folders: dict[str, str], scenes, names: list[str],
                 colour = plt.cm.tab10(int(label) % 10)
                 ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.5))
                 text = names[int(label)] if name == "truth" else f"{names[int(label)]} {score:.2f}"
-                ax.text(x1, y1 - 1, text, color=colour, fontsize=7, va="bottom", backgroundcolor=(0, 0, 0, 0.6))
+                above = y1 > CANVAS / 8  # else inside the box: a label above it would leave the picture
+                ax.text(x1, y1 - 1 if above else y1 + 1, text, color=colour, fontsize=7,
+                        va="bottom" if above else "top", backgroundcolor=(0, 0, 0, 0.6))  # fmt: skip
             ax.set_axis_off()
             if r == 0:
                 ax.set_title(name, fontsize=9)

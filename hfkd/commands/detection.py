@@ -14,6 +14,7 @@ from transformers.utils import logging
 
 from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments
 from hfkd.commands.data import RunData, dense_class_names, dense_image_configs, transformed_splits
+from hfkd.data.datasets import labelled_rows
 from hfkd.data.transforms import ImageConfig
 from hfkd.models.availability import config_num_labels, model_config
 from hfkd.models.loading import ModelSpec, load_image_processor
@@ -50,8 +51,8 @@ class DetectionData:
     ) -> None:  # fmt: skip
         if cache is not None:
             raise UsageError("A teacher cache holds a classifier's logits; detection runs use a live teacher.")
-        if data_args.streaming or data_args.labelled_samples is not None:
-            raise UsageError("--streaming and --labelled_samples are image classification's; drop them here.")
+        if data_args.streaming:
+            raise UsageError("--streaming is image classification's; drop it for object detection.")
         require_detection_extra()
         if run_args.smoke:
             raise UsageError("--smoke has no detection data yet: run on a few images (--max_train_samples 8).")
@@ -73,8 +74,24 @@ class DetectionData:
         names = [id2label[i] for i in range(len(id2label))]
         for split in ("train", "eval"):
             check_detection_rows(dataset[split], image_column, objects_column, len(names), split=split)
+        self.unlabelled = self._labelled_subset(dataset)
         logger.info(f"Data: {dataset.source}; {len(names)} classes; boxes in column {objects_column!r}")
         return DetectionRunData(dataset, image_column, objects_column, names, dataset.source)
+
+    def _labelled_subset(self, dataset: Any) -> frozenset[int]:
+        """`--labelled_samples N`: the training rows whose boxes are not used (the teacher's detections are their
+        targets); without a teacher they are dropped instead."""
+        count = self.data_args.labelled_samples
+        if count is None:
+            return frozenset()
+        keep = labelled_rows(len(dataset["train"]), count, seed=self.args.seed)
+        if not self.args.uses_teacher:
+            dataset["train"] = dataset["train"].select(keep)
+            logger.info(f"Boxes kept for {count} training images; the rest are dropped (no teacher)")
+            return frozenset()
+        threshold = self.args.distill_pseudo_label_threshold
+        logger.info(f"Boxes kept for {count} training images; the others: the teacher's detections above {threshold}")
+        return frozenset(range(len(dataset["train"]))) - frozenset(keep.tolist())
 
     def transform(self, student: ImageConfig, teachers: list[ImageConfig], *, train: bool) -> DetectionTransform:
         """The box-safe image pipeline of one split."""
@@ -82,7 +99,7 @@ class DetectionData:
         return DetectionTransform(
             self.image_column, self.objects_column, student, teachers, num_labels=self.num_labels, train=train,
             scales=data_args.shortest_edge, max_size=data_args.longest_edge, image_size=data_args.image_size,
-            seed=self.args.seed,
+            seed=self.args.seed, unlabelled=self.unlabelled,
         )  # fmt: skip
 
     def splits(self, data: RunData, models: tuple[Any, Any, list[Any], list[Any]]) -> dict[str, Any]:

@@ -376,6 +376,13 @@ def check_labels(dataset: Dataset | DatasetDict, label_column: str, num_labels: 
             )
 
 
+def labelled_rows(count: int, num_labelled: int, *, seed: int = 42) -> np.ndarray:
+    """The sorted indices of the `num_labelled` seeded random rows of `count` that keep their labels."""
+    if not 0 < num_labelled <= count:
+        raise UsageError(f"--labelled_samples must be between 1 and the {count} training images, got {num_labelled}.")
+    return np.sort(np.random.default_rng(seed).choice(count, size=num_labelled, replace=False))
+
+
 def keep_labelled_subset(
     dataset: Dataset, label_column: str, num_labelled: int, *, seed: int = 42, drop_unlabelled: bool = False
 ) -> Dataset:
@@ -384,11 +391,7 @@ def keep_labelled_subset(
     The trainer gives unlabelled rows no cross-entropy, only the distillation loss: the teacher labels what nobody
     labelled. With `drop_unlabelled=True` (CE-only runs, which have no teacher) the unlabelled rows are removed.
     """
-    if not 0 < num_labelled <= len(dataset):
-        raise UsageError(
-            f"--labelled_samples must be between 1 and the {len(dataset)} training images, got {num_labelled}."
-        )
-    keep = np.sort(np.random.default_rng(seed).choice(len(dataset), size=num_labelled, replace=False))
+    keep = labelled_rows(len(dataset), num_labelled, seed=seed)
     if drop_unlabelled:
         return dataset.select(keep)
     labels = np.asarray(dataset.select_columns([label_column])[label_column], dtype=np.int64)

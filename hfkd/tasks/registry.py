@@ -64,6 +64,7 @@ def resolve_task(args: Any, model: Any) -> Task:
     if name == DETECTION:
         options["feature_loss"] = getattr(args, "distill_feature_loss", None)
         options["feature_loss_kwargs"] = getattr(args, "distill_feature_loss_kwargs", None)
+        options["pseudo_label_threshold"] = getattr(args, "distill_pseudo_label_threshold", 0.5)
     return get_task(name, **options)
 
 

@@ -63,6 +63,9 @@ class DistillationArguments(TrainingArguments):
         loss on the FPN levels (`--loss dist --feature_loss mimic`: DIST + mimic). Its weight is its `loss_weight`.
     distill_feature_loss_kwargs (`dict` or `str`, *optional*, defaults to `None`):
         Hyperparameters of the feature loss (`{"loss_weight": 6}`).
+    distill_pseudo_label_threshold (`float`, *optional*, defaults to `0.5`):
+        Object detection with `--labelled_samples`: the teacher's detections scoring above this are the targets of
+        the training images left unlabelled (the student's own loss runs on them).
     distill_ce_weight (`float`, *optional*, defaults to `1.0`):
         Weight of the student's cross-entropy with the labels.
     distill_weight (`float`, *optional*, defaults to `1.0`):
@@ -180,6 +183,11 @@ class DistillationArguments(TrainingArguments):
         default=None,
         metadata={"help": "JSON hyperparameters of --feature_loss, e.g. '{\"loss_weight\": 6}'.",
                   "aliases": ["--feature_loss_kwargs"]},  # fmt: skip
+    )
+    distill_pseudo_label_threshold: float = field(
+        default=0.5,
+        metadata={"help": "Object detection with --labelled_samples: the teacher's detections scoring above this are "
+                  "the targets of the images left unlabelled."},  # fmt: skip
     )
     distill_ce_weight: float = field(
         default=1.0, metadata={"help": "Weight of the student's cross-entropy with the labels."}
@@ -390,6 +398,11 @@ class DistillationArguments(TrainingArguments):
         if not (isinstance(self.distill_max_skipped_steps, int) and self.distill_max_skipped_steps >= 0):
             raise UsageError(
                 f"`distill_max_skipped_steps` must be an int >= 0, got {self.distill_max_skipped_steps!r}."
+            )
+        if not 0.0 <= self.distill_pseudo_label_threshold < 1.0:
+            raise UsageError(
+                f"`distill_pseudo_label_threshold` is a detection score in [0, 1), e.g. 0.5; got "
+                f"{self.distill_pseudo_label_threshold!r}."
             )
         for name in ("distill_ce_weight", "distill_weight"):
             value = getattr(self, name)

@@ -274,6 +274,8 @@ class DistillationTrainer(
             return (loss, {"logits": logits}) if return_outputs else loss
 
         teacher_outputs = self.teacher(inputs, epoch=self.state.epoch or 0.0)
+        inputs = self.task.teacher_labels(inputs, teacher_outputs.main)
+        labels = inputs.get(LABELS)
         batch = self._distill_batch(inputs, teacher_outputs)
         student_outputs, loss_dict = model(**self.task.model_inputs(inputs), distill=(teacher_outputs, batch))
         logits = logits_of(student_outputs)

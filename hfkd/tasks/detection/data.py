@@ -17,7 +17,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -353,6 +353,9 @@ class DetectionTransform:
         flip (`bool`, defaults to `True`), crop (`tuple[int, int]`, *optional*): training augmentations.
         box_format (`str`, defaults to `"cxcywh"`): `"cxcywh"` normalised (DETR family) or `"xyxy"` absolute.
         seed (`int`): with the epoch and the row's index, the seed of its random draws.
+        unlabelled (`Collection[int]`, *optional*): training rows (by `sample_index`) whose boxes are not used
+            (`--labelled_samples`): their `labels` hold no box and `"unlabelled": True`, and the trainer gives them the
+            teacher's detections as targets (`DetectionTask.teacher_labels`).
     """
 
     def __init__(
@@ -371,6 +374,7 @@ class DetectionTransform:
         crop: tuple[int, int] | None = None,
         box_format: str = "cxcywh",
         seed: int = 42,
+        unlabelled: Collection[int] = (),
     ) -> None:
         if box_format not in BOX_FORMATS:
             raise UsageError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}.")
@@ -383,6 +387,7 @@ class DetectionTransform:
         self.num_labels, self.train, self.scales, self.max_size = num_labels, train, tuple(scales), max_size
         self.image_size, self.flip, self.crop, self.box_format = image_size, flip, crop, box_format
         self.seed, self.epoch = seed, 0
+        self.unlabelled = frozenset(unlabelled) if train else frozenset()
         self.teachers = {
             member: config
             for member, config in enumerate(teachers)
@@ -446,6 +451,8 @@ class DetectionTransform:
             "orig_size": torch.tensor([height, width], dtype=torch.long),
             "size": torch.tensor([new_h, new_w], dtype=torch.long),
         }
+        if index in self.unlabelled:  # its boxes are not used: the teacher's detections will be its targets
+            target.update(class_labels=target["class_labels"][:0], boxes=target["boxes"][:0], unlabelled=True)
         out = {PIXEL_VALUES: normalize(pixels, self.student.mean, self.student.std), LABELS: target}
         for member, config in self.teachers.items():
             teacher = pixels if config.num_channels == self.student.num_channels else pixels[:1].expand(3, -1, -1)

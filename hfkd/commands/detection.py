@@ -14,6 +14,7 @@ from transformers.utils import logging
 
 from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments
 from hfkd.commands.data import RunData, dense_class_names, dense_image_configs, transformed_splits
+from hfkd.commands.smoke import synthetic_detection_dataset
 from hfkd.data.datasets import labelled_rows
 from hfkd.data.transforms import ImageConfig
 from hfkd.models.availability import config_num_labels, model_config
@@ -54,19 +55,22 @@ class DetectionData:
         if data_args.streaming:
             raise UsageError("--streaming is image classification's; drop it for object detection.")
         require_detection_extra()
-        if run_args.smoke:
-            raise UsageError("--smoke has no detection data yet: run on a few images (--max_train_samples 8).")
         self.data_args, self.run_args, self.args, self.cache_dir = data_args, run_args, args, cache_dir
         self.fallback_id2label = id2label
 
     def load(self) -> RunData:
         """The raw splits, their image and objects columns and class names, every row's boxes checked."""
         data_args = self.data_args
-        dataset = load_detection_dataset(
-            data_args.dataset, config_name=data_args.dataset_config, train_split=data_args.train_split,
-            eval_split=data_args.eval_split, seed=self.args.seed, max_train_samples=data_args.max_train_samples,
-            max_eval_samples=data_args.max_eval_samples, cache_dir=self.cache_dir,
-        )  # fmt: skip
+        if self.run_args.smoke:
+            dataset = synthetic_detection_dataset(
+                data_args.dataset, image_size=self.run_args.smoke_image_size, num_labels=self.run_args.smoke_num_labels
+            )
+        else:
+            dataset = load_detection_dataset(
+                data_args.dataset, config_name=data_args.dataset_config, train_split=data_args.train_split,
+                eval_split=data_args.eval_split, seed=self.args.seed, max_train_samples=data_args.max_train_samples,
+                max_eval_samples=data_args.max_eval_samples, cache_dir=self.cache_dir,
+            )  # fmt: skip
         image_column, objects_column = detect_detection_columns(
             dataset["train"], data_args.image_column, data_args.label_column
         )

@@ -24,7 +24,8 @@ def test_recipe_runs_two_steps_in_smoke_mode(recipe, tmp_path):
     out = tmp_path / "run"
     metrics = run_image_distill.main(["--config", str(REPO / recipe), "--output_dir", str(out), "--smoke"])
     distill = json.loads((out / "distill_config.json").read_text())
-    headline = {"image-classification": "eval_accuracy", "semantic-segmentation": "eval_mean_iou"}[distill["task"]]
+    headline = {"image-classification": "eval_accuracy", "semantic-segmentation": "eval_mean_iou",
+                "object-detection": "eval_map"}[distill["task"]]  # fmt: skip
     assert 0.0 <= metrics[headline] <= 1.0
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2

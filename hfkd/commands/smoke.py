@@ -187,23 +187,6 @@ def _tiny_detr(num_labels: int) -> Any:
     return DetrForObjectDetection(config)
 
 
-def _smoke_detector(name: str, num_labels: int, image_size: int) -> tuple[str, bool]:
-    """A torchvision detector as it is (random init); a run folder named after one (runs/.../fasterrcnn_resnet101_fpn)
-    that does not exist yet: that network; a transformers Hub model: a tiny random DETR."""
-    base = os.path.basename(os.path.normpath(name)).lower()
-    if name.lower() in DETECTION_NETWORKS or base in DETECTION_NETWORKS:
-        network = name.lower() if name.lower() in DETECTION_NETWORKS else base
-        logger.warning(f"Smoke mode: {name!r} -> {network!r} with random weights.")
-        return network, False
-    folder = tempfile.mkdtemp(prefix="hfkd-smoke-")
-    _tiny_detr(num_labels).save_pretrained(folder)
-    from transformers import DetrImageProcessor
-
-    DetrImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
-    logger.warning(f"Smoke mode: {name!r} -> a tiny random DETR ({folder}); its config needs the Hub.")
-    return folder, True
-
-
 def _tiny_segformer(num_labels: int) -> Any:
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
@@ -260,10 +243,8 @@ def smoke_model_name(name: str, num_labels: int, image_size: int, task: str | No
     """What to load instead of `name` in smoke mode, and whether to load its weights (False: random init)."""
     if os.path.isdir(name):
         return name, True
-    if task == SEGMENTATION:
-        return _smoke_segmenter(name, num_labels, image_size)
-    if task == DETECTION:
-        return _smoke_detector(name, num_labels, image_size)
+    if task in (SEGMENTATION, DETECTION):
+        return _smoke_dense(name, num_labels, image_size, task)
     target = MODEL_ALIASES.get(name.lower(), name)
     if target.startswith("timm/"):
         arch = target[len("timm/") :].split(".")[0]
@@ -288,20 +269,27 @@ def smoke_model_name(name: str, num_labels: int, image_size: int, task: str | No
     return folder, True
 
 
-def _smoke_segmenter(name: str, num_labels: int, image_size: int) -> tuple[str, bool]:
-    """A reference network as it is (random init); a run folder named after one (runs/.../deeplabv3_resnet101) that
-    does not exist yet: that network; a transformers Hub model: a tiny random SegFormer."""
-    base = os.path.basename(os.path.normpath(name)).lower().replace("_", "-")
-    if name.lower() in REFERENCE_NETWORKS or base in REFERENCE_NETWORKS:
-        network = name.lower() if name.lower() in REFERENCE_NETWORKS else base
+def _smoke_dense(name: str, num_labels: int, image_size: int, task: str) -> tuple[str, bool]:
+    """A reference network of the task (smp's segmenters, torchvision's detectors) as it is, with random weights; a
+    run folder named after one (runs/.../deeplabv3_resnet101) that does not exist yet: that network; a transformers
+    Hub model: a tiny random SegFormer or DETR with its image processor."""
+    from transformers import DetrImageProcessor, SegformerImageProcessor
+
+    # smp's names use hyphens (deeplabv3-resnet101), torchvision's underscores (fasterrcnn_resnet50_fpn).
+    segmentation = task == SEGMENTATION
+    networks, other, separator = (REFERENCE_NETWORKS, "_", "-") if segmentation else (DETECTION_NETWORKS, "-", "_")
+    base = os.path.basename(os.path.normpath(name)).lower().replace(other, separator)
+    if name.lower() in networks or base in networks:
+        network = name.lower() if name.lower() in networks else base
         logger.warning(f"Smoke mode: {name!r} -> {network!r} with random weights.")
         return network, False
     folder = tempfile.mkdtemp(prefix="hfkd-smoke-")
-    _tiny_segformer(num_labels).save_pretrained(folder)
-    from transformers import SegformerImageProcessor
-
-    SegformerImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
-    logger.warning(f"Smoke mode: {name!r} -> a tiny random SegFormer ({folder}); its config needs the Hub.")
+    model = _tiny_segformer(num_labels) if segmentation else _tiny_detr(num_labels)
+    processor = SegformerImageProcessor if segmentation else DetrImageProcessor
+    model.save_pretrained(folder)
+    processor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    kind = type(model).__name__
+    logger.warning(f"Smoke mode: {name!r} -> a tiny random {kind} ({folder}); its config needs the Hub.")
     return folder, True
 
 

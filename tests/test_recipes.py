@@ -12,7 +12,8 @@ from hfkd.commands.arguments import build_parser
 from hfkd.commands.parser import HfkdParser
 from hfkd.losses import get_loss_class, resolve_loss_kwargs
 from hfkd.models.loading import resolve_model_name
-from hfkd.results.runs import read_published_top1
+from hfkd.results.recipes_index import recipe_task
+from hfkd.results.runs import headline, read_published_top1
 
 from .testing_utils import tiny_resnet
 
@@ -63,9 +64,9 @@ def test_header(recipe):
     text = (REPO / recipe).read_text(encoding="utf-8")
     header = text[: text.index("\n" + next(line for line in text.splitlines() if not line.startswith("#")))]
     assert text.startswith("# "), "a recipe starts with its comment block"
-    # The published number is the task's headline: top-1 for classification, mIoU for segmentation.
-    segmentation = "distill_task: semantic-segmentation" in text
-    metric, key = ("mIoU", "published_miou") if segmentation else ("top-1", "published_top1")
+    # The published number is the task's headline: top-1 for classification, mIoU for segmentation, box mAP for
+    # detection (`# Published mAP:` and `# published_map:`).
+    metric, key = headline(recipe_task(text)).name, f"published_{headline(recipe_task(text)).key}"
     for marker in ("Paper:", "Reproduces:", f"Published {metric}:", "Known deviations:", "accelerate launch"):
         assert marker in header, f"{recipe}: header lacks {marker!r}"
     assert "examples/run_image_distill.py" in header or "-m hfkd distill" in header
@@ -88,9 +89,12 @@ def test_keys_and_values(recipe):
         assert data.get("optim_args") in ("momentum=0.9", "momentum=0.9,nesterov=True"), (
             f"{recipe}: SGD needs momentum 0.9 through optim_args"
         )
-    if data.get("lr_scheduler_type") == "constant":
+    if "distill_lr_milestones" in data:  # the references' multi-step decay replaces the Trainer's schedule
+        assert data["lr_scheduler_type"] == "constant"
         milestones = data["distill_lr_milestones"]
-        assert milestones == sorted(milestones) and 0 < milestones[-1] < data["num_train_epochs"]
+        # Epochs, or optimiser steps for the references that count iterations (detectron2).
+        length = data["max_steps"] if data.get("distill_lr_milestones_unit") == "steps" else data["num_train_epochs"]
+        assert milestones == sorted(milestones) and 0 < milestones[-1] < length
         assert data["distill_lr_gamma"] == 0.1
     if "distill_lr_decay_epochs" in data:  # DIST's step schedule: its warm-up replaces the Trainer's
         assert "lr_scheduler_type" not in data and "warmup_steps" not in data and "distill_lr_milestones" not in data
@@ -109,12 +113,15 @@ def test_loss_and_kwargs_bind(recipe):
         return
     get_loss_class(loss)
     resolve_loss_kwargs(loss, data.get("distill_loss_kwargs") or {})
+    if "distill_feature_loss" in data:  # detection: a neck loss on top of the logit loss
+        resolve_loss_kwargs(data["distill_feature_loss"], data.get("distill_feature_loss_kwargs") or {})
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_models_resolve(recipe):
     data = load(recipe)
-    assert resolve_model_name(data["student_model_name_or_path"]).kind in ("timm_arch", "timm_hub", "hub", "smp")
+    kinds = ("timm_arch", "timm_hub", "hub", "smp", "torchvision")
+    assert resolve_model_name(data["student_model_name_or_path"]).kind in kinds
     teacher = data.get("teacher_model_name_or_path")
     if teacher is None:
         return

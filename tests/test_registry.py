@@ -81,7 +81,7 @@ def test_every_loss_declares_the_tasks_it_serves():
         assert isinstance(tasks, frozenset) and tasks and tasks <= KNOWN_TASKS, key
     every_task = {IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION, OBJECT_DETECTION}
     assert get_loss_class("kd").tasks == get_loss_class("dist").tasks == every_task
-    assert get_loss_class("dkd").tasks == {IMAGE_CLASSIFICATION}
+    assert get_loss_class("dkd").tasks == {IMAGE_CLASSIFICATION, OBJECT_DETECTION}  # on a Faster R-CNN's RoIs
     assert get_loss_class("cwd").tasks == {SEMANTIC_SEGMENTATION, OBJECT_DETECTION}
     assert get_loss_class("mimic").tasks == get_loss_class("pkd").tasks == {OBJECT_DETECTION}
     assert {"cwd", "mimic", "pkd"} <= set(DENSE_ONLY_LOSSES)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from transformers import AutoConfig, AutoModelForObjectDetection
+from transformers import AutoModelForObjectDetection
 from transformers.utils import logging
 
 from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments
@@ -18,7 +18,7 @@ from hfkd.commands.smoke import synthetic_detection_dataset
 from hfkd.data.datasets import labelled_rows
 from hfkd.data.transforms import ImageConfig
 from hfkd.models.availability import config_num_labels, model_config
-from hfkd.models.loading import ModelSpec, load_image_processor
+from hfkd.models.loading import ModelSpec, load_auto_model, load_image_processor
 from hfkd.models.torchvision_detection import DETECTION_NETWORKS, torchvision_detector
 from hfkd.tasks.detection.data import DetectionTransform, check_detection_rows, detect_detection_columns
 from hfkd.tasks.detection.datasets import load_detection_dataset
@@ -135,20 +135,6 @@ def _match_sizes(student: Any, data_args: DataArguments) -> None:
         student.detector.transform.min_size, student.detector.transform.max_size = (shorter,), config.max_size
 
 
-def _load_one(spec: ModelSpec, *, pretrained: bool, id2label: dict[int, str] | None, **kwargs: Any) -> Any:
-    labels = {} if id2label is None else {
-        "num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()},
-    }  # fmt: skip
-    local = {"local_files_only": True} if spec.local_files_only else {}
-    if not pretrained:
-        config = AutoConfig.from_pretrained(spec.source, revision=spec.revision, **local, **labels)
-        return AutoModelForObjectDetection.from_config(config)
-    mismatched = {"ignore_mismatched_sizes": True} if labels else {}
-    return AutoModelForObjectDetection.from_pretrained(
-        spec.source, revision=spec.revision, **local, **labels, **mismatched, **kwargs
-    )
-
-
 def spec_family(spec: ModelSpec) -> str:
     """A detector's family read without its weights: `"faster_rcnn"`, `"retinanet"` (torchvision) or `"detr"`."""
     if spec.kind == "torchvision":
@@ -160,7 +146,7 @@ def spec_family(spec: ModelSpec) -> str:
 def _load_detector(spec: ModelSpec, role: str, *, pretrained: bool, id2label: dict[int, str] | None, **kwargs: Any):
     if spec.kind == "torchvision":
         return torchvision_detector(spec.source, id2label=id2label, pretrained=pretrained, role=role)
-    return _load_one(spec, pretrained=pretrained, id2label=id2label, **kwargs)
+    return load_auto_model(AutoModelForObjectDetection, spec, pretrained=pretrained, id2label=id2label, **kwargs)
 
 
 def _processor(spec: ModelSpec, trust_remote_code: bool) -> Any:

@@ -39,6 +39,7 @@ from hfkd.training.arguments import DistillationArguments
 from hfkd.training.trainer import DistillationTrainer
 from hfkd.utils.errors import UsageError
 from hfkd.utils.json_arguments import parse_json_mapping
+from hfkd.utils.wording import with_article
 
 logger = transformers.utils.logging.get_logger(__name__)
 
@@ -84,9 +85,9 @@ def run_task(args: DistillationArguments, student: ModelSpec, teachers: list[Mod
         universal = [a for a in config.get("architectures") or [] if a.endswith("ForUniversalSegmentation")]
         if universal:
             raise UsageError(
-                f"{name!r} is a {universal[0]} (mask classification: Mask2Former, OneFormer, MaskFormer), which hfkd "
-                "does not distil yet: pass a *ForSemanticSegmentation model (SegFormer, UperNet, DPT, BEiT, "
-                "MobileViT-DeepLabV3) or a reference network (deeplabv3-resnet101, pspnet-resnet101)."
+                f"{name!r} is {with_article(universal[0])} (mask classification: Mask2Former, OneFormer, MaskFormer), "
+                "which hfkd does not distil yet: pass a *ForSemanticSegmentation model (SegFormer, UperNet, DPT, "
+                "BEiT, MobileViT-DeepLabV3) or a reference network (deeplabv3-resnet101, pspnet-resnet101)."
             )
     tasks = {name: task_of_config(config) for name, config in configs.items()}
     wanted, found = args.distill_task, {task for task in tasks.values() if task is not None}
@@ -104,11 +105,14 @@ def run_task(args: DistillationArguments, student: ModelSpec, teachers: list[Mod
         # Only an image classifier's backbone may start a student of a dense task, never the reverse.
         backbone = other == CLASSIFICATION and get_task(task).builds(configs[spec.name].get("model_type"))
         if spec is student and backbone:
-            logger.info(f"The {task} student starts from {spec.name!r}, a {other} checkpoint: its encoder's weights.")
+            logger.info(
+                f"The {task} student starts from {spec.name!r}, {with_article(other)} checkpoint: its encoder's "
+                "weights."
+            )
             continue
         raise UsageError(
-            f"--task {task}, but {spec.name!r} is a {other} model: pass {task} models (a segmentation model is never "
-            "trained as a classifier, nor the reverse)."
+            f"--task {task}, but {spec.name!r} is {with_article(other)} model: pass {task} models (a segmentation "
+            "model is never trained as a classifier, nor the reverse)."
         )
     args.distill_task = task
     args.check_task(task)

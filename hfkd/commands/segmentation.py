@@ -17,7 +17,7 @@ from hfkd.commands.data import RunData, dense_class_names, dense_image_configs, 
 from hfkd.commands.smoke import synthetic_segmentation_dataset
 from hfkd.data.transforms import ImageConfig
 from hfkd.models.availability import config_num_labels
-from hfkd.models.loading import ModelSpec, load_image_processor
+from hfkd.models.loading import ModelSpec, load_auto_model, load_image_processor
 from hfkd.models.smp import reference_network
 from hfkd.tasks.segmentation.data import (
     SegmentationTransform,
@@ -139,23 +139,12 @@ def _segmentation_processor(model: Any, spec: ModelSpec, trust_remote_code: bool
 
 
 def _load_one(spec: ModelSpec, *, pretrained: bool, id2label: dict[int, str] | None, ignore_index: int, **kwargs: Any):
-    labels = {} if id2label is None else {
-        "num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()},
-    }  # fmt: skip
     if spec.kind == "smp":
         model = reference_network(spec.source, num_labels=len(id2label or {}) or 19, id2label=id2label,
                                   pretrained=pretrained, semantic_loss_ignore_index=ignore_index)  # fmt: skip
-    elif not pretrained:
-        from transformers import AutoConfig
-
-        local = {"local_files_only": True} if spec.local_files_only else {}
-        config = AutoConfig.from_pretrained(spec.source, revision=spec.revision, **local, **labels)
-        model = AutoModelForSemanticSegmentation.from_config(config)
     else:
-        local = {"local_files_only": True} if spec.local_files_only else {}
-        mismatched = {"ignore_mismatched_sizes": True} if labels else {}
-        model = AutoModelForSemanticSegmentation.from_pretrained(
-            spec.source, revision=spec.revision, **local, **labels, **mismatched, **kwargs
+        model = load_auto_model(
+            AutoModelForSemanticSegmentation, spec, pretrained=pretrained, id2label=id2label, **kwargs
         )
     for name in ("semantic_loss_ignore_index", "loss_ignore_index"):  # the data's ignored pixels, in its own loss
         if hasattr(model.config, name):

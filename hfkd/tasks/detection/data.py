@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from hfkd.data.batch import LABELS, PIXEL_MASK, PIXEL_VALUES, SAMPLE_INDEX, TEACHER_PIXEL_VALUES, member_key
+from hfkd.data.batch_transform import transform_rows
 from hfkd.data.datasets import IMAGE_COLUMN_NAMES
 from hfkd.data.decode import decode_image
 from hfkd.data.transforms import ImageConfig, sample_seed
@@ -460,14 +461,7 @@ class DetectionTransform:
         return out
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        count = len(batch[self.image_column])
-        indices = batch.get(SAMPLE_INDEX) or list(range(count))
-        rows = [{key: values[i] for key, values in batch.items()} for i in range(count)]
-        outputs = [self._one(row, int(index)) for row, index in zip(rows, indices)]
-        result = {key: [o[key] for o in outputs] for key in outputs[0]}
-        if SAMPLE_INDEX in batch:
-            result[SAMPLE_INDEX] = list(batch[SAMPLE_INDEX])
-        return result
+        return transform_rows(batch, self._one, self.image_column)
 
 
 class DetectionCollator:

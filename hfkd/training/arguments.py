@@ -72,7 +72,9 @@ class DistillationArguments(TrainingArguments):
         Weight of the distillation loss.
     distill_lr_milestones (`list[float]`, *optional*, defaults to `None`):
         Multi-step learning-rate decay of the references: the lr is multiplied by `distill_lr_gamma` after each of
-        these epochs (mdistiller's rule, exact per optimizer step, no warm-up); replaces `lr_scheduler_type`.
+        these epochs (mdistiller's rule, exact per optimizer step); replaces `lr_scheduler_type`. No warm-up unless
+        `warmup_steps` is set: then a linear one from `distill_lr_warmup_lr` (mmcv's and detectron2's: 500 or 1000
+        iterations from 0.001 × lr).
     distill_lr_gamma (`float`, *optional*, defaults to `0.1`):
         Decay factor at each milestone.
     distill_lr_decay_epochs (`float`, *optional*, defaults to `None`), distill_lr_warmup_epochs (`float`, defaults
@@ -218,7 +220,9 @@ class DistillationArguments(TrainingArguments):
         },
     )
     distill_lr_warmup_lr: float = field(
-        default=0.0, metadata={"help": "The lr the step schedule's warm-up starts from (1e-6 in DIST)."}
+        default=0.0,
+        metadata={"help": "The lr a warm-up starts from: the step schedule's (1e-6 in DIST), or the milestones' "
+                  "linear one over warmup_steps (mmdet, detectron2: 0.001 x lr)."},  # fmt: skip
     )
     distill_lr_milestones_unit: str = field(
         default="epochs",

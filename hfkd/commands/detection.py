@@ -13,7 +13,7 @@ from transformers import AutoModelForObjectDetection
 from transformers.utils import logging
 
 from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments
-from hfkd.commands.data import RunData, dense_class_names, dense_image_configs, transformed_splits
+from hfkd.commands.data import RunData, dense_class_names, dense_image_configs, dense_splits, transformed_splits
 from hfkd.commands.smoke import synthetic_detection_dataset
 from hfkd.data.datasets import labelled_rows
 from hfkd.data.transforms import ImageConfig
@@ -61,16 +61,8 @@ class DetectionData:
     def load(self) -> RunData:
         """The raw splits, their image and objects columns and class names, every row's boxes checked."""
         data_args = self.data_args
-        if self.run_args.smoke:
-            dataset = synthetic_detection_dataset(
-                data_args.dataset, image_size=self.run_args.smoke_image_size, num_labels=self.run_args.smoke_num_labels
-            )
-        else:
-            dataset = load_detection_dataset(
-                data_args.dataset, config_name=data_args.dataset_config, train_split=data_args.train_split,
-                eval_split=data_args.eval_split, seed=self.args.seed, max_train_samples=data_args.max_train_samples,
-                max_eval_samples=data_args.max_eval_samples, cache_dir=self.cache_dir,
-            )  # fmt: skip
+        dataset = dense_splits(data_args, self.run_args, self.args.seed, self.cache_dir,
+                               synthetic=synthetic_detection_dataset, load=load_detection_dataset)  # fmt: skip
         image_column, objects_column = detect_detection_columns(
             dataset["train"], data_args.image_column, data_args.label_column
         )

@@ -183,6 +183,11 @@ def test_the_saved_student_predicts_with_the_mean_of_both_heads(tmp_path, run_se
         probabilities = model(**inputs).logits.softmax(-1)[0]
     assert top["label"] == model.config.id2label[int(probabilities.argmax())]
     assert top["score"] == pytest.approx(float(probabilities.max()), rel=1e-5)
+    card = (out / "README.md").read_text()
+    objective = "1.0 × (1 − alpha) × CE(class head, labels) + 1.0 × alpha × DEIT(distillation head, teacher)"
+    assert f"`loss = {objective}`" in card
+    assert "`logits` is the mean of the class head and the distillation head" in card
+    assert "mean of the class head and the distillation head, the prediction scored above" in card
 
 
 @pytest.mark.parametrize("student", ["resnet", "deit_tiny_patch16_224"])

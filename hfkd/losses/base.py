@@ -139,6 +139,9 @@ class DistillationLoss(nn.Module):
     key: ClassVar[str] = ""
     needs: ClassVar[LossNeeds] = LossNeeds()
     replaces_task_loss: ClassVar[bool] = False
+    # How the model card writes the objective's two terms when the loss weighs them itself (DeiT's (1 − α) and α);
+    # `None`: the task loss's name and the loss key.
+    card_terms: ClassVar[tuple[str, str] | None] = None
     tasks: ClassVar[frozenset[str]] = frozenset({IMAGE_CLASSIFICATION})
     # Buffers the loss keeps identical on every process itself (e.g. CRD's memory banks, updated from gathered
     # features): DDP need not re-broadcast them every step.

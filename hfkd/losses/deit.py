@@ -137,6 +137,7 @@ class DeiTLoss(DistillationLoss):
 
     needs = LossNeeds(distillation_head=True)
     replaces_task_loss = True
+    card_terms = ("(1 − alpha) × CE(class head, labels)", "alpha × DEIT(distillation head, teacher)")
     paper = PaperRef(
         title="Training data-efficient image transformers & distillation through attention",
         authors="Hugo Touvron, Matthieu Cord, Matthijs Douze, Francisco Massa, Alexandre Sablayrolles, Hervé Jégou",

@@ -88,11 +88,9 @@ class DistillationTrainer(
         recipe: str | None = None,
         data_info: dict[str, Any] | None = None,
     ) -> None:
-        _check_args(args, compute_loss_func)
+        _check_args(args, compute_loss_func, model)
         args.check_teacher_given(teacher_model)
         self.task = resolve_task(args, model if model is not None else None)
-        if model is not None and args.uses_teacher:
-            check_student(args.distill_loss, model)
         if data_collator is None or isinstance(data_collator, DistillationCollator):
             # The default batches only what a step reads, from fixed-shape tensors when a dataset holds lists.
             data_collator = data_collator or self.task.collator()
@@ -464,7 +462,8 @@ def _map_datasets(function: Callable, datasets: Any) -> Any:
     return function(datasets)
 
 
-def _check_args(args: Any, compute_loss_func: Callable | None) -> None:
+def _check_args(args: Any, compute_loss_func: Callable | None, model: nn.Module | None) -> None:
+    """What the trainer refuses before it builds anything (a student the loss cannot train included)."""
     if args is None:
         raise UsageError("DistillationTrainer needs `args=DistillationArguments(output_dir=..., ...)`.")
     if not isinstance(args, DistillationArguments):
@@ -474,6 +473,8 @@ def _check_args(args: Any, compute_loss_func: Callable | None) -> None:
         )
     if compute_loss_func is not None:
         raise UsageError("DistillationTrainer computes its own loss; drop `compute_loss_func`.")
+    if model is not None and args.uses_teacher:
+        check_student(args.distill_loss, model)
     if args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes"):
         raise UsageError(
             "DistillationTrainer does not support FSDP (its student module wraps the student and the loss, which "

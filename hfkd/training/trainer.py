@@ -48,7 +48,8 @@ class DistillationTrainer(
     """A [`~transformers.Trainer`] that distils a frozen teacher into the student `model`.
 
     The loss is `args.distill_ce_weight · CE(student, labels) + args.distill_weight · L(student, teacher)`, where
-    L is the registered loss `args.distill_loss`. The teacher runs in eval mode under `torch.no_grad()` and the
+    L is the registered loss `args.distill_loss` (a loss with `replaces_task_loss` gives the CE term itself: DeiT's
+    class head, not the averaged heads). The teacher runs in eval mode under `torch.no_grad()` and the
     same autocast as the student; it is never optimised, wrapped in DDP, or saved. Evaluation runs the student
     only and reports `eval_accuracy` and `eval_top5_accuracy`.
 

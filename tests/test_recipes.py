@@ -57,6 +57,8 @@ def test_recipes_exist_in_the_expected_numbers():
     # ... and the KD (T=4) column of the stronger-teacher (7), ResNet-50-SB (4) and Swin-L (2) rows.
     assert count(r"recipes/imagenet/dist/kd/[^/]+\.yaml") == 13
     assert count(r"recipes/cifar100/streamlined/\w+/[^/]+\.yaml") >= 5 * 6
+    # DeiT's distilled Ti, S and B from RegNetY-16GF.
+    assert count(r"recipes/imagenet/deit/deit_(tiny|small|base)_distilled_from_regnety_160\.yaml") == 3
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -166,3 +168,33 @@ def test_recipe_builds_sgd_with_momentum(recipe, tmp_path, eval_dataset):
         assert group["momentum"] == 0.9 and group["lr"] == data["learning_rate"]
         assert group["nesterov"] is ("nesterov=True" in data["optim_args"]) and group["dampening"] == 0
     assert {group["weight_decay"] for group in optimizer.param_groups} == {data["weight_decay"], 0.0}
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.startswith("recipes/imagenet/deit/")])
+def test_deit_recipes_build_deits_optimiser_schedule_and_loss(recipe, tmp_path, eval_dataset):
+    """DeiT's main.py: AdamW (0.9, 0.999, eps 1e-8) at 1e-3 for batch 1024, wd 0.05 off the 1-D parameters, 5 of 300
+    epochs of warm-up, then cosine to 1e-5; Mixup/CutMix with smoothing 0.1; hard distillation at α 0.5."""
+    from .testing_utils import tiny_timm_distilled_deit
+
+    _, _, _, args, _ = parse_recipe(recipe, tmp_path)
+    trainer = DistillationTrainer(
+        model=tiny_timm_distilled_deit(), teacher_model=tiny_resnet(wide=True, seed=2), args=args,
+        eval_dataset=eval_dataset,
+    )  # fmt: skip
+    optimizer = trainer.create_optimizer()
+    assert type(optimizer) is torch.optim.AdamW
+    assert {(g["lr"], g["betas"], g["eps"]) for g in optimizer.param_groups} == {(1e-3, (0.9, 0.999), 1e-8)}
+    decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    for name, parameter in trainer.student.named_parameters():
+        assert (id(parameter) in decay) == (parameter.ndim > 1), name
+    steps = 300 * 10  # 10 optimiser steps an epoch
+    scheduler = trainer.create_scheduler(steps, optimizer)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == 0.0 and lrs[50] == pytest.approx(1e-3, rel=1e-3)  # warm-up: 5 epochs
+    assert lrs[-1] == pytest.approx(1e-5, rel=1e-2) and min(lrs[50:]) >= 1e-5 * (1 - 1e-6)
+    assert trainer._mixer is not None and args.label_smoothing_factor == 0.1 and args.max_grad_norm == 0.0
+    assert trainer.distill_loss.hparams() == {"distillation_type": "hard", "alpha": 0.5, "temperature": 1.0}

@@ -29,7 +29,9 @@ from hfkd.commands.run_folder import prepare_output_dir, run_settings, start_run
 from hfkd.commands.segmentation import SegmentationData, load_segmentation_models
 from hfkd.commands.smoke import apply_smoke
 from hfkd.data.demo import card_dataset_name
+from hfkd.losses import get_loss_class
 from hfkd.models.availability import check_available, config_num_labels, model_config
+from hfkd.models.distillation_head import config_has_distillation_head, refusal
 from hfkd.models.label_space import check_label_space, check_teacher_labels, map_teacher_labels
 from hfkd.models.loading import ModelSpec, load_image_classifier, load_image_processor, resolve_model_name
 from hfkd.tasks.base import CLASSIFICATION, DETECTION, SEGMENTATION
@@ -72,7 +74,20 @@ def resolve_models(model_args: ModelArguments, args: DistillationArguments) -> t
             teachers.append(check_available(teacher, "teacher", pretrained=model_args.teacher_pretrained))
     for role, spec in [("student", student)] + [("teacher", t) for t in teachers]:
         logger.info(f"{role}: {spec.name!r} -> {spec.source} ({spec.kind})")
+    check_student_heads(args, student)
     return student, teachers
+
+
+def check_student_heads(args: DistillationArguments, student: ModelSpec) -> None:
+    """A loss that trains a distillation head apart from the class head (`deit`) refuses a student without one,
+    read from its config before any weights or data load."""
+    if not (args.uses_teacher and get_loss_class(args.distill_loss).needs.distillation_head):
+        return
+    timm_name = None
+    if student.kind in ("timm_arch", "timm_hub"):  # `timm/<architecture>.<tag>` or the architecture
+        timm_name = student.source.removeprefix("timm/").split(".")[0]
+    if not config_has_distillation_head(model_config(student), timm_name):
+        raise refusal(args.distill_loss, repr(student.name))
 
 
 def run_task(args: DistillationArguments, student: ModelSpec, teachers: list[ModelSpec]) -> str:

@@ -220,6 +220,14 @@ def _tiny_transformers_model(model_type: str, num_labels: int, image_size: int) 
             num_labels=num_labels,
         )
         return SwinForImageClassification(config)
+    if model_type == "deit-distilled":  # a class and a distillation head (DeiT's distilled checkpoints)
+        from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+        config = DeiTConfig(
+            image_size=image_size, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, num_labels=num_labels,
+        )  # fmt: skip
+        return DeiTForImageClassificationWithTeacher(config)
     if model_type in ("vit", "deit", "beit"):
         config = ViTConfig(
             image_size=image_size,
@@ -260,6 +268,7 @@ def smoke_model_name(name: str, num_labels: int, image_size: int, task: str | No
         logger.warning(f"Smoke mode: the folder {name!r} does not exist; using a random-init {zoo!r}.")
         return zoo, False
     family = next((f for f in ("swin", "deit", "beit", "vit", "convnext") if f in target.lower()), "resnet")
+    family = "deit-distilled" if family == "deit" and "distilled" in target.lower() else family
     folder = tempfile.mkdtemp(prefix="hfkd-smoke-")
     _tiny_transformers_model(family, num_labels, image_size).save_pretrained(folder)
     from transformers import ViTImageProcessor

@@ -47,6 +47,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("Streamlined KD CIFAR-100 table (StreamLined README)", r"cifar100/streamlined/"),
     ("MDistiller ImageNet (DKD paper)", r"imagenet/(kd|dkd)/"),
     ("DIST ImageNet tables", r"imagenet/dist/"),
+    ("DeiT ImageNet: distillation through attention from RegNetY-16GF (DeiT README)", r"imagenet/deit/"),
     ("Cityscapes teachers and baselines (cross-entropy; train the teachers first)", r"cityscapes/(teachers|ce)/"),
     ("Cityscapes semantic segmentation: DIST's table and mmrazor's CWD row", r"cityscapes/(dist|cwd)/"),
     ("ADE20K semantic segmentation (Hugging Face models; no published distillation number)", r"ade20k/"),

@@ -23,7 +23,11 @@ step overhead and the peak-memory ratio of per-pixel KD, DIST (with its auxiliar
 `--task object-detection` measures the same for DETR-R50 -> DETR-R18 (transformers DETR on ResNet-50- and
 ResNet-18-shaped backbones, 80 classes, 100 queries, random init; batch 2, 320 x 320 images with 5 random boxes each
 on CPU, 800 x 1333 on a GPU) with KD and DIST in their DETR form (hfkd.tasks.detection.distill: matched queries'
-classes and boxes, unmatched queries to no-object).
+classes and boxes, unmatched queries to no-object). `--task object-detection/faster-rcnn` measures Faster R-CNN
+R101-FPN -> R50-FPN (torchvision, hfkd.models.torchvision_detection; frozen BatchNorm and three trainable stages as
+ImageNet-initialised detectors, random init, 80 classes; same images) with KD, DKD and DIST on the student's sampled
+RoIs (the teacher's box head run on them) and DIST + mimic on the FPN levels; `--task object-detection/retinanet`
+RetinaNet R101-FPN -> R50-FPN with DIST per level on sigmoid scores, and DIST + mimic.
 """
 
 from __future__ import annotations
@@ -87,9 +91,12 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 def build_trainer(
     loss: str, student, teacher, args_ns, output_dir: str, cache_dir: str | None = None, loss_kwargs=None
 ):
+    """A trainer of `loss` (`"dist+mimic"`: DIST with mimic as the detector's feature loss), ready for steps."""
     from hfkd import DistillationArguments, DistillationTrainer
 
+    loss, _, feature_loss = loss.partition("+")
     args = DistillationArguments(
+        distill_feature_loss=feature_loss or None,
         output_dir=output_dir,
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
@@ -308,6 +315,33 @@ def detection_probe_loss(mode: str, out, target, batch) -> torch.Tensor:
                              use_sigmoid=False, **hparams)["loss"]  # fmt: skip
 
 
+def torchvision_models(network: str):
+    """(student, teacher): torchvision's `network` on ResNet-50 and ResNet-101 FPN backbones, 80 classes, random init
+    with frozen BatchNorm and three trainable stages (as the references' ImageNet-initialised detectors)."""
+    from hfkd.models.torchvision_detection import TorchvisionDetectionConfig, TorchvisionForObjectDetection
+
+    def build(depth: int):
+        config = TorchvisionDetectionConfig(network=network.format(depth=depth), num_labels=80)
+        return TorchvisionForObjectDetection(config)
+
+    torch.manual_seed(0)
+    return build(50), build(101)
+
+
+def torchvision_probe_loss(mode: str, out, target, batch) -> torch.Tensor:
+    """What the trainer computes for `mode` on a torchvision detector's outputs (the distiller of the trainer)."""
+    from hfkd.losses import create_loss
+    from hfkd.losses.base import DistillBatch
+    from hfkd.tasks.detection.torchvision_distill import TorchvisionDetectorDistillation
+
+    key, _, feature = mode.partition("+")
+    student, teacher = torchvision_probe_loss.models
+    logit_loss = create_loss(key, **({"warmup_epochs": 0} if key == "dkd" else {}))
+    feature_loss = create_loss(feature) if feature else None
+    distiller = TorchvisionDetectorDistillation(logit_loss, student, teacher, feature_loss)
+    return distiller(out, target, DistillBatch())["loss"]
+
+
 @dataclass(frozen=True)
 class DenseTask:
     """A `--task` measured as segmentation's pair is: step overhead and peak-memory ratio of each loss, images/s."""
@@ -342,6 +376,25 @@ DENSE_TASKS = {
         crop={"cuda": [800, 1333], "cpu": [320, 320]},
         batch_size=2,
     ),
+    "object-detection/faster-rcnn": DenseTask(
+        pair="Faster R-CNN R101-FPN -> R50-FPN (torchvision, 80 classes, frozen BN, random init)",
+        models=lambda: torchvision_models("fasterrcnn_resnet{depth}_fpn"),
+        batch=detection_batch,
+        probe_loss=torchvision_probe_loss,
+        # On the student's sampled RoIs, background included; DKD as MDistiller's detection (no warm-up).
+        loss_kwargs={"kd": None, "dkd": {"warmup_epochs": 0}, "dist": None, "dist+mimic": None},
+        crop={"cuda": [800, 1333], "cpu": [320, 320]},
+        batch_size=2,
+    ),
+    "object-detection/retinanet": DenseTask(
+        pair="RetinaNet R101-FPN -> R50-FPN (torchvision, 80 classes, frozen BN, random init)",
+        models=lambda: torchvision_models("retinanet_resnet{depth}_fpn"),
+        batch=detection_batch,
+        probe_loss=torchvision_probe_loss,
+        loss_kwargs={"dist": None, "dist+mimic": None},
+        crop={"cuda": [800, 1333], "cpu": [320, 320]},
+        batch_size=2,
+    ),
 }
 
 
@@ -371,7 +424,7 @@ def measure_dense_speed(args: argparse.Namespace, task: DenseTask) -> dict:
         for name, extra in task.loss_kwargs.items()
     }
     for trainer in trainers.values():  # the task the trainer read from the student (its class name)
-        assert trainer.task.name == args.task, (trainer.task.name, args.task)
+        assert trainer.task.name == args.task.partition("/")[0], (trainer.task.name, args.task)
     variants: dict[str, Callable[[], object]] = {
         "student_step": student_step,
         "teacher_forward": teacher_forward,
@@ -397,6 +450,7 @@ device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 batch = task.batch(args, device)
 student, teacher = task.models()
 student, teacher = student.to(device), teacher.to(device).eval().requires_grad_(False)
+task.probe_loss.models = (student, teacher)
 opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
 process, peak, done = psutil.Process(), [0], [False]
 def sample():

@@ -23,7 +23,9 @@ CLASSES = ["a", "b", "c"]
 SMOKE_KWARGS = {"crd": {"nce_k": 8}}
 # Losses that need what these models do not provide must refuse them with a clear error before training.
 # ofd reads pre-activation maps with hooks that hfkd.features has for ResNets (and the CIFAR ResNets, WRNs, VGGs) only.
+# deit trains a student's distillation head: these students have none (tests/test_deit_students.py trains DeiTs).
 REFUSED = {("ofd", "vit_teacher"): "pre-activation", ("sdd", "vit_teacher"): "head"}
+REFUSED |= {("deit", t): "has no distillation head" for t in ("cnn_teacher", "vit_teacher", "timm_teacher")}
 
 
 @pytest.fixture(scope="module")

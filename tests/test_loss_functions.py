@@ -26,6 +26,8 @@ from hfkd.losses import (
     crd_loss,
     create_loss,
     cwd_loss,
+    deit_distillation_loss,
+    deit_loss,
     dist_loss,
     dkd_loss,
     fitnet_loss,
@@ -79,7 +81,9 @@ def setup() -> Setup:
         out = model(pixel_values=images, output_hidden_states=True)
         # Stand-ins for pre-activation maps (OFD, ReviewKD's `student_preact`): shifted so that some are negative.
         preacts = tuple(h - 0.5 * h.mean() for h in out.hidden_states)
-        return {"logits": out.logits, "hidden_states": out.hidden_states, "preact_hidden_states": preacts}
+        # Stand-ins for a distillation head's two outputs (DeiT): the logits, and those of the batch reversed.
+        heads = {"cls_logits": out.logits, "distillation_logits": out.logits.flip(0)}
+        return {"logits": out.logits, "hidden_states": out.hidden_states, "preact_hidden_states": preacts, **heads}
 
     student_out, student_strong = run(student, pixels), run(student, pixels.flip(-1))
     with torch.no_grad():
@@ -184,6 +188,22 @@ def _ctkd(loss, x):
 def _cwd(loss, x):
     value = cwd_loss(x.student["logits"], x.teacher["logits"], temperature=2.0)
     return 5.0 * value, {"cwd": value}
+
+
+@case("deit", distillation_type="soft", alpha=0.3, temperature=2.0)
+def _deit(loss, x):
+    hparams = {"distillation_type": "soft", "alpha": 0.3, "temperature": 2.0}
+    cls_logits, distillation_logits = x.student["cls_logits"], x.student["distillation_logits"]
+    value, terms = deit_loss(
+        cls_logits, distillation_logits, x.teacher["logits"], x.batch.labels, **hparams, return_terms=True
+    )
+    distillation = deit_distillation_loss(distillation_logits, x.teacher["logits"], **hparams_without(hparams))
+    torch.testing.assert_close(value, 0.7 * terms["base"] + 0.3 * distillation)
+    return 0.3 * distillation, {"distillation": distillation, "ce": 0.7 * terms["base"], "base": terms["base"]}
+
+
+def hparams_without(hparams: dict, key: str = "alpha") -> dict:
+    return {k: v for k, v in hparams.items() if k != key}
 
 
 @case("dist", beta=2.0, gamma=0.5, temperature=3.0)

@@ -81,6 +81,21 @@ def test_milestones_in_steps_need_no_dataset_length(tmp_path):
         _args(tmp_path, distill_lr_milestones=[2], distill_lr_milestones_unit="iterations")
 
 
+def test_milestones_warm_up_linearly_as_mmcv_and_detectron2(tmp_path):
+    """mmcv's linear warm-up (and detectron2's WarmupMultiStepLR): during iteration i < W the lr is
+    lr · milestone factor · (r + (1 − r) · i / W), r the starting lr over the base lr. W = 4, r = 0.01 / 0.1."""
+    trainer = _trainer(tmp_path, distill_lr_milestones=[2, 6], distill_lr_milestones_unit="steps", max_steps=8,
+                       warmup_steps=4, distill_lr_warmup_lr=0.01)  # fmt: skip
+    trainer.create_optimizer_and_scheduler(num_training_steps=8)
+    rates = []
+    for _ in range(8):
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    by_hand = [0.1 * 0.1, 0.1 * 0.325, 0.01 * 0.55, 0.01 * 0.775, 0.01, 0.01, 0.001, 0.001]
+    assert rates == pytest.approx(by_hand)
+
+
 def test_dists_step_schedule_sets_the_lr_of_every_training_step(tmp_path):
     """16 samples at batch 4: 4 steps per epoch. A 1-epoch stair warm-up from 0.025 (steps 0-3), the full 0.1 from
     step 4 (= W), then x0.5 every epoch counted from step W + 1: steps 5-8 at 0.1, steps 9-11 at 0.05."""
@@ -107,7 +122,8 @@ def test_dists_step_schedule_sets_the_lr_of_every_training_step(tmp_path):
         ({"distill_lr_warmup_epochs": 3}, "warm up the step schedule, which needs `distill_lr_decay_epochs`"),
         ({"distill_lr_warmup_lr": 1e-6}, "needs `distill_lr_decay_epochs`"),
         ({"distill_lr_decay_epochs": 2.4, "warmup_steps": 100}, "warmup_steps=100.*distill_lr_warmup_epochs"),
-        ({"distill_lr_milestones": [30], "warmup_steps": 0.1}, "warmup_steps=0.1.*has no warm-up"),
+        ({"distill_lr_milestones": [30], "distill_lr_warmup_epochs": 2}, "with `distill_lr_milestones` warm up"),
+        ({"distill_lr_milestones": [30], "distill_lr_warmup_lr": 1e-5}, "no warm-up is set: pass `warmup_steps`"),
         ({"distill_lr_decay_epochs": 0}, "distill_lr_decay_epochs` must be a finite number > 0, got 0"),
         ({"distill_lr_decay_epochs": 2.4, "distill_lr_warmup_epochs": -1}, "distill_lr_warmup_epochs` must be"),
         ({"distill_lr_decay_epochs": 2.4, "distill_lr_gamma": 0}, "distill_lr_gamma` must be > 0"),

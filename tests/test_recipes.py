@@ -12,7 +12,8 @@ from hfkd.commands.arguments import build_parser
 from hfkd.commands.parser import HfkdParser
 from hfkd.losses import get_loss_class, resolve_loss_kwargs
 from hfkd.models.loading import resolve_model_name
-from hfkd.results.runs import read_published_top1
+from hfkd.results.recipes_index import recipe_task
+from hfkd.results.runs import headline, read_published_top1
 
 from .testing_utils import tiny_resnet
 
@@ -56,6 +57,8 @@ def test_recipes_exist_in_the_expected_numbers():
     # ... and the KD (T=4) column of the stronger-teacher (7), ResNet-50-SB (4) and Swin-L (2) rows.
     assert count(r"recipes/imagenet/dist/kd/[^/]+\.yaml") == 13
     assert count(r"recipes/cifar100/streamlined/\w+/[^/]+\.yaml") >= 5 * 6
+    # DeiT's distilled Ti, S and B from RegNetY-16GF.
+    assert count(r"recipes/imagenet/deit/deit_(tiny|small|base)_distilled_from_regnety_160\.yaml") == 3
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -63,9 +66,9 @@ def test_header(recipe):
     text = (REPO / recipe).read_text(encoding="utf-8")
     header = text[: text.index("\n" + next(line for line in text.splitlines() if not line.startswith("#")))]
     assert text.startswith("# "), "a recipe starts with its comment block"
-    # The published number is the task's headline: top-1 for classification, mIoU for segmentation.
-    segmentation = "distill_task: semantic-segmentation" in text
-    metric, key = ("mIoU", "published_miou") if segmentation else ("top-1", "published_top1")
+    # The published number is the task's headline: top-1 for classification, mIoU for segmentation, box mAP for
+    # detection (`# Published mAP:` and `# published_map:`).
+    metric, key = headline(recipe_task(text)).name, f"published_{headline(recipe_task(text)).key}"
     for marker in ("Paper:", "Reproduces:", f"Published {metric}:", "Known deviations:", "accelerate launch"):
         assert marker in header, f"{recipe}: header lacks {marker!r}"
     assert "examples/run_image_distill.py" in header or "-m hfkd distill" in header
@@ -88,9 +91,12 @@ def test_keys_and_values(recipe):
         assert data.get("optim_args") in ("momentum=0.9", "momentum=0.9,nesterov=True"), (
             f"{recipe}: SGD needs momentum 0.9 through optim_args"
         )
-    if data.get("lr_scheduler_type") == "constant":
+    if "distill_lr_milestones" in data:  # the references' multi-step decay replaces the Trainer's schedule
+        assert data["lr_scheduler_type"] == "constant"
         milestones = data["distill_lr_milestones"]
-        assert milestones == sorted(milestones) and 0 < milestones[-1] < data["num_train_epochs"]
+        # Epochs, or optimiser steps for the references that count iterations (detectron2).
+        length = data["max_steps"] if data.get("distill_lr_milestones_unit") == "steps" else data["num_train_epochs"]
+        assert milestones == sorted(milestones) and 0 < milestones[-1] < length
         assert data["distill_lr_gamma"] == 0.1
     if "distill_lr_decay_epochs" in data:  # DIST's step schedule: its warm-up replaces the Trainer's
         assert "lr_scheduler_type" not in data and "warmup_steps" not in data and "distill_lr_milestones" not in data
@@ -109,12 +115,15 @@ def test_loss_and_kwargs_bind(recipe):
         return
     get_loss_class(loss)
     resolve_loss_kwargs(loss, data.get("distill_loss_kwargs") or {})
+    if "distill_feature_loss" in data:  # detection: a neck loss on top of the logit loss
+        resolve_loss_kwargs(data["distill_feature_loss"], data.get("distill_feature_loss_kwargs") or {})
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_models_resolve(recipe):
     data = load(recipe)
-    assert resolve_model_name(data["student_model_name_or_path"]).kind in ("timm_arch", "timm_hub", "hub", "smp")
+    kinds = ("timm_arch", "timm_hub", "hub", "smp", "torchvision")
+    assert resolve_model_name(data["student_model_name_or_path"]).kind in kinds
     teacher = data.get("teacher_model_name_or_path")
     if teacher is None:
         return
@@ -159,3 +168,33 @@ def test_recipe_builds_sgd_with_momentum(recipe, tmp_path, eval_dataset):
         assert group["momentum"] == 0.9 and group["lr"] == data["learning_rate"]
         assert group["nesterov"] is ("nesterov=True" in data["optim_args"]) and group["dampening"] == 0
     assert {group["weight_decay"] for group in optimizer.param_groups} == {data["weight_decay"], 0.0}
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.startswith("recipes/imagenet/deit/")])
+def test_deit_recipes_build_deits_optimiser_schedule_and_loss(recipe, tmp_path, eval_dataset):
+    """DeiT's main.py: AdamW (0.9, 0.999, eps 1e-8) at 1e-3 for batch 1024, wd 0.05 off the 1-D parameters, 5 of 300
+    epochs of warm-up, then cosine to 1e-5; Mixup/CutMix with smoothing 0.1; hard distillation at α 0.5."""
+    from .testing_utils import tiny_timm_distilled_deit
+
+    _, _, _, args, _ = parse_recipe(recipe, tmp_path)
+    trainer = DistillationTrainer(
+        model=tiny_timm_distilled_deit(), teacher_model=tiny_resnet(wide=True, seed=2), args=args,
+        eval_dataset=eval_dataset,
+    )  # fmt: skip
+    optimizer = trainer.create_optimizer()
+    assert type(optimizer) is torch.optim.AdamW
+    assert {(g["lr"], g["betas"], g["eps"]) for g in optimizer.param_groups} == {(1e-3, (0.9, 0.999), 1e-8)}
+    decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    for name, parameter in trainer.student.named_parameters():
+        assert (id(parameter) in decay) == (parameter.ndim > 1), name
+    steps = 300 * 10  # 10 optimiser steps an epoch
+    scheduler = trainer.create_scheduler(steps, optimizer)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == 0.0 and lrs[50] == pytest.approx(1e-3, rel=1e-3)  # warm-up: 5 epochs
+    assert lrs[-1] == pytest.approx(1e-5, rel=1e-2) and min(lrs[50:]) >= 1e-5 * (1 - 1e-6)
+    assert trainer._mixer is not None and args.label_smoothing_factor == 0.1 and args.max_grad_norm == 0.0
+    assert trainer.distill_loss.hparams() == {"distillation_type": "hard", "alpha": 0.5, "temperature": 1.0}

@@ -12,6 +12,8 @@ from hfkd.losses.base import IMAGE_CLASSIFICATION, KNOWN_TASKS, OBJECT_DETECTION
 from hfkd.losses.registry import register_loss, resolve_loss_kwargs
 from hfkd.utils.errors import UsageError
 
+from .testing_utils import tiny_deit_with_teacher
+
 LOSS_DIR = Path(hfkd.losses.__file__).parent
 # The losses that read a classifier's outputs, and those that serve dense tasks only (and refuse a classifier's).
 CLASSIFICATION_LOSSES = [key for key in list_losses() if IMAGE_CLASSIFICATION in get_loss_class(key).tasks]
@@ -81,7 +83,7 @@ def test_every_loss_declares_the_tasks_it_serves():
         assert isinstance(tasks, frozenset) and tasks and tasks <= KNOWN_TASKS, key
     every_task = {IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION, OBJECT_DETECTION}
     assert get_loss_class("kd").tasks == get_loss_class("dist").tasks == every_task
-    assert get_loss_class("dkd").tasks == {IMAGE_CLASSIFICATION}
+    assert get_loss_class("dkd").tasks == {IMAGE_CLASSIFICATION, OBJECT_DETECTION}  # on a Faster R-CNN's RoIs
     assert get_loss_class("cwd").tasks == {SEMANTIC_SEGMENTATION, OBJECT_DETECTION}
     assert get_loss_class("mimic").tasks == get_loss_class("pkd").tasks == {OBJECT_DETECTION}
     assert {"cwd", "mimic", "pkd"} <= set(DENSE_ONLY_LOSSES)
@@ -137,6 +139,12 @@ def test_every_loss_builds_runs_and_backpropagates(key, model_outputs):
     student_out = student(pixel_values=pixels, output_hidden_states=cls.needs.hidden_states)
     labels = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(1))
     batch = DistillBatch(labels=labels, epoch=100.0, sample_index=torch.arange(8))
+    if cls.needs.distillation_head:  # DeiT: refuses the ResNet's output, trains a student with a distillation head
+        with pytest.raises(UsageError, match="distillation head"):
+            loss(student_out, teacher_out, batch)
+        student = tiny_deit_with_teacher(10, image_size=32)
+        student_out = student(pixel_values=pixels)
+        batch.cross_entropy = lambda logits: torch.nn.functional.cross_entropy(logits, labels)
     if cls.needs.strong_view:
         batch.student_strong = student(pixel_values=pixels.flip(-1), output_hidden_states=cls.needs.hidden_states)
         batch.teacher_strong = teacher_out
@@ -148,7 +156,7 @@ def test_every_loss_builds_runs_and_backpropagates(key, model_outputs):
         raise
     assert out["loss"].ndim == 0 and math.isfinite(out["loss"].item())
     assert all(v.ndim == 0 for v in out.values())
-    out["loss"].backward()
+    (out["loss"] + out.get("ce", 0.0)).backward()
     grads = [p.grad for p in student.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert cls.paper is not None and cls.paper.title

@@ -3,7 +3,16 @@
 import pytest
 import torch
 from datasets import Dataset
-from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
+from transformers import (
+    DeiTConfig,
+    DeiTForImageClassificationWithTeacher,
+    ResNetConfig,
+    ResNetForImageClassification,
+    TimmWrapperConfig,
+    TimmWrapperForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 require_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 require_multi_gpu = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two or more CUDA GPUs")
@@ -33,6 +42,35 @@ def tiny_vit(num_labels: int = NUM_LABELS, *, seed: int = 0) -> ViTForImageClass
         num_labels=num_labels,
     )
     return ViTForImageClassification(config)
+
+
+def tiny_deit_with_teacher(
+    num_labels: int = NUM_LABELS, *, image_size: int = IMAGE_SIZE, seed: int = 0
+) -> DeiTForImageClassificationWithTeacher:
+    """transformers' DeiT with a class and a distillation head (a distillation token), ViT-test sized."""
+    torch.manual_seed(seed)
+    config = DeiTConfig(
+        image_size=image_size, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=num_labels,
+    )  # fmt: skip
+    return DeiTForImageClassificationWithTeacher(config)
+
+
+def tiny_timm_distilled_deit(
+    num_labels: int = NUM_LABELS, *, image_size: int = IMAGE_SIZE, seed: int = 0
+) -> TimmWrapperForImageClassification:
+    """timm's deit_tiny_distilled_patch16_224 (`VisionTransformerDistilled`) at ViT-test size through TimmWrapper,
+    with a pretrained_cfg of its input size (what its image processor reads)."""
+    torch.manual_seed(seed)
+    config = TimmWrapperConfig(
+        architecture="deit_tiny_distilled_patch16_224",
+        model_args={"img_size": image_size, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+        pretrained_cfg={"input_size": [3, image_size, image_size], "crop_pct": 1.0, "interpolation": "bicubic",
+                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_classes": num_labels,
+                        "classifier": ["head", "head_dist"]},
+        num_labels=num_labels,
+    )  # fmt: skip
+    return TimmWrapperForImageClassification(config)
 
 
 def perturbed(model: torch.nn.Module, seed: int, scale: float = 0.3) -> torch.nn.Module:

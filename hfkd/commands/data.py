@@ -431,3 +431,18 @@ def transformed_splits(data: RunData, transform: Callable[..., Any]) -> dict[str
         part.set_transform(transform(train=train))
         splits[split] = part
     return splits
+
+
+def dense_splits(
+    data_args: DataArguments, run_args: RunArguments, seed: int, cache_dir: str | None, *, synthetic: Callable,
+    load: Callable,
+) -> Any:  # fmt: skip
+    """A dense task's raw splits: `synthetic(...)` smoke data (`--smoke`), else `load(...)` the dataset of the run
+    (`load_segmentation_dataset`, `load_detection_dataset`) with its split and subset arguments."""
+    if run_args.smoke:
+        return synthetic(data_args.dataset, image_size=run_args.smoke_image_size, num_labels=run_args.smoke_num_labels)
+    return load(
+        data_args.dataset, config_name=data_args.dataset_config, train_split=data_args.train_split,
+        eval_split=data_args.eval_split, seed=seed, max_train_samples=data_args.max_train_samples,
+        max_eval_samples=data_args.max_eval_samples, cache_dir=cache_dir,
+    )  # fmt: skip

@@ -9,14 +9,16 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from transformers import AutoConfig, AutoModelForObjectDetection
+from transformers import AutoModelForObjectDetection
 from transformers.utils import logging
 
 from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments
-from hfkd.commands.data import RunData, dense_class_names, dense_image_configs, transformed_splits
+from hfkd.commands.data import RunData, dense_class_names, dense_image_configs, dense_splits, transformed_splits
+from hfkd.commands.smoke import synthetic_detection_dataset
+from hfkd.data.datasets import labelled_rows
 from hfkd.data.transforms import ImageConfig
 from hfkd.models.availability import config_num_labels, model_config
-from hfkd.models.loading import ModelSpec, load_image_processor
+from hfkd.models.loading import ModelSpec, load_auto_model, load_image_processor
 from hfkd.models.torchvision_detection import DETECTION_NETWORKS, torchvision_detector
 from hfkd.tasks.detection.data import DetectionTransform, check_detection_rows, detect_detection_columns
 from hfkd.tasks.detection.datasets import load_detection_dataset
@@ -50,22 +52,17 @@ class DetectionData:
     ) -> None:  # fmt: skip
         if cache is not None:
             raise UsageError("A teacher cache holds a classifier's logits; detection runs use a live teacher.")
-        if data_args.streaming or data_args.labelled_samples is not None:
-            raise UsageError("--streaming and --labelled_samples are image classification's; drop them here.")
+        if data_args.streaming:
+            raise UsageError("--streaming is image classification's; drop it for object detection.")
         require_detection_extra()
-        if run_args.smoke:
-            raise UsageError("--smoke has no detection data yet: run on a few images (--max_train_samples 8).")
         self.data_args, self.run_args, self.args, self.cache_dir = data_args, run_args, args, cache_dir
         self.fallback_id2label = id2label
 
     def load(self) -> RunData:
         """The raw splits, their image and objects columns and class names, every row's boxes checked."""
         data_args = self.data_args
-        dataset = load_detection_dataset(
-            data_args.dataset, config_name=data_args.dataset_config, train_split=data_args.train_split,
-            eval_split=data_args.eval_split, seed=self.args.seed, max_train_samples=data_args.max_train_samples,
-            max_eval_samples=data_args.max_eval_samples, cache_dir=self.cache_dir,
-        )  # fmt: skip
+        dataset = dense_splits(data_args, self.run_args, self.args.seed, self.cache_dir,
+                               synthetic=synthetic_detection_dataset, load=load_detection_dataset)  # fmt: skip
         image_column, objects_column = detect_detection_columns(
             dataset["train"], data_args.image_column, data_args.label_column
         )
@@ -73,8 +70,24 @@ class DetectionData:
         names = [id2label[i] for i in range(len(id2label))]
         for split in ("train", "eval"):
             check_detection_rows(dataset[split], image_column, objects_column, len(names), split=split)
+        self.unlabelled = self._labelled_subset(dataset)
         logger.info(f"Data: {dataset.source}; {len(names)} classes; boxes in column {objects_column!r}")
         return DetectionRunData(dataset, image_column, objects_column, names, dataset.source)
+
+    def _labelled_subset(self, dataset: Any) -> frozenset[int]:
+        """`--labelled_samples N`: the training rows whose boxes are not used (the teacher's detections are their
+        targets); without a teacher they are dropped instead."""
+        count = self.data_args.labelled_samples
+        if count is None:
+            return frozenset()
+        keep = labelled_rows(len(dataset["train"]), count, seed=self.args.seed)
+        if not self.args.uses_teacher:
+            dataset["train"] = dataset["train"].select(keep)
+            logger.info(f"Boxes kept for {count} training images; the rest are dropped (no teacher)")
+            return frozenset()
+        threshold = self.args.distill_pseudo_label_threshold
+        logger.info(f"Boxes kept for {count} training images; the others: the teacher's detections above {threshold}")
+        return frozenset(range(len(dataset["train"]))) - frozenset(keep.tolist())
 
     def transform(self, student: ImageConfig, teachers: list[ImageConfig], *, train: bool) -> DetectionTransform:
         """The box-safe image pipeline of one split."""
@@ -82,7 +95,7 @@ class DetectionData:
         return DetectionTransform(
             self.image_column, self.objects_column, student, teachers, num_labels=self.num_labels, train=train,
             scales=data_args.shortest_edge, max_size=data_args.longest_edge, image_size=data_args.image_size,
-            seed=self.args.seed,
+            seed=self.args.seed, unlabelled=self.unlabelled,
         )  # fmt: skip
 
     def splits(self, data: RunData, models: tuple[Any, Any, list[Any], list[Any]]) -> dict[str, Any]:
@@ -114,20 +127,6 @@ def _match_sizes(student: Any, data_args: DataArguments) -> None:
         student.detector.transform.min_size, student.detector.transform.max_size = (shorter,), config.max_size
 
 
-def _load_one(spec: ModelSpec, *, pretrained: bool, id2label: dict[int, str] | None, **kwargs: Any) -> Any:
-    labels = {} if id2label is None else {
-        "num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()},
-    }  # fmt: skip
-    local = {"local_files_only": True} if spec.local_files_only else {}
-    if not pretrained:
-        config = AutoConfig.from_pretrained(spec.source, revision=spec.revision, **local, **labels)
-        return AutoModelForObjectDetection.from_config(config)
-    mismatched = {"ignore_mismatched_sizes": True} if labels else {}
-    return AutoModelForObjectDetection.from_pretrained(
-        spec.source, revision=spec.revision, **local, **labels, **mismatched, **kwargs
-    )
-
-
 def spec_family(spec: ModelSpec) -> str:
     """A detector's family read without its weights: `"faster_rcnn"`, `"retinanet"` (torchvision) or `"detr"`."""
     if spec.kind == "torchvision":
@@ -139,7 +138,7 @@ def spec_family(spec: ModelSpec) -> str:
 def _load_detector(spec: ModelSpec, role: str, *, pretrained: bool, id2label: dict[int, str] | None, **kwargs: Any):
     if spec.kind == "torchvision":
         return torchvision_detector(spec.source, id2label=id2label, pretrained=pretrained, role=role)
-    return _load_one(spec, pretrained=pretrained, id2label=id2label, **kwargs)
+    return load_auto_model(AutoModelForObjectDetection, spec, pretrained=pretrained, id2label=id2label, **kwargs)
 
 
 def _processor(spec: ModelSpec, trust_remote_code: bool) -> Any:

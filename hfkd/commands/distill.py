@@ -29,7 +29,9 @@ from hfkd.commands.run_folder import prepare_output_dir, run_settings, start_run
 from hfkd.commands.segmentation import SegmentationData, load_segmentation_models
 from hfkd.commands.smoke import apply_smoke
 from hfkd.data.demo import card_dataset_name
+from hfkd.losses import get_loss_class
 from hfkd.models.availability import check_available, config_num_labels, model_config
+from hfkd.models.distillation_head import config_has_distillation_head, refusal
 from hfkd.models.label_space import check_label_space, check_teacher_labels, map_teacher_labels
 from hfkd.models.loading import ModelSpec, load_image_classifier, load_image_processor, resolve_model_name
 from hfkd.tasks.base import CLASSIFICATION, DETECTION, SEGMENTATION
@@ -39,6 +41,7 @@ from hfkd.training.arguments import DistillationArguments
 from hfkd.training.trainer import DistillationTrainer
 from hfkd.utils.errors import UsageError
 from hfkd.utils.json_arguments import parse_json_mapping
+from hfkd.utils.wording import with_article
 
 logger = transformers.utils.logging.get_logger(__name__)
 
@@ -71,7 +74,20 @@ def resolve_models(model_args: ModelArguments, args: DistillationArguments) -> t
             teachers.append(check_available(teacher, "teacher", pretrained=model_args.teacher_pretrained))
     for role, spec in [("student", student)] + [("teacher", t) for t in teachers]:
         logger.info(f"{role}: {spec.name!r} -> {spec.source} ({spec.kind})")
+    check_student_heads(args, student)
     return student, teachers
+
+
+def check_student_heads(args: DistillationArguments, student: ModelSpec) -> None:
+    """A loss that trains a distillation head apart from the class head (`deit`) refuses a student without one,
+    read from its config before any weights or data load."""
+    if not (args.uses_teacher and get_loss_class(args.distill_loss).needs.distillation_head):
+        return
+    timm_name = None
+    if student.kind in ("timm_arch", "timm_hub"):  # `timm/<architecture>.<tag>` or the architecture
+        timm_name = student.source.removeprefix("timm/").split(".")[0]
+    if not config_has_distillation_head(model_config(student), timm_name):
+        raise refusal(args.distill_loss, repr(student.name))
 
 
 def run_task(args: DistillationArguments, student: ModelSpec, teachers: list[ModelSpec]) -> str:
@@ -84,9 +100,9 @@ def run_task(args: DistillationArguments, student: ModelSpec, teachers: list[Mod
         universal = [a for a in config.get("architectures") or [] if a.endswith("ForUniversalSegmentation")]
         if universal:
             raise UsageError(
-                f"{name!r} is a {universal[0]} (mask classification: Mask2Former, OneFormer, MaskFormer), which hfkd "
-                "does not distil yet: pass a *ForSemanticSegmentation model (SegFormer, UperNet, DPT, BEiT, "
-                "MobileViT-DeepLabV3) or a reference network (deeplabv3-resnet101, pspnet-resnet101)."
+                f"{name!r} is {with_article(universal[0])} (mask classification: Mask2Former, OneFormer, MaskFormer), "
+                "which hfkd does not distil yet: pass a *ForSemanticSegmentation model (SegFormer, UperNet, DPT, "
+                "BEiT, MobileViT-DeepLabV3) or a reference network (deeplabv3-resnet101, pspnet-resnet101)."
             )
     tasks = {name: task_of_config(config) for name, config in configs.items()}
     wanted, found = args.distill_task, {task for task in tasks.values() if task is not None}
@@ -104,11 +120,14 @@ def run_task(args: DistillationArguments, student: ModelSpec, teachers: list[Mod
         # Only an image classifier's backbone may start a student of a dense task, never the reverse.
         backbone = other == CLASSIFICATION and get_task(task).builds(configs[spec.name].get("model_type"))
         if spec is student and backbone:
-            logger.info(f"The {task} student starts from {spec.name!r}, a {other} checkpoint: its encoder's weights.")
+            logger.info(
+                f"The {task} student starts from {spec.name!r}, {with_article(other)} checkpoint: its encoder's "
+                "weights."
+            )
             continue
         raise UsageError(
-            f"--task {task}, but {spec.name!r} is a {other} model: pass {task} models (a segmentation model is never "
-            "trained as a classifier, nor the reverse)."
+            f"--task {task}, but {spec.name!r} is {with_article(other)} model: pass {task} models (a segmentation "
+            "model is never trained as a classifier, nor the reverse)."
         )
     args.distill_task = task
     args.check_task(task)

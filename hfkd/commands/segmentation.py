@@ -13,11 +13,11 @@ from transformers import AutoModelForSemanticSegmentation, SegformerImageProcess
 from transformers.utils import logging
 
 from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments
-from hfkd.commands.data import RunData, dense_class_names, dense_image_configs, transformed_splits
+from hfkd.commands.data import RunData, dense_class_names, dense_image_configs, dense_splits, transformed_splits
 from hfkd.commands.smoke import synthetic_segmentation_dataset
 from hfkd.data.transforms import ImageConfig
 from hfkd.models.availability import config_num_labels
-from hfkd.models.loading import ModelSpec, load_image_processor
+from hfkd.models.loading import ModelSpec, load_auto_model, load_image_processor
 from hfkd.models.smp import reference_network
 from hfkd.tasks.segmentation.data import (
     SegmentationTransform,
@@ -83,16 +83,8 @@ class SegmentationData:
     def load(self) -> RunData:
         """The raw splits, their image and mask columns and class names, checked (a sample of rows decoded)."""
         data_args = self.data_args
-        if self.run_args.smoke:
-            dataset = synthetic_segmentation_dataset(
-                data_args.dataset, image_size=self.run_args.smoke_image_size, num_labels=self.run_args.smoke_num_labels
-            )
-        else:
-            dataset = load_segmentation_dataset(
-                data_args.dataset, config_name=data_args.dataset_config, train_split=data_args.train_split,
-                eval_split=data_args.eval_split, seed=self.args.seed, max_train_samples=data_args.max_train_samples,
-                max_eval_samples=data_args.max_eval_samples, cache_dir=self.cache_dir,
-            )  # fmt: skip
+        dataset = dense_splits(data_args, self.run_args, self.args.seed, self.cache_dir,
+                               synthetic=synthetic_segmentation_dataset, load=load_segmentation_dataset)  # fmt: skip
         columns = detect_segmentation_columns(dataset, data_args.image_column, data_args.label_column)
         image_column, mask_column = columns
         self.lookup = dataset.label_lookup if dataset.label_lookup is not None else None
@@ -139,23 +131,12 @@ def _segmentation_processor(model: Any, spec: ModelSpec, trust_remote_code: bool
 
 
 def _load_one(spec: ModelSpec, *, pretrained: bool, id2label: dict[int, str] | None, ignore_index: int, **kwargs: Any):
-    labels = {} if id2label is None else {
-        "num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()},
-    }  # fmt: skip
     if spec.kind == "smp":
         model = reference_network(spec.source, num_labels=len(id2label or {}) or 19, id2label=id2label,
                                   pretrained=pretrained, semantic_loss_ignore_index=ignore_index)  # fmt: skip
-    elif not pretrained:
-        from transformers import AutoConfig
-
-        local = {"local_files_only": True} if spec.local_files_only else {}
-        config = AutoConfig.from_pretrained(spec.source, revision=spec.revision, **local, **labels)
-        model = AutoModelForSemanticSegmentation.from_config(config)
     else:
-        local = {"local_files_only": True} if spec.local_files_only else {}
-        mismatched = {"ignore_mismatched_sizes": True} if labels else {}
-        model = AutoModelForSemanticSegmentation.from_pretrained(
-            spec.source, revision=spec.revision, **local, **labels, **mismatched, **kwargs
+        model = load_auto_model(
+            AutoModelForSemanticSegmentation, spec, pretrained=pretrained, id2label=id2label, **kwargs
         )
     for name in ("semantic_loss_ignore_index", "loss_ignore_index"):  # the data's ignored pixels, in its own loss
         if hasattr(model.config, name):

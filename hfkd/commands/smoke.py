@@ -26,7 +26,8 @@ from transformers.utils import logging
 
 from hfkd.models.loading import MODEL_ALIASES
 from hfkd.models.smp import REFERENCE_NETWORKS
-from hfkd.tasks.base import SEGMENTATION
+from hfkd.models.torchvision_detection import DETECTION_NETWORKS
+from hfkd.tasks.base import DETECTION, SEGMENTATION
 from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
@@ -47,6 +48,10 @@ SMOKE_DATASETS: dict[str, tuple[int, int]] = {
     "data/cityscapes": (64, 19),
     "scene_parse_150": (64, 150),
     "fashion-mnist-scenes": (64, 11),
+    # object detection (square images of this size; the recipe's scales are replaced by it)
+    "data/coco": (64, 80),
+    "cppe-5": (64, 5),
+    "fashion-mnist-detection-scenes": (64, 10),
 }
 
 
@@ -84,6 +89,8 @@ def apply_smoke(model_args: Any, data_args: Any, run_args: Any, training_args: A
         )
     if task == SEGMENTATION:  # the recipe's crop (512 x 1024) at the smoke images' size
         data_args.crop_size, data_args.id2label = [image_size, image_size], None
+    if task == DETECTION:  # the recipe's scales (800 x 1333) as squares of the smoke images' size
+        data_args.image_size, data_args.id2label = image_size, None
     args = training_args
     args.distill_loss_kwargs = smoke_loss_kwargs(args.distill_loss, args.distill_loss_kwargs)
 
@@ -138,6 +145,48 @@ def synthetic_segmentation_dataset(dataset: str, *, image_size: int | None = Non
     return result
 
 
+def synthetic_detection_dataset(dataset: str, *, image_size: int | None = None, num_labels: int | None = None):
+    """8 training and 4 evaluation random RGB images of the dataset's size, each with 1 to 3 random boxes of its
+    classes (`class_<i>`), in the layout of `run_object_detection.py`."""
+    from hfkd.tasks.detection.data import detection_features
+
+    known = SMOKE_DATASETS.get(dataset)
+    size, classes = image_size or (known[0] if known else 64), num_labels or (known[1] if known else 10)
+    rng = np.random.default_rng(0)
+    names = [f"class_{i}" for i in range(classes)]
+    splits = {}
+    for split, count in (("train", 8), ("eval", 4)):
+        rows = []
+        for index in range(count):
+            boxes = []
+            for _ in range(int(rng.integers(1, 4))):
+                w, h = (int(v) for v in rng.integers(size // 8, size // 2, 2))
+                x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+                boxes.append([float(x), float(y), float(w), float(h)])
+            objects = {"id": list(range(len(boxes))), "area": [b[2] * b[3] for b in boxes], "bbox": boxes,
+                       "category": [int(c) for c in rng.integers(0, classes, len(boxes))]}  # fmt: skip
+            image = PILImage.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+            rows.append({"image_id": index, "image": image, "width": size, "height": size, "objects": objects})
+        columns = {key: [row[key] for row in rows] for key in rows[0]}
+        splits[split] = Dataset.from_dict(columns, features=detection_features(names))
+    result = DatasetDict(splits)
+    result.source = f"synthetic smoke data ({count} eval images of {size}x{size}, {classes} classes)"
+    result.id2label = dict(enumerate(names))
+    return result
+
+
+def _tiny_detr(num_labels: int) -> Any:
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+    backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1] * 4, out_features=["stage4"])
+    config = DetrConfig(
+        backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False, num_queries=10, d_model=32,
+        encoder_layers=1, decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2,
+        decoder_attention_heads=2, num_labels=num_labels,
+    )  # fmt: skip
+    return DetrForObjectDetection(config)
+
+
 def _tiny_segformer(num_labels: int) -> Any:
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
@@ -171,6 +220,14 @@ def _tiny_transformers_model(model_type: str, num_labels: int, image_size: int) 
             num_labels=num_labels,
         )
         return SwinForImageClassification(config)
+    if model_type == "deit-distilled":  # a class and a distillation head (DeiT's distilled checkpoints)
+        from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+        config = DeiTConfig(
+            image_size=image_size, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, num_labels=num_labels,
+        )  # fmt: skip
+        return DeiTForImageClassificationWithTeacher(config)
     if model_type in ("vit", "deit", "beit"):
         config = ViTConfig(
             image_size=image_size,
@@ -194,8 +251,8 @@ def smoke_model_name(name: str, num_labels: int, image_size: int, task: str | No
     """What to load instead of `name` in smoke mode, and whether to load its weights (False: random init)."""
     if os.path.isdir(name):
         return name, True
-    if task == SEGMENTATION:
-        return _smoke_segmenter(name, num_labels, image_size)
+    if task in (SEGMENTATION, DETECTION):
+        return _smoke_dense(name, num_labels, image_size, task)
     target = MODEL_ALIASES.get(name.lower(), name)
     if target.startswith("timm/"):
         arch = target[len("timm/") :].split(".")[0]
@@ -211,6 +268,7 @@ def smoke_model_name(name: str, num_labels: int, image_size: int, task: str | No
         logger.warning(f"Smoke mode: the folder {name!r} does not exist; using a random-init {zoo!r}.")
         return zoo, False
     family = next((f for f in ("swin", "deit", "beit", "vit", "convnext") if f in target.lower()), "resnet")
+    family = "deit-distilled" if family == "deit" and "distilled" in target.lower() else family
     folder = tempfile.mkdtemp(prefix="hfkd-smoke-")
     _tiny_transformers_model(family, num_labels, image_size).save_pretrained(folder)
     from transformers import ViTImageProcessor
@@ -220,20 +278,27 @@ def smoke_model_name(name: str, num_labels: int, image_size: int, task: str | No
     return folder, True
 
 
-def _smoke_segmenter(name: str, num_labels: int, image_size: int) -> tuple[str, bool]:
-    """A reference network as it is (random init); a run folder named after one (runs/.../deeplabv3_resnet101) that
-    does not exist yet: that network; a transformers Hub model: a tiny random SegFormer."""
-    base = os.path.basename(os.path.normpath(name)).lower().replace("_", "-")
-    if name.lower() in REFERENCE_NETWORKS or base in REFERENCE_NETWORKS:
-        network = name.lower() if name.lower() in REFERENCE_NETWORKS else base
+def _smoke_dense(name: str, num_labels: int, image_size: int, task: str) -> tuple[str, bool]:
+    """A reference network of the task (smp's segmenters, torchvision's detectors) as it is, with random weights; a
+    run folder named after one (runs/.../deeplabv3_resnet101) that does not exist yet: that network; a transformers
+    Hub model: a tiny random SegFormer or DETR with its image processor."""
+    from transformers import DetrImageProcessor, SegformerImageProcessor
+
+    # smp's names use hyphens (deeplabv3-resnet101), torchvision's underscores (fasterrcnn_resnet50_fpn).
+    segmentation = task == SEGMENTATION
+    networks, other, separator = (REFERENCE_NETWORKS, "_", "-") if segmentation else (DETECTION_NETWORKS, "-", "_")
+    base = os.path.basename(os.path.normpath(name)).lower().replace(other, separator)
+    if name.lower() in networks or base in networks:
+        network = name.lower() if name.lower() in networks else base
         logger.warning(f"Smoke mode: {name!r} -> {network!r} with random weights.")
         return network, False
     folder = tempfile.mkdtemp(prefix="hfkd-smoke-")
-    _tiny_segformer(num_labels).save_pretrained(folder)
-    from transformers import SegformerImageProcessor
-
-    SegformerImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
-    logger.warning(f"Smoke mode: {name!r} -> a tiny random SegFormer ({folder}); its config needs the Hub.")
+    model = _tiny_segformer(num_labels) if segmentation else _tiny_detr(num_labels)
+    processor = SegformerImageProcessor if segmentation else DetrImageProcessor
+    model.save_pretrained(folder)
+    processor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    kind = type(model).__name__
+    logger.warning(f"Smoke mode: {name!r} -> a tiny random {kind} ({folder}); its config needs the Hub.")
     return folder, True
 
 

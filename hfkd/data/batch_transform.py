@@ -7,6 +7,9 @@ image column undecoded, so the transform decodes each image itself and its `Valu
 `sample_index`, see `add_sample_index`, and its file). To drop such images run the `filter_unreadable` pre-pass: it
 is exact, works with any number of dataloader workers and keeps batches full. `make_transform_fn(skip_unreadable=True)`
 is only a safety net that drops the row from its batch and counts it in `num_skipped`, a per-process counter.
+
+`transform_rows` is the row loop of the dense tasks' transforms (segmentation, detection): each row of a batch through
+a per-row function, the outputs gathered back into columns.
 """
 
 from __future__ import annotations
@@ -268,6 +271,25 @@ def make_transform_fn(
         # Its own stream of draws: the strong view is not the weak view's crop with RandAugment on top.
         fn.strong = TransformFn(*strong_transforms, *columns, seed=seed, stream=1)
     return fn
+
+
+def transform_rows(
+    batch: dict[str, list[Any]], one: Callable[[dict[str, Any], int], dict[str, Any]], count_column: str
+) -> dict[str, list[Any]]:
+    """`batch` (columns of lists, as `Dataset.set_transform` gives it) row by row through `one(row, index)`, its
+    outputs gathered back into lists; `sample_index` is passed on when the batch has it.
+
+    A row's index is its `sample_index` (the seed of its random draws and the name of a bad row) or, without that
+    column, its position in the batch. `count_column` is a column every row has, which counts the rows.
+    """
+    count = len(batch[count_column])
+    indices = batch.get(SAMPLE_INDEX) or list(range(count))
+    rows = [{key: values[i] for key, values in batch.items()} for i in range(count)]
+    outputs = [one(row, int(index)) for row, index in zip(rows, indices)]
+    result = {key: [o[key] for o in outputs] for key in outputs[0]}
+    if SAMPLE_INDEX in batch:
+        result[SAMPLE_INDEX] = list(batch[SAMPLE_INDEX])
+    return result
 
 
 def set_image_transform(dataset: Dataset, transform_fn: TransformFn) -> Dataset:

@@ -1,13 +1,16 @@
-"""Image datasets: `load_image_dataset` (Hub id, local folder, demo data), column and label checks, decoding.
+"""Image datasets: `load_image_dataset` (Hub id, local folder, demo data), column and label checks, decoding;
+`load_dense_dataset`, the sources that the segmentation and detection datasets share.
 
 The public names are re-exported by `hfkd.data`.
 """
 
 from __future__ import annotations
 
+import glob
 import inspect
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
@@ -42,6 +45,10 @@ EVAL_SPLIT_NAMES = ("validation", "val", "valid", "test")
 
 ROW_COLUMN = "__hfkd_row__"
 """A row's position in its split, carried through the selection and dropped before the dataset is returned."""
+
+
+Info = TypeVar("Info")
+"""What a dense task's own reader says of its source besides the rows (class names, a label lookup)."""
 
 
 def load_image_dataset(
@@ -245,6 +252,74 @@ def _pick_splits(
     return parts["train"], parts["test"], train_split
 
 
+def load_dense_dataset(
+    name_or_path: str,
+    read_own: Callable[[str], tuple[Dataset | DatasetDict, str, Info] | None],
+    folder_error: str,
+    *,
+    task: str,
+    config_name: str | None = None,
+    train_split: str = "train",
+    eval_split: str | None = None,
+    eval_fraction: float = 0.1,
+    seed: int = 42,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    cache_dir: str | None = None,
+    fallback_splits: tuple[str, str] | None = None,
+    **kwargs: Any,
+) -> tuple[DatasetDict, Info | None]:
+    """A segmentation or detection dataset as splits "train" and "eval" with its `source`, and what `read_own` said
+    of it (`None` for the shared sources).
+
+    The source is the task's own when `read_own(name_or_path)` returns `(raw, source, info)` (demo scenes, Cityscapes
+    or COCO folders); otherwise a `save_to_disk` folder, a folder of parquet files, or a Hub id (`config_name`,
+    `cache_dir` and `kwargs` go to `load_dataset`); any other folder is refused with `folder_error`, a `str.format`
+    template of `name_or_path` that names the task's layouts.
+    `fallback_splits` (train, eval) are used when there is no `train_split` (COCO 2017's `train2017` / `val2017`);
+    `max_*_samples` keep seeded random subsets; `task` names the data in the log.
+    """
+    raw, source, info = _read_dense_source(name_or_path, read_own, folder_error, config_name, cache_dir, kwargs)
+    if isinstance(raw, Dataset):
+        raw = DatasetDict({train_split: raw})
+    if fallback_splits is not None and train_split not in raw and fallback_splits[0] in raw:
+        train_split, fallback_eval = fallback_splits
+        eval_split = eval_split or (fallback_eval if fallback_eval in raw else None)
+    train, evaluation, _ = _pick_splits(raw, source, train_split, eval_split, eval_fraction, seed)
+    dataset = DatasetDict({"train": train, "eval": evaluation})
+    for split, limit in (("train", max_train_samples), ("eval", max_eval_samples)):
+        if limit is not None and limit < len(dataset[split]):
+            dataset[split] = dataset[split].shuffle(seed=seed).select(range(limit))
+    dataset.source = source
+    logger.info(f"{task} data from {source}: {len(dataset['train'])} train / {len(dataset['eval'])} eval rows.")
+    return dataset, info
+
+
+def _read_dense_source(
+    name_or_path: str,
+    read_own: Callable[[str], tuple[Dataset | DatasetDict, str, Info] | None],
+    folder_error: str,
+    config_name: str | None,
+    cache_dir: str | None,
+    kwargs: dict[str, Any],
+) -> tuple[Dataset | DatasetDict, str, Info | None]:
+    """(raw data, where it came from, what the task's reader said of it): see `load_dense_dataset`."""
+    own = read_own(name_or_path)
+    if own is not None:
+        return own
+    if os.path.isdir(name_or_path) and any(
+        os.path.isfile(os.path.join(name_or_path, f)) for f in ("dataset_dict.json", "state.json")
+    ):
+        return load_from_disk(name_or_path), f"save_to_disk folder {name_or_path}", None
+    if os.path.isdir(name_or_path) and glob.glob(os.path.join(name_or_path, "**", "*.parquet"), recursive=True):
+        raw = load_dataset("parquet", data_dir=name_or_path, cache_dir=cache_dir, **kwargs)
+        return raw, f"parquet folder {name_or_path}", None
+    if os.path.isdir(name_or_path):
+        raise UsageError(folder_error.format(name_or_path=name_or_path))
+    raw = load_dataset(name_or_path, config_name, cache_dir=cache_dir, **kwargs)
+    return raw, f"Hub {name_or_path}" + (f" ({config_name})" if config_name else ""), None
+
+
 def _select_rows(raw: DatasetDict, name: str, rows: dict[str, Any]) -> tuple[Dataset, Dataset, str]:
     """The recorded selection `rows` of `raw` (see `load_image_dataset`) and its eval split's name, refused when it
     does not fit."""
@@ -376,6 +451,13 @@ def check_labels(dataset: Dataset | DatasetDict, label_column: str, num_labels: 
             )
 
 
+def labelled_rows(count: int, num_labelled: int, *, seed: int = 42) -> np.ndarray:
+    """The sorted indices of the `num_labelled` seeded random rows of `count` that keep their labels."""
+    if not 0 < num_labelled <= count:
+        raise UsageError(f"--labelled_samples must be between 1 and the {count} training images, got {num_labelled}.")
+    return np.sort(np.random.default_rng(seed).choice(count, size=num_labelled, replace=False))
+
+
 def keep_labelled_subset(
     dataset: Dataset, label_column: str, num_labelled: int, *, seed: int = 42, drop_unlabelled: bool = False
 ) -> Dataset:
@@ -384,11 +466,7 @@ def keep_labelled_subset(
     The trainer gives unlabelled rows no cross-entropy, only the distillation loss: the teacher labels what nobody
     labelled. With `drop_unlabelled=True` (CE-only runs, which have no teacher) the unlabelled rows are removed.
     """
-    if not 0 < num_labelled <= len(dataset):
-        raise UsageError(
-            f"--labelled_samples must be between 1 and the {len(dataset)} training images, got {num_labelled}."
-        )
-    keep = np.sort(np.random.default_rng(seed).choice(len(dataset), size=num_labelled, replace=False))
+    keep = labelled_rows(len(dataset), num_labelled, seed=seed)
     if drop_unlabelled:
         return dataset.select(keep)
     labels = np.asarray(dataset.select_columns([label_column])[label_column], dtype=np.int64)

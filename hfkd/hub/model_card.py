@@ -13,7 +13,7 @@ from transformers.utils import logging
 
 from hfkd.hub import card_text as text
 from hfkd.losses.base import PaperRef
-from hfkd.losses.registry import CE_ONLY
+from hfkd.losses.registry import CE_ONLY, get_loss_class
 from hfkd.tasks.base import CLASSIFICATION, Task
 from hfkd.tasks.registry import get_task
 from hfkd.utils.errors import UsageError
@@ -245,10 +245,9 @@ def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> Mode
         hfkd_teacher_revision=info.teacher_revision,
         hfkd_teacher_note=info.teacher_note,
         hfkd_loss_key=loss_key,
-        hfkd_loss_name=_loss_name(loss_key, dict(loss_kwargs).get("feature_loss")),
         hfkd_loss_kwargs=[(text.cell(str(k)), text.cell(text.value_text(v))) for k, v in loss_kwargs],
         hfkd_ce_weight=text.value_text(float(info.ce_weight)),
-        hfkd_task_loss_name=task.task_loss_name,
+        **_objective(loss_key, task, dict(loss_kwargs).get("feature_loss")),
         hfkd_distill_weight=text.value_text(float(info.distill_weight)),
         hfkd_paper=info.paper,
         hfkd_hyperparameters=hyperparameters,
@@ -260,6 +259,20 @@ def build_model_card(info: ModelCardInfo, output_dir: str | None = None) -> Mode
         card.save(path)
         logger.info(f"Model card written to {path}")
     return card
+
+
+def _objective(loss_key: str, task: Task, feature_loss: Any) -> dict[str, Any]:
+    """The objective's terms as the card writes them (`CE`, `DIST`; the loss's own `card_terms` when it weighs them
+    itself) and whether the student predicts with the mean of a class and a distillation head (DeiT)."""
+    try:
+        loss_cls = get_loss_class(loss_key)
+    except KeyError:  # cross-entropy only, or a loss of the user's not registered here
+        loss_cls = None
+    task_term, distill_term = (loss_cls and loss_cls.card_terms) or (
+        task.task_loss_name, _loss_name(loss_key, feature_loss)
+    )
+    two_heads = loss_cls is not None and loss_cls.needs.distillation_head
+    return {"hfkd_task_loss_name": task_term, "hfkd_loss_name": distill_term, "hfkd_two_heads": two_heads}
 
 
 def _loss_name(loss_key: str, feature_loss: Any) -> str:
@@ -287,6 +300,7 @@ def _usage(info: ModelCardInfo, task: Task, output_dir: str | None) -> str:
         auto_class=task.auto_class,
         register_module=REGISTERING_MODULES.get(info.student_model_type or ""),
         timm_refs=text.timm_refs(info.hub_model_id, output_dir, model_name) if info.is_timm else [],
+        two_heads=_objective(info.loss_key, task, None)["hfkd_two_heads"],
     )
 
 

@@ -7,6 +7,7 @@ from hfkd.losses import (  # noqa: F401
     crd,
     ctkd,
     cwd,
+    deit,
     dist,
     dkd,
     fitnet,
@@ -31,6 +32,7 @@ from hfkd.losses.base import DistillationLoss, DistillBatch, LossContext, LossNe
 from hfkd.losses.clkd import clkd_loss
 from hfkd.losses.crd import crd_loss, crd_nce_loss
 from hfkd.losses.cwd import cwd_loss
+from hfkd.losses.deit import deit_distillation_loss, deit_loss
 from hfkd.losses.dist import dist_loss
 from hfkd.losses.dkd import dkd_loss
 from hfkd.losses.fitnet import fitnet_loss
@@ -72,6 +74,8 @@ __all__ = [
     "crd_nce_loss",
     "create_loss",
     "cwd_loss",
+    "deit_distillation_loss",
+    "deit_loss",
     "dist_loss",
     "dkd_loss",
     "fitnet_loss",

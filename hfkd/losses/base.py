@@ -55,7 +55,11 @@ class LossNeeds:
     - `preactivations`: both outputs also carry `preact_hidden_states` (maps before each stage's last ReLU) and
       `LossContext.teacher_bn_stats` the teacher's BN before those ReLUs;
     - `strong_view`: `DistillBatch.student_strong` / `teacher_strong`, both models on a strongly augmented view;
-    - `classifier_heads`: `LossContext.student_head` / `teacher_head`, each model's head as a function of a map.
+    - `classifier_heads`: `LossContext.student_head` / `teacher_head`, each model's head as a function of a map;
+    - `distillation_head`: a student with a distillation head besides its class head (DeiT's distillation token:
+      transformers' `*ForImageClassificationWithTeacher`, timm's distilled DeiTs, trained in their distilled mode),
+      whose output carries both heads' logits, `cls_logits` and `distillation_logits` (`logits`: their mean, what
+      evaluation scores); a student without one is refused before training.
     """
 
     labels: bool = False
@@ -64,6 +68,7 @@ class LossNeeds:
     preactivations: bool = False
     strong_view: bool = False
     classifier_heads: bool = False
+    distillation_head: bool = False
 
     def beyond_logits(self) -> list[str]:
         """What of the teacher these needs ask for besides its logits on the batch's view (`BEYOND_LOGITS`): what a
@@ -124,13 +129,19 @@ class DistillationLoss(nn.Module):
     `{"loss": scalar, <name>: component, ...}`, every value averaged over the samples of the micro-batch. The trainer
     weights `loss` with `distill_weight` and logs the components as `distill/<name>`. One key is reserved: `"ce"`,
     cross-entropy terms of the method itself (built with `batch.cross_entropy`), which the trainer adds to the
-    student's CE and weights with `distill_ce_weight`. What the loss needs besides the logits is its `needs`; the
-    tasks whose model outputs it reads (`KNOWN_TASKS`: classifier logits, dense (B, C, H, W) logits, a detector's
-    neck features) are its `tasks`.
+    student's CE and weights with `distill_ce_weight`; a loss with `replaces_task_loss` returns under `"ce"` the
+    whole task loss of its method (DeiT: the class head's CE, not the CE of the averaged heads' `logits`), and the
+    trainer adds no CE of its own. What the loss needs besides the logits is its `needs`; the tasks whose model
+    outputs it reads (`KNOWN_TASKS`: classifier logits, dense (B, C, H, W) logits, a detector's neck features) are
+    its `tasks`.
     """
 
     key: ClassVar[str] = ""
     needs: ClassVar[LossNeeds] = LossNeeds()
+    replaces_task_loss: ClassVar[bool] = False
+    # How the model card writes the objective's two terms when the loss weighs them itself (DeiT's (1 − α) and α);
+    # `None`: the task loss's name and the loss key.
+    card_terms: ClassVar[tuple[str, str] | None] = None
     tasks: ClassVar[frozenset[str]] = frozenset({IMAGE_CLASSIFICATION})
     # Buffers the loss keeps identical on every process itself (e.g. CRD's memory banks, updated from gathered
     # features): DDP need not re-broadcast them every step.

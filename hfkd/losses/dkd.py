@@ -57,9 +57,11 @@ def dkd_terms_per_sample(
         log_norm_nontarget = torch.logsumexp(logits.masked_fill(gt, float("-inf")), dim=1, keepdim=True)
         log_target = (logits.masked_fill(~gt, 0.0).sum(1, keepdim=True)) - log_norm
         log_binary = torch.cat([log_target, log_norm_nontarget - log_norm], dim=1)
-        # Softmax over the C-1 non-target classes; the target entry is finite and masked out below. This equals
-        # mdistiller's softmax(z/T - 1000·onehot) without depending on the logit scale.
-        log_nontarget = logits - log_norm_nontarget
+        # Softmax over the C-1 non-target classes. This equals mdistiller's softmax(z/T - 1000·onehot) without
+        # depending on the logit scale. The target entry is set to 0 here, not only masked out of the sum below:
+        # a teacher whose target logit leads by more than ~88·T would make its exp() inf there, and inf × 0 a NaN
+        # gradient (a detection teacher's RoI rows do).
+        log_nontarget = (logits - log_norm_nontarget).masked_fill(gt, 0.0)
         log_terms.append((log_binary, log_nontarget))
     (teacher_binary, teacher_nontarget), (student_binary, student_nontarget) = log_terms
     tckd = _binary_kl(teacher_binary, student_binary)

@@ -4,6 +4,7 @@
 - `availability`: whether a model is on this machine or reachable, and its label count, before any weight loads;
 - `label_space`: a teacher's classes against the student's and the dataset's;
 - `features`: running a model for a feature loss (hidden states, pre-activation maps, probed shapes, heads);
+- `distillation_head`: students with a class and a distillation head (DeiT), their training outputs and checks;
 - `export`: a timm student saved so that both transformers and timm load it;
 - `provenance` and `convert`: where a teacher's weights came from, and the released CIFAR-100 teachers converted;
 - `cifar`: the CIFAR-100 networks of the distillation tables, registered with timm when imported.

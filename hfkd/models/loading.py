@@ -343,6 +343,22 @@ def _timm_default_weights(spec: ModelSpec) -> str:
     return cfg.hf_hub_id
 
 
+def load_auto_model(
+    auto_class: Any, spec: ModelSpec, *, pretrained: bool, id2label: dict[int, str] | None, **kwargs: Any
+) -> PreTrainedModel:
+    """`spec` through a transformers Auto class (`AutoModelForSemanticSegmentation`, `AutoModelForObjectDetection`):
+    its checkpoint, or with `pretrained=False` its config with random weights. With `id2label` the model gets those
+    classes (a new head where the checkpoint has others); without, its own. `kwargs` (`trust_remote_code`) go to
+    `from_pretrained`."""
+    labels = _label_kwargs(None, id2label)
+    local = {"local_files_only": True} if spec.local_files_only else {}
+    if not pretrained:
+        config = AutoConfig.from_pretrained(spec.source, revision=spec.revision, **local, **labels)
+        return auto_class.from_config(config)
+    mismatched = {"ignore_mismatched_sizes": True} if labels else {}
+    return auto_class.from_pretrained(spec.source, revision=spec.revision, **local, **labels, **mismatched, **kwargs)
+
+
 def _random_from_config(
     source: str, config: Any, changes: dict[str, Any], trust_remote_code: bool, init_kwargs: dict[str, Any]
 ) -> PreTrainedModel:

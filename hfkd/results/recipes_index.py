@@ -3,11 +3,12 @@
 The tables between the `<!-- recipes-index:start -->` and `<!-- recipes-index:end -->` markers are generated: one
 row per recipe under the README's folder, with the cell it reproduces (its `# Reproduces:` header line), its
 published number in its task's headline metric (`# published_top1:` for classification, `# published_miou:` for
-segmentation: `hfkd.results.runs.HEADLINES`) and the measured best-epoch number (mean ± std over seeds, as
-`hfkd report` computes it) of the finished runs found under `--runs`. A recipe's task is its `distill_task` key, else
-the task whose published line its header holds, else image classification; a table whose recipes share one task
-names the metric in its columns (`published top-1`), a mixed one after each published number. A recipe with no run
-keeps the measured number already in the README, so numbers measured on another machine are not lost.
+segmentation, `# published_map:` for detection: `hfkd.results.runs.HEADLINES`) and the measured best-epoch number
+(mean ± std over seeds, as `hfkd report` computes it) of the finished runs found under `--runs`. A recipe's task is
+its `distill_task` key, else the task whose published line its header holds, else image classification; a table whose
+recipes share one task names the metric in its columns (`published top-1`), a mixed one after each published number.
+A recipe with no run keeps the measured number already in the README, so numbers measured on another machine are not
+lost.
 """
 
 from __future__ import annotations
@@ -46,9 +47,14 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("Streamlined KD CIFAR-100 table (StreamLined README)", r"cifar100/streamlined/"),
     ("MDistiller ImageNet (DKD paper)", r"imagenet/(kd|dkd)/"),
     ("DIST ImageNet tables", r"imagenet/dist/"),
+    ("DeiT ImageNet: distillation through attention from RegNetY-16GF (DeiT README)", r"imagenet/deit/"),
     ("Cityscapes teachers and baselines (cross-entropy; train the teachers first)", r"cityscapes/(teachers|ce)/"),
     ("Cityscapes semantic segmentation: DIST's table and mmrazor's CWD row", r"cityscapes/(dist|cwd)/"),
     ("ADE20K semantic segmentation (Hugging Face models; no published distillation number)", r"ade20k/"),
+    ("COCO detection teachers (detector loss only; train these first)", r"coco/teachers/"),
+    ("COCO detection, Hugging Face RT-DETR (no published distillation number)", r"coco/\w+/rtdetr"),
+    ("COCO detection: DIST's table (MasKD's mmdet configs)", r"coco/dist/"),
+    ("COCO detection: MDistiller's DKD rows (detectron2; published numbers unverified)", r"coco/dkd/"),
 )
 
 

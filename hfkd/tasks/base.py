@@ -96,6 +96,11 @@ class Task:
         """The pixels a dense loss averages over, at the compared logits' resolution (`None`: every one)."""
         return None
 
+    def teacher_labels(self, inputs: dict[str, Any], teacher_output: Any) -> dict[str, Any]:
+        """The batch the student trains on, given the teacher's output on it (detection: the teacher's detections
+        as the targets of unlabelled images); as it is by default."""
+        return inputs
+
     def distill_loss(self, loss: Any, student: Any, teacher: Any = None) -> Any:
         """The run's distillation loss in this task's form (detection: on matched queries); as built by default."""
         return loss

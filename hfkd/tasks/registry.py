@@ -12,6 +12,7 @@ from hfkd.tasks.classification import ClassificationTask
 from hfkd.tasks.detection.task import DetectionTask
 from hfkd.tasks.segmentation.task import SegmentationTask
 from hfkd.utils.errors import UnknownNameError, UsageError
+from hfkd.utils.wording import with_article
 
 TASKS: dict[str, type[Task]] = {task.name: task for task in (ClassificationTask, SegmentationTask, DetectionTask)}
 
@@ -50,8 +51,8 @@ def resolve_task(args: Any, model: Any) -> Task:
     wanted = getattr(args, "distill_task", None)
     if wanted and found and found != wanted:
         raise UsageError(
-            f"--task {wanted} was given, but the student ({type(model).__name__}) is a {found} model: pass a "
-            f"{wanted} student, or drop --task (it is read from the models)."
+            f"--task {wanted} was given, but the student ({type(model).__name__}) is {with_article(found)} model: "
+            f"pass {with_article(wanted)} student, or drop --task (it is read from the models)."
         )
     name = wanted or found or CLASSIFICATION
     if hasattr(args, "check_task"):
@@ -64,6 +65,7 @@ def resolve_task(args: Any, model: Any) -> Task:
     if name == DETECTION:
         options["feature_loss"] = getattr(args, "distill_feature_loss", None)
         options["feature_loss_kwargs"] = getattr(args, "distill_feature_loss_kwargs", None)
+        options["pseudo_label_threshold"] = getattr(args, "distill_pseudo_label_threshold", 0.5)
     return get_task(name, **options)
 
 

@@ -63,13 +63,18 @@ class DistillationArguments(TrainingArguments):
         loss on the FPN levels (`--loss dist --feature_loss mimic`: DIST + mimic). Its weight is its `loss_weight`.
     distill_feature_loss_kwargs (`dict` or `str`, *optional*, defaults to `None`):
         Hyperparameters of the feature loss (`{"loss_weight": 6}`).
+    distill_pseudo_label_threshold (`float`, *optional*, defaults to `0.5`):
+        Object detection with `--labelled_samples`: the teacher's detections scoring above this are the targets of
+        the training images left unlabelled (the student's own loss runs on them).
     distill_ce_weight (`float`, *optional*, defaults to `1.0`):
         Weight of the student's cross-entropy with the labels.
     distill_weight (`float`, *optional*, defaults to `1.0`):
         Weight of the distillation loss.
     distill_lr_milestones (`list[float]`, *optional*, defaults to `None`):
         Multi-step learning-rate decay of the references: the lr is multiplied by `distill_lr_gamma` after each of
-        these epochs (mdistiller's rule, exact per optimizer step, no warm-up); replaces `lr_scheduler_type`.
+        these epochs (mdistiller's rule, exact per optimizer step); replaces `lr_scheduler_type`. No warm-up unless
+        `warmup_steps` is set: then a linear one from `distill_lr_warmup_lr` (mmcv's and detectron2's: 500 or 1000
+        iterations from 0.001 × lr).
     distill_lr_gamma (`float`, *optional*, defaults to `0.1`):
         Decay factor at each milestone.
     distill_lr_decay_epochs (`float`, *optional*, defaults to `None`), distill_lr_warmup_epochs (`float`, defaults
@@ -181,6 +186,11 @@ class DistillationArguments(TrainingArguments):
         metadata={"help": "JSON hyperparameters of --feature_loss, e.g. '{\"loss_weight\": 6}'.",
                   "aliases": ["--feature_loss_kwargs"]},  # fmt: skip
     )
+    distill_pseudo_label_threshold: float = field(
+        default=0.5,
+        metadata={"help": "Object detection with --labelled_samples: the teacher's detections scoring above this are "
+                  "the targets of the images left unlabelled."},  # fmt: skip
+    )
     distill_ce_weight: float = field(
         default=1.0, metadata={"help": "Weight of the student's cross-entropy with the labels."}
     )
@@ -210,7 +220,9 @@ class DistillationArguments(TrainingArguments):
         },
     )
     distill_lr_warmup_lr: float = field(
-        default=0.0, metadata={"help": "The lr the step schedule's warm-up starts from (1e-6 in DIST)."}
+        default=0.0,
+        metadata={"help": "The lr a warm-up starts from: the step schedule's (1e-6 in DIST), or the milestones' "
+                  "linear one over warmup_steps (mmdet, detectron2: 0.001 x lr)."},  # fmt: skip
     )
     distill_lr_milestones_unit: str = field(
         default="epochs",
@@ -390,6 +402,11 @@ class DistillationArguments(TrainingArguments):
         if not (isinstance(self.distill_max_skipped_steps, int) and self.distill_max_skipped_steps >= 0):
             raise UsageError(
                 f"`distill_max_skipped_steps` must be an int >= 0, got {self.distill_max_skipped_steps!r}."
+            )
+        if not 0.0 <= self.distill_pseudo_label_threshold < 1.0:
+            raise UsageError(
+                f"`distill_pseudo_label_threshold` is a detection score in [0, 1), e.g. 0.5; got "
+                f"{self.distill_pseudo_label_threshold!r}."
             )
         for name in ("distill_ce_weight", "distill_weight"):
             value = getattr(self, name)

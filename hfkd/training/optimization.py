@@ -70,9 +70,11 @@ class OptimizationMixin:
         optimizer = optimizer or self.optimizer
         steps_per_epoch = self._schedule_steps_per_epoch()
         if args.distill_lr_milestones is not None:
+            start = args.distill_lr_warmup_lr / args.learning_rate if args.learning_rate else 0.0
             self.lr_scheduler = get_multistep_schedule(
-                optimizer, args.distill_lr_milestones, args.distill_lr_gamma, steps_per_epoch
-            )
+                optimizer, args.distill_lr_milestones, args.distill_lr_gamma, steps_per_epoch,
+                warmup_steps=args.get_warmup_steps(num_training_steps), warmup_factor=start,
+            )  # fmt: skip
         else:
             factor = step_decay_lambda(
                 args.distill_lr_decay_epochs,

@@ -1,7 +1,8 @@
 """Learning-rate schedules of the reference code that transformers' schedulers do not have.
 
 `get_multistep_schedule` is the multi-step decay of mdistiller (`engine/utils.py: adjust_learning_rate`), CRD and
-DIST: the lr is multiplied by `gamma` once for every milestone already passed, with no warm-up. mdistiller counts
+DIST: the lr is multiplied by `gamma` once for every milestone already passed, with no warm-up unless one is asked
+(mmcv's and detectron2's linear warm-up over `warmup_steps` from `warmup_factor` × the lr). mdistiller counts
 epochs from 1 and decays when `epoch > milestone`, so with milestones [150, 180, 210] the 151st epoch (0-based
 epoch 150) is the first at 0.1× the base lr. The trainer's epochs are 0-based, hence the factor for 0-based epoch e
 is gamma ** #{m : m < e + 1} = gamma ** #{m : m <= e}.
@@ -47,13 +48,21 @@ def multistep_epoch_factor(epoch: int, milestones: Iterable[float], gamma: float
     return float(gamma) ** sum(1 for m in milestones if m < epoch + 1)
 
 
-def multistep_lambda(milestones: Iterable[float], gamma: float, steps_per_epoch: float) -> Callable[[int], float]:
+def multistep_lambda(
+    milestones: Iterable[float],
+    gamma: float,
+    steps_per_epoch: float,
+    warmup_steps: int = 0,
+    warmup_factor: float = 0.0,
+) -> Callable[[int], float]:
     """
     The multi-step lr factor as a function of the optimizer step, for `torch.optim.lr_scheduler.LambdaLR`.
 
     Step `s` (0-based, as `LambdaLR` counts) belongs to the 0-based epoch floor(s / steps_per_epoch); the factor is
-    gamma ** (number of milestones m with m < epoch + 1), mdistiller's rule with its 1-based epochs. There is no
-    warm-up: step 0 runs at the full lr.
+    gamma ** (number of milestones m with m < epoch + 1), mdistiller's rule with its 1-based epochs. Without a warm-up
+    step 0 runs at the full lr; with `warmup_steps` W the factor of a step s < W is further multiplied by
+    `warmup_factor` + (1 − `warmup_factor`) · s / W, the linear warm-up of mmcv (`warmup_ratio`) and detectron2
+    (`WARMUP_FACTOR`), both counting iterations from 0.
 
     Args:
         milestones (`Iterable[float]`):
@@ -62,15 +71,20 @@ def multistep_lambda(milestones: Iterable[float], gamma: float, steps_per_epoch:
             Multiplicative decay per milestone (mdistiller's `LR_DECAY_RATE`, 0.1).
         steps_per_epoch (`float`):
             Optimizer steps per epoch; may be fractional (dataset size / effective batch size).
+        warmup_steps (`int`, *optional*, defaults to 0): Linear warm-up length in optimizer steps.
+        warmup_factor (`float`, *optional*, defaults to 0): The warm-up's first factor (mmdet, detectron2: 0.001).
 
     Returns:
         `Callable[[int], float]`: step -> lr factor.
     """
     stages = _check(milestones, gamma, steps_per_epoch)
+    _check_number("warmup_steps", warmup_steps)
+    _check_number("warmup_factor (the warm-up's starting lr over the base lr)", warmup_factor)
 
     def factor(step: int) -> float:
         epoch = math.floor(step / steps_per_epoch + _EPOCH_TOLERANCE)
-        return multistep_epoch_factor(epoch, stages, gamma)
+        ramp = warmup_factor + (1.0 - warmup_factor) * step / warmup_steps if step < warmup_steps else 1.0
+        return multistep_epoch_factor(epoch, stages, gamma) * ramp
 
     return factor
 
@@ -81,6 +95,8 @@ def get_multistep_schedule(
     gamma: float,
     steps_per_epoch: float,
     last_epoch: int = -1,
+    warmup_steps: int = 0,
+    warmup_factor: float = 0.0,
 ) -> LambdaLR:
     """
     A `LambdaLR` with the multi-step decay of [`multistep_lambda`], stepped once per optimizer step (as the
@@ -92,11 +108,13 @@ def get_multistep_schedule(
         gamma (`float`): Multiplicative decay per milestone.
         steps_per_epoch (`float`): Optimizer steps per epoch (may be fractional).
         last_epoch (`int`, *optional*, defaults to `-1`): The index of the last step, when resuming.
+        warmup_steps, warmup_factor: the linear warm-up of [`multistep_lambda`] (none by default).
 
     Returns:
         `torch.optim.lr_scheduler.LambdaLR`: The schedule.
     """
-    return LambdaLR(optimizer, multistep_lambda(milestones, gamma, steps_per_epoch), last_epoch=last_epoch)
+    factor = multistep_lambda(milestones, gamma, steps_per_epoch, warmup_steps, warmup_factor)
+    return LambdaLR(optimizer, factor, last_epoch=last_epoch)
 
 
 def _check_number(name: str, value: Any, positive: bool = False) -> None:
@@ -162,6 +180,20 @@ def optimizer_steps_per_epoch(
     return max(math.ceil(batches / accumulation_steps), 1)
 
 
+def _check_milestone_warmup(args: Any) -> None:
+    """The milestones' warm-up is `warmup_steps` (linear, from `distill_lr_warmup_lr`), not the step schedule's."""
+    if args.distill_lr_warmup_epochs:
+        raise UsageError(
+            f"`distill_lr_warmup_epochs={args.distill_lr_warmup_epochs}` warms up DIST's step schedule; with "
+            "`distill_lr_milestones` warm up linearly over `warmup_steps` optimiser steps instead."
+        )
+    if args.distill_lr_warmup_lr and not args.warmup_steps:
+        raise UsageError(
+            f"`distill_lr_warmup_lr={args.distill_lr_warmup_lr}` is where a warm-up starts, and no warm-up is set: "
+            "pass `warmup_steps` too (mmdet: 500 from 0.001 x lr; detectron2: 1000) or drop it."
+        )
+
+
 def check_schedule_arguments(args: Any) -> None:
     """
     Check `DistillationArguments`' schedule fields (milestones, or DIST's `step` schedule) before anything runs;
@@ -186,17 +218,13 @@ def check_schedule_arguments(args: Any) -> None:
         return
     if not args.distill_lr_gamma > 0:
         raise UsageError(f"`distill_lr_gamma` must be > 0 (0.1 decays tenfold), got {args.distill_lr_gamma}.")
-    if args.warmup_steps:
-        which, fix = (
-            ("distill_lr_milestones", "(the references' multi-step decay has no warm-up)")
-            if milestones is not None
-            else ("distill_lr_decay_epochs", "or warm up with `distill_lr_warmup_epochs`")
-        )
+    if args.warmup_steps and milestones is None:
         raise UsageError(
-            f"`warmup_steps={args.warmup_steps}` is the Trainer's warm-up, which `{which}` replaces and would "
-            f"ignore: drop it {fix}."
+            f"`warmup_steps={args.warmup_steps}` is the Trainer's warm-up, which `distill_lr_decay_epochs` replaces "
+            "and would ignore: drop it, or warm up with `distill_lr_warmup_epochs`."
         )
     if milestones is not None:
+        _check_milestone_warmup(args)
         values = list(milestones)
         if not values or any(isinstance(m, bool) or not (isinstance(m, (int, float)) and m >= 0) for m in values):
             raise UsageError(f"`distill_lr_milestones` must be numbers >= 0, e.g. [150, 180, 210]; got {values}.")

@@ -12,6 +12,7 @@ from torch import nn
 
 from hfkd.data.batch import LABELS, PIXEL_VALUES, STRONG_PIXEL_VALUES, require_view, teacher_pixels
 from hfkd.losses import DistillationLoss, LossContext, create_loss, get_loss_class
+from hfkd.models.distillation_head import enable_distillation_head, has_distillation_head, refusal, with_head_logits
 from hfkd.models.features import (
     PreactivationRecorder,
     bn_before_relu_stats,
@@ -39,10 +40,13 @@ def build_loss(
 
     Feature losses get the (C, H, W) shapes of every feature map, probed once on `probe_batch()` (a collated batch
     of a couple of training samples, or `None` without data, each model's on its own device) so that they can size
-    their adapters; OFD the teacher's BN statistics; SDD the models' classifier heads. The loss is returned on the
-    student's device.
+    their adapters; OFD the teacher's BN statistics; SDD the models' classifier heads. DeiT's student trains its
+    distillation head apart (timm's distilled mode switched on; a student without one is refused). The loss is
+    returned on the student's device.
     """
     needs = get_loss_class(key).needs
+    if needs.distillation_head:
+        enable_distillation_head(student, key)
     num_classes = getattr(getattr(student, "config", None), "num_labels", None)
     context = LossContext(num_classes=num_classes, dataset_size=dataset_size)
     if needs.preactivations:
@@ -59,6 +63,12 @@ def build_loss(
     return create_loss(key, context=context, **kwargs).to(device_of(student))
 
 
+def check_student(key: str, student: nn.Module) -> None:
+    """What loss `key` needs of the student itself, checked before the teacher loads: a distillation head (DeiT)."""
+    if get_loss_class(key).needs.distillation_head and not has_distillation_head(student):
+        raise refusal(key, f"({type(student).__name__})")
+
+
 def device_of(model: nn.Module) -> torch.device:
     """Where `model`'s (first) parameter lies."""
     return next(model.parameters()).device
@@ -73,8 +83,8 @@ class DistillationModule(nn.Module):
 
     `forward(pixel_values=..., **inputs)` returns the student's output (evaluation). With
     `distill=(teacher_outputs, batch)` it runs the student for the loss, with what the loss's `needs` ask for
-    (hidden states, pre-activation maps, the strong view in `strong_pixel_values`), and returns
-    `(student_output, loss_dict)`.
+    (hidden states, pre-activation maps, the strong view in `strong_pixel_values`, both heads of a student with a
+    distillation head), and returns `(student_output, loss_dict)`.
     """
 
     def __init__(self, student: nn.Module, distill_loss: DistillationLoss, align: Callable | None = None) -> None:
@@ -114,6 +124,8 @@ class DistillationModule(nn.Module):
         teacher_outputs, batch = distill
         needs = self.distill_loss.needs
         student_output = run_for_loss(self.student, self.preact_recorder, needs.hidden_states, **inputs)
+        if needs.distillation_head:  # timm's training tuple as transformers' fields, `logits` their mean
+            student_output = with_head_logits(student_output)
         if needs.strong_view:
             strong = require_view({STRONG_PIXEL_VALUES: strong}, STRONG_PIXEL_VALUES)
             batch.student_strong = run_for_loss(self.student, None, needs.hidden_states, pixel_values=strong)

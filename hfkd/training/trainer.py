@@ -35,7 +35,7 @@ from hfkd.training.checkpoints import CheckpointMixin
 from hfkd.training.evaluation import EvaluationMixin
 from hfkd.training.optimization import OptimizationMixin
 from hfkd.training.streaming import StreamingMixin
-from hfkd.training.student_module import DistillationModule, build_loss
+from hfkd.training.student_module import DistillationModule, build_loss, check_student
 from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import recipe_name
 from hfkd.utils.upstream import TrainerInternals
@@ -48,7 +48,8 @@ class DistillationTrainer(
     """A [`~transformers.Trainer`] that distils a frozen teacher into the student `model`.
 
     The loss is `args.distill_ce_weight · CE(student, labels) + args.distill_weight · L(student, teacher)`, where
-    L is the registered loss `args.distill_loss`. The teacher runs in eval mode under `torch.no_grad()` and the
+    L is the registered loss `args.distill_loss` (a loss with `replaces_task_loss` gives the CE term itself: DeiT's
+    class head, not the averaged heads). The teacher runs in eval mode under `torch.no_grad()` and the
     same autocast as the student; it is never optimised, wrapped in DDP, or saved. Evaluation runs the student
     only and reports `eval_accuracy` and `eval_top5_accuracy`.
 
@@ -88,7 +89,7 @@ class DistillationTrainer(
         recipe: str | None = None,
         data_info: dict[str, Any] | None = None,
     ) -> None:
-        _check_args(args, compute_loss_func)
+        _check_args(args, compute_loss_func, model)
         args.check_teacher_given(teacher_model)
         self.task = resolve_task(args, model if model is not None else None)
         if data_collator is None or isinstance(data_collator, DistillationCollator):
@@ -274,19 +275,30 @@ class DistillationTrainer(
             return (loss, {"logits": logits}) if return_outputs else loss
 
         teacher_outputs = self.teacher(inputs, epoch=self.state.epoch or 0.0)
+        inputs = self.task.teacher_labels(inputs, teacher_outputs.main)
+        labels = inputs.get(LABELS)
         batch = self._distill_batch(inputs, teacher_outputs)
         student_outputs, loss_dict = model(**self.task.model_inputs(inputs), distill=(teacher_outputs, batch))
         logits = logits_of(student_outputs)
-        method_ce, ce = loss_dict.pop("ce", None), None
-        if labels is not None:
-            ce = self.task.task_loss(student_outputs, labels, self._cross_entropy)
-            ce = ce + (0.0 if method_ce is None else method_ce)
+        ce = self._task_ce(student_outputs, labels, loss_dict.pop("ce", None))
         loss = self._total_loss(ce, loss_dict["loss"], *shares)
         self._record_metrics(ce, loss_dict)
         terms = {f"distill/{name}": value for name, value in loss_dict.items()}
         terms.update({"loss": loss, "distill/ce": ce, STUDENT_TERM: logits})
         self._guard.observe({**terms, TEACHER_TERM: logits_of(teacher_outputs.main)})
         return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _task_ce(self, student_outputs: Any, labels: Any, method_ce: torch.Tensor | None) -> torch.Tensor | None:
+        """The CE term of the step (`None` without labels): the task loss plus the loss's own CE terms (`"ce"`), or
+        those alone when the loss computes the whole task loss itself (`replaces_task_loss`: DeiT's class head)."""
+        if labels is None:
+            return None
+        if getattr(self.distill_loss, "replaces_task_loss", False):
+            if method_ce is None:
+                raise UsageError(f"Loss {self.args.distill_loss!r} replaces the task loss but returned no 'ce' term.")
+            return method_ce
+        ce = self.task.task_loss(student_outputs, labels, self._cross_entropy)
+        return ce if method_ce is None else ce + method_ce
 
     def _student_loss(
         self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None, ce_share: Any
@@ -451,7 +463,8 @@ def _map_datasets(function: Callable, datasets: Any) -> Any:
     return function(datasets)
 
 
-def _check_args(args: Any, compute_loss_func: Callable | None) -> None:
+def _check_args(args: Any, compute_loss_func: Callable | None, model: nn.Module | None) -> None:
+    """What the trainer refuses before it builds anything (a student the loss cannot train included)."""
     if args is None:
         raise UsageError("DistillationTrainer needs `args=DistillationArguments(output_dir=..., ...)`.")
     if not isinstance(args, DistillationArguments):
@@ -461,6 +474,8 @@ def _check_args(args: Any, compute_loss_func: Callable | None) -> None:
         )
     if compute_loss_func is not None:
         raise UsageError("DistillationTrainer computes its own loss; drop `compute_loss_func`.")
+    if model is not None and args.uses_teacher:
+        check_student(args.distill_loss, model)
     if args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes"):
         raise UsageError(
             "DistillationTrainer does not support FSDP (its student module wraps the student and the loss, which "

@@ -1,2 +1,3 @@
 """Utilities every layer may use: local names that never leave the machine, lazy exports, usage errors, mappings given
-as JSON arguments, and the one module that touches private members of the libraries hfkd builds on."""
+as JSON arguments, the articles of messages, and the one module that touches private members of the libraries hfkd
+builds on."""

@@ -55,8 +55,9 @@ UPSTREAM: dict[tuple[str, str], str] = {
     # The two methods evaluate's documentation tells a metric script to define (hfkd/metrics/top_k_accuracy).
     ("evaluate.Metric", "_info"): "(self)",
     ("evaluate.Metric", "_compute"): "(self, *, predictions=None, references=None, **kwargs)",
-    # What transformers' custom-model documentation tells a PreTrainedModel subclass to define (hfkd.models.smp: smp
-    # and timm initialise their own modules, which the default would overwrite, pretrained encoder weights included).
+    # What transformers' custom-model documentation tells a PreTrainedModel subclass to define (hfkd.models.smp and
+    # hfkd.models.torchvision_detection: smp, timm and torchvision initialise their own modules, which the default
+    # would overwrite, pretrained weights included).
     ("transformers.PreTrainedModel", "_init_weights"): "(self, module)",
 }
 
@@ -64,6 +65,7 @@ UPSTREAM: dict[tuple[str, str], str] = {
 DOCUMENTED_OVERRIDES = {
     "hfkd/metrics/top_k_accuracy/top_k_accuracy.py": {"_info", "_compute"},
     "hfkd/models/smp.py": {"_init_weights"},
+    "hfkd/models/torchvision_detection.py": {"_init_weights"},
 }
 """Private members that a library's documentation tells its users to define, where hfkd defines them (outside this
 module: evaluate loads a metric script by its path; a model's initialisation belongs to its class)."""

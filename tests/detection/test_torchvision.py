@@ -318,3 +318,27 @@ def test_a_loss_the_detectors_cannot_take_is_refused_before_weights_load(
             root, tmp_path / "out", "--student", student, "--teacher", teacher, "--teacher_pretrained", "false", *extra
         )
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_smoke_mode_runs_a_detection_recipe_offline(tmp_path, monkeypatch):
+    """`--smoke` on a COCO recipe's arguments: synthetic boxes of COCO's 80 classes, the teacher folder a recipe
+    expects from an earlier run replaced by its network with random weights, a Hub DETR by a tiny random one."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    from run_image_distill import main
+
+    monkeypatch.chdir(tmp_path)
+    for student, teacher, loss in [
+        ("fasterrcnn_resnet18_fpn", "runs/coco/teachers/fasterrcnn_resnet34_fpn", "dkd"),
+        ("PekingU/rtdetr_r18vd", "PekingU/rtdetr_r50vd", "kd"),
+    ]:
+        out = tmp_path / loss
+        main(["--smoke", "--task", "object-detection", "--student", student, "--teacher", teacher, "--loss", loss,
+              "--dataset", "data/coco", "--output_dir", str(out)])  # fmt: skip
+        record = json.loads((out / "distill_config.json").read_text())
+        assert record["data"]["source"].startswith("synthetic smoke data") and record["data"]["image_size"] == 64
+        assert len(json.loads((out / "config.json").read_text())["id2label"]) == 80

@@ -165,3 +165,32 @@ def cwd(student: np.ndarray, teacher: np.ndarray, temperature: float) -> float:
         for j in range(c):
             total += kl(softmax(teacher[i, j].ravel() / temperature), softmax(student[i, j].ravel() / temperature))
     return temperature**2 * total / (n * c)
+
+
+def cross_entropy(logits: np.ndarray, target: np.ndarray) -> float:
+    """−Σ_c q_c log ψ(z)_c for a distribution q over the classes (a one-hot label, or Mixup's soft target)."""
+    return float(-np.sum(target * np.log(softmax(logits))))
+
+
+def deit(
+    cls_logits: np.ndarray,
+    distillation_logits: np.ndarray,
+    teacher: np.ndarray,
+    targets: np.ndarray,
+    distillation_type: str,
+    alpha: float,
+    temperature: float,
+) -> tuple[float, float, float]:
+    """Touvron et al. §4 with a distillation token: the class head's CE against the targets (B, C), the distillation
+    head's against the teacher. Hard: CE against y_t = argmax_c Z_t(c). Soft: τ²·KL(ψ(Z_t/τ) ‖ ψ(Z_s/τ)), summed
+    over the samples and divided by B·C, the normalisation of the authors' losses.py (the paper's per-sample KL
+    / C). Returns ((1 − α)·base + α·distillation, base, distillation)."""
+    b, c = cls_logits.shape
+    base = sum(cross_entropy(z, q) for z, q in zip(cls_logits, targets)) / b
+    if distillation_type == "hard":
+        teacher_labels = [np.eye(c)[int(np.argmax(t))] for t in teacher]
+        distillation = sum(cross_entropy(z, y_t) for z, y_t in zip(distillation_logits, teacher_labels)) / b
+    else:
+        kls = [kl(softmax(t / temperature), softmax(z / temperature)) for z, t in zip(distillation_logits, teacher)]
+        distillation = temperature**2 * sum(kls) / (b * c)
+    return (1 - alpha) * base + alpha * distillation, base, distillation

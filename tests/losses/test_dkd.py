@@ -58,6 +58,20 @@ def test_finite_when_student_target_probability_underflows():
     assert torch.isfinite(out) and torch.isfinite(s.grad).all()
 
 
+def test_gradient_finite_when_the_teachers_target_logit_leads_by_far():
+    # A confident teacher (a detection teacher's RoI rows): exp() of its target entry would overflow in float32.
+    s, t, y = _inputs(8, 10, 1.0, seed=5)
+    t = t.clone()
+    t[torch.arange(8), y] = 150.0  # exp(150) is inf in float32, finite in the float64 reference
+    s.requires_grad_()
+    out = dkd_loss(s, t, y, alpha=1.0, beta=8.0, temperature=1.0)
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(s.grad).all()
+    # In float64 nothing overflows (and 1 - p_t underflows in the direct equation): the float32 value must agree.
+    expected = dkd_loss(s.detach().double(), t.double(), y, alpha=1.0, beta=8.0, temperature=1.0)
+    assert out.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
 def test_identical_logits_give_zero():
     s, _, y = _inputs(8, 10, 3.0, seed=0)
     assert dkd_loss(s, s.clone(), y).item() == pytest.approx(0.0, abs=1e-5)

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from hfkd.data.batch import LABELS, PIXEL_MASK, PIXEL_VALUES, SAMPLE_INDEX, TEACHER_PIXEL_VALUES, member_key
+from hfkd.data.batch_transform import transform_rows
 from hfkd.data.datasets import IMAGE_COLUMN_NAMES
 from hfkd.data.decode import decode_image
 from hfkd.data.transforms import ImageConfig, sample_seed
@@ -353,6 +354,9 @@ class DetectionTransform:
         flip (`bool`, defaults to `True`), crop (`tuple[int, int]`, *optional*): training augmentations.
         box_format (`str`, defaults to `"cxcywh"`): `"cxcywh"` normalised (DETR family) or `"xyxy"` absolute.
         seed (`int`): with the epoch and the row's index, the seed of its random draws.
+        unlabelled (`Collection[int]`, *optional*): training rows (by `sample_index`) whose boxes are not used
+            (`--labelled_samples`): their `labels` hold no box and `"unlabelled": True`, and the trainer gives them the
+            teacher's detections as targets (`DetectionTask.teacher_labels`).
     """
 
     def __init__(
@@ -371,6 +375,7 @@ class DetectionTransform:
         crop: tuple[int, int] | None = None,
         box_format: str = "cxcywh",
         seed: int = 42,
+        unlabelled: Collection[int] = (),
     ) -> None:
         if box_format not in BOX_FORMATS:
             raise UsageError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}.")
@@ -383,6 +388,7 @@ class DetectionTransform:
         self.num_labels, self.train, self.scales, self.max_size = num_labels, train, tuple(scales), max_size
         self.image_size, self.flip, self.crop, self.box_format = image_size, flip, crop, box_format
         self.seed, self.epoch = seed, 0
+        self.unlabelled = frozenset(unlabelled) if train else frozenset()
         self.teachers = {
             member: config
             for member, config in enumerate(teachers)
@@ -446,6 +452,8 @@ class DetectionTransform:
             "orig_size": torch.tensor([height, width], dtype=torch.long),
             "size": torch.tensor([new_h, new_w], dtype=torch.long),
         }
+        if index in self.unlabelled:  # its boxes are not used: the teacher's detections will be its targets
+            target.update(class_labels=target["class_labels"][:0], boxes=target["boxes"][:0], unlabelled=True)
         out = {PIXEL_VALUES: normalize(pixels, self.student.mean, self.student.std), LABELS: target}
         for member, config in self.teachers.items():
             teacher = pixels if config.num_channels == self.student.num_channels else pixels[:1].expand(3, -1, -1)
@@ -453,14 +461,7 @@ class DetectionTransform:
         return out
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        count = len(batch[self.image_column])
-        indices = batch.get(SAMPLE_INDEX) or list(range(count))
-        rows = [{key: values[i] for key, values in batch.items()} for i in range(count)]
-        outputs = [self._one(row, int(index)) for row, index in zip(rows, indices)]
-        result = {key: [o[key] for o in outputs] for key in outputs[0]}
-        if SAMPLE_INDEX in batch:
-            result[SAMPLE_INDEX] = list(batch[SAMPLE_INDEX])
-        return result
+        return transform_rows(batch, self._one, self.image_column)
 
 
 class DetectionCollator:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from hfkd.data.batch import LABELS
 from hfkd.losses import DistillationLoss
 from hfkd.tasks.base import DETECTION, Task
 from hfkd.tasks.detection.distill import DetrDistillation, uses_sigmoid
@@ -58,6 +59,7 @@ class DetectionTask(Task):
         score_threshold: float | None = None,
         feature_loss: str | None = None,
         feature_loss_kwargs: dict[str, Any] | None = None,
+        pseudo_label_threshold: float = 0.5,
         **options: Any,
     ) -> None:
         options.pop("logits_size", None)
@@ -65,8 +67,14 @@ class DetectionTask(Task):
         super().__init__(**options)
         self.score_threshold = score_threshold
         self.feature_loss, self.feature_loss_kwargs = feature_loss, dict(feature_loss_kwargs or {})
+        self.pseudo_label_threshold = pseudo_label_threshold
 
     def task_loss(self, outputs: Any, labels: Any, cross_entropy: Callable) -> torch.Tensor:
+        if labels and any(label.get("unlabelled") for label in labels):
+            raise UsageError(
+                "The batch has images marked unlabelled and no teacher labelled them: a detection run with "
+                "--labelled_samples needs a teacher (without one, the unlabelled images are dropped)."
+            )
         loss = outputs.get("loss") if isinstance(outputs, dict) else getattr(outputs, "loss", None)
         if loss is None:
             raise UsageError(
@@ -74,6 +82,21 @@ class DetectionTask(Task):
                 "computes its matching loss from `labels` (transformers' *ForObjectDetection models do)."
             )
         return loss
+
+    def teacher_labels(self, inputs: dict[str, Any], teacher_output: Any) -> dict[str, Any]:
+        """Images marked `unlabelled` (`--labelled_samples`) take the teacher's detections scoring above
+        `pseudo_label_threshold` as their targets (classes and normalised (cx, cy, w, h) boxes in the padded frame,
+        as the labelled images' are)."""
+        labels = inputs.get(LABELS)
+        if not labels or not any(label.get("unlabelled") for label in labels):
+            return inputs
+        pseudo = pseudo_targets(teacher_output, self.pseudo_label_threshold, len(self.id2label))
+        filled = [
+            {**{k: v for k, v in label.items() if k != "unlabelled"}, **pseudo[i], "pseudo": True}
+            if label.get("unlabelled") else label
+            for i, label in enumerate(labels)
+        ]  # fmt: skip
+        return {**inputs, LABELS: filled}
 
     def count_labelled(self, labels: Any, size: int) -> int:
         """The images with labels (the detectors' losses are means over a micro-batch's boxes and queries)."""
@@ -129,6 +152,26 @@ class DetectionTask(Task):
         from hfkd.tasks.detection.data import DetectionCollator
 
         return DetectionCollator()
+
+
+def pseudo_targets(teacher_output: Any, threshold: float, num_labels: int) -> list[dict[str, torch.Tensor]]:
+    """Per image, the teacher's detections scoring above `threshold` as targets (`class_labels`, `boxes` in
+    normalised (cx, cy, w, h)): a DETR-family teacher's queries (`hfkd.losses._detr.teacher_pseudo_targets`), or a
+    torchvision teacher's post-processed detections."""
+    from hfkd.losses._detr import teacher_pseudo_targets
+
+    if getattr(teacher_output, "pred_boxes", None) is not None:
+        logits = teacher_output.logits
+        sigmoid = uses_sigmoid(logits, num_labels)
+        return teacher_pseudo_targets(logits, teacher_output.pred_boxes, threshold=threshold, use_sigmoid=sigmoid)
+    table = teacher_output.detections
+    targets = []
+    for rows in table:
+        rows = rows[(rows[:, 4] > threshold) & (rows[:, 2] > rows[:, 0]) & (rows[:, 3] > rows[:, 1])]
+        x1, y1, x2, y2 = rows[:, :4].unbind(-1)
+        boxes = torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], -1)
+        targets.append({"class_labels": rows[:, 5].long(), "boxes": boxes})
+    return targets
 
 
 def frame_sizes(labels: list[dict[str, Any]]) -> torch.Tensor:

@@ -10,6 +10,7 @@ ignored), as the references train.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -19,11 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, Image
 from transformers.utils import logging
 
 from hfkd.data.batch import LABELS, PIXEL_VALUES, SAMPLE_INDEX, TEACHER_PIXEL_VALUES, member_key
-from hfkd.data.datasets import IMAGE_COLUMN_NAMES, _pick_splits
+from hfkd.data.batch_transform import transform_rows
+from hfkd.data.datasets import IMAGE_COLUMN_NAMES, load_dense_dataset
 from hfkd.data.decode import decode_image
 from hfkd.data.transforms import ImageConfig, sample_seed
 from hfkd.tasks.segmentation.transforms import (
@@ -101,6 +103,29 @@ def load_cityscapes(folder: str) -> DatasetDict:
     return DatasetDict(splits)
 
 
+SEGMENTATION_FOLDERS = (
+    "{name_or_path!r} is neither a Cityscapes folder (leftImg8bit/ + gtFine/), a save_to_disk folder nor a folder of "
+    "parquet files with an image column and a mask column."
+)
+"""The refusal of a folder in none of the layouts (`load_dense_dataset`'s `folder_error`)."""
+
+
+def _read_own(
+    name_or_path: str, seed: int
+) -> tuple[DatasetDict, str, tuple[dict[int, str], np.ndarray | None]] | None:
+    """(raw splits, where they came from, (class names, mask lookup)) of the segmentation layouts: the demo scenes, a
+    Cityscapes folder."""
+    from hfkd.tasks.segmentation.demo import DEMO_NAME, load_demo_scenes
+
+    if name_or_path == DEMO_NAME:
+        raw, names, items = load_demo_scenes(seed=seed)
+        return raw, f"embedded demo scenes ({items} items on a canvas)", (dict(enumerate(names)), None)
+    if os.path.isdir(name_or_path) and is_cityscapes(name_or_path):
+        info = dict(enumerate(CITYSCAPES_CLASSES)), cityscapes_lookup()
+        return load_cityscapes(name_or_path), f"Cityscapes folder {name_or_path}", info
+    return None
+
+
 def load_segmentation_dataset(
     name_or_path: str,
     *,
@@ -122,42 +147,17 @@ def load_segmentation_dataset(
     `save_to_disk`, a local folder of parquet files (`train-*.parquet`, `validation-*.parquet`, ...), a Cityscapes
     folder (`leftImg8bit/` and `gtFine/`), or the embedded demo scenes `fashion-mnist-scenes`.
     """
-    from hfkd.tasks.segmentation.demo import DEMO_NAME, load_demo_scenes
-
-    lookup, id2label = None, None
-    if name_or_path == DEMO_NAME:
-        raw, names, items = load_demo_scenes(seed=seed)
-        source, id2label = f"embedded demo scenes ({items} items on a canvas)", dict(enumerate(names))
-    elif os.path.isdir(name_or_path) and is_cityscapes(name_or_path):
-        raw, source = load_cityscapes(name_or_path), f"Cityscapes folder {name_or_path}"
-        lookup, id2label = cityscapes_lookup(), dict(enumerate(CITYSCAPES_CLASSES))
-    elif os.path.isdir(name_or_path) and any(
-        os.path.isfile(os.path.join(name_or_path, f)) for f in ("dataset_dict.json", "state.json")
-    ):
-        raw, source = load_from_disk(name_or_path), f"save_to_disk folder {name_or_path}"
-    elif os.path.isdir(name_or_path) and glob.glob(os.path.join(name_or_path, "**", "*.parquet"), recursive=True):
-        raw = load_dataset("parquet", data_dir=name_or_path, cache_dir=cache_dir, **kwargs)
-        source = f"parquet folder {name_or_path}"
-    elif os.path.isdir(name_or_path):
-        raise UsageError(
-            f"{name_or_path!r} is neither a Cityscapes folder (leftImg8bit/ + gtFine/), a save_to_disk folder nor a "
-            "folder of parquet files with an image column and a mask column."
-        )
-    else:
-        raw = load_dataset(name_or_path, config_name, cache_dir=cache_dir, **kwargs)
-        source = f"Hub {name_or_path}" + (f" ({config_name})" if config_name else "")
-    if isinstance(raw, Dataset):
-        raw = DatasetDict({train_split: raw})
+    dataset, own = load_dense_dataset(
+        name_or_path, functools.partial(_read_own, seed=seed), SEGMENTATION_FOLDERS, task="Segmentation",
+        config_name=config_name, train_split=train_split, eval_split=eval_split, eval_fraction=eval_fraction,
+        seed=seed, max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, cache_dir=cache_dir,
+        **kwargs,
+    )  # fmt: skip
+    id2label, lookup = own or (None, None)
     names_file = os.path.join(name_or_path, "id2label.json")
     if id2label is None and os.path.isfile(names_file):  # as transformers' segmentation datasets ship their names
         id2label = read_id2label(names_file)
-    train, evaluation, _ = _pick_splits(raw, source, train_split, eval_split, eval_fraction, seed)
-    dataset = DatasetDict({"train": train, "eval": evaluation})
-    for split, limit in (("train", max_train_samples), ("eval", max_eval_samples)):
-        if limit is not None and limit < len(dataset[split]):
-            dataset[split] = dataset[split].shuffle(seed=seed).select(range(limit))
-    dataset.source, dataset.label_lookup, dataset.id2label = source, lookup, id2label
-    logger.info(f"Segmentation data from {source}: {len(dataset['train'])} train / {len(dataset['eval'])} eval rows.")
+    dataset.label_lookup, dataset.id2label = lookup, id2label
     return dataset
 
 
@@ -362,14 +362,7 @@ class SegmentationTransform:
         return out
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        count = len(batch[self.image_column])
-        indices = batch.get(SAMPLE_INDEX) or list(range(count))
-        rows = [{key: values[i] for key, values in batch.items()} for i in range(count)]
-        outputs = [self._one(row, int(index)) for row, index in zip(rows, indices)]
-        result = {key: [o[key] for o in outputs] for key in outputs[0]}
-        if SAMPLE_INDEX in batch:
-            result[SAMPLE_INDEX] = list(batch[SAMPLE_INDEX])
-        return result
+        return transform_rows(batch, self._one, self.image_column)
 
 
 class SegmentationCollator:

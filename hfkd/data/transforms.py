@@ -407,7 +407,8 @@ def sample_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
     """The seed of one sample's random draws in one epoch: a pure function of (seed, epoch, index, stream).
 
     The teacher cache draws its views with stream 0 too (`hfkd.teacher_cache.view_params`); `stream` separates other
-    views of the same sample (MLKD's strong view uses 1).
+    views of the same sample (MLKD's strong view uses 1; copy c of an image, `distill_views_per_image`, uses 2c and
+    2c + 1 for its strong view: `hfkd.data.views.copy_stream`).
     """
     mixed = ((seed * 1_000_003 + epoch) * 100_000_007 + index) % (2**63)
     return mixed if stream == 0 else (mixed * 6_364_136_223_846_793_005 + stream) % (2**63)

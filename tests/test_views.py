@@ -1,16 +1,19 @@
 """Copies of each training image per epoch (hfkd.data.views): DeiT's repeated augmentation against a reference written
 from RASampler's code, through Accelerate's batch sharding; each copy's own draws; StreamLined's concatenated epoch;
-a resumed run's remaining batches; what is refused."""
+a resumed run's remaining batches; what is refused; the recipes' epochs."""
 
+import glob
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from accelerate.data_loader import BatchSamplerShard
 from datasets import ClassLabel, Dataset, Features, Image
 from PIL import Image as PILImage
-from torch.utils.data import BatchSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from hfkd import DistillationArguments, DistillationTrainer
 from hfkd.commands.arguments import parse_args
@@ -21,7 +24,10 @@ from hfkd.data.transforms import ImageConfig, build_transforms
 from hfkd.data.views import VIEW_INDEX, RepeatedViewsSampler, copy_stream, expand_views, views_sampler
 from hfkd.utils.errors import UsageError
 
+from .test_recipes import parse_recipe
 from .testing_utils import perturbed, synthetic_dataset, tiny_resnet
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def rasampler_reference(num_images: int, num_replicas: int, rank: int, epoch: int, repeats: int) -> list[tuple]:
@@ -216,3 +222,42 @@ def test_repeated_copies_resume_to_the_same_remaining_batches(tmp_path):
     for epoch, steps in ((0, straight[:4]), (1, straight[4:])):
         expected = [image for image, _ in rasampler_reference(256, 1, 0, epoch, 3)]
         assert [i for indices, _ in steps for i in indices] == expected[: 64 * len(steps)]
+
+
+# ------------------------------------------------------------------------------------------ the recipes
+
+
+STREAMLINED = sorted(glob.glob(str(REPO / "recipes/cifar100/streamlined/*/*.yaml")))
+DEIT = sorted(glob.glob(str(REPO / "recipes/imagenet/deit/*.yaml")))
+
+
+def test_streamlined_recipes_train_on_the_drivers_concatenated_epoch(tmp_path):
+    assert len(STREAMLINED) == 66
+    for recipe in STREAMLINED:
+        data = yaml.safe_load(Path(recipe).read_text(encoding="utf-8"))
+        assert data["distill_views_per_image"] == 2 and data["distill_view_augments"] == ["crop_flip", "fixmatch"]
+        assert "distill_view_placement" not in data and "Not replicated (needs code): the driver" not in str(data)
+    _, _, _, args, _ = parse_recipe("recipes/cifar100/streamlined/kd/resnet8x4_from_resnet32x4.yaml", tmp_path)
+    assert args.distill_view_placement == "concat"
+    # CIFAR-100's 50,000 training images, as rows with an index (nothing is decoded to count batches).
+    weak = build_transforms(ImageConfig(size=(32, 32)), True, train_augment=args.distill_view_augments[0])
+    cifar = Dataset.from_dict({"sample_index": np.arange(50_000)})
+    cifar.set_transform(make_transform_fn(weak))
+    expanded = expand_views(cifar, args.distill_views_per_image)
+    batch = args.per_device_train_batch_size
+    assert views_sampler(args.distill_view_placement, 2, 50_000, world_size=1, batch_size=batch) is None
+    loader = DataLoader(expanded, batch_size=batch, sampler=RandomSampler(expanded),
+                        drop_last=args.dataloader_drop_last)  # fmt: skip
+    assert len(expanded) == 100_000 and len(loader) == math.ceil(2 * 50_000 / 64) == 1563
+
+
+@pytest.mark.parametrize("recipe", DEIT, ids=lambda p: Path(p).stem)
+def test_deit_recipes_repeat_each_image_three_times_in_rasamplers_epoch(recipe, tmp_path):
+    _, _, _, args, _ = parse_recipe(str(Path(recipe).relative_to(REPO)), tmp_path)
+    assert (args.distill_views_per_image, args.distill_view_placement) == (3, "repeated")
+    images, world, batch = 1_281_167, 8, args.per_device_train_batch_size  # ImageNet-1k on the headers' 8 GPUs
+    sampler = views_sampler(args.distill_view_placement, args.distill_views_per_image, images, world_size=world,
+                            batch_size=batch, seed=args.seed)  # fmt: skip
+    rasampler_len = int(math.floor(images // 256 * 256 / world))  # RASampler.__len__ (num_selected_samples)
+    assert sampler.per_process == rasampler_len == 160_128
+    assert len(sampler) == world * (rasampler_len // batch) * batch and rasampler_len // batch == 1251

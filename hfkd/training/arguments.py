@@ -100,8 +100,9 @@ class DistillationArguments(TrainingArguments):
         `"steps"`: the milestones (and the `step` schedule's lengths) are optimiser steps (the lr decays from step m
         on), for streamed data whose epochs have no known length.
     distill_task (`str`, *optional*, defaults to `None`):
-        The task (`--task`): `"image-classification"`, `"semantic-segmentation"` or `"object-detection"`; by default
-        the student's (`hfkd.tasks`). A student of another task, or a loss that does not serve it, is refused.
+        The task (`--task`): `"image-classification"`, `"semantic-segmentation"`, `"object-detection"` or
+        `"image-feature-extraction"` (label-free, between backbones); by default the student's (`hfkd.tasks`). A
+        student of another task, or a loss that does not serve it, is refused.
     distill_logits_size (`str`, *optional*, defaults to `"teacher"`):
         Dense tasks: dense logits of different sizes are compared at the teacher's size (the student's resized,
         bilinear), or at the label size (`"labels"`: both resized).
@@ -251,8 +252,8 @@ class DistillationArguments(TrainingArguments):
     distill_task: str | None = field(
         default=None,
         metadata={
-            "help": "The task: image-classification, semantic-segmentation or object-detection (default: the "
-            "student's, read from its config).",
+            "help": "The task (default: the models', read from their configs; image-feature-extraction: label-free, "
+            "between backbones).",
             "aliases": ["--task"],
             "choices": list(TASK_NAMES),
         },

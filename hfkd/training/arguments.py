@@ -473,9 +473,8 @@ class DistillationArguments(TrainingArguments):
         self.distill_feature_loss = feature = feature.strip().lower()
         if feature not in NECK_LOSSES + FEATURE_LOSSES:
             raise UsageError(
-                f"--feature_loss {feature!r} is not a feature loss: pass a neck loss ({', '.join(NECK_LOSSES)}) for "
-                f"detection, or {' / '.join(FEATURE_LOSSES)} for image-feature-extraction (the run's --loss takes the "
-                "logit losses)."
+                f"--feature_loss {feature!r} is not a neck loss: pass one of {', '.join(NECK_LOSSES)} (detection; the "
+                f"run's --loss takes the logit losses), or {' / '.join(FEATURE_LOSSES)} (image-feature-extraction)."
             )
         if feature == self.distill_loss or self.distill_loss == CE_ONLY:
             raise UsageError(

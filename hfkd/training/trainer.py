@@ -55,7 +55,8 @@ class DistillationTrainer(
     L is the registered loss `args.distill_loss` (a loss with `replaces_task_loss` gives the CE term itself: DeiT's
     class head, not the averaged heads). The teacher runs in eval mode under `torch.no_grad()` and the
     same autocast as the student; it is never optimised, wrapped in DDP, or saved. Evaluation runs the student
-    only and reports `eval_accuracy` and `eval_top5_accuracy`.
+    only and reports `eval_accuracy` and `eval_top5_accuracy` (the task's metrics); a label-free task
+    (image-feature-extraction, between backbones) has no CE term and evaluates its distillation loss and a k-NN top-1.
 
     Args:
         model: the student.

@@ -20,7 +20,9 @@ change a step. To read other data or preprocess images otherwise, replace `build
 your own builder: for image classification a subclass of `hfkd.commands.data.ImageClassificationData` that overrides
 `transform` (one model's pipeline, PIL image -> tensor) or `load` (the raw splits and class names); segmentation runs
 (`--task semantic-segmentation`, or segmentation models) build theirs with
-`hfkd.commands.segmentation.SegmentationData` (override `transform`: the joint image and mask pipeline).
+`hfkd.commands.segmentation.SegmentationData` (override `transform`: the joint image and mask pipeline). Label-free
+distillation of a foundation model into a backbone (`--loss embed --feature_loss dense`, a teacher without a head, or
+`--task image-feature-extraction`) builds its data with `hfkd.commands.features.FeatureData`.
 """
 
 from __future__ import annotations

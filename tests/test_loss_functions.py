@@ -28,8 +28,10 @@ from hfkd.losses import (
     cwd_loss,
     deit_distillation_loss,
     deit_loss,
+    dense_loss,
     dist_loss,
     dkd_loss,
+    embed_loss,
     fitnet_loss,
     get_loss_class,
     hcl_loss,
@@ -49,7 +51,8 @@ from hfkd.losses import (
     vid_loss,
 )
 from hfkd.losses._feature_functional import pool_to_common_size
-from hfkd.losses.base import IMAGE_CLASSIFICATION
+from hfkd.losses._image_features import ImageFeatures
+from hfkd.losses.base import IMAGE_CLASSIFICATION, IMAGE_FEATURE_EXTRACTION
 from hfkd.losses.sdd import region_logits, sdd_dkd_loss
 from hfkd.models.features import classifier_head, probe_feature_shapes
 
@@ -123,6 +126,18 @@ def dense_setup() -> Setup:
         value.requires_grad_()
     batch = DistillBatch(epoch=EPOCH, pixel_mask=torch.rand(2, 8, 8, generator=g) < 0.7)
     return Setup(student, teacher, batch, LossContext(num_classes=NUM_CLASSES))
+
+
+@pytest.fixture(scope="module")
+def feature_setup() -> Setup:
+    """Backbone features on 3 images, as the image-feature-extraction task gives them: a student's 16-d embedding and
+    (16, 5, 5) map, a teacher's 24-d embedding and (24, 4, 4) patch grid."""
+    g = torch.Generator().manual_seed(9)
+    student = ImageFeatures(torch.randn(3, 16, generator=g), torch.randn(3, 16, 5, 5, generator=g))
+    teacher = ImageFeatures(torch.randn(3, 24, generator=g), torch.randn(3, 24, 4, 4, generator=g))
+    context = LossContext(student_embedding_dim=16, teacher_embedding_dim=24, student_feature_shapes=[(16, 5, 5)],
+                          teacher_feature_shapes=[(24, 4, 4)])  # fmt: skip
+    return Setup(student, teacher, DistillBatch(epoch=EPOCH), context)
 
 
 Result = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -233,6 +248,18 @@ def _dkd(loss, x):
     )
     # Warm-up at epoch 1.5 of 4: (⌊1.5⌋ + 1) / 4.
     return 0.5 * value, {**terms, "warmup": torch.tensor(0.5)}
+
+
+@case("embed", distance="mse", loss_weight=2.0)
+def _embed(loss, x):
+    value = embed_loss(loss.projection(x.student.embedding), x.teacher.embedding, distance="mse")
+    return 2.0 * value, {"embed": value}
+
+
+@case("dense", distance="cosine", loss_weight=0.5)
+def _dense(loss, x):
+    value = dense_loss(loss.projection(x.student.feature_map), x.teacher.feature_map, distance="cosine")
+    return 0.5 * value, {"dense": value}
 
 
 @case("fitnet", stages=[1, 2], teacher_stages=[2, 1], feat_weight=20.0)
@@ -367,9 +394,10 @@ def _assert_module_is_function(key, kwargs, functional, setup):
 def test_module_loss_equals_its_pure_function(key, request):
     if key not in CASES:
         pytest.fail(f"Loss {key!r} has no entry in CASES ({__name__}): add its functional form there.")
-    # A loss that serves no classification task runs on the dense outputs.
-    classifies = IMAGE_CLASSIFICATION in get_loss_class(key).tasks
-    setup = request.getfixturevalue("setup" if classifies else "dense_setup")
+    # A loss that serves no classification task runs on the dense outputs, a label-free one on backbone features.
+    tasks = get_loss_class(key).tasks
+    name = "setup" if IMAGE_CLASSIFICATION in tasks else "feature_setup" if IMAGE_FEATURE_EXTRACTION in tasks else None
+    setup = request.getfixturevalue(name or "dense_setup")
     _assert_module_is_function(key, *CASES[key], setup)
 
 

@@ -8,7 +8,13 @@ import torch
 import hfkd.losses
 from hfkd.losses import DistillationLoss, DistillBatch, LossContext, create_loss, get_loss_class, list_losses
 from hfkd.losses import registry as registry_module
-from hfkd.losses.base import IMAGE_CLASSIFICATION, KNOWN_TASKS, OBJECT_DETECTION, SEMANTIC_SEGMENTATION
+from hfkd.losses.base import (
+    IMAGE_CLASSIFICATION,
+    IMAGE_FEATURE_EXTRACTION,
+    KNOWN_TASKS,
+    OBJECT_DETECTION,
+    SEMANTIC_SEGMENTATION,
+)
 from hfkd.losses.registry import register_loss, resolve_loss_kwargs
 from hfkd.utils.errors import UsageError
 
@@ -17,7 +23,12 @@ from .testing_utils import tiny_deit_with_teacher
 LOSS_DIR = Path(hfkd.losses.__file__).parent
 # The losses that read a classifier's outputs, and those that serve dense tasks only (and refuse a classifier's).
 CLASSIFICATION_LOSSES = [key for key in list_losses() if IMAGE_CLASSIFICATION in get_loss_class(key).tasks]
-DENSE_ONLY_LOSSES = [key for key in list_losses() if IMAGE_CLASSIFICATION not in get_loss_class(key).tasks]
+LABEL_FREE_LOSSES = [key for key in list_losses() if get_loss_class(key).tasks == {IMAGE_FEATURE_EXTRACTION}]
+DENSE_ONLY_LOSSES = [
+    key
+    for key in list_losses()
+    if IMAGE_CLASSIFICATION not in get_loss_class(key).tasks and key not in LABEL_FREE_LOSSES
+]
 
 
 def test_keys_are_sorted_and_include_the_first_class_losses():
@@ -87,6 +98,7 @@ def test_every_loss_declares_the_tasks_it_serves():
     assert get_loss_class("cwd").tasks == {SEMANTIC_SEGMENTATION, OBJECT_DETECTION}
     assert get_loss_class("mimic").tasks == get_loss_class("pkd").tasks == {OBJECT_DETECTION}
     assert {"cwd", "mimic", "pkd"} <= set(DENSE_ONLY_LOSSES)
+    assert LABEL_FREE_LOSSES == ["dense", "embed"]
 
 
 def test_a_loss_with_unknown_tasks_is_not_registered(monkeypatch):
@@ -172,3 +184,16 @@ def test_dense_only_losses_refuse_a_classifier_with_a_clear_error(key, model_out
     expected = {"cwd": r"CWD needs dense \(B, C, H, W\) maps.*got student \(8, 10\)"}.get(key, "neck_features")
     with pytest.raises(UsageError, match=expected):
         loss(student_out, teacher_out, DistillBatch())
+
+
+@pytest.mark.parametrize("key", LABEL_FREE_LOSSES)
+def test_label_free_losses_say_what_they_need(key, model_outputs):
+    """Without the backbones' probed sizes the loss says how to get them; on a classifier's output it names the
+    task that gives it backbone features."""
+    student, pixels, teacher_out, context = model_outputs
+    with pytest.raises(UsageError, match="probe_image_context"):
+        create_loss(key, context=context)
+    sized = LossContext(student_embedding_dim=16, teacher_embedding_dim=32, student_feature_shapes=[(16, 4, 4)],
+                        teacher_feature_shapes=[(32, 4, 4)])  # fmt: skip
+    with pytest.raises(UsageError, match="image-feature-extraction"):
+        create_loss(key, context=sized)(student(pixel_values=pixels), teacher_out, DistillBatch())

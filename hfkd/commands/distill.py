@@ -25,6 +25,7 @@ from transformers import set_seed
 from hfkd.commands.arguments import DataArguments, ModelArguments, RunArguments, parse_args
 from hfkd.commands.data import ImageClassificationData, RunData
 from hfkd.commands.detection import DetectionData, load_detection_models
+from hfkd.commands.features import FeatureData, load_feature_models
 from hfkd.commands.run_folder import prepare_output_dir, run_settings, start_run
 from hfkd.commands.segmentation import SegmentationData, load_segmentation_models
 from hfkd.commands.smoke import apply_smoke
@@ -32,9 +33,10 @@ from hfkd.data.demo import card_dataset_name
 from hfkd.losses import get_loss_class
 from hfkd.models.availability import check_available, config_num_labels, model_config
 from hfkd.models.distillation_head import config_has_distillation_head, refusal
+from hfkd.models.embeddings import is_backbone_class
 from hfkd.models.label_space import check_label_space, check_teacher_labels, map_teacher_labels
 from hfkd.models.loading import ModelSpec, load_image_classifier, load_image_processor, resolve_model_name
-from hfkd.tasks.base import CLASSIFICATION, DETECTION, SEGMENTATION
+from hfkd.tasks.base import CLASSIFICATION, DETECTION, FEATURES, SEGMENTATION
 from hfkd.tasks.registry import get_task, task_of_config
 from hfkd.teachers.cached import CachedTeacher
 from hfkd.training.arguments import DistillationArguments
@@ -105,7 +107,8 @@ def run_task(args: DistillationArguments, student: ModelSpec, teachers: list[Mod
                 "BEiT, MobileViT-DeepLabV3) or a reference network (deeplabv3-resnet101, pspnet-resnet101)."
             )
     tasks = {name: task_of_config(config) for name, config in configs.items()}
-    wanted, found = args.distill_task, {task for task in tasks.values() if task is not None}
+    wanted = args.distill_task or label_free_task(args, [configs[spec.name] for spec in teachers])
+    found = {task for task in tasks.values() if task is not None}
     if wanted is None and len(found) > 1:
         described = ", ".join(f"{name!r}: {task}" for name, task in tasks.items() if task is not None)
         raise UsageError(
@@ -117,9 +120,10 @@ def run_task(args: DistillationArguments, student: ModelSpec, teachers: list[Mod
         other = tasks[spec.name]
         if other is None or other == task:
             continue
-        # Only an image classifier's backbone may start a student of a dense task, never the reverse.
+        # Only an image classifier's backbone may start a student of a dense task, never the reverse; label-free
+        # distillation reads a classifier teacher's backbone too (its head is not loaded).
         backbone = other == CLASSIFICATION and get_task(task).builds(configs[spec.name].get("model_type"))
-        if spec is student and backbone:
+        if (spec is student or task == FEATURES) and backbone:
             logger.info(
                 f"The {task} student starts from {spec.name!r}, {with_article(other)} checkpoint: its encoder's "
                 "weights."
@@ -135,9 +139,22 @@ def run_task(args: DistillationArguments, student: ModelSpec, teachers: list[Mod
     return task
 
 
+def label_free_task(args: DistillationArguments, teacher_configs: list[dict[str, Any]]) -> str | None:
+    """image-feature-extraction when nothing else says the task and the loss serves only it (`--loss embed`) or a
+    teacher is a backbone without a head (its config's architectures: `Dinov2Model`, `CLIPModel`, ...)."""
+    loss_tasks = get_loss_class(args.distill_loss).tasks if args.uses_teacher else frozenset()
+    backbone = any(
+        config.get("architectures") and all(is_backbone_class(a) for a in config["architectures"])
+        for config in teacher_configs
+    )
+    return FEATURES if loss_tasks == {FEATURES} or (backbone and args.uses_teacher) else None
+
+
 def data_builder(task: str, data_args: DataArguments, run_args: RunArguments, args: DistillationArguments,
                  cache: Any, model_args: ModelArguments, teachers: list[ModelSpec]) -> Any:  # fmt: skip
     """The task's data builder (`ImageClassificationData`, `SegmentationData`, `DetectionData`)."""
+    if task == FEATURES:
+        return FeatureData(data_args, run_args, args, cache, cache_dir=model_args.cache_dir)
     if task in (SEGMENTATION, DETECTION):
         fallback = model_config(teachers[0]).get("id2label") if teachers else None
         fallback = {int(k): v for k, v in fallback.items()} if fallback else None
@@ -153,6 +170,8 @@ def task_models(task: str, student: ModelSpec, teachers: list[ModelSpec], model_
         return load_segmentation_models(student, teachers, model_args, args, data.names, data_args.ignore_index)
     if task == DETECTION:
         return load_detection_models(student, teachers, model_args, args, data.names)
+    if task == FEATURES:
+        return load_feature_models(student, teachers, model_args, args)
     return load_models(student, teachers, model_args, args, data.names)
 
 
@@ -276,7 +295,8 @@ def evaluate(trainer: DistillationTrainer, run_args: RunArguments) -> tuple[dict
     trainer.save_metrics("eval", metrics)
     teacher_metrics = None
     if trainer.teacher_model is not None and run_args.evaluate_teacher:
-        teacher_metrics = trainer.evaluate_teacher()
+        teacher_metrics = trainer.evaluate_teacher() or None  # none without labels (a label-free run's loss only)
+    if teacher_metrics:
         trainer.log_metrics("teacher_eval", teacher_metrics)
         trainer.save_metrics("teacher_eval", teacher_metrics)
     if not trainer.args.uses_teacher:
@@ -298,7 +318,8 @@ def write_card(
         "finetuned_from": student_spec.source if student_spec.kind != "local" else student_spec.name,
         "student_from_scratch": not model_args.student_pretrained,
         "tasks": trainer.task.pipeline_tag,
-        "dataset": card_dataset_name(data_args.dataset, data.source),
+        # Image folders (--train_dir) are the data, not the --dataset default.
+        "dataset": None if data_args.train_dir else card_dataset_name(data_args.dataset, data.source),
         "dataset_args": data_args.dataset_config,
         "tags": ["hfkd", f"distill-{trainer.args.distill_loss}"],
         "is_timm": student_spec.is_timm,

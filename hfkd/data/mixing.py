@@ -121,12 +121,13 @@ class BatchMixer:
         self._step, self._micro = -1, 0
 
     @classmethod
-    def for_run(cls, args: Any, model: Any) -> BatchMixer | None:
-        """The mixer of a run's arguments (`distill_mixup`, `distill_cutmix`) over `model`'s classes, or None."""
+    def for_run(cls, args: Any, model: Any, *, soft_targets: bool = True) -> BatchMixer | None:
+        """The mixer of a run's arguments (`distill_mixup`, `distill_cutmix`) over `model`'s classes, or None;
+        without `soft_targets` (label-free distillation) it mixes the images and drops the labels."""
         if not args.mixes_batches:
             return None
-        num_classes = getattr(getattr(model, "config", None), "num_labels", None)
-        if not num_classes:
+        num_classes = getattr(getattr(model, "config", None), "num_labels", None) if soft_targets else None
+        if soft_targets and not num_classes:
             raise UsageError("Mixup/CutMix make soft targets over the student's classes: no config.num_labels.")
         return cls(
             args.distill_mixup,
@@ -154,5 +155,8 @@ class BatchMixer:
                     other = tuple(value.shape[-2:])
                     region = box if box is None or other == size else _scaled(box, size, other)
                     mixed[key] = mix_images(value, lam, region)
-        mixed[LABELS] = soft_targets(inputs[LABELS], self.num_classes, lam, self.smoothing)
+        if self.num_classes is None:  # images only: a mixed image has no label of its own
+            mixed.pop(LABELS, None)
+        else:
+            mixed[LABELS] = soft_targets(inputs[LABELS], self.num_classes, lam, self.smoothing)
         return mixed

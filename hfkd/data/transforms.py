@@ -221,11 +221,17 @@ def image_config_from_timm(model_or_pretrained_cfg: Any) -> ImageConfig:
     )
 
 
+ANY_SIZE_MODEL_TYPES = frozenset({"dinov2", "dinov2_with_registers", "dinov3_vit"})
+"""ViTs that interpolate their position embeddings to any input: their `config.image_size` (DINOv2's 518) is the
+pre-training size, not the size the processor gives (224)."""
+
+
 def image_config_for_model(model: Any, processor: Any = None) -> ImageConfig:
     """The `ImageConfig` a model needs: from its image processor (or timm config), fixed up by the model config.
 
-    `num_channels` comes from `model.config.num_channels`. A model whose config fixes `image_size` (ViT, Swin, ...)
-    gets that size even when the processor says otherwise (a tiny ViT with the processor of a 224 px one).
+    `num_channels` comes from `model.config.num_channels`. A model whose config fixes `image_size` (ViT, Swin, ...;
+    not the DINOv2 / DINOv3 ViTs of `ANY_SIZE_MODEL_TYPES`) gets that size even when the processor says otherwise
+    (a tiny ViT with the processor of a 224 px one).
     Without a processor or timm config, the size comes from `config.image_size` (else 224) with ImageNet statistics.
     """
     config = getattr(model, "config", None)
@@ -238,6 +244,8 @@ def image_config_for_model(model: Any, processor: Any = None) -> ImageConfig:
         logger.warning(f"No image processor for {type(model).__name__}: using ImageNet mean/std, bilinear resizing.")
         image_config = ImageConfig(size=getattr(config, "image_size", None) or 224, num_channels=num_channels)
     image_size = getattr(config, "image_size", None)
+    if processor is not None and getattr(config, "model_type", None) in ANY_SIZE_MODEL_TYPES:
+        image_size = None  # its position embeddings are interpolated: the processor's size holds
     if image_size is not None and _pair(image_size, "size") != image_config.size:
         logger.info(f"{type(model).__name__} expects {image_size} px images; the processor says {image_config.size}.")
         image_config = replace(image_config, size=_pair(image_size, "size"), resize_size=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -294,14 +295,27 @@ def _usage(info: ModelCardInfo, task: Task, output_dir: str | None) -> str:
     if not resources.files(__package__).joinpath(template).is_file():
         raise UsageError(f"hfkd has no usage snippets for {task.name} models: add hfkd/hub/{template}.")
     model_name = info.model_name
+    repo = text.repo_reference(info.hub_model_id, output_dir, model_name)
+    timm_refs = text.timm_refs(info.hub_model_id, output_dir, model_name) if info.is_timm else []
     return jinja2.Template(_read_template(template)).render(
-        repo_literal=json.dumps(text.repo_reference(info.hub_model_id, output_dir, model_name)),
+        repo_literal=json.dumps(repo),
+        repo_shell=shlex.quote(repo),
+        timm_model_arg=shlex.quote(json.loads(timm_refs[0])) if timm_refs else None,
+        backbone_class=_backbone_class(info.student_model_type),
         pipeline_tag=task.pipeline_tag,
         auto_class=task.auto_class,
         register_module=REGISTERING_MODULES.get(info.student_model_type or ""),
-        timm_refs=text.timm_refs(info.hub_model_id, output_dir, model_name) if info.is_timm else [],
+        timm_refs=timm_refs,
         two_heads=_objective(info.loss_key, task, None)["hfkd_two_heads"],
     )
+
+
+def _backbone_class(model_type: str | None) -> str | None:
+    """transformers' backbone class of a student's model type (`ResNetBackbone`, `Dinov2Backbone`), when it has
+    one; a timm model has none of its own."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING_NAMES
+
+    return None if model_type in (None, "timm_wrapper") else MODEL_FOR_BACKBONE_MAPPING_NAMES.get(model_type)
 
 
 def _check_card_info(info: ModelCardInfo) -> None:

@@ -8,8 +8,10 @@ from hfkd.losses import (  # noqa: F401
     ctkd,
     cwd,
     deit,
+    dense,
     dist,
     dkd,
+    embed,
     fitnet,
     kd,
     kdsvd,
@@ -27,14 +29,17 @@ from hfkd.losses import (  # noqa: F401
     vid,
 )
 from hfkd.losses._functional import LOGIT_STANDARDIZATION_PAPER, standardize_logits
+from hfkd.losses._image_features import ImageFeatures
 from hfkd.losses.at import at_loss
 from hfkd.losses.base import DistillationLoss, DistillBatch, LossContext, LossNeeds, PaperRef, logits_of
 from hfkd.losses.clkd import clkd_loss
 from hfkd.losses.crd import crd_loss, crd_nce_loss
 from hfkd.losses.cwd import cwd_loss
 from hfkd.losses.deit import deit_distillation_loss, deit_loss
+from hfkd.losses.dense import dense_loss
 from hfkd.losses.dist import dist_loss
 from hfkd.losses.dkd import dkd_loss
+from hfkd.losses.embed import embed_loss
 from hfkd.losses.fitnet import fitnet_loss
 from hfkd.losses.kd import kd_loss
 from hfkd.losses.kdsvd import kdsvd_loss
@@ -65,6 +70,7 @@ __all__ = [
     "LOGIT_STANDARDIZATION_PAPER",
     "DistillBatch",
     "DistillationLoss",
+    "ImageFeatures",
     "LossContext",
     "LossNeeds",
     "PaperRef",
@@ -76,8 +82,10 @@ __all__ = [
     "cwd_loss",
     "deit_distillation_loss",
     "deit_loss",
+    "dense_loss",
     "dist_loss",
     "dkd_loss",
+    "embed_loss",
     "fitnet_loss",
     "get_loss_class",
     "hcl_loss",

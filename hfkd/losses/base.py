@@ -14,7 +14,8 @@ from hfkd.utils.errors import UsageError
 IMAGE_CLASSIFICATION = "image-classification"
 SEMANTIC_SEGMENTATION = "semantic-segmentation"
 OBJECT_DETECTION = "object-detection"
-KNOWN_TASKS = frozenset({IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION, OBJECT_DETECTION})
+IMAGE_FEATURE_EXTRACTION = "image-feature-extraction"
+KNOWN_TASKS = frozenset({IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION, OBJECT_DETECTION, IMAGE_FEATURE_EXTRACTION})
 """The tasks a loss may declare in its `tasks` (the Hugging Face pipeline task names)."""
 
 
@@ -39,6 +40,7 @@ BEYOND_LOGITS = {
     "hidden_states": "feature maps",
     "strong_view": "a strong view",
     "classifier_heads": "the teacher's classifier head",
+    "image_features": "a backbone's embedding and feature map",
 }
 """The needs a teacher's logits on the batch's view cannot meet, and how messages name them."""
 
@@ -59,7 +61,9 @@ class LossNeeds:
     - `distillation_head`: a student with a distillation head besides its class head (DeiT's distillation token:
       transformers' `*ForImageClassificationWithTeacher`, timm's distilled DeiTs, trained in their distilled mode),
       whose output carries both heads' logits, `cls_logits` and `distillation_logits` (`logits`: their mean, what
-      evaluation scores); a student without one is refused before training.
+      evaluation scores); a student without one is refused before training;
+    - `image_features`: both outputs as `ImageFeatures` (a backbone's global embedding and last feature map; the
+      image-feature-extraction task reads them off both models), and `LossContext` their probed sizes.
     """
 
     labels: bool = False
@@ -69,6 +73,7 @@ class LossNeeds:
     strong_view: bool = False
     classifier_heads: bool = False
     distillation_head: bool = False
+    image_features: bool = False
 
     def beyond_logits(self) -> list[str]:
         """What of the teacher these needs ask for besides its logits on the batch's view (`BEYOND_LOGITS`): what a
@@ -93,6 +98,10 @@ class LossContext:
     teacher_head: Any = None
     # (bias, |weight|) of the teacher's BN before each pre-activation map's ReLU, stem first (`needs.preactivations`).
     teacher_bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    # `needs.image_features`: each backbone's global embedding size D; its last feature map's (C, h, w) is the one
+    # entry of `student_feature_shapes` / `teacher_feature_shapes`.
+    student_embedding_dim: int | None = None
+    teacher_embedding_dim: int | None = None
 
 
 @dataclass

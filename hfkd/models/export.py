@@ -56,7 +56,8 @@ def make_timm_loadable(output_dir: str) -> None:
     """
     Make a folder saved from a `TimmWrapperForImageClassification` also load with
     `timm.create_model("local-dir:" + output_dir, pretrained=True)`, keeping it loadable by
-    `AutoModelForImageClassification.from_pretrained` and `pipeline("image-classification")`.
+    `AutoModelForImageClassification.from_pretrained` and `pipeline("image-classification")`. A `TimmWrapperModel`
+    backbone (no head) is written with `num_classes` 0, so that timm builds it without one too.
 
     transformers writes `model_args: null` (timm's loader calls `.get` on it), no `pretrained_cfg` for a random-init
     model (timm then reads the whole config.json as a pretrained cfg and fails on keys like `architectures`; the
@@ -82,6 +83,8 @@ def make_timm_loadable(output_dir: str) -> None:
             "TimmWrapperForImageClassification (timm names and `timm/...` ids) can be made timm-loadable."
         )
     num_classes = config.get("num_classes") or len(config.get("label_names") or []) or None
+    if config.get("architectures") == ["TimmWrapperModel"]:  # a backbone: timm's num_classes=0, no head
+        num_classes = 0
     if num_classes is None:
         raise UsageError(f"config.json in {output_dir!r} has no num_classes; re-save the model with save_pretrained.")
     pretrained_cfg = dict(config.get("pretrained_cfg") or _timm_pretrained_cfg(config["architecture"]))

@@ -17,15 +17,19 @@ from typing import Any
 
 import timm
 import torch
+import transformers
 from timm.models import PretrainedCfg, get_pretrained_cfg
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
+    AutoModel,
     AutoModelForImageClassification,
     PreTrainedModel,
     TimmWrapperConfig,
     TimmWrapperForImageClassification,
+    TimmWrapperModel,
 )
+from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 from transformers.utils import logging
 
 from hfkd.models.cifar import CIFAR_ALIASES
@@ -385,6 +389,58 @@ def _from_pretrained(
         labels = {}  # same head and no names given: keep the checkpoint's own class names
     model_cls = TimmWrapperForImageClassification if spec.is_timm else AutoModelForImageClassification
     return model_cls.from_pretrained(source, **labels, **kwargs)
+
+
+def load_backbone(
+    spec_or_name: ModelSpec | str,
+    *,
+    pretrained: bool = True,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    drop_path_rate: float | None = None,
+    **init_kwargs: Any,
+) -> PreTrainedModel:
+    """
+    Load a model without its head (label-free distillation's teacher and student) from anything
+    [`resolve_model_name`] accepts:
+
+    - a timm architecture, timm Hub id or timm folder: `TimmWrapperModel` (timm's `num_classes=0`: `forward_head`
+      gives the pooled features), with timm's own initialisation when built with random weights;
+    - a checkpoint whose config holds a `vision_config` (CLIP, SigLIP): its vision tower (`CLIPVisionModel`,
+      `SiglipVisionModel`), the text tower left out;
+    - any other checkpoint: `AutoModel` (a classifier's checkpoint gives its backbone; the head's weights are left
+      out, with transformers' warning).
+
+    Args are those of [`load_image_classifier`] without the label space: a backbone has none.
+    """
+    spec = spec_or_name if isinstance(spec_or_name, ModelSpec) else resolve_model_name(spec_or_name)
+    revision = revision if revision is not None else spec.revision
+    if spec.kind == "timm_arch" and not pretrained:
+        config = TimmWrapperConfig(
+            architecture=spec.source, pretrained_cfg=_timm_pretrained_cfg(spec.source), num_labels=0, **init_kwargs
+        )
+        for key, value in _drop_path_kwargs(spec, config, drop_path_rate).items():
+            setattr(config, key, value)
+        return _with_timm_init(TimmWrapperModel(config))
+    source = _timm_default_weights(spec) if spec.kind == "timm_arch" else spec.source
+    local = {"local_files_only": True} if spec.local_files_only else {}
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, **local}
+    config = AutoConfig.from_pretrained(source, **kwargs)
+    model_cls: Any = TimmWrapperModel if spec.is_timm or isinstance(config, TimmWrapperConfig) else AutoModel
+    vision = getattr(config, "vision_config", None)
+    if vision is not None and vision.model_type in MODEL_MAPPING_NAMES:  # CLIP, SigLIP: the vision tower alone
+        model_cls, config = getattr(transformers, MODEL_MAPPING_NAMES[vision.model_type]), vision
+    changes = _drop_path_kwargs(spec, config, drop_path_rate)
+    if pretrained:
+        model = model_cls.from_pretrained(source, **kwargs, **changes, **init_kwargs)
+    else:
+        for key, value in {**changes, **({"num_labels": 0} if model_cls is TimmWrapperModel else {})}.items():
+            setattr(config, key, value)
+        model = AutoModel.from_config(config) if model_cls is AutoModel else model_cls(config)
+    if isinstance(model, TimmWrapperModel):
+        model.config.num_labels = 0  # timm's num_classes=0: what timm.create_model("local-dir:...") must build
+        model = model if pretrained else _with_timm_init(model)
+    return model
 
 
 def load_image_processor(

@@ -53,6 +53,7 @@ HEADLINES = {
     CLASSIFICATION: Headline("top1", "top-1", "top-1 accuracy"),
     "semantic-segmentation": Headline("miou", "mIoU", "mean IoU"),
     "object-detection": Headline("map", "mAP", "box mAP"),
+    "image-feature-extraction": Headline("knn", "k-NN top-1", "k-NN top-1 accuracy"),
 }
 
 

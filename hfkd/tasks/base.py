@@ -14,6 +14,10 @@ name. A task says:
 - how evaluation reduces a batch before anything is gathered (`reduce`: top-5 class indices, per-image pixel counts)
   and the metrics of the reduced batches (`metrics`), whose headline is `metric` (`eval_<metric>` in the files).
 
+A label-free task (`label_free`: image-feature-extraction, `hfkd.tasks.features`) distils between backbones: no task
+loss, no label space, its evaluation the distillation loss and a k-NN of the embeddings (`watched`: what of an
+output the non-finite check and evaluation read).
+
 The tasks hfkd trains are listed in `hfkd.tasks.registry`, which builds one by name (`get_task`) and reads a model's
 task from its config (`task_of_config`).
 """
@@ -27,11 +31,14 @@ import torch
 
 from hfkd.data.batch import LABELS, student_inputs
 from hfkd.losses import logits_of
-from hfkd.losses.base import IMAGE_CLASSIFICATION, OBJECT_DETECTION, SEMANTIC_SEGMENTATION
+from hfkd.losses.base import IMAGE_CLASSIFICATION, IMAGE_FEATURE_EXTRACTION, OBJECT_DETECTION, SEMANTIC_SEGMENTATION
 
 # The task names are the losses' (a loss declares the tasks it serves): defined once, in hfkd.losses.base.
 CLASSIFICATION, SEGMENTATION, DETECTION = IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION, OBJECT_DETECTION
-TASK_NAMES = (CLASSIFICATION, SEGMENTATION, DETECTION)
+FEATURES = IMAGE_FEATURE_EXTRACTION
+TASK_NAMES = (CLASSIFICATION, SEGMENTATION, DETECTION, FEATURES)
+# The label-free task's losses (hfkd.tasks.features), as its --loss and as its --feature_loss.
+FEATURE_LOSSES = ("embed", "dense")
 # The losses with a form for each detector family (hfkd.tasks.detection): DETR's matched queries, Faster R-CNN's
 # sampled RoIs (the teacher's box head run on the student's), RetinaNet's sigmoid scores per level; the neck (FPN)
 # losses serve the torchvision detectors, as the run's loss or as its `--feature_loss`.
@@ -61,6 +68,9 @@ class Task:
     # transformers' table of the model types its Auto class builds for this task (transformers.models.auto).
     mapping_names: ClassVar[str] = ""
     extra_model_types: ClassVar[frozenset[str]] = frozenset()
+    # Both models are backbones without a head and no labels are needed (image-feature-extraction): the teacher loads
+    # as a backbone, no label space is checked, Mixup mixes images only, evaluation runs the distillation loss.
+    label_free: ClassVar[bool] = False
 
     @classmethod
     def builds(cls, model_type: str | None) -> bool:
@@ -104,6 +114,10 @@ class Task:
     def distill_loss(self, loss: Any, student: Any, teacher: Any = None) -> Any:
         """The run's distillation loss in this task's form (detection: on matched queries); as built by default."""
         return loss
+
+    def watched(self, output: Any, role: str = "student") -> torch.Tensor:
+        """The tensor of a model's training output that the non-finite check watches (the logits)."""
+        return logits_of(output)
 
     def predictions(self, outputs: Any) -> Any:
         """What evaluation keeps of a model's output before `reduce` (the logits; a detector's boxes too)."""

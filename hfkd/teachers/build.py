@@ -25,14 +25,18 @@ logger = logging.get_logger(__name__)
 
 
 def live_teacher(
-    source: Any, args: Any, accelerator: Any, needs: LossNeeds, *, name: str | None = None, member: int = 0
-) -> LiveTeacher:
+    source: Any, args: Any, accelerator: Any, needs: LossNeeds, *, name: str | None = None, member: int = 0,
+    backbone: bool = False,
+) -> LiveTeacher:  # fmt: skip
     """A `LiveTeacher` (a `DeepSpeedTeacher` under ZeRO-3) from a model or a checkpoint name, prepared as the
     trainer's arguments ask (mixed-precision dtype, channels-last, compile). `name` is where a model came from, for
-    the record; `member` its place in an ensemble (which of the batch's teacher pixels it reads)."""
+    the record; `member` its place in an ensemble (which of the batch's teacher pixels it reads); `backbone` loads a
+    checkpoint name without its head (label-free distillation)."""
     name = source if isinstance(source, str) else name
     if isinstance(source, str):
-        source = load_teacher(name, revision=args.teacher_model_revision, init_kwargs=args.teacher_model_init_kwargs)
+        source = load_teacher(
+            name, revision=args.teacher_model_revision, init_kwargs=args.teacher_model_init_kwargs, backbone=backbone
+        )
     revision = args.teacher_model_revision
     origin = teacher_origin(source, name)  # before the teacher is cast: the record checks its weights
     common = {"autocast": accelerator.autocast, "name": name, "revision": revision, "origin": origin, "member": member}
@@ -58,10 +62,10 @@ def ensemble_temperature(args: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and value > 0 else 1.0
 
 
-def build_teacher(source: Any, args: Any, accelerator: Any) -> Teacher | None:
+def build_teacher(source: Any, args: Any, accelerator: Any, *, backbone: bool = False) -> Teacher | None:
     """The `Teacher` for a trainer: `source` (a `Teacher`, a model, a checkpoint name, a list of models or names for
     an ensemble, or `None` for `args.teacher_model_name_or_path`), or the cache of `args.teacher_cache_dir`;
-    `None` for `distill_loss="ce"`."""
+    `None` for `distill_loss="ce"`. `backbone`: a checkpoint name loads as a backbone, without its head."""
     if not args.uses_teacher:
         if source is not None:
             logger.warning("distill_loss='ce' trains on the labels alone; the teacher is ignored.")
@@ -76,7 +80,7 @@ def build_teacher(source: Any, args: Any, accelerator: Any) -> Teacher | None:
     if not isinstance(source, (list, tuple)) or len(source) == 1:
         single = source[0] if isinstance(source, (list, tuple)) else source
         fallback = args.teacher_model_name_or_path if isinstance(args.teacher_model_name_or_path, str) else None
-        return live_teacher(single, args, accelerator, needs, name=fallback)
+        return live_teacher(single, args, accelerator, needs, name=fallback, backbone=backbone)
     names = [member if isinstance(member, str) else model_name(member) for member in source]
     feature_member = args.feature_teacher_index(names)
     # Only the feature teacher records feature maps; the others give logits (and the strong view's, if needed).

@@ -29,7 +29,7 @@ from hfkd.data.batch import (
 )
 from hfkd.losses import LossNeeds, logits_of
 from hfkd.models.features import PreactivationRecorder, is_convolutional, run_for_loss
-from hfkd.models.loading import load_image_classifier, resolve_model_name
+from hfkd.models.loading import load_backbone, load_image_classifier, resolve_model_name
 from hfkd.models.provenance import describe_provenance, teacher_provenance
 from hfkd.teachers.base import Teacher, TeacherOutputs, teacher_record
 
@@ -37,9 +37,11 @@ logger = logging.get_logger(__name__)
 
 
 def load_teacher(
-    name_or_path: str, *, revision: str | None = "main", init_kwargs: dict[str, Any] | None = None
-) -> PreTrainedModel:
-    """Load a teacher from anything `hfkd.models.resolve_model_name` accepts (Hub id, timm id, folder, alias).
+    name_or_path: str, *, revision: str | None = "main", init_kwargs: dict[str, Any] | None = None,
+    backbone: bool = False,
+) -> PreTrainedModel:  # fmt: skip
+    """Load a teacher from anything `hfkd.models.resolve_model_name` accepts (Hub id, timm id, folder, alias); with
+    `backbone`, without its head (`hfkd.models.loading.load_backbone`).
 
     Remote code stays off unless `init_kwargs` sets `trust_remote_code=True`.
     """
@@ -47,7 +49,8 @@ def load_teacher(
     trust_remote_code = bool(kwargs.pop("trust_remote_code", False))
     spec = resolve_model_name(name_or_path, revision=revision)
     logger.info(f"Loading teacher {name_or_path!r} -> {spec.source} ({spec.kind}, revision {revision!r})")
-    return load_image_classifier(spec, trust_remote_code=trust_remote_code, **kwargs)
+    load = load_backbone if backbone else load_image_classifier
+    return load(spec, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -12,7 +12,16 @@ from hfkd.data.mixing import check_mixing_arguments
 from hfkd.data.transforms import TRAIN_AUGMENTS
 from hfkd.data.views import VIEW_PLACEMENTS
 from hfkd.losses import CE_ONLY, get_loss_class, validate_loss_kwargs
-from hfkd.tasks.base import CLASSIFICATION, DETECTION, DETECTION_LOSSES, NECK_LOSSES, SEGMENTATION, TASK_NAMES
+from hfkd.tasks.base import (
+    CLASSIFICATION,
+    DETECTION,
+    DETECTION_LOSSES,
+    FEATURE_LOSSES,
+    FEATURES,
+    NECK_LOSSES,
+    SEGMENTATION,
+    TASK_NAMES,
+)
 from hfkd.teachers.combine import check_ensemble_arguments, feature_member_index
 from hfkd.training.reporting import check_reporting
 from hfkd.training.schedulers import check_schedule_arguments
@@ -20,7 +29,7 @@ from hfkd.utils.errors import UnknownNameError, UsageError
 from hfkd.utils.json_arguments import parse_json_mapping
 
 # The losses the "Pick a loss" message names for each dense task.
-TASK_LOSS_HINTS = {SEGMENTATION: "kd, dist, cwd", DETECTION: ", ".join(DETECTION_LOSSES)}
+TASK_LOSS_HINTS = {SEGMENTATION: "kd, dist, cwd", DETECTION: ", ".join(DETECTION_LOSSES), FEATURES: "embed, dense"}
 
 
 @dataclass
@@ -62,7 +71,11 @@ class DistillationArguments(TrainingArguments):
         Unset keys take the paper's defaults.
     distill_feature_loss (`str`, *optional*, defaults to `None`):
         Object detection with Faster R-CNN / RetinaNet: a neck loss (`mimic`, `pkd` or `cwd`) added to the run's
-        loss on the FPN levels (`--loss dist --feature_loss mimic`: DIST + mimic). Its weight is its `loss_weight`.
+        loss on the FPN levels (`--loss dist --feature_loss mimic`: DIST + mimic). Image feature extraction: the
+        other of `embed` and `dense` (`--loss embed --feature_loss dense`). Its weight is its `loss_weight`.
+    distill_save_projections (`bool`, *optional*, defaults to `False`):
+        Image feature extraction: also write the trained projections (`distill_adapters.safetensors`) into the
+        saved folder, which otherwise holds the student backbone alone (checkpoints always hold them, to resume).
     distill_feature_loss_kwargs (`dict` or `str`, *optional*, defaults to `None`):
         Hyperparameters of the feature loss (`{"loss_weight": 6}`).
     distill_pseudo_label_threshold (`float`, *optional*, defaults to `0.5`):
@@ -89,8 +102,9 @@ class DistillationArguments(TrainingArguments):
         `"steps"`: the milestones (and the `step` schedule's lengths) are optimiser steps (the lr decays from step m
         on), for streamed data whose epochs have no known length.
     distill_task (`str`, *optional*, defaults to `None`):
-        The task (`--task`): `"image-classification"`, `"semantic-segmentation"` or `"object-detection"`; by default
-        the student's (`hfkd.tasks`). A student of another task, or a loss that does not serve it, is refused.
+        The task (`--task`): `"image-classification"`, `"semantic-segmentation"`, `"object-detection"` or
+        `"image-feature-extraction"` (label-free, between backbones); by default the student's (`hfkd.tasks`). A
+        student of another task, or a loss that does not serve it, is refused.
     distill_logits_size (`str`, *optional*, defaults to `"teacher"`):
         Dense tasks: dense logits of different sizes are compared at the teacher's size (the student's resized,
         bilinear), or at the label size (`"labels"`: both resized).
@@ -185,8 +199,8 @@ class DistillationArguments(TrainingArguments):
     distill_feature_loss: str | None = field(
         default=None,
         metadata={
-            "help": "Object detection (Faster R-CNN, RetinaNet): a neck loss (mimic, pkd, cwd) added to --loss on the "
-            "FPN levels, e.g. --loss dist --feature_loss mimic.",
+            "help": "A loss added to --loss: a detector's FPN loss (mimic, pkd, cwd: --loss dist --feature_loss "
+            "mimic), or label-free, embed / dense.",
             "aliases": ["--feature_loss"],
         },
     )
@@ -194,6 +208,13 @@ class DistillationArguments(TrainingArguments):
         default=None,
         metadata={"help": "JSON hyperparameters of --feature_loss, e.g. '{\"loss_weight\": 6}'.",
                   "aliases": ["--feature_loss_kwargs"]},  # fmt: skip
+    )
+    distill_save_projections: bool = field(
+        default=False,
+        metadata={
+            "help": "Label-free runs: also save the projection heads beside the student backbone.",
+            "aliases": ["--save_projections"],
+        },
     )
     distill_pseudo_label_threshold: float = field(
         default=0.5,
@@ -240,8 +261,8 @@ class DistillationArguments(TrainingArguments):
     distill_task: str | None = field(
         default=None,
         metadata={
-            "help": "The task: image-classification, semantic-segmentation or object-detection (default: the "
-            "student's, read from its config).",
+            "help": "The task (default: the models', read from their configs; image-feature-extraction: label-free, "
+            "between backbones).",
             "aliases": ["--task"],
             "choices": list(TASK_NAMES),
         },
@@ -509,10 +530,10 @@ class DistillationArguments(TrainingArguments):
                 raise UsageError("`distill_feature_loss_kwargs` needs `distill_feature_loss` (mimic, pkd or cwd).")
             return
         self.distill_feature_loss = feature = feature.strip().lower()
-        if feature not in NECK_LOSSES:
+        if feature not in NECK_LOSSES + FEATURE_LOSSES:
             raise UsageError(
-                f"--feature_loss {feature!r} is not a neck loss: pass one of {', '.join(NECK_LOSSES)} (the run's "
-                "--loss takes the logit losses)."
+                f"--feature_loss {feature!r} is not a neck loss: pass one of {', '.join(NECK_LOSSES)} (detection; the "
+                f"run's --loss takes the logit losses), or {' / '.join(FEATURE_LOSSES)} (image-feature-extraction)."
             )
         if feature == self.distill_loss or self.distill_loss == CE_ONLY:
             raise UsageError(
@@ -539,11 +560,9 @@ class DistillationArguments(TrainingArguments):
                 f"--loss {self.distill_loss} has no form for detectors; pass one of {', '.join(DETECTION_LOSSES)} "
                 "(the README's detection table says which serves DETR, Faster R-CNN and RetinaNet)."
             )
-        if self.distill_feature_loss is not None and task != DETECTION:
-            raise UsageError(
-                f"--feature_loss {self.distill_feature_loss} distils a detector's neck (object detection); drop it "
-                f"for {task}."
-            )
+        self._check_feature_loss_task(task)
+        if task == FEATURES:
+            self._check_label_free()
         if task == DETECTION and len(self.teacher_names) > 1:
             raise UsageError(
                 "A teacher ensemble averages classifiers' outputs; detectors' queries do not pair up across models: "
@@ -551,13 +570,36 @@ class DistillationArguments(TrainingArguments):
             )
         if task != CLASSIFICATION and self.distill_views_per_image > 1:
             raise UsageError(f"--views_per_image copies image classification samples; {task} runs take one view.")
-        if task != CLASSIFICATION and self.mixes_batches:
+        if task not in (CLASSIFICATION, FEATURES) and self.mixes_batches:
             raise UsageError(f"--mixup / --cutmix mix image classification batches; {task} runs take neither.")
         if task != CLASSIFICATION and self.teacher_cache_dir is not None:
             raise UsageError(
                 f"A teacher cache stores a classifier's logits per view; {task} runs distil from a live teacher: "
                 "drop --teacher_cache_dir."
             )
+
+    def _check_feature_loss_task(self, task: str) -> None:
+        """`--feature_loss`: a neck loss for detection, the other label-free loss for image-feature-extraction."""
+        feature = self.distill_feature_loss
+        if feature is None:
+            return
+        if task == FEATURES and feature not in FEATURE_LOSSES:
+            raise UsageError(f"--feature_loss {feature}: image-feature-extraction adds embed or dense; pass one.")
+        if task not in (DETECTION, FEATURES) or (task == DETECTION and feature not in NECK_LOSSES):
+            raise UsageError(
+                f"--feature_loss {feature} distils a detector's neck (mimic, pkd, cwd) or a backbone's features "
+                f"(embed, dense, image-feature-extraction); drop it for {task}."
+            )
+
+    def _check_label_free(self) -> None:
+        """image-feature-extraction: one live teacher and a label-free loss (there is no task loss to train)."""
+        if not self.uses_teacher:
+            raise UsageError(
+                "image-feature-extraction has no task loss: --loss ce would train nothing. Pass --loss embed (global "
+                "embeddings) or --loss dense (patch features) and a --teacher."
+            )
+        if len(self.teacher_names) > 1:
+            raise UsageError("Label-free distillation reads one backbone's features: pass one --teacher.")
 
     @property
     def mixes_batches(self) -> bool:

@@ -134,7 +134,9 @@ class CheckpointMixin:
             student_state = None if state_dict is None else _entries(state_dict, "student.")
             wrapper.student.save_pretrained(output_dir, state_dict=student_state)
             adapters = wrapper.adapter_state_dict() if state_dict is None else _entries(state_dict, "distill_loss.")
-            if adapters:
+            # A label-free student is saved as a backbone alone; its projections stay in checkpoints unless asked for.
+            final_backbone = self.task.label_free and not getattr(self, "_saving_checkpoint", False)
+            if adapters and not (final_backbone and not self.args.distill_save_projections):
                 save_file(adapters, os.path.join(output_dir, ADAPTERS_NAME), metadata={"format": "pt"})
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(output_dir)

@@ -51,8 +51,9 @@ class EvaluationMixin:
     @torch.no_grad()
     def evaluate_teacher(self, eval_dataset: Any = None, metric_key_prefix: str = "teacher_eval") -> dict[str, float]:
         """The task's metrics of the teacher on the evaluation set (its own pixel tensor when it has one: top-1/top-5
-        accuracy, mean IoU, ...), under keys of their own (`teacher_eval_accuracy`, ...), so that no metrics file can
-        mistake them for the student's. For a teacher ensemble these are the ensemble's, and each member's follow as
+        accuracy, mean IoU, k-NN top-1, ...), under keys of their own (`teacher_eval_accuracy`, ...), so that no
+        metrics file can mistake them for the student's; none (`{}`) on an evaluation set without labels. For a
+        teacher ensemble these are the ensemble's, and each member's follow as
         `teacher_eval_member_<i>_...`. Each batch is reduced as the student's are (`Task.reduce`).
         """
         if self.teacher is None:
@@ -61,6 +62,8 @@ class EvaluationMixin:
         predictions: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
         references = []
         for inputs in tqdm(dataloader, desc="Teacher evaluation", disable=not self.is_local_process_zero()):
+            if inputs.get(LABELS) is None:  # a label-free run's unlabelled evaluation split: its loss is the student's
+                return {}
             inputs = self._channels_last(send_to_device(inputs, self.args.device))
             reduced = {
                 key: self.task.reduce(value, inputs[LABELS])

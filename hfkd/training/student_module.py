@@ -13,6 +13,7 @@ from torch import nn
 from hfkd.data.batch import LABELS, PIXEL_VALUES, STRONG_PIXEL_VALUES, require_view, teacher_pixels
 from hfkd.losses import DistillationLoss, LossContext, create_loss, get_loss_class
 from hfkd.models.distillation_head import enable_distillation_head, has_distillation_head, refusal, with_head_logits
+from hfkd.models.embeddings import probe_image_context
 from hfkd.models.features import (
     PreactivationRecorder,
     bn_before_relu_stats,
@@ -40,7 +41,8 @@ def build_loss(
 
     Feature losses get the (C, H, W) shapes of every feature map, probed once on `probe_batch()` (a collated batch
     of a couple of training samples, or `None` without data, each model's on its own device) so that they can size
-    their adapters; OFD the teacher's BN statistics; SDD the models' classifier heads. DeiT's student trains its
+    their adapters (the label-free losses: each backbone's embedding size and last map); OFD the teacher's BN
+    statistics; SDD the models' classifier heads. DeiT's student trains its
     distillation head apart (timm's distilled mode switched on; a student without one is refused). The loss is
     returned on the student's device.
     """
@@ -52,14 +54,24 @@ def build_loss(
     if needs.preactivations:
         require_preactivations(student, "student")
         context.teacher_bn_stats = bn_before_relu_stats(teacher_model, "teacher")
-    probe = probe_batch() if needs.hidden_states else None
-    if probe is not None:
+    probe = probe_batch() if needs.hidden_states or needs.image_features else None
+    if probe is not None and needs.hidden_states:
         with autocast():
             context.student_feature_shapes = probe_feature_shapes(student, probe[PIXEL_VALUES].to(device_of(student)))
             teacher_input = teacher_pixels(probe).to(device_of(teacher_model))
             context.teacher_feature_shapes = probe_feature_shapes(teacher_model, teacher_input)
     if needs.classifier_heads:
         context.student_head, context.teacher_head = classifier_head(student), classifier_head(teacher_model)
+    if probe is not None and needs.image_features:  # each backbone's embedding size and feature map shape
+        with autocast():
+            probed = probe_image_context(
+                student, teacher_model, probe[PIXEL_VALUES].to(device_of(student)),
+                teacher_pixels(probe).to(device_of(teacher_model)),
+            )  # fmt: skip
+        context.student_embedding_dim = probed.student_embedding_dim
+        context.teacher_embedding_dim = probed.teacher_embedding_dim
+        context.student_feature_shapes = probed.student_feature_shapes
+        context.teacher_feature_shapes = probed.teacher_feature_shapes
     return create_loss(key, context=context, **kwargs).to(device_of(student))
 
 

@@ -15,9 +15,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import send_to_device
 from torch import nn
 from torch.utils.data import Sampler
 from transformers import PreTrainedModel, Trainer
+from transformers.utils import logging
 
 from hfkd.data.batch import IMAGE_KEYS, INDEX_KEYS, LABELS, PIXEL_VALUES, SAMPLE_INDEX
 from hfkd.data.collator import DistillationCollator, fast_tensor_columns
@@ -44,6 +46,8 @@ from hfkd.utils.local_names import recipe_name
 from hfkd.utils.upstream import TrainerInternals
 from hfkd.version import __version__
 
+logger = logging.get_logger(__name__)
+
 
 class DistillationTrainer(
     CheckpointMixin, OptimizationMixin, StreamingMixin, EvaluationMixin, TrainerInternals, Trainer
@@ -54,7 +58,8 @@ class DistillationTrainer(
     L is the registered loss `args.distill_loss` (a loss with `replaces_task_loss` gives the CE term itself: DeiT's
     class head, not the averaged heads). The teacher runs in eval mode under `torch.no_grad()` and the
     same autocast as the student; it is never optimised, wrapped in DDP, or saved. Evaluation runs the student
-    only and reports `eval_accuracy` and `eval_top5_accuracy`.
+    only and reports `eval_accuracy` and `eval_top5_accuracy` (the task's metrics); a label-free task
+    (image-feature-extraction, between backbones) has no CE term and evaluates its distillation loss and a k-NN top-1.
 
     Args:
         model: the student.
@@ -94,7 +99,7 @@ class DistillationTrainer(
     ) -> None:
         _check_args(args, compute_loss_func, model)
         args.check_teacher_given(teacher_model)
-        self.task = resolve_task(args, model if model is not None else None)
+        self.task = resolve_task(args, model, teacher_model if isinstance(teacher_model, nn.Module) else None)
         if data_collator is None or isinstance(data_collator, DistillationCollator):
             # The default batches only what a step reads, from fixed-shape tensors when a dataset holds lists.
             data_collator = data_collator or self.task.collator()
@@ -129,11 +134,15 @@ class DistillationTrainer(
         self._guard = NonFiniteGuard(args.distill_nonfinite, args.distill_max_skipped_steps, self.accelerator)
         self.add_callback(self._guard)
         self._follow_epochs(self.train_dataset)
-        self.teacher = build_teacher(teacher_model, self.args, self.accelerator)
+        if self.task.label_free and set(getattr(self.train_dataset, "column_names", None) or []) & {LABELS, "label"}:
+            logger.warning(f"{self.task.name}: the training set's labels are not read (there is no task loss).")
+        self.teacher = build_teacher(teacher_model, self.args, self.accelerator, backbone=self.task.label_free)
         if self.teacher is not None:
-            check_teacher_labels(self.teacher, getattr(self.model.config, "num_labels", None))
+            if not self.task.label_free:
+                check_teacher_labels(self.teacher, getattr(self.model.config, "num_labels", None))
             self.teacher.check_dataset(self.train_dataset)
-        self._mixer = BatchMixer.for_run(self.args, self.model)  # Mixup/CutMix, or None
+        # Mixup/CutMix, or None; label-free runs mix the images alone.
+        self._mixer = BatchMixer.for_run(self.args, self.model, soft_targets=not self.task.label_free)
         self.model = self.model_wrapped = self._adopt_student(self.model)
 
     def call_model_init(self, trial: Any = None) -> nn.Module:
@@ -283,7 +292,12 @@ class DistillationTrainer(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list | None = None
     ) -> Any:
         """`Trainer.prediction_step`; with the task's metrics, each batch's logits and labels reduced to what they
-        need (`Task.reduce`) before the Trainer gathers and keeps them."""
+        need (`Task.reduce`) before the Trainer gathers and keeps them. A label-free task's batch without labels
+        gives its distillation loss alone (the Trainer would run the model without the loss)."""
+        if self.task.label_free and inputs.get(LABELS) is None:
+            with torch.no_grad():
+                loss = self.compute_loss(model, self._channels_last(send_to_device(inputs, self.args.device)))
+            return loss.detach().mean(), None, None
         loss, logits, labels = super().prediction_step(
             model, self._channels_last(inputs), prediction_loss_only, ignore_keys
         )
@@ -310,7 +324,8 @@ class DistillationTrainer(
             inputs = self._mixer(inputs, self.state.global_step)  # soft labels from here on
         labels = inputs.get(LABELS)
         shares = self._shares(num_items_in_batch, inputs)
-        if self.teacher is None or not model.training:
+        # A label-free task's evaluation runs the teacher too: its loss is the distillation loss.
+        if self.teacher is None or not (model.training or self.task.label_free):
             loss, logits = self._student_loss(model, inputs, labels, shares[0])
             return (loss, {"logits": logits}) if return_outputs else loss
 
@@ -319,13 +334,14 @@ class DistillationTrainer(
         labels = inputs.get(LABELS)
         batch = self._distill_batch(inputs, teacher_outputs)
         student_outputs, loss_dict = model(**self.task.model_inputs(inputs), distill=(teacher_outputs, batch))
-        logits = logits_of(student_outputs)
+        logits = self.task.watched(student_outputs)
         ce = self._task_ce(student_outputs, labels, loss_dict.pop("ce", None))
         loss = self._total_loss(ce, loss_dict["loss"], *shares)
-        self._record_metrics(ce, loss_dict)
-        terms = {f"distill/{name}": value for name, value in loss_dict.items()}
-        terms.update({"loss": loss, "distill/ce": ce, STUDENT_TERM: logits})
-        self._guard.observe({**terms, TEACHER_TERM: logits_of(teacher_outputs.main)})
+        if model.training:  # a label-free task's evaluation also comes here: its terms are not the step's
+            self._record_metrics(ce, loss_dict)
+            terms = {f"distill/{name}": value for name, value in loss_dict.items()}
+            terms.update({"loss": loss, "distill/ce": ce, STUDENT_TERM: logits})
+            self._guard.observe({**terms, TEACHER_TERM: self.task.watched(teacher_outputs.main, "teacher")})
         return (loss, {"logits": logits}) if return_outputs else loss
 
     def _task_ce(self, student_outputs: Any, labels: Any, method_ce: torch.Tensor | None) -> torch.Tensor | None:
@@ -337,8 +353,8 @@ class DistillationTrainer(
             if method_ce is None:
                 raise UsageError(f"Loss {self.args.distill_loss!r} replaces the task loss but returned no 'ce' term.")
             return method_ce
-        ce = self.task.task_loss(student_outputs, labels, self._cross_entropy)
-        return ce if method_ce is None else ce + method_ce
+        ce = self.task.task_loss(student_outputs, labels, self._cross_entropy)  # None: the task has no task loss
+        return method_ce if ce is None else ce if method_ce is None else ce + method_ce
 
     def _student_loss(
         self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None, ce_share: Any

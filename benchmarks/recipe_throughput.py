@@ -7,9 +7,10 @@ the recipe expects from an earlier run, or a timm name, becomes a random-init mo
 loss, loss kwargs and weights, its per-device batch, precision and channels-last setting, and times
 `DistillationTrainer.training_step` plus the optimizer step on synthetic batches of the dataset's resolution and
 class count, on the GPU when there is one. It prints images/s and the projected time of the recipe's
-`num_train_epochs` over the training split (data loading and per-epoch evaluation excluded; with enough
-dataloader workers the loader keeps up, see `distill_overhead.py --pipeline`), side by side with a student-only
-cross-entropy step on the same batch, so the teacher's share is visible.
+`num_train_epochs` over the training split and its copies of each image (`--views_per_image`; data loading and
+per-epoch evaluation excluded; with enough dataloader workers the loader keeps up, see `distill_overhead.py
+--pipeline`), side by side with a student-only cross-entropy step on the same batch, so the teacher's share is
+visible.
 """
 
 from __future__ import annotations
@@ -115,7 +116,11 @@ def main(argv: list[str] | None = None) -> dict:
         student_ips = time_steps(DistillationTrainer(model=student, args=args))
 
     epochs = args.num_train_epochs
-    hours = epochs * train_size / distill_ips / 3600
+    # Copies of each image (--views_per_image): StreamLined's epoch shows each image `views` times; DeiT's repeated
+    # copies keep RASampler's epoch of train_size // 256 * 256 samples.
+    views, repeated = args.distill_views_per_image, args.distill_view_placement == "repeated"
+    samples = train_size // 256 * 256 if views > 1 and repeated else train_size * views
+    hours = epochs * samples / distill_ips / 3600
     device_name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     result = {
         "recipe": cli.config,
@@ -128,13 +133,15 @@ def main(argv: list[str] | None = None) -> dict:
         "distill_over_student_time": student_ips / distill_ips,
         "epochs": epochs,
         "train_size": train_size,
+        "samples_per_epoch": samples,
         "projected_hours": hours,
     }
     print(
         f"{cli.config} on {device_name}, {result['precision']}, batch {batch_size} at {image_size} px:\n"
         f"  distillation step: {distill_ips:,.0f} images/s; student-only CE step: {student_ips:,.0f} images/s "
         f"(distillation takes {result['distill_over_student_time']:.2f}x the student step's time)\n"
-        f"  projected: {epochs:g} epochs x {train_size:,} images = {hours:.2f} h of training steps "
+        f"  projected: {epochs:g} epochs x {samples:,} samples ({train_size:,} images, {views} view(s) each) = "
+        f"{hours:.2f} h of training steps "
         "(data loading and evaluation excluded)"
     )
     if cli.json:

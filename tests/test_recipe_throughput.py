@@ -35,3 +35,15 @@ def test_unknown_dataset_size_is_refused(tmp_path):
     recipe.write_text(text.replace("dataset: uoft-cs/cifar100", "dataset: cifar10"))
     with pytest.raises(SystemExit, match="--train-size"):
         recipe_throughput.main(["--config", str(recipe), "--steps", "1", "--warmup", "0"])
+
+
+def test_projection_counts_the_copies_of_each_image(tmp_path, monkeypatch):
+    """A Streamlined recipe's epoch shows each of the 50,000 images twice (weak and strong copies): twice the time of
+    the same rate over one copy."""
+    monkeypatch.chdir(REPO)
+    ticks = iter([0.0, 0.5, 10.0, 10.25])
+    monkeypatch.setattr(recipe_throughput, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    recipe = "recipes/cifar100/streamlined/kd/resnet20_from_resnet56.yaml"
+    result = recipe_throughput.main(["--config", recipe, "--steps", "1", "--warmup", "0"])
+    assert result["train_size"] == 50_000 and result["samples_per_epoch"] == 100_000
+    assert result["projected_hours"] == pytest.approx(2 * (26 + 2 / 60 + 30 / 3600))

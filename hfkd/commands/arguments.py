@@ -156,7 +156,8 @@ class DataArguments:
     train_augment: str = field(
         default="auto",
         metadata={
-            "help": "rrc, crop_flip (CIFAR), none, or auto (crop_flip up to 64 px, else rrc)."
+            "help": "rrc, crop_flip (CIFAR), fixmatch (crop, flip, FixMatch's RandAugment + Cutout), none, or auto "
+            "(crop_flip up to 64 px, else rrc)."
         },
     )
     rand_augment: str | None = field(

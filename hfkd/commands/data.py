@@ -223,11 +223,14 @@ def model_image_configs(
     return student_config, teacher_configs
 
 
-def image_transform(data_args: DataArguments, config: ImageConfig, *, train: bool, strong: bool = False) -> Any:
+def image_transform(
+    data_args: DataArguments, config: ImageConfig, *, train: bool, strong: bool = False, augment: str | None = None
+) -> Any:
     """One model's preprocessing, PIL image -> normalised tensor, as the flags ask (`--train_augment`,
-    `--rand_augment`, `--random_erasing`); `strong`: MLKD's strongly augmented view."""
+    `--rand_augment`, `--random_erasing`); `strong`: MLKD's strongly augmented view; `augment`: a copy's own
+    `--train_augment` (`--view_augments`)."""
     return build_transforms(
-        config, train=train, train_augment=data_args.train_augment, strong=strong,
+        config, train=train, train_augment=augment or data_args.train_augment, strong=strong,
         rand_augment=data_args.rand_augment, random_erasing=data_args.random_erasing,
     )  # fmt: skip
 
@@ -245,28 +248,40 @@ def prepare_splits(
     random augmentation comes from (seed, epoch, its index), so that resumed runs and any number of workers agree.
 
     `transform(config, train=..., strong=...)` builds one model's pipeline (default: `image_transform` with the
-    flags); the teachers' pipelines replay the student's random draws, so every model sees the same crop."""
+    flags; with `--view_augments`, also `augment=` a copy's augment); the teachers' pipelines replay the student's
+    random draws, so every model sees the same crop. Copies of each training image (`--views_per_image`) draw each
+    on its own."""
     student_config, teacher_configs = model_image_configs(data_args, models)
     transform = transform or functools.partial(image_transform, data_args)
 
-    def pipelines(train: bool, strong: bool = False) -> tuple[Any, Any]:
-        student = transform(student_config, train=train, strong=strong)
+    def pipelines(train: bool, strong: bool = False, augment: str | None = None) -> tuple[Any, Any]:
+        # Only a copy's own augment is passed on, so that a `transform` without `augment` serves runs without copies.
+        kwargs = {} if augment is None else {"augment": augment}
+        student = transform(student_config, train=train, strong=strong, **kwargs)
         if train and data_args.teacher_input == "student":
             return student, None  # the teachers read the student's tensor (`pixel_values`)
-        return student, [transform(config, train=train, strong=strong) for config in teacher_configs] or None
+        return student, [transform(config, train=train, strong=strong, **kwargs) for config in teacher_configs] or None
 
     # Losses such as MLKD learn from a second, strongly augmented (RandAugment) view of each training image.
     strong_view = bool(models[2]) and get_loss_class(args.distill_loss).needs.strong_view
+    # Copy c of each image takes --view_augments' c-th augment (by default the run's: copy 0's pipelines).
+    augments = args.distill_view_augments or [None]
     splits = {}
     for split, train in (("train", True), ("eval", False)):
+        copy_augments = augments if train else [None]
+        per_copy = [
+            (pipelines(train, augment=name), pipelines(train, strong=True, augment=name) if train and strong_view
+             else None) for name in copy_augments
+        ]  # fmt: skip
         transform_fn = make_transform_fn(
-            *pipelines(train),
+            *per_copy[0][0],
             data.image_column,
             data.label_column,
             # A stream cannot be filtered beforehand: its transform drops unreadable images as it reads them.
             skip_unreadable=data_args.skip_unreadable and data_args.streaming,
-            strong_transforms=pipelines(train, strong=True) if train and strong_view else None,
+            strong_transforms=per_copy[0][1],
             seed=args.data_seed if args.data_seed is not None else args.seed,
+            copies=per_copy[1:],
         )
         if data_args.streaming:
             part = data.splits[split]
@@ -340,9 +355,10 @@ class ImageClassificationData:
             check_cache(self.cache, data, self.data_args, self.args)
         return data
 
-    def transform(self, config: ImageConfig, *, train: bool, strong: bool = False) -> Any:
-        """One model's pipeline: PIL image -> normalised tensor of `config`'s size, mean and std."""
-        return image_transform(self.data_args, config, train=train, strong=strong)
+    def transform(self, config: ImageConfig, *, train: bool, strong: bool = False, augment: str | None = None) -> Any:
+        """One model's pipeline: PIL image -> normalised tensor of `config`'s size, mean and std (`augment`: a copy's
+        own `--train_augment`, with `--view_augments`)."""
+        return image_transform(self.data_args, config, train=train, strong=strong, augment=augment)
 
     def splits(self, data: RunData, models: tuple[Any, Any, list[Any], list[Any]]) -> dict[str, Any]:
         """`{"train": ..., "eval": ...}`, each with its batch transform, for the trainer."""

@@ -42,6 +42,7 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "image_std",
         "max_train_samples", "max_eval_samples", "train_augment",
         "rand_augment", "random_erasing", "distill_mixup", "distill_cutmix",
+        "distill_views_per_image", "distill_view_augments", "distill_view_placement",
         "labelled_samples", "skip_unreadable", "streaming", "shuffle_buffer_size",
         "crop_size", "scale_range", "scale_step", "reduce_labels", "ignore_index", "id2label",
     )),
@@ -128,6 +129,8 @@ KNOWN_ELSEWHERE = {
     "--workers": "--dataloader_num_workers",
     "-j": "--dataloader_num_workers",
     "--resume": "--resume_from_checkpoint",
+    "--repeated-aug": "--views_per_image 3 --view_placement repeated",
+    "--repeated_aug": "--views_per_image 3 --view_placement repeated",
 }
 
 

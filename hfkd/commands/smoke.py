@@ -75,7 +75,8 @@ def smoke_argv(argv: list[str], use_cpu: bool | None = None) -> list[str]:
 
 def apply_smoke(model_args: Any, data_args: Any, run_args: Any, training_args: Any) -> None:
     """Swap a run's models for random-init stand-ins of the smoke data's class count (see `smoke_model_name`),
-    and fit the loss kwargs to the 8 synthetic images. The data themselves come from `synthetic_dataset`."""
+    and fit the loss kwargs (and repeated copies' placement) to the 8 synthetic images. The data themselves come
+    from `synthetic_dataset`."""
     known_size, known_labels = SMOKE_DATASETS.get(data_args.dataset, (None, None))
     image_size = run_args.smoke_image_size or known_size or 32
     num_labels = run_args.smoke_num_labels or known_labels or 10
@@ -93,6 +94,8 @@ def apply_smoke(model_args: Any, data_args: Any, run_args: Any, training_args: A
         data_args.image_size, data_args.id2label = image_size, None
     args = training_args
     args.distill_loss_kwargs = smoke_loss_kwargs(args.distill_loss, args.distill_loss_kwargs)
+    # RASampler's epoch counts whole blocks of 256 images, which 8 have not: the copies are shuffled together instead.
+    args.distill_view_placement = "concat"
 
 
 def synthetic_dataset(

@@ -5,7 +5,9 @@
   or streamed, their columns and labels checked, their images decoded;
 - `transforms`: `ImageConfig` (what a model wants) and torchvision v2 transforms; `batch_transform`: the dataset
   transform that gives every model its own pixels of the same crop (`make_transform_fn`); `mixing`: Mixup and
-  CutMix; `collator`: `DistillationCollator`; `saved_preprocessing`: what a saved student says of its preprocessing.
+  CutMix; `collator`: `DistillationCollator`; `saved_preprocessing`: what a saved student says of its preprocessing;
+- `views`: several augmented copies of each training image per epoch and where they go (StreamLined's concatenated
+  epoch, DeiT's repeated augmentation); `fixmatch`: FixMatch's RandAugment with Cutout (`--train_augment fixmatch`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ _EXPORTS = {
     "image_config_for_model": "hfkd.data.transforms",
     "load_image_dataset": "hfkd.data.datasets",
     "load_demo_dataset": "hfkd.data.demo",
+    "expand_views": "hfkd.data.views",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
@@ -34,3 +37,4 @@ if TYPE_CHECKING:
     from hfkd.data.datasets import load_image_dataset  # noqa: F401
     from hfkd.data.demo import load_demo_dataset  # noqa: F401
     from hfkd.data.transforms import ImageConfig, build_transforms, image_config_for_model  # noqa: F401
+    from hfkd.data.views import expand_views  # noqa: F401

@@ -39,6 +39,7 @@ from hfkd.data.transforms import (
     ImageTransform,
     sample_seed,
 )
+from hfkd.data.views import VIEW_INDEX, copy_stream
 from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
@@ -92,6 +93,7 @@ class TransformFn:
     With a `seed` and a sample index per row, every random draw of a row (crop box, flip, RandAugment) comes from
     `sample_seed(seed, epoch, index)`: the batches do not depend on the global RNG, the number of dataloader workers
     or where a run was resumed. `set_epoch` (called by the trainer at each epoch) moves to the next epoch's draws.
+    A row with a `view_index` (a copy of its image, `hfkd.data.views.expand_views`) goes through `for_copy(copy)`.
     """
 
     def __init__(
@@ -119,6 +121,8 @@ class TransformFn:
         self.host_rng = any(t.rand_augment or t.random_erasing for t in own)
         self.erasing = any(t.random_erasing for t in own)
         self.strong: TransformFn | None = None
+        # Copies 1, 2, ... of each image (`for_copy`): given by make_transform_fn, else made on first use.
+        self.copy_transforms: dict[int, TransformFn] = {}
 
     def _where(self, row: int, image: Any, indices: list | None) -> str:
         where = f"dataset index {indices[row]}" if indices is not None else f"row {row} of the batch"
@@ -132,6 +136,33 @@ class TransformFn:
         self.epoch = int(epoch)
         if self.strong is not None:
             self.strong.set_epoch(epoch)
+        for copy in self.copy_transforms.values():
+            copy.set_epoch(epoch)
+
+    def for_copy(self, copy: int) -> TransformFn:
+        """The transform of copy `copy` of each image (copy 0: this one): its own pipelines when `make_transform_fn`
+        was given them (`distill_view_augments`), else this one's; either way its random draws come from the copy's
+        own stream (`copy_stream`), so the copies of an image are independent draws."""
+        copy = int(copy)
+        if copy == 0:
+            return self
+        if copy not in self.copy_transforms:
+            strong = self.strong
+            self.copy_transforms[copy] = self.restreamed(
+                copy, (self.student_transform, self.teacher_transforms),
+                None if strong is None else (strong.student_transform, strong.teacher_transforms),
+            )  # fmt: skip
+        return self.copy_transforms[copy]
+
+    def restreamed(self, copy: int, pipelines: tuple, strong: tuple | None) -> TransformFn:
+        """A transform of `pipelines` (student, teachers) for copy `copy`, with a strong view of `strong` when given,
+        at this one's seed, epoch and columns."""
+        columns = (self.image_column, self.label_column, self.skip_unreadable, self.index_column)
+        fn = TransformFn(*pipelines, *columns, seed=self.seed, stream=copy_stream(copy))
+        if strong is not None:
+            fn.strong = TransformFn(*strong, *columns, seed=self.seed, stream=copy_stream(copy, strong=True))
+        fn.set_epoch(self.epoch)
+        return fn
 
     @property
     def random(self) -> bool:
@@ -189,6 +220,7 @@ class TransformFn:
             if column is not None and column not in batch:
                 raise UsageError(f"No column {column!r} in the batch (columns: {list(batch)}). Set {flag}.")
         indices = batch.get(self.index_column)
+        copies = batch.get(VIEW_INDEX)
         teacher_keys = [member_key(TEACHER_PIXEL_VALUES, i) for i in range(len(self.modes))]
         strong_keys = [member_key(TEACHER_STRONG_PIXEL_VALUES, i) for i in range(len(self.modes))]
         out: dict[str, list] = {PIXEL_VALUES: [], LABELS: [], SAMPLE_INDEX: []}
@@ -206,13 +238,14 @@ class TransformFn:
                 logger.warning(f"Skipping unreadable image at {where} ({type(err).__name__}: {err}).")
                 continue
             index = indices[row] if indices is not None else None
-            student_view, teacher_views = self._views(decoded, self._row_seed(index))
+            fn = self.for_copy(copies[row]) if copies is not None else self
+            student_view, teacher_views = fn._views(decoded, fn._row_seed(index))
             out[PIXEL_VALUES].append(student_view)
             for key, view in zip(teacher_keys, teacher_views):
                 if view is not None:
                     out.setdefault(key, []).append(view)
-            if self.strong is not None:
-                strong_student, strong_teachers = self.strong._views(decoded, self.strong._row_seed(index))
+            if fn.strong is not None:
+                strong_student, strong_teachers = fn.strong._views(decoded, fn.strong._row_seed(index))
                 out.setdefault(STRONG_PIXEL_VALUES, []).append(strong_student)
                 for key, view in zip(strong_keys, strong_teachers):
                     if view is not None:
@@ -235,6 +268,7 @@ def make_transform_fn(
     index_column: str = SAMPLE_INDEX,
     strong_transforms: tuple[Callable, Callable | None] | None = None,
     seed: int | None = 0,
+    copies: list[tuple[tuple, tuple | None]] | None = None,
 ) -> TransformFn:
     """A batch transform for `Dataset.set_transform` (use `set_image_transform` to get index-naming errors).
 
@@ -260,6 +294,11 @@ def make_transform_fn(
             Seed of the per-sample random draws: each row's augmentation comes from (seed, epoch, its index), so
             batches are the same whatever the dataloader workers and after a resume (the trainer advances the
             epoch through `set_epoch`). `None` draws from the global RNG instead; rows without an index do too.
+        copies (`list`, *optional*):
+            Copies 1, 2, ... of each image per epoch (`distill_views_per_image`, `hfkd.data.views`): for each, its
+            (student, teacher or teachers) pipelines and its strong view's (or None), e.g. StreamLined's FixMatch
+            copy. Rows with a `view_index` column go through their copy's; a copy not listed takes copy 0's pipelines.
+            Each copy draws from its own seed stream, the same copy 0 of a run without copies draws from.
 
     Returns:
         `TransformFn`: maps a batch to `pixel_values`, [`teacher_pixel_values`], `labels`, [`sample_index`],
@@ -269,7 +308,9 @@ def make_transform_fn(
     fn = TransformFn(student_transform, teacher_transform, *columns, seed=seed)
     if strong_transforms is not None:
         # Its own stream of draws: the strong view is not the weak view's crop with RandAugment on top.
-        fn.strong = TransformFn(*strong_transforms, *columns, seed=seed, stream=1)
+        fn.strong = TransformFn(*strong_transforms, *columns, seed=seed, stream=copy_stream(0, strong=True))
+    for number, (pipelines, strong) in enumerate(copies or (), start=1):
+        fn.copy_transforms[number] = fn.restreamed(number, pipelines, strong)
     return fn
 
 

@@ -329,6 +329,9 @@ def check_streaming_arguments(args: DistillationArguments, data_args: Any = None
          "Choose another loss or drop --streaming."),
         *((True, f"--{flag} epoch: a stream's epochs have no known length (and end at other steps on each "
            f"process). Use --{flag} steps with --{flag.split('_')[0]}_steps N.") for flag in epoch_flags),
+        (args.distill_views_per_image > 1, f"--views_per_image {args.distill_views_per_image}: the copies of an "
+         "image are rows drawn by index from a map-style dataset, and a stream is read in its own order. Drop "
+         "--views_per_image or --streaming."),
         (args.dataloader_persistent_workers and args.dataloader_num_workers > 0, "--dataloader_persistent_workers: "
          "the workers would keep the first pass's copy of the transform, so every pass would see the same crops. "
          "Drop it (workers then restart, with the next pass, at each pass)."),

@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 from transformers.utils import logging
 
 from hfkd.data.decode import decode_image
+from hfkd.data.fixmatch import FixMatchRandAugment
 from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
@@ -30,7 +31,9 @@ TINY_IMAGE_SIZE = 64
 """Inputs up to this many pixels a side (CIFAR, Fashion-MNIST) get a plain resize and `crop_flip` under "auto"."""
 
 
-TRAIN_AUGMENTS = ("auto", "rrc", "crop_flip", "none")
+TRAIN_AUGMENTS = ("auto", "rrc", "crop_flip", "fixmatch", "none")
+"""`--train_augment` choices; `fixmatch` is `auto`'s crop and flip followed by FixMatch's RandAugment with Cutout
+(`hfkd.data.fixmatch`: StreamLined's strong view)."""
 
 
 # PIL resampling ids (what image processors store as `resample`) -> torchvision interpolation names.
@@ -304,6 +307,8 @@ class ImageTransform:
         if train_augment == "auto":
             train_augment = "crop_flip" if tiny else "rrc"
         self.config, self.train, self.train_augment = config, train, train_augment if train else "none"
+        # FixMatch's strong view crops and flips as `auto` would, then adds its RandAugment and Cutout.
+        crop = ("crop_flip" if tiny else "rrc") if self.train_augment == "fixmatch" else self.train_augment
         interpolation = v2.InterpolationMode(config.interpolation)
         if tiny:  # small images are already framed: crop nothing at eval
             steps: list[Any] = [v2.Resize(config.size, interpolation=interpolation, antialias=True)]
@@ -312,12 +317,14 @@ class ImageTransform:
                 v2.Resize(config.eval_resize_size, interpolation=interpolation, antialias=True),
                 v2.CenterCrop(config.size),
             ]
-        if self.train_augment == "rrc":
+        if crop == "rrc":
             steps = [v2.RandomResizedCrop(config.size, interpolation=interpolation, antialias=True)]
-        elif self.train_augment == "crop_flip":  # CIFAR recipe
+        elif crop == "crop_flip":  # CIFAR recipe
             steps.append(v2.RandomCrop(config.size, padding=4))
-        if self.train_augment != "none":
+        if crop != "none":
             steps.append(v2.RandomHorizontalFlip())
+        if self.train_augment == "fixmatch":
+            steps.append(FixMatchRandAugment(num_ops=2))
         self.rand_augment = rand_augment if train else None
         if self.rand_augment:  # timm's RandAugment on the cropped, flipped image (DIST's B2, timm's --aa)
             steps.append(_rand_augment(config, self.rand_augment))
@@ -385,9 +392,10 @@ def build_transforms(
             Training (random augmentation) or evaluation (deterministic).
         train_augment (`str`, *optional*, defaults to `"auto"`):
             `"rrc"`: RandomResizedCrop + horizontal flip (ImageNet); `"crop_flip"`: eval resize, RandomCrop with
-            4 px padding + flip (CIFAR); `"none"`: the eval pipeline; `"auto"`: `"crop_flip"` for inputs up to
-            64 px, else `"rrc"`. Eval: resize to `eval_resize_size` and center-crop; inputs up to 64 px are only
-            resized to `size`.
+            4 px padding + flip (CIFAR); `"fixmatch"`: `"auto"`'s crop and flip, then FixMatch's RandAugment
+            with Cutout (`hfkd.data.fixmatch`, StreamLined's strong view); `"none"`: the eval pipeline; `"auto"`:
+            `"crop_flip"` for inputs up to 64 px, else `"rrc"`. Eval: resize to `eval_resize_size` and
+            center-crop; inputs up to 64 px are only resized to `size`.
         strong (`bool`, *optional*, defaults to `False`):
             Append `RandAugment(num_ops=2, magnitude=10)` to the geometry: the strong view of MLKD.
         rand_augment (`str`, *optional*):
@@ -407,7 +415,8 @@ def sample_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
     """The seed of one sample's random draws in one epoch: a pure function of (seed, epoch, index, stream).
 
     The teacher cache draws its views with stream 0 too (`hfkd.teacher_cache.view_params`); `stream` separates other
-    views of the same sample (MLKD's strong view uses 1).
+    views of the same sample (MLKD's strong view uses 1; copy c of an image, `distill_views_per_image`, uses 2c and
+    2c + 1 for its strong view: `hfkd.data.views.copy_stream`).
     """
     mixed = ((seed * 1_000_003 + epoch) * 100_000_007 + index) % (2**63)
     return mixed if stream == 0 else (mixed * 6_364_136_223_846_793_005 + stream) % (2**63)

@@ -14,6 +14,10 @@ name. A task says:
 - how evaluation reduces a batch before anything is gathered (`reduce`: top-5 class indices, per-image pixel counts)
   and the metrics of the reduced batches (`metrics`), whose headline is `metric` (`eval_<metric>` in the files).
 
+A label-free task (`label_free`: image-feature-extraction, `hfkd.tasks.features`) distils between backbones: no task
+loss, no label space, its evaluation the distillation loss and a k-NN of the embeddings (`watched`: what of an
+output the non-finite check and evaluation read).
+
 The tasks hfkd trains are listed in `hfkd.tasks.registry`, which builds one by name (`get_task`) and reads a model's
 task from its config (`task_of_config`).
 """

@@ -9,6 +9,8 @@ from timm.optim import list_optimizers
 from transformers import TrainingArguments
 
 from hfkd.data.mixing import check_mixing_arguments
+from hfkd.data.transforms import TRAIN_AUGMENTS
+from hfkd.data.views import VIEW_PLACEMENTS
 from hfkd.losses import CE_ONLY, get_loss_class, validate_loss_kwargs
 from hfkd.tasks.base import (
     CLASSIFICATION,
@@ -100,8 +102,9 @@ class DistillationArguments(TrainingArguments):
         `"steps"`: the milestones (and the `step` schedule's lengths) are optimiser steps (the lr decays from step m
         on), for streamed data whose epochs have no known length.
     distill_task (`str`, *optional*, defaults to `None`):
-        The task (`--task`): `"image-classification"`, `"semantic-segmentation"` or `"object-detection"`; by default
-        the student's (`hfkd.tasks`). A student of another task, or a loss that does not serve it, is refused.
+        The task (`--task`): `"image-classification"`, `"semantic-segmentation"`, `"object-detection"` or
+        `"image-feature-extraction"` (label-free, between backbones); by default the student's (`hfkd.tasks`). A
+        student of another task, or a loss that does not serve it, is refused.
     distill_logits_size (`str`, *optional*, defaults to `"teacher"`):
         Dense tasks: dense logits of different sizes are compared at the teacher's size (the student's resized,
         bilinear), or at the label size (`"labels"`: both resized).
@@ -115,6 +118,13 @@ class DistillationArguments(TrainingArguments):
         with both, each batch takes one of them at even odds), seen by student and teacher alike; the CE then
         takes soft targets with the label smoothing folded in (`hfkd.mixing`). Losses that read the labels
         (DKD, ...) or a second view, a teacher cache and unlabelled samples are refused with them.
+    distill_views_per_image (`int`, *optional*, defaults to `1`), distill_view_augments (`list[str]`, *optional*),
+    distill_view_placement (`str`, *optional*, defaults to `"concat"`):
+        Several augmented copies of each training image per epoch (`--views_per_image`, `hfkd.data.views`), each an
+        independent draw: one `--train_augment` name per copy (`--view_augments crop_flip fixmatch`; default the
+        run's for every copy), placed by `"concat"` (every copy shuffled into an epoch `views` times as long:
+        StreamLined's weak + strong epoch) or `"repeated"` (DeiT's repeated augmentation: copies on consecutive
+        processes, the epoch's length kept). Image classification on map-style data, without a teacher cache.
 
     > Optimisation (what the references' training code does and the Trainer does not)
 
@@ -251,8 +261,8 @@ class DistillationArguments(TrainingArguments):
     distill_task: str | None = field(
         default=None,
         metadata={
-            "help": "The task: image-classification, semantic-segmentation or object-detection (default: the "
-            "student's, read from its config).",
+            "help": "The task (default: the models', read from their configs; image-feature-extraction: label-free, "
+            "between backbones).",
             "aliases": ["--task"],
             "choices": list(TASK_NAMES),
         },
@@ -290,6 +300,28 @@ class DistillationArguments(TrainingArguments):
         default=0.0,
         metadata={"help": "CutMix alpha (timm's --cutmix); with --mixup, each batch takes one at even odds.",
                   "aliases": ["--cutmix"]},
+    )
+    distill_views_per_image: int = field(
+        default=1,
+        metadata={
+            "help": "Augmented copies of each training image per epoch (StreamLined: 2, DeiT: 3).",
+            "aliases": ["--views_per_image"],
+        },
+    )
+    distill_view_augments: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "The --train_augment of each copy, e.g. crop_flip fixmatch (default: the run's).",
+            "aliases": ["--view_augments"],
+        },
+    )
+    distill_view_placement: str = field(
+        default="concat",
+        metadata={
+            "help": "concat: one shuffle of all copies (StreamLined); repeated: DeiT's RASampler.",
+            "aliases": ["--view_placement"],
+            "choices": list(VIEW_PLACEMENTS),
+        },
     )
     teacher_cache_dir: str | None = field(
         default=None,
@@ -383,6 +415,7 @@ class DistillationArguments(TrainingArguments):
         self._validate_ranges()
         check_schedule_arguments(self)
         check_mixing_arguments(self)
+        self._validate_views()
         self._validate_loss()
 
     def _parse_json_fields(self) -> None:
@@ -433,6 +466,33 @@ class DistillationArguments(TrainingArguments):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise UsageError(f"`{name}` must be a finite number >= 0, got {value!r}.")
 
+    def _validate_views(self) -> None:
+        """Copies per image: a count >= 1, one known augment per copy when named, a known placement (with one view,
+        there is nothing to place: `--views_per_image 1` turns a recipe's copies off), and no teacher cache (it
+        stores one crop-and-flip view per image and epoch)."""
+        views, augments = self.distill_views_per_image, self.distill_view_augments
+        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+            raise UsageError(f"`distill_views_per_image` is a count of copies >= 1 (StreamLined: 2), got {views!r}.")
+        if self.distill_view_placement not in VIEW_PLACEMENTS:
+            raise UsageError(
+                f"`distill_view_placement` must be one of {', '.join(VIEW_PLACEMENTS)}, got "
+                f"{self.distill_view_placement!r}."
+            )
+        if augments is not None:
+            augments = self.distill_view_augments = [augments] if isinstance(augments, str) else list(augments)
+            unknown = [name for name in augments if name not in TRAIN_AUGMENTS]
+            if unknown or len(augments) != views:
+                raise UsageError(
+                    f"`distill_view_augments` names one --train_augment ({', '.join(TRAIN_AUGMENTS)}) for each of the "
+                    f"distill_views_per_image={views} copies; got {augments}. E.g. --views_per_image 2 "
+                    "--view_augments crop_flip fixmatch."
+                )
+        if views > 1 and self.teacher_cache_dir is not None:
+            raise UsageError(
+                f"--views_per_image {views}: a teacher cache stores one crop-and-flip view per image and epoch, not "
+                "copies. Run the teacher live (drop --teacher_cache_dir) or drop --views_per_image."
+            )
+
     def _validate_loss(self) -> None:
         """A registered loss (or ce, which takes no kwargs) whose kwargs bind, and that a teacher cache can feed."""
         if self.distill_loss == CE_ONLY:
@@ -472,9 +532,8 @@ class DistillationArguments(TrainingArguments):
         self.distill_feature_loss = feature = feature.strip().lower()
         if feature not in NECK_LOSSES + FEATURE_LOSSES:
             raise UsageError(
-                f"--feature_loss {feature!r} is not a feature loss: pass a neck loss ({', '.join(NECK_LOSSES)}) for "
-                f"detection, or {' / '.join(FEATURE_LOSSES)} for image-feature-extraction (the run's --loss takes the "
-                "logit losses)."
+                f"--feature_loss {feature!r} is not a neck loss: pass one of {', '.join(NECK_LOSSES)} (detection; the "
+                f"run's --loss takes the logit losses), or {' / '.join(FEATURE_LOSSES)} (image-feature-extraction)."
             )
         if feature == self.distill_loss or self.distill_loss == CE_ONLY:
             raise UsageError(
@@ -509,6 +568,8 @@ class DistillationArguments(TrainingArguments):
                 "A teacher ensemble averages classifiers' outputs; detectors' queries do not pair up across models: "
                 "pass one --teacher for object detection."
             )
+        if task != CLASSIFICATION and self.distill_views_per_image > 1:
+            raise UsageError(f"--views_per_image copies image classification samples; {task} runs take one view.")
         if task not in (CLASSIFICATION, FEATURES) and self.mixes_batches:
             raise UsageError(f"--mixup / --cutmix mix image classification batches; {task} runs take neither.")
         if task != CLASSIFICATION and self.teacher_cache_dir is not None:

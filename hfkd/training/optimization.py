@@ -96,12 +96,14 @@ class OptimizationMixin:
                 "`distill_lr_milestones` / `distill_lr_decay_epochs` count epochs, which needs a training dataset "
                 "with a length; for streamed data give them in steps (`distill_lr_milestones_unit='steps'`)."
             )
+        # DeiT's repeated copies keep RASampler's epoch, in full batches (`copies_sampler`).
+        sampler = self.copies_sampler(self.train_dataset)
         return optimizer_steps_per_epoch(
-            len(self.train_dataset),
+            len(self.train_dataset) if sampler is None else len(sampler),
             self.args.per_device_train_batch_size,
             self.args.world_size,
             self.args.gradient_accumulation_steps,
-            self.args.dataloader_drop_last,
+            self.args.dataloader_drop_last or sampler is not None,
         )
 
     def _build_ema(self, student: nn.Module) -> StudentEMA | None:

@@ -17,12 +17,14 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import send_to_device
 from torch import nn
+from torch.utils.data import Sampler
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
 from hfkd.data.batch import IMAGE_KEYS, INDEX_KEYS, LABELS, PIXEL_VALUES, SAMPLE_INDEX
 from hfkd.data.collator import DistillationCollator, fast_tensor_columns
 from hfkd.data.mixing import BatchMixer
+from hfkd.data.views import expand_views, views_sampler
 from hfkd.hub.model_card import ModelCardInfo, build_model_card
 from hfkd.losses import DistillBatch, logits_of
 from hfkd.models.features import is_convolutional
@@ -38,6 +40,7 @@ from hfkd.training.evaluation import EvaluationMixin
 from hfkd.training.optimization import OptimizationMixin
 from hfkd.training.streaming import StreamingMixin
 from hfkd.training.student_module import DistillationModule, build_loss, check_student
+from hfkd.utils import upstream
 from hfkd.utils.errors import UsageError
 from hfkd.utils.local_names import recipe_name
 from hfkd.utils.upstream import TrainerInternals
@@ -55,7 +58,8 @@ class DistillationTrainer(
     L is the registered loss `args.distill_loss` (a loss with `replaces_task_loss` gives the CE term itself: DeiT's
     class head, not the averaged heads). The teacher runs in eval mode under `torch.no_grad()` and the
     same autocast as the student; it is never optimised, wrapped in DDP, or saved. Evaluation runs the student
-    only and reports `eval_accuracy` and `eval_top5_accuracy`.
+    only and reports `eval_accuracy` and `eval_top5_accuracy` (the task's metrics); a label-free task
+    (image-feature-extraction, between backbones) has no CE term and evaluates its distillation loss and a k-NN top-1.
 
     Args:
         model: the student.
@@ -101,12 +105,15 @@ class DistillationTrainer(
             data_collator = data_collator or self.task.collator()
             train_dataset = fast_tensor_columns(train_dataset)
             eval_dataset = _map_datasets(fast_tensor_columns, eval_dataset)
+        # Copies of each image per epoch (StreamLined's weak + strong, DeiT's repeated augmentation): `train_sampler`.
+        train_dataset = expand_views(train_dataset, args.distill_views_per_image)
         # The task's metrics reduce each evaluation batch (top-5 classes, per-image pixel counts) in
         # prediction_step, so that evaluation keeps no logits and no label maps.
         self._task_metrics = compute_metrics is None and preprocess_logits_for_metrics is None
         compute_metrics = self.task.metrics() if compute_metrics is None else compute_metrics
         # Before Trainer.__init__, which calls call_model_init: its student is adopted once the teacher is built.
         self.teacher, self.ema, self.distill_loss = None, None, None
+        self.sampler_epochs: EpochCallback | None = None  # the repeated copies' sampler follows the epochs
         super().__init__(
             model=model,
             args=args,
@@ -166,7 +173,8 @@ class DistillationTrainer(
             student,
             self.teacher.model,
             self._probe_batch,
-            dataset_size=len(dataset) if hasattr(dataset, "__len__") else None,
+            # Images, not copies: memory banks are indexed by `sample_index`.
+            dataset_size=len(dataset) // self.args.distill_views_per_image if hasattr(dataset, "__len__") else None,
             autocast=self.accelerator.autocast,
         )
         self.distill_loss = self.task.distill_loss(self.distill_loss, student, self.teacher.model)
@@ -216,6 +224,39 @@ class DistillationTrainer(
         (`set_transform`) builds its tensors from raw columns no forward names (the image, the label), so the
         transform decides what a batch holds, and the collator keeps what a step reads."""
         return ((getattr(dataset, "format", None) or {}).get("type")) == "custom"
+
+    def copies_sampler(self, dataset: Any) -> Sampler | None:
+        """With `distill_view_placement="repeated"`, DeiT's repeated augmentation over the copies of each image of
+        `dataset` (`hfkd.data.views.RepeatedViewsSampler`), whose global order Accelerate's batch sharding turns into
+        RASampler's share of each process; else None."""
+        args = self.args
+        if args.distill_views_per_image == 1 or not hasattr(dataset, "__len__"):
+            return None
+        if args.distill_view_placement == "repeated" and args.accelerator_config.split_batches:
+            raise UsageError(
+                "--view_placement repeated lays out whole per-process batches; Accelerate's split_batches cuts each "
+                "batch across the processes instead. Drop split_batches from --accelerator_config."
+            )
+        return views_sampler(
+            args.distill_view_placement,
+            args.distill_views_per_image,
+            len(dataset) // args.distill_views_per_image,
+            world_size=args.world_size,
+            batch_size=upstream.train_batch_size(self),
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+        )
+
+    def train_sampler(self, dataset: Any) -> Sampler | None:
+        """The training sampler, or None for the Trainer's own: `copies_sampler`, told each epoch's number."""
+        sampler = self.copies_sampler(dataset)
+        # Accelerate forwards `set_epoch` to a sampler under its batch sharding, but not once a resumed epoch skips
+        # batches: the epoch callback tells it, before the epoch's first batch is drawn.
+        if self.sampler_epochs is not None:
+            self.remove_callback(self.sampler_epochs)
+        self.sampler_epochs = EpochCallback(sampler) if sampler is not None else None
+        if self.sampler_epochs is not None:
+            self.add_callback(self.sampler_epochs)
+        return sampler
 
     def _follow_epochs(self, dataset: Any) -> None:
         """A dataset transform whose random draws depend on the epoch (`set_epoch`) is told each epoch's number."""

@@ -41,6 +41,8 @@ UPSTREAM: dict[tuple[str, str], str] = {
     ("transformers.Trainer", "_signature_columns"): INSTANCE_ATTRIBUTE,
     ("transformers.Trainer", "_remove_unused_columns"): "(self, dataset, description=None)",
     ("transformers.Trainer", "_get_output_dir"): "(self, trial)",
+    # The training sampler: the Trainer's get_train_dataloader takes it from here, with no public hook.
+    ("transformers.Trainer", "_get_train_sampler"): "(self, train_dataset=None)",
     # A streamed training set's dataloader is built by hfkd (hfkd.training.streaming), as the Trainer would build it.
     ("transformers.Trainer", "_get_collator_with_removed_columns"): "(self, data_collator, description=None)",
     ("transformers.Trainer", "_train_batch_size"): INSTANCE_ATTRIBUTE,
@@ -89,6 +91,8 @@ class TrainerInternals:
     - `_set_signature_columns_if_needed`, `_remove_unused_columns`: which dataset columns a batch keeps, decided
       from the model's forward signature, which for the student module names none of them (`batch_columns`,
       `keeps_all_columns`).
+    - `_get_train_sampler`: the order of the training samples, which copies of each image per epoch place as DeiT's
+      repeated augmentation does (`train_sampler`; None keeps the Trainer's).
     """
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
@@ -118,6 +122,10 @@ class TrainerInternals:
         if self.keeps_all_columns(dataset):
             return dataset
         return super()._remove_unused_columns(dataset, description)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        sampler = self.train_sampler(train_dataset if train_dataset is not None else self.train_dataset)
+        return sampler if sampler is not None else super()._get_train_sampler(train_dataset)
 
 
 def trainer_save(trainer: Trainer, output_dir: str, state_dict: dict | None = None) -> None:

@@ -20,7 +20,7 @@ def _patch(tokens: torch.Tensor, first: int, width: int, i: int, j: int) -> torc
     return tokens[:, first + i * width + j]
 
 
-@pytest.mark.parametrize("kind,prefix", [("dinov2", 1), ("dinov2_registers", 3)])
+@pytest.mark.parametrize("kind,prefix", [("dinov2", 1), ("dinov2_registers", 3), ("dinov3", 3)])
 def test_dinov2_embedding_is_the_normed_class_token_and_patches_follow_class_and_registers(kind, prefix):
     model = tiny_teacher(kind).eval()
     reader = FeatureReader(model)

@@ -3,13 +3,15 @@
 and the saved backbone that reloads alone."""
 
 import os
+import re
 
 import pytest
 import timm
 import torch
 from datasets import Dataset
+from PIL import Image as PILImage
 from safetensors.torch import load_file
-from transformers import AutoModel, ResNetBackbone
+from transformers import AutoModel, ConvNextImageProcessor, ResNetBackbone
 
 from hfkd import DistillationArguments, DistillationTrainer
 from hfkd.models.embeddings import read_image_features
@@ -68,11 +70,12 @@ def test_one_step_trains_student_and_projections_only(kind, tmp_path):
     assert set(trainer.evaluate_teacher()) == {"teacher_eval_knn_top1"}
 
 
-def test_unlabelled_evaluation_reports_the_loss_and_the_saved_backbone_reloads_alone(tmp_path):
+def test_unlabelled_evaluation_reports_the_loss_and_the_saved_backbone_reloads_alone(tmp_path, monkeypatch):
     student, teacher = tiny_resnet_backbone(), tiny_teacher("dinov2")
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=_args(tmp_path, distill_feature_loss=None),
         train_dataset=_data(8, labels=False), eval_dataset=_data(4, labels=False, seed=1),
+        processing_class=ConvNextImageProcessor(size={"shortest_edge": STUDENT_SIZE}),
     )  # fmt: skip
     trainer.train()
     metrics = trainer.evaluate()
@@ -100,6 +103,19 @@ def test_unlabelled_evaluation_reports_the_loss_and_the_saved_backbone_reloads_a
     trainer.args.distill_save_projections = True
     trainer.save_model()
     assert set(load_file(out / "distill_adapters.safetensors")) == {"inner.projection.weight", "inner.projection.bias"}
+    # The card's snippets run against the folder (named by its folder name, from its parent), the backbone's too.
+    trainer.create_model_card(student_metrics=metrics)
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: image-feature-extraction" in card and "No evaluation results yet." in card
+    monkeypatch.chdir(tmp_path)
+    PILImage.new("RGB", (60, 50), (10, 200, 90)).save(tmp_path / "image.png")
+    snippets = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    assert len(snippets) == 2 and "ResNetBackbone.from_pretrained" in snippets[1]
+    namespace: dict = {}
+    exec(snippets[0].replace("path/to/image.jpg", str(tmp_path / "image.png")), namespace)  # noqa: S102
+    assert namespace["embedding"].shape == (1, 16)
+    exec(snippets[1], namespace)  # noqa: S102
+    assert [tuple(m.shape) for m in namespace["maps"]] == [(1, 16, 28, 28)]
 
 
 def test_a_timm_student_saves_for_timm_create_model_with_mixup_of_images_only(tmp_path):

@@ -1,5 +1,5 @@
 """Tiny random-init backbones for label-free distillation: foundation-model teachers (DINOv2, DINOv2 with registers,
-CLIP's and SigLIP's vision towers) and students (transformers ResNetModel, timm through TimmWrapperModel)."""
+DINOv3, CLIP's and SigLIP's vision towers) and students (transformers ResNetModel, timm through TimmWrapperModel)."""
 
 import torch
 from transformers import (
@@ -9,6 +9,8 @@ from transformers import (
     Dinov2Model,
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersModel,
+    DINOv3ViTConfig,
+    DINOv3ViTModel,
     ResNetConfig,
     ResNetModel,
     SiglipVisionConfig,
@@ -29,6 +31,8 @@ def tiny_teacher(kind: str, seed: int = 0, **changes) -> torch.nn.Module:
         return Dinov2WithRegistersModel(
             Dinov2WithRegistersConfig(image_size=TEACHER_SIZE, num_register_tokens=2, **VIT, **changes)
         )
+    if kind == "dinov3":
+        return DINOv3ViTModel(DINOv3ViTConfig(image_size=TEACHER_SIZE, num_register_tokens=2, **VIT, **changes))
     if kind == "clip":
         return CLIPVisionModel(CLIPVisionConfig(image_size=TEACHER_SIZE, **VIT, **changes))
     if kind == "siglip":

@@ -68,6 +68,7 @@ class FeatureExtractionTask(Task):
         feature = None
         if self.feature_loss is not None:
             feature = create_loss(self.feature_loss, context=loss.context, **self.feature_loss_kwargs)
+            feature = feature.to(next(loss.parameters()).device)  # where the trainer put the run's loss
         return FeatureDistillation(loss, feature)
 
     def align(self, student_output: Any, teacher_output: Any, labels: Any = None) -> tuple[Any, Any]:

@@ -172,9 +172,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default="runs/labelfree_demo")
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--teacher_epochs", type=float, default=1.5, help="the teacher's epochs on labels")
-    parser.add_argument("--train_images", type=int, default=20000, help="unlabelled images the students see")
+    parser.add_argument("--train_images", type=int, default=40000, help="unlabelled images the students see")
     parser.add_argument("--eval_images", type=int, default=5000, help="labelled test images k-NN scores")
     parser.add_argument("--student_epochs", type=float, default=2, help="epochs over the unlabelled images")
+    parser.add_argument("--student_widths", type=int, nargs="+", default=STUDENT["hidden_sizes"],
+                        help="channels of the student's ResNet stages (one basic block each)")  # fmt: skip
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     return parser.parse_args(argv)
 
@@ -186,7 +188,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     start, phases = time.time(), []
     source, unlabelled = write_data(args, output_dir / "data")
     teacher_init = resnet_folder(output_dir / "init" / "teacher", TEACHER, seed=0, head=True)
-    student_init = resnet_folder(output_dir / "init" / "student", STUDENT, seed=1, head=False)
+    widths = args.student_widths
+    arch = {"embedding_size": widths[0], "hidden_sizes": widths, "depths": [1] * len(widths)}
+    student_init = resnet_folder(
+        output_dir / "init" / f"student-{'-'.join(map(str, widths))}", arch, seed=1, head=False
+    )
     clock = time.time()
     teacher = train_teacher(args, str(output_dir / "data" / "labelled"), teacher_init)
     phases.append(("teacher", time.time() - clock))

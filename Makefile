@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.hfkd-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 
-.PHONY: install test lint demo segmentation-demo detection-demo demo-data clean
+.PHONY: install test lint demo segmentation-demo detection-demo labelfree-demo demo-data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,9 @@ segmentation-demo: install demo-data
 # Detection: a RetinaNet-R34 teacher, then CE / DIST / mimic / CWD RetinaNet-R18 students on Fashion-MNIST scenes.
 detection-demo: install demo-data
 	$(BIN)/python examples/run_detection_demo.py --output_dir runs/detection_demo
+
+labelfree-demo: install demo-data
+	$(BIN)/python examples/run_labelfree_demo.py --output_dir runs/labelfree_demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -218,8 +218,12 @@ def test_rejects_empty_model_name():
             "multi-step: x0.1 after epochs 150, 180, 210",
         ),
         (
-            {"distill_lr_decay_epochs": 2.4, "distill_lr_gamma": 0.97, "distill_lr_warmup_epochs": 3,
-             "distill_lr_warmup_lr": 1e-6},
+            {
+                "distill_lr_decay_epochs": 2.4,
+                "distill_lr_gamma": 0.97,
+                "distill_lr_warmup_epochs": 3,
+                "distill_lr_warmup_lr": 1e-6,
+            },
             "step: x0.97 every 2.4 epochs, after a warm-up of 3 epochs in stairs from 1e-06",
         ),
     ],
@@ -412,3 +416,47 @@ def test_segmentation_card_snippets_run_on_the_saved_student(tmp_path, monkeypat
     segments = with_pipeline["segments"]
     assert segments and {s["label"] for s in segments} <= {"bg", "a", "b"} and segments[0]["mask"].size == (40, 30)
     assert tuple(with_classes["segmentation"].shape) == (30, 40)  # (height, width) of the image
+
+
+def test_grayscale_students_card_converts_to_their_mode_and_runs(tmp_path, monkeypatch):
+    """A 1-channel student (the demos'): the card's code reads the image as "L" and runs on the saved folder, and the
+    pipeline, which reads every image as RGB (and fails on it), is left out; an RGB student keeps both."""
+    import re
+
+    import numpy as np
+    import torch
+    from PIL import Image as PILImage
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor, pipeline
+
+    from hfkd.training.arguments import DistillationArguments
+
+    args = DistillationArguments(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True)
+    classify = _distill_config(task="image-classification", data={"dataset": "fashion-mnist"})
+    labels = {"id2label": {0: "a", 1: "b"}, "label2id": {"a": 0, "b": 1}}
+    gray, rgb = ResNetConfig(num_channels=1, **labels), ResNetConfig(num_channels=3, **labels)
+    assert ModelCardInfo.for_run(classify, args, gray).image_mode == "L"
+    assert ModelCardInfo.for_run(classify, args, rgb).image_mode == "RGB"
+    PILImage.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "image.png")
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    for config, mode in ((gray, "L"), (rgb, "RGB")):
+        folder = tmp_path / mode
+        ResNetForImageClassification(config).eval().save_pretrained(folder)
+        channels = config.num_channels
+        ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * channels, image_std=[0.5] * channels
+                          ).save_pretrained(folder)  # fmt: skip
+        info = ModelCardInfo.for_run(classify, args, config)
+        usage = _section(build_model_card(info, output_dir=str(folder)).text, "How to use")
+        snippets = re.findall(r"```python\n(.*?)```", usage, re.DOTALL)
+        classes = next(s for s in snippets if "AutoImageProcessor" in s)
+        assert f'.convert("{mode}")' in classes
+        namespace = {}
+        exec(classes.replace("path/to/image.jpg", "image.png"), namespace)  # noqa: S102
+        assert namespace["logits"].shape == (1, 2)
+        if mode == "L":
+            assert not any("pipeline(" in s for s in snippets) and "reads every image as RGB" in usage
+            with pytest.raises(ValueError, match="channel dimension"):  # why the card leaves it out
+                pipeline("image-classification", model=str(folder))("image.png")
+        else:
+            assert any("pipeline(" in s for s in snippets)
+            assert pipeline("image-classification", model=str(folder))("image.png")[0]["label"] in ("a", "b")

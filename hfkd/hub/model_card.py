@@ -108,6 +108,9 @@ class ModelCardInfo:
         student_model_type (`str`, *optional*):
             The student config's `model_type`: a type that an hfkd module registers with transformers' Auto classes
             (`hfkd_smp`) puts that import into the usage snippets.
+        image_mode (`str`, *optional*, defaults to `"RGB"`):
+            The PIL mode the student reads (`"L"` for a 1-channel model): the usage snippets convert images to it,
+            and leave out transformers' `pipeline`, which reads every image as RGB, for other modes.
     """
 
     model_name: str
@@ -137,6 +140,7 @@ class ModelCardInfo:
     teacher_ensemble: dict[str, Any] | None = None
     task: str = CLASSIFICATION
     student_model_type: str | None = None
+    image_mode: str = "RGB"
 
     @classmethod
     def for_run(
@@ -192,8 +196,18 @@ class ModelCardInfo:
             teacher_ensemble={**teacher["ensemble"], "members": teacher["members"]} if "ensemble" in teacher else None,
             task=distill_config.get("task") or CLASSIFICATION,
             student_model_type=getattr(student_config, "model_type", None),
+            image_mode="L" if _num_channels(student_config) == 1 else "RGB",
             **metrics,
         )
+
+
+def _num_channels(config: Any) -> int | None:
+    """The channels a student reads: its config's `num_channels`, or a timm config's `pretrained_cfg` input size."""
+    channels = getattr(config, "num_channels", None)
+    if channels is None:
+        input_size = (getattr(config, "pretrained_cfg", None) or {}).get("input_size") or [None]
+        channels = input_size[0]
+    return channels if isinstance(channels, int) else None
 
 
 def _architecture(config: Any) -> str | None:
@@ -307,6 +321,9 @@ def _usage(info: ModelCardInfo, task: Task, output_dir: str | None) -> str:
         register_module=REGISTERING_MODULES.get(info.student_model_type or ""),
         timm_refs=timm_refs,
         two_heads=_objective(info.loss_key, task, None)["hfkd_two_heads"],
+        image_mode=info.image_mode,
+        image_mode_literal=json.dumps(info.image_mode),
+        image_mode_name="grayscale (1-channel)" if info.image_mode == "L" else f"{info.image_mode}-mode",
     )
 
 

@@ -109,7 +109,7 @@ def load_image_dataset(
         train, evaluation, eval_from = _pick_splits(raw, source, train_split, eval_split, eval_fraction, seed)
     dataset = _encode_string_labels(DatasetDict({"train": train, "eval": evaluation}))
     if rows is None:
-        dataset = _keep_at_most(dataset, max_train_samples, max_eval_samples, seed)
+        dataset = keep_at_most(dataset, max_train_samples, max_eval_samples, seed)
     return _with_selection(dataset, source, train_split, eval_from)
 
 
@@ -163,10 +163,11 @@ def _with_row_positions(raw: Dataset | DatasetDict, train_split: str) -> Dataset
     return DatasetDict({name: part.add_column(ROW_COLUMN, list(range(len(part)))) for name, part in raw.items()})
 
 
-def _keep_at_most(
+def keep_at_most(
     dataset: DatasetDict, max_train_samples: int | None, max_eval_samples: int | None, seed: int
 ) -> DatasetDict:
-    """`dataset` with seeded random subsets of at most `max_train_samples` / `max_eval_samples` rows."""
+    """`dataset` with seeded random subsets of at most `max_train_samples` / `max_eval_samples` rows of its "train"
+    and "eval" splits (every task's loader keeps its subsets so); a limit below 1 is refused."""
     for split, limit in (("train", max_train_samples), ("eval", max_eval_samples)):
         if limit is not None:
             if limit < 1:
@@ -287,9 +288,7 @@ def load_dense_dataset(
         eval_split = eval_split or (fallback_eval if fallback_eval in raw else None)
     train, evaluation, _ = _pick_splits(raw, source, train_split, eval_split, eval_fraction, seed)
     dataset = DatasetDict({"train": train, "eval": evaluation})
-    for split, limit in (("train", max_train_samples), ("eval", max_eval_samples)):
-        if limit is not None and limit < len(dataset[split]):
-            dataset[split] = dataset[split].shuffle(seed=seed).select(range(limit))
+    dataset = keep_at_most(dataset, max_train_samples, max_eval_samples, seed)
     dataset.source = source
     logger.info(f"{task} data from {source}: {len(dataset['train'])} train / {len(dataset['eval'])} eval rows.")
     return dataset, info

@@ -83,6 +83,7 @@ def test_the_command_distils_a_backbone_without_labels(setup, tmp_path, monkeypa
         (["--loss", "ce", "--task", "image-feature-extraction"], "no task loss: --loss ce"),
         (["--loss", "embed", "--feature_loss", "mimic"], "image-feature-extraction adds embed or dense"),
         (["--loss", "embed", "--teacher_cache_dir", "cache"], "teacher cache"),
+        (["--loss", "embed", "--max_train_samples", "0"], "max_train_samples must be >= 1"),
     ],
 )
 def test_what_cannot_work_is_refused_before_weights_load(setup, tmp_path, extra, message, monkeypatch):

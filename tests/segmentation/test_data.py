@@ -145,6 +145,8 @@ def test_cityscapes_layout_maps_label_ids_to_train_ids(tmp_path):
     )
     expected = [[CITYSCAPES_TRAIN_IDS[7], CITYSCAPES_TRAIN_IDS[8], 13, 255], [18, 255, 255, 11]]
     assert out["labels"][0].tolist() == expected
+    with pytest.raises(UsageError, match="max_eval_samples must be >= 1"):  # as classification refuses it
+        load_segmentation_dataset(str(root), max_eval_samples=0)
 
 
 def test_collator_pads_images_with_zero_and_masks_with_ignore():

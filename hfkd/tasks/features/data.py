@@ -16,7 +16,7 @@ from typing import Any
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
 from transformers.utils import logging
 
-from hfkd.data.datasets import IMAGE_COLUMN_NAMES, LABEL_COLUMN_NAMES, load_image_dataset
+from hfkd.data.datasets import IMAGE_COLUMN_NAMES, LABEL_COLUMN_NAMES, keep_at_most, load_image_dataset
 from hfkd.utils.errors import UsageError
 
 logger = logging.get_logger(__name__)
@@ -59,9 +59,7 @@ def load_feature_dataset(
     else:
         splits = load_image_dataset(dataset, seed=seed, cache_dir=cache_dir, **kwargs)
         source = getattr(splits, "source", dataset)
-    for split, limit in (("train", max_train_samples), ("eval", max_eval_samples)):
-        if limit is not None and limit < len(splits[split]):
-            splits[split] = splits[split].shuffle(seed=seed).select(range(limit))
+    splits = keep_at_most(splits, max_train_samples, max_eval_samples, seed)
     splits["train"] = _without_labels(splits["train"])
     splits.source = source
     return splits

@@ -9,6 +9,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import ResNetForImageClassification  # noqa: E402
 
@@ -33,3 +34,13 @@ def train_dataset() -> Dataset:
 @pytest.fixture
 def eval_dataset() -> Dataset:
     return synthetic_dataset(8, seed=1)
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: computes as a launched process with OMP_NUM_THREADS=1 does (to the bit), and
+    tiny models on 2 shared cores run steadier than on two threads that wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -29,15 +29,6 @@ A = dict(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 B = dict(size=(24, 24), mean=(0.4, 0.45, 0.5), std=(0.3, 0.2, 0.25))
 
 
-@pytest.fixture
-def one_thread():
-    """Builds in this process compute as the subprocesses do (OMP_NUM_THREADS=1), to the bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _teacher(seed: int = 2, num_labels: int = 5):
     return perturbed(tiny_resnet(num_labels, wide=True, seed=seed).eval(), seed=seed + 5)
 

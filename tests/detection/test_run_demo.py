@@ -4,8 +4,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-import torch
 from datasets import load_from_disk
 from huggingface_hub import ModelCard
 
@@ -13,15 +11,6 @@ from hfkd.tasks.detection.demo import load_demo_detection_scenes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import run_detection_demo  # noqa: E402
-
-
-@pytest.fixture
-def one_thread():
-    # Tiny convolutions on 2 shared cores: one thread is steadier than two that wait for each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_demo_writes_table_chart_picture_and_cards(tmp_path, capsys, one_thread):

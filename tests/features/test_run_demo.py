@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from datasets import load_from_disk
 from huggingface_hub import ModelCard
 from transformers import AutoModel
@@ -16,14 +15,6 @@ from hfkd.tasks.features.knn import knn_top1
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import run_labelfree_demo  # noqa: E402
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_demo_writes_table_chart_and_backbones_without_labels(tmp_path, capsys, one_thread):

@@ -31,6 +31,16 @@ def _trainer(tmp_path, student=None, **kwargs) -> DistillationTrainer:
     )  # fmt: skip
 
 
+def _rates(trainer, steps: int) -> list[float]:
+    """The learning rate of each of the first `steps` optimiser steps, as the scheduler sets them."""
+    rates = []
+    for _ in range(steps):
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    return rates
+
+
 def _decayed(trainer) -> set[int]:
     return {id(p) for group in trainer.optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]}
 
@@ -71,11 +81,7 @@ def test_no_decay_on_1d_parameters_exempts_batchnorm_weights_too(tmp_path):
 def test_milestones_in_steps_need_no_dataset_length(tmp_path):
     trainer = _trainer(tmp_path, distill_lr_milestones=[2, 3], distill_lr_milestones_unit="steps", max_steps=5)
     trainer.create_optimizer_and_scheduler(num_training_steps=5)
-    rates = []
-    for _ in range(5):
-        rates.append(trainer.optimizer.param_groups[0]["lr"])
-        trainer.optimizer.step()
-        trainer.lr_scheduler.step()
+    rates = _rates(trainer, 5)
     assert rates == pytest.approx([0.1, 0.1, 0.01, 0.001, 0.001])  # from step 2 on x0.1, from step 3 on x0.01
     with pytest.raises(ValueError, match="'epochs' or 'steps'"):
         _args(tmp_path, distill_lr_milestones=[2], distill_lr_milestones_unit="iterations")
@@ -87,11 +93,7 @@ def test_milestones_warm_up_linearly_as_mmcv_and_detectron2(tmp_path):
     trainer = _trainer(tmp_path, distill_lr_milestones=[2, 6], distill_lr_milestones_unit="steps", max_steps=8,
                        warmup_steps=4, distill_lr_warmup_lr=0.01)  # fmt: skip
     trainer.create_optimizer_and_scheduler(num_training_steps=8)
-    rates = []
-    for _ in range(8):
-        rates.append(trainer.optimizer.param_groups[0]["lr"])
-        trainer.optimizer.step()
-        trainer.lr_scheduler.step()
+    rates = _rates(trainer, 8)
     by_hand = [0.1 * 0.1, 0.1 * 0.325, 0.01 * 0.55, 0.01 * 0.775, 0.01, 0.01, 0.001, 0.001]
     assert rates == pytest.approx(by_hand)
 

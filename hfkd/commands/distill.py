@@ -130,8 +130,8 @@ def run_task(args: DistillationArguments, student: ModelSpec, teachers: list[Mod
             )
             continue
         raise UsageError(
-            f"--task {task}, but {spec.name!r} is {with_article(other)} model: pass {task} models (a segmentation "
-            "model is never trained as a classifier, nor the reverse)."
+            f"--task {task}, but {spec.name!r} is {with_article(other)} model: pass {task} models (hfkd never trains "
+            f"{with_article(other)} model for {task})."
         )
     args.distill_task = task
     args.check_task(task)
